@@ -1,0 +1,37 @@
+"""Rampart: deploy trading algorithms with capital instead of traffic, and roll them back in
+milliseconds when they misbehave.
+
+The risk core is written in Rust (``rampart._core``); metric definitions are in docs/metrics.md.
+"""
+
+from rampart._core import (
+    AlgoConfig,
+    BatchResult,
+    Breach,
+    ConfigError,
+    DecodeError,
+    Engine,
+    InvalidEventError,
+    OutOfOrderError,
+    Position,
+    RampartError,
+    Snapshot,
+    UnknownAlgorithmError,
+    __version__,
+)
+
+__all__ = [
+    "AlgoConfig",
+    "BatchResult",
+    "Breach",
+    "ConfigError",
+    "DecodeError",
+    "Engine",
+    "InvalidEventError",
+    "OutOfOrderError",
+    "Position",
+    "RampartError",
+    "Snapshot",
+    "UnknownAlgorithmError",
+    "__version__",
+]

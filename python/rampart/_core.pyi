@@ -1,0 +1,195 @@
+"""Type stub for the compiled Rust core (``rampart._core``).
+
+Metric definitions: ``docs/metrics.md``. All times are integer nanoseconds since the Unix epoch.
+"""
+
+from collections.abc import Sequence
+from typing import Final, Literal, final
+
+__version__: Final[str]
+
+BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
+
+class RampartError(Exception):
+    """Root of every error raised by Rampart."""
+
+class ConfigError(RampartError, ValueError):
+    """An algorithm configuration is invalid, or the algorithm is already registered."""
+
+class InvalidEventError(RampartError, ValueError):
+    """An event was rejected; the engine state is unchanged."""
+
+class UnknownAlgorithmError(InvalidEventError):
+    """The event names an algorithm that is not registered."""
+
+class OutOfOrderError(InvalidEventError):
+    """The event's timestamp is further behind the engine clock than the tolerance allows."""
+
+class DecodeError(InvalidEventError):
+    """Raw message bytes could not be decoded into an event."""
+
+@final
+class AlgoConfig:
+    algo_id: str
+    version: str
+    capital: float
+    max_daily_loss: float | None
+    max_drawdown: float | None
+    max_error_rate: float | None
+    max_latency_ns: int | None
+    daily_loss_consecutive: int
+    drawdown_consecutive: int
+    error_rate_consecutive: int
+    latency_consecutive: int
+    error_window_ns: int
+    error_min_orders: int
+    latency_window_ns: int
+    latency_min_samples: int
+    return_interval_ns: int
+    sharpe_window: int
+    periods_per_year: float
+    risk_free_rate: float
+    session_offset_ns: int
+    confidence_drawdown_ref: float
+    def __init__(
+        self,
+        algo_id: str,
+        version: str,
+        capital: float,
+        *,
+        max_daily_loss: float | None = None,
+        max_drawdown: float | None = None,
+        max_error_rate: float | None = None,
+        max_latency_ns: int | None = None,
+        daily_loss_consecutive: int = 1,
+        drawdown_consecutive: int = 1,
+        error_rate_consecutive: int = 1,
+        latency_consecutive: int = 1,
+        error_window_ns: int = 60_000_000_000,
+        error_min_orders: int = 20,
+        latency_window_ns: int = 60_000_000_000,
+        latency_min_samples: int = 20,
+        return_interval_ns: int = 3_600_000_000_000,
+        sharpe_window: int = 720,
+        periods_per_year: float | None = None,
+        risk_free_rate: float = 0.0,
+        session_offset_ns: int = 0,
+        confidence_drawdown_ref: float = 0.10,
+    ) -> None: ...
+
+@final
+class Breach:
+    """A limit that tripped. Returned once per trip; the limit then stays latched."""
+
+    algo_id: str
+    kind: BreachKind
+    value: float
+    threshold: float
+    ts: int
+
+@final
+class Position:
+    symbol: str
+    qty: float
+    avg_cost: float
+    mark: float | None
+    unrealized_pnl: float
+    realized_pnl: float
+
+@final
+class Snapshot:
+    """Every metric of one algorithm at the engine clock (``ts``)."""
+
+    algo_id: str
+    version: str
+    ts: int | None
+    capital: float
+    equity: float
+    realized_pnl: float
+    unrealized_pnl: float
+    fees: float
+    peak_equity: float
+    drawdown: float
+    max_drawdown: float
+    daily_pnl: float
+    session_start_equity: float
+    stage_pnl: float
+    returns_count: int
+    sharpe: float | None
+    trades: int
+    wins: int
+    win_rate: float | None
+    fills: int
+    orders_in_window: int
+    rejects_in_window: int
+    error_rate: float | None
+    acks_in_window: int
+    latency_p50_ns: int | None
+    latency_p99_ns: int | None
+    orders_submitted_total: int
+    orders_rejected_total: int
+    orders_acked_total: int
+    orders_cancelled_total: int
+    last_fill_ts: int | None
+    last_order_ts: int | None
+    last_event_ts: int | None
+    confidence: float
+    breached: list[BreachKind]
+    positions: list[Position]
+    def to_dict(self) -> dict[str, object]: ...
+
+@final
+class BatchResult:
+    """Outcome of a batch: breaches that tripped, and the events that were rejected."""
+
+    breaches: list[Breach]
+    accepted: int
+    errors: list[tuple[int, str, str]]
+    """(index in the batch, reason code, message) for each rejected event."""
+
+@final
+class Engine:
+    def __init__(self, *, time_tolerance_ns: int = 5_000_000_000) -> None: ...
+    @property
+    def now(self) -> int | None:
+        """The engine clock: the latest event time seen."""
+    @property
+    def time_tolerance_ns(self) -> int: ...
+    def register(self, config: AlgoConfig) -> None: ...
+    def unregister(self, algo_id: str) -> None: ...
+    def algorithms(self) -> list[str]: ...
+    def __contains__(self, algo_id: str) -> bool: ...
+    def __len__(self) -> int: ...
+    # --- per-event entry points; each returns None unless a limit trips ---
+    def quote(self, symbol: str, bid: float, ask: float, ts: int) -> list[Breach] | None: ...
+    def mark(self, symbol: str, price: float, ts: int) -> list[Breach] | None: ...
+    def fill(
+        self, algo_id: str, symbol: str, qty: float, price: float, fee: float, ts: int
+    ) -> list[Breach] | None:
+        """Apply a fill; ``qty`` is signed (> 0 buy, < 0 sell)."""
+    def order_submitted(self, algo_id: str, ts: int) -> list[Breach] | None: ...
+    def order_acked(self, algo_id: str, latency_ns: int, ts: int) -> list[Breach] | None: ...
+    def order_rejected(self, algo_id: str, ts: int) -> list[Breach] | None: ...
+    def order_cancelled(self, algo_id: str, ts: int) -> list[Breach] | None: ...
+    # --- batches ---
+    def quotes(
+        self,
+        symbols: Sequence[str],
+        bids: Sequence[float],
+        asks: Sequence[float],
+        ts: Sequence[int],
+    ) -> BatchResult: ...
+    def ingest_json(self, data: bytes) -> list[Breach] | None:
+        """Decode and apply one JSON event (format: docs/events.md); raises on bad input."""
+    def ingest_json_batch(self, messages: Sequence[bytes]) -> BatchResult:
+        """Decode and apply many JSON events; bad ones are reported in ``errors``, never raised."""
+    # --- control ---
+    def set_capital(self, algo_id: str, capital: float, ts: int) -> list[Breach] | None: ...
+    def mark_stage(self, algo_id: str) -> None: ...
+    def reset_breaches(self, algo_id: str) -> None: ...
+    def advance(self, ts: int) -> None:
+        """Move the engine clock to ``ts`` and roll every algorithm's periods and session to it."""
+    # --- reads ---
+    def snapshot(self, algo_id: str) -> Snapshot: ...
+    def snapshots(self) -> list[Snapshot]: ...
+    def last_quote_ts(self, symbol: str) -> int | None: ...

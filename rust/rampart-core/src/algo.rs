@@ -1,0 +1,342 @@
+//! One algorithm's state: ledger, equity curve, returns, orders, limits.
+
+use rustc_hash::FxHashMap;
+
+use crate::config::{AlgoConfig, LimitSpec, DAY_NS};
+use crate::ledger::Position;
+use crate::order_window::{LatencyWindow, RejectWindow};
+use crate::rolling::RollingStats;
+
+/// Which limit tripped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreachKind {
+    DailyLoss,
+    Drawdown,
+    ErrorRate,
+    Latency,
+}
+
+impl BreachKind {
+    pub const ALL: [BreachKind; 4] = [
+        BreachKind::DailyLoss,
+        BreachKind::Drawdown,
+        BreachKind::ErrorRate,
+        BreachKind::Latency,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreachKind::DailyLoss => "daily_loss",
+            BreachKind::Drawdown => "drawdown",
+            BreachKind::ErrorRate => "error_rate",
+            BreachKind::Latency => "latency",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A limit that tripped in this update call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    pub algo_id: String,
+    pub kind: BreachKind,
+    pub value: f64,
+    pub threshold: f64,
+    pub ts: i64,
+}
+
+/// Debounce counter and latch of one limit.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitState {
+    consecutive: u32,
+    latched: bool,
+}
+
+/// Re-sum unrealized PnL from the positions every this many incremental updates (drift guard).
+const UNREALIZED_RESUM_EVERY: u32 = 1024;
+
+#[derive(Debug, Clone)]
+pub struct AlgoState {
+    pub config: AlgoConfig,
+    pub positions: Vec<Position>,
+    /// symbol id -> index into `positions`
+    position_index: FxHashMap<u32, usize>,
+    pub realized: f64,
+    pub fees: f64,
+    pub unrealized: f64,
+    unrealized_updates: u32,
+    pub peak: f64,
+    pub max_drawdown: f64,
+    /// Has the algorithm seen its first event (opened its first period and session)?
+    started: bool,
+    day: i64,
+    pub session_start_equity: f64,
+    pub stage_mark_equity: f64,
+    period: i64,
+    period_start_equity: f64,
+    pub returns: RollingStats,
+    pub returns_total: u64,
+    pub trades: u64,
+    pub wins: u64,
+    pub fills: u64,
+    pub rejects: RejectWindow,
+    pub latency: LatencyWindow,
+    pub orders_submitted_total: u64,
+    pub orders_rejected_total: u64,
+    pub orders_acked_total: u64,
+    pub orders_cancelled_total: u64,
+    pub last_fill_ts: Option<i64>,
+    pub last_order_ts: Option<i64>,
+    pub last_event_ts: Option<i64>,
+    limit_state: [LimitState; 4],
+}
+
+impl AlgoState {
+    pub fn new(config: AlgoConfig) -> Self {
+        let c = config.capital;
+        AlgoState {
+            returns: RollingStats::new(config.sharpe_window),
+            rejects: RejectWindow::new(config.error_window_ns),
+            latency: LatencyWindow::new(
+                config.latency_window_ns,
+                config.limits.latency_ns.map(|l| l.threshold),
+            ),
+            config,
+            positions: Vec::new(),
+            position_index: FxHashMap::default(),
+            realized: 0.0,
+            fees: 0.0,
+            unrealized: 0.0,
+            unrealized_updates: 0,
+            peak: c,
+            max_drawdown: 0.0,
+            started: false,
+            day: 0,
+            session_start_equity: c,
+            stage_mark_equity: c,
+            period: 0,
+            period_start_equity: c,
+            returns_total: 0,
+            trades: 0,
+            wins: 0,
+            fills: 0,
+            orders_submitted_total: 0,
+            orders_rejected_total: 0,
+            orders_acked_total: 0,
+            orders_cancelled_total: 0,
+            last_fill_ts: None,
+            last_order_ts: None,
+            last_event_ts: None,
+            limit_state: [LimitState::default(); 4],
+        }
+    }
+
+    #[inline]
+    pub fn capital(&self) -> f64 {
+        self.config.capital
+    }
+
+    #[inline]
+    pub fn equity(&self) -> f64 {
+        self.config.capital + self.realized - self.fees + self.unrealized
+    }
+
+    #[inline]
+    pub fn drawdown(&self) -> f64 {
+        if self.peak > 0.0 {
+            ((self.peak - self.equity()) / self.peak).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    pub fn daily_pnl(&self) -> f64 {
+        self.equity() - self.session_start_equity
+    }
+
+    pub fn stage_pnl(&self) -> f64 {
+        self.equity() - self.stage_mark_equity
+    }
+
+    pub fn win_rate(&self) -> Option<f64> {
+        (self.trades > 0).then(|| self.wins as f64 / self.trades as f64)
+    }
+
+    /// Rolling Sharpe of the return window; `None` with < 2 returns or zero deviation.
+    pub fn sharpe(&self) -> Option<f64> {
+        let var = self.returns.variance()?;
+        let std = var.sqrt();
+        let mean = self.returns.mean();
+        // Rounding leaves a residue of ~1e-16 x |mean| when every return is equal: treat as zero.
+        if std.is_nan() || std <= 1e-14 * mean.abs() {
+            return None;
+        }
+        let n = self.config.periods_per_year;
+        Some((mean - self.config.risk_free_rate / n) / std * n.sqrt())
+    }
+
+    pub fn confidence(&self) -> f64 {
+        let sharpe_term = self.sharpe().map_or(0.0, |s| (s / 2.0).clamp(0.0, 1.0));
+        let win_term = self.win_rate().map_or(0.0, |w| w.clamp(0.0, 1.0));
+        let dd_term = (1.0 - self.drawdown() / self.config.confidence_drawdown_ref).clamp(0.0, 1.0);
+        0.4 * sharpe_term + 0.3 * win_term + 0.3 * dd_term
+    }
+
+    pub fn breached(&self) -> impl Iterator<Item = BreachKind> + '_ {
+        BreachKind::ALL
+            .into_iter()
+            .filter(|k| self.limit_state[k.index()].latched)
+    }
+
+    pub fn reset_breaches(&mut self) {
+        self.limit_state = [LimitState::default(); 4];
+    }
+
+    pub fn position_mut(&mut self, symbol: u32) -> (&mut Position, bool) {
+        let mut created = false;
+        let idx = *self.position_index.entry(symbol).or_insert_with(|| {
+            created = true;
+            self.positions.push(Position::new(symbol));
+            self.positions.len() - 1
+        });
+        (&mut self.positions[idx], created)
+    }
+
+    pub fn position_slot(&self, symbol: u32) -> Option<usize> {
+        self.position_index.get(&symbol).copied()
+    }
+
+    /// Bring the session and return period up to event time `t` (the engine clock), using the
+    /// equity before the event that caused the roll.
+    pub fn roll(&mut self, t: i64) {
+        let day = t
+            .saturating_sub(self.config.session_offset_ns)
+            .div_euclid(DAY_NS);
+        let period = t.div_euclid(self.config.return_interval_ns);
+        if !self.started {
+            self.started = true;
+            self.day = day;
+            self.period = period;
+            return;
+        }
+        if day > self.day {
+            self.day = day;
+            self.session_start_equity = self.equity();
+        }
+        if period > self.period {
+            let e = self.equity();
+            if self.period_start_equity > 0.0 {
+                self.returns.push(e / self.period_start_equity - 1.0);
+                self.returns_total += 1;
+                let empty = (period - self.period - 1).min(self.returns.capacity() as i64);
+                for _ in 0..empty {
+                    self.returns.push(0.0);
+                    self.returns_total += 1;
+                }
+            }
+            self.period = period;
+            self.period_start_equity = e;
+        }
+    }
+
+    /// Add to unrealized PnL incrementally, re-summing from positions now and then.
+    #[inline]
+    pub fn add_unrealized(&mut self, delta: f64) {
+        self.unrealized += delta;
+        self.unrealized_updates += 1;
+        if self.unrealized_updates >= UNREALIZED_RESUM_EVERY {
+            self.resum_unrealized();
+        }
+    }
+
+    pub fn resum_unrealized(&mut self) {
+        self.unrealized_updates = 0;
+        self.unrealized = self.positions.iter().map(|p| p.unrealized).sum();
+    }
+
+    /// A capital change is a cash flow: every equity reference moves with it.
+    pub fn set_capital(&mut self, capital: f64) {
+        let delta = capital - self.config.capital;
+        self.config.capital = capital;
+        self.peak += delta;
+        self.session_start_equity += delta;
+        self.stage_mark_equity += delta;
+        self.period_start_equity += delta;
+    }
+
+    /// After any equity change: peak, drawdown, and the equity limits.
+    pub fn after_equity_change(&mut self, ts: i64, out: &mut Vec<Breach>) {
+        let e = self.equity();
+        if e > self.peak {
+            self.peak = e;
+        }
+        let dd = self.drawdown();
+        if dd > self.max_drawdown {
+            self.max_drawdown = dd;
+        }
+        if let Some(spec) = self.config.limits.daily_loss {
+            let daily = e - self.session_start_equity;
+            let floor = -spec.threshold * self.config.capital;
+            if self.evaluate(BreachKind::DailyLoss, spec, daily < floor) {
+                out.push(self.breach(BreachKind::DailyLoss, daily, floor, ts));
+            }
+        }
+        if let Some(spec) = self.config.limits.drawdown {
+            if self.evaluate(BreachKind::Drawdown, spec, dd > spec.threshold) {
+                out.push(self.breach(BreachKind::Drawdown, dd, spec.threshold, ts));
+            }
+        }
+    }
+
+    pub fn check_error_rate(&mut self, ts: i64, out: &mut Vec<Breach>) {
+        if let Some(spec) = self.config.limits.error_rate {
+            let rate = self.rejects.rate().unwrap_or(0.0);
+            let breaching = self.rejects.submitted() >= u64::from(self.config.error_min_orders)
+                && rate > spec.threshold;
+            if self.evaluate(BreachKind::ErrorRate, spec, breaching) {
+                out.push(self.breach(BreachKind::ErrorRate, rate, spec.threshold, ts));
+            }
+        }
+    }
+
+    pub fn check_latency(&mut self, ts: i64, out: &mut Vec<Breach>) {
+        if let Some(spec) = self.config.limits.latency_ns {
+            let breaching = self.latency.len() >= u64::from(self.config.latency_min_samples)
+                && self.latency.p99_above_threshold();
+            if self.evaluate(BreachKind::Latency, spec, breaching) {
+                // The histogram's p99 is its bucket's highest value: >= the exact p99 > threshold.
+                let p99 = self.latency.quantile(99, 100).unwrap_or(0) as f64;
+                out.push(self.breach(BreachKind::Latency, p99, spec.threshold, ts));
+            }
+        }
+    }
+
+    /// Count one evaluation of a limit; true when this evaluation trips it (it then latches).
+    #[inline]
+    fn evaluate(&mut self, kind: BreachKind, spec: LimitSpec, breaching: bool) -> bool {
+        let st = &mut self.limit_state[kind.index()];
+        if st.latched {
+            return false;
+        }
+        if !breaching {
+            st.consecutive = 0;
+            return false;
+        }
+        st.consecutive += 1;
+        st.latched = st.consecutive >= spec.consecutive;
+        st.latched
+    }
+
+    fn breach(&self, kind: BreachKind, value: f64, threshold: f64, ts: i64) -> Breach {
+        Breach {
+            algo_id: self.config.algo_id.clone(),
+            kind,
+            value,
+            threshold,
+            ts,
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The engine: every registered algorithm, the market's marks, and the event-time clock.
+//!
+//! Every entry point validates its input completely before it changes anything, so a rejected
+//! event leaves the state exactly as it was. Breaches are appended to the caller's `out` buffer;
+//! nothing is appended when all is well.
+
+use rustc_hash::FxHashMap;
+
+use crate::algo::{AlgoState, Breach, BreachKind};
+use crate::config::{AlgoConfig, SECOND_NS};
+use crate::error::{CoreError, Result};
+use crate::event::{decode_json, Event, OrderEvent};
+
+/// The market state of one symbol.
+#[derive(Debug, Clone)]
+struct SymbolState {
+    name: String,
+    mark: Option<f64>,
+    last_quote_ts: Option<i64>,
+    /// (algorithm slot, index into its positions) for every algorithm that has traded the symbol.
+    holders: Vec<(u32, u32)>,
+}
+
+/// A position as reported in a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionView {
+    pub symbol: String,
+    pub qty: f64,
+    pub avg_cost: f64,
+    pub mark: Option<f64>,
+    pub unrealized_pnl: f64,
+    pub realized_pnl: f64,
+}
+
+/// Every metric of one algorithm at the engine clock. Definitions: docs/metrics.md.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub algo_id: String,
+    pub version: String,
+    pub ts: Option<i64>,
+    pub capital: f64,
+    pub equity: f64,
+    pub realized_pnl: f64,
+    pub unrealized_pnl: f64,
+    pub fees: f64,
+    pub peak_equity: f64,
+    pub drawdown: f64,
+    pub max_drawdown: f64,
+    pub daily_pnl: f64,
+    pub session_start_equity: f64,
+    pub stage_pnl: f64,
+    pub returns_count: usize,
+    pub sharpe: Option<f64>,
+    pub trades: u64,
+    pub wins: u64,
+    pub win_rate: Option<f64>,
+    pub fills: u64,
+    pub orders_in_window: u64,
+    pub rejects_in_window: u64,
+    pub error_rate: Option<f64>,
+    pub acks_in_window: u64,
+    pub latency_p50_ns: Option<u64>,
+    pub latency_p99_ns: Option<u64>,
+    pub orders_submitted_total: u64,
+    pub orders_rejected_total: u64,
+    pub orders_acked_total: u64,
+    pub orders_cancelled_total: u64,
+    pub last_fill_ts: Option<i64>,
+    pub last_order_ts: Option<i64>,
+    pub last_event_ts: Option<i64>,
+    pub confidence: f64,
+    pub breached: Vec<BreachKind>,
+    pub positions: Vec<PositionView>,
+}
+
+pub const DEFAULT_TIME_TOLERANCE_NS: i64 = 5 * SECOND_NS;
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    algos: Vec<Option<AlgoState>>,
+    free_slots: Vec<usize>,
+    algo_index: FxHashMap<String, usize>,
+    symbols: Vec<SymbolState>,
+    symbol_index: FxHashMap<String, u32>,
+    now: Option<i64>,
+    time_tolerance_ns: i64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(DEFAULT_TIME_TOLERANCE_NS).expect("default tolerance is valid")
+    }
+}
+
+fn check_price(what: &str, p: f64) -> Result<()> {
+    if p.is_finite() && p > 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::BadPrice(format!(
+            "{what} must be a finite number > 0, got {p}"
+        )))
+    }
+}
+
+#[inline]
+fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
+    Some(a.map_or(b, |a| a.max(b)))
+}
+
+impl Engine {
+    pub fn new(time_tolerance_ns: i64) -> Result<Self> {
+        if time_tolerance_ns < 0 {
+            return Err(CoreError::Config(format!(
+                "time_tolerance_ns must be >= 0, got {time_tolerance_ns}"
+            )));
+        }
+        Ok(Engine {
+            algos: Vec::new(),
+            free_slots: Vec::new(),
+            algo_index: FxHashMap::default(),
+            symbols: Vec::new(),
+            symbol_index: FxHashMap::default(),
+            now: None,
+            time_tolerance_ns,
+        })
+    }
+
+    /// The engine clock: the latest event time seen.
+    pub fn now(&self) -> Option<i64> {
+        self.now
+    }
+
+    pub fn time_tolerance_ns(&self) -> i64 {
+        self.time_tolerance_ns
+    }
+
+    // ---- registry -------------------------------------------------------------------------
+
+    pub fn register(&mut self, config: AlgoConfig) -> Result<()> {
+        config.validate()?;
+        if self.algo_index.contains_key(&config.algo_id) {
+            return Err(CoreError::DuplicateAlgorithm(config.algo_id));
+        }
+        let id = config.algo_id.clone();
+        let state = AlgoState::new(config);
+        let slot = match self.free_slots.pop() {
+            Some(s) => {
+                self.algos[s] = Some(state);
+                s
+            }
+            None => {
+                self.algos.push(Some(state));
+                self.algos.len() - 1
+            }
+        };
+        self.algo_index.insert(id, slot);
+        Ok(())
+    }
+
+    pub fn unregister(&mut self, algo_id: &str) -> Result<()> {
+        let slot = self.slot(algo_id)?;
+        self.algo_index.remove(algo_id);
+        for sym in &mut self.symbols {
+            sym.holders.retain(|&(s, _)| s as usize != slot);
+        }
+        self.algos[slot] = None;
+        self.free_slots.push(slot);
+        Ok(())
+    }
+
+    pub fn algorithms(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.algo_index.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn contains(&self, algo_id: &str) -> bool {
+        self.algo_index.contains_key(algo_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.algo_index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.algo_index.is_empty()
+    }
+
+    pub fn config(&self, algo_id: &str) -> Result<&AlgoConfig> {
+        let slot = self.slot(algo_id)?;
+        Ok(&self.algo(slot).config)
+    }
+
+    #[inline]
+    fn slot(&self, algo_id: &str) -> Result<usize> {
+        self.algo_index
+            .get(algo_id)
+            .copied()
+            .ok_or_else(|| CoreError::UnknownAlgorithm(algo_id.to_owned()))
+    }
+
+    #[inline]
+    fn algo(&self, slot: usize) -> &AlgoState {
+        self.algos[slot].as_ref().expect("indexed slot is live")
+    }
+
+    #[inline]
+    fn algo_mut(&mut self, slot: usize) -> &mut AlgoState {
+        self.algos[slot].as_mut().expect("indexed slot is live")
+    }
+
+    fn symbol_id(&mut self, symbol: &str) -> u32 {
+        if let Some(&id) = self.symbol_index.get(symbol) {
+            return id;
+        }
+        let id = self.symbols.len() as u32;
+        self.symbols.push(SymbolState {
+            name: symbol.to_owned(),
+            mark: None,
+            last_quote_ts: None,
+            holders: Vec::new(),
+        });
+        self.symbol_index.insert(symbol.to_owned(), id);
+        id
+    }
+
+    // ---- time -----------------------------------------------------------------------------
+
+    #[inline]
+    fn check_time(&self, ts: i64) -> Result<()> {
+        match self.now {
+            Some(now) if ts < now.saturating_sub(self.time_tolerance_ns) => {
+                Err(CoreError::OutOfOrder {
+                    ts,
+                    now,
+                    tolerance_ns: self.time_tolerance_ns,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Move the clock forward (never back) and return the effective time of the event.
+    #[inline]
+    fn tick(&mut self, ts: i64) -> i64 {
+        let t = self.now.map_or(ts, |n| n.max(ts));
+        self.now = Some(t);
+        t
+    }
+
+    /// Move the engine clock to `ts` and roll every algorithm's periods, session and windows.
+    pub fn advance(&mut self, ts: i64) -> Result<()> {
+        self.check_time(ts)?;
+        let t = self.tick(ts);
+        for a in self.algos.iter_mut().flatten() {
+            a.roll(t);
+            a.rejects.expire(t);
+            a.latency.expire(t);
+        }
+        Ok(())
+    }
+
+    // ---- market data ----------------------------------------------------------------------
+
+    pub fn quote(
+        &mut self,
+        symbol: &str,
+        bid: f64,
+        ask: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        self.check_time(ts)?;
+        check_price("bid", bid)?;
+        check_price("ask", ask)?;
+        if bid > ask {
+            return Err(CoreError::BadPrice(format!(
+                "crossed quote for {symbol}: bid {bid} > ask {ask}"
+            )));
+        }
+        self.apply_mark(symbol, 0.5 * (bid + ask), ts, out);
+        Ok(())
+    }
+
+    pub fn mark(&mut self, symbol: &str, price: f64, ts: i64, out: &mut Vec<Breach>) -> Result<()> {
+        self.check_time(ts)?;
+        check_price("price", price)?;
+        self.apply_mark(symbol, price, ts, out);
+        Ok(())
+    }
+
+    fn apply_mark(&mut self, symbol: &str, price: f64, ts: i64, out: &mut Vec<Breach>) {
+        let t = self.tick(ts);
+        let sid = self.symbol_id(symbol) as usize;
+        let sym = &mut self.symbols[sid];
+        sym.mark = Some(price);
+        sym.last_quote_ts = max_opt(sym.last_quote_ts, ts);
+        for &(slot, pidx) in &sym.holders {
+            let Some(algo) = self.algos[slot as usize].as_mut() else {
+                continue;
+            };
+            if algo.positions[pidx as usize].qty == 0.0 {
+                continue;
+            }
+            algo.roll(t);
+            let delta = algo.positions[pidx as usize].remark(price);
+            algo.add_unrealized(delta);
+            algo.after_equity_change(t, out);
+        }
+    }
+
+    // ---- executions and orders --------------------------------------------------------------
+
+    /// Apply a fill of signed quantity `qty` (> 0 buy, < 0 sell).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill(
+        &mut self,
+        algo_id: &str,
+        symbol: &str,
+        qty: f64,
+        price: f64,
+        fee: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        self.check_time(ts)?;
+        let slot = self.slot(algo_id)?;
+        check_price("fill price", price)?;
+        if !(qty.is_finite() && qty != 0.0) {
+            return Err(CoreError::BadQuantity(format!(
+                "fill quantity must be finite and non-zero, got {qty}"
+            )));
+        }
+        if !(fee.is_finite() && fee >= 0.0) {
+            return Err(CoreError::BadFee(format!(
+                "fee must be a finite number >= 0, got {fee}"
+            )));
+        }
+        let t = self.tick(ts);
+        let sid = self.symbol_id(symbol);
+        let sym = &mut self.symbols[sid as usize];
+        let mark = *sym.mark.get_or_insert(price);
+        let algo = self.algos[slot].as_mut().expect("indexed slot is live");
+        algo.roll(t);
+        let (pos, created) = algo.position_mut(sid);
+        let before = pos.unrealized;
+        let outcome = pos.apply_fill(qty, price, fee, mark);
+        let delta = pos.unrealized - before;
+        if created {
+            let pidx = algo.position_slot(sid).expect("just created") as u32;
+            sym.holders.push((slot as u32, pidx));
+        }
+        algo.realized += outcome.realized;
+        algo.fees += fee;
+        algo.add_unrealized(delta);
+        if let Some(net) = outcome.closed_trade {
+            algo.trades += 1;
+            if net > 0.0 {
+                algo.wins += 1;
+            }
+        }
+        algo.fills += 1;
+        algo.last_fill_ts = max_opt(algo.last_fill_ts, ts);
+        algo.last_event_ts = max_opt(algo.last_event_ts, ts);
+        algo.after_equity_change(t, out);
+        Ok(())
+    }
+
+    pub fn order(
+        &mut self,
+        algo_id: &str,
+        event: OrderEvent,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        self.check_time(ts)?;
+        let slot = self.slot(algo_id)?;
+        if let OrderEvent::Acked { latency_ns } = event {
+            if latency_ns < 0 {
+                return Err(CoreError::BadLatency(format!(
+                    "ack latency must be >= 0 ns, got {latency_ns}"
+                )));
+            }
+        }
+        let t = self.tick(ts);
+        let algo = self.algo_mut(slot);
+        algo.roll(t);
+        algo.last_order_ts = max_opt(algo.last_order_ts, ts);
+        algo.last_event_ts = max_opt(algo.last_event_ts, ts);
+        match event {
+            OrderEvent::Submitted => {
+                algo.orders_submitted_total += 1;
+                algo.rejects.record(t, false);
+                algo.check_error_rate(t, out);
+            }
+            OrderEvent::Rejected => {
+                algo.orders_rejected_total += 1;
+                algo.rejects.record(t, true);
+                algo.check_error_rate(t, out);
+            }
+            OrderEvent::Acked { latency_ns } => {
+                algo.orders_acked_total += 1;
+                algo.latency.record(t, latency_ns as u64);
+                algo.check_latency(t, out);
+            }
+            OrderEvent::Cancelled => {
+                algo.orders_cancelled_total += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one decoded event.
+    pub fn apply(&mut self, event: &Event<'_>, out: &mut Vec<Breach>) -> Result<()> {
+        match event {
+            Event::Quote {
+                symbol,
+                bid,
+                ask,
+                ts,
+            } => self.quote(symbol, *bid, *ask, *ts, out),
+            Event::Mark { symbol, price, ts } => self.mark(symbol, *price, *ts, out),
+            Event::Fill {
+                algo,
+                symbol,
+                qty,
+                price,
+                fee,
+                ts,
+            } => self.fill(algo, symbol, *qty, *price, *fee, *ts, out),
+            Event::Order { algo, event, ts } => self.order(algo, *event, *ts, out),
+        }
+    }
+
+    /// Decode one JSON event (docs/events.md) and apply it.
+    pub fn ingest_json(&mut self, data: &[u8], out: &mut Vec<Breach>) -> Result<()> {
+        let event = decode_json(data)?;
+        self.apply(&event, out)
+    }
+
+    // ---- control --------------------------------------------------------------------------
+
+    /// Change the allocated capital (a cash flow: see docs/metrics.md).
+    pub fn set_capital(
+        &mut self,
+        algo_id: &str,
+        capital: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        self.check_time(ts)?;
+        let slot = self.slot(algo_id)?;
+        if !(capital.is_finite() && capital > 0.0) {
+            return Err(CoreError::Config(format!(
+                "capital must be a finite number > 0, got {capital}"
+            )));
+        }
+        let t = self.tick(ts);
+        let algo = self.algo_mut(slot);
+        algo.roll(t);
+        algo.set_capital(capital);
+        algo.after_equity_change(t, out);
+        Ok(())
+    }
+
+    /// Start measuring stage PnL from the current equity.
+    pub fn mark_stage(&mut self, algo_id: &str) -> Result<()> {
+        let slot = self.slot(algo_id)?;
+        let algo = self.algo_mut(slot);
+        algo.stage_mark_equity = algo.equity();
+        Ok(())
+    }
+
+    /// Unlatch every limit of the algorithm (after a rollback has been handled).
+    pub fn reset_breaches(&mut self, algo_id: &str) -> Result<()> {
+        let slot = self.slot(algo_id)?;
+        self.algo_mut(slot).reset_breaches();
+        Ok(())
+    }
+
+    // ---- reads ----------------------------------------------------------------------------
+
+    pub fn last_quote_ts(&self, symbol: &str) -> Option<i64> {
+        let id = *self.symbol_index.get(symbol)?;
+        self.symbols[id as usize].last_quote_ts
+    }
+
+    /// Every metric of the algorithm, rolled forward to the engine clock.
+    pub fn snapshot(&mut self, algo_id: &str) -> Result<Snapshot> {
+        let slot = self.slot(algo_id)?;
+        let now = self.now;
+        let algo = self.algos[slot].as_mut().expect("indexed slot is live");
+        if let Some(t) = now {
+            algo.roll(t);
+            algo.rejects.expire(t);
+            algo.latency.expire(t);
+        }
+        algo.resum_unrealized();
+        let algo = &*algo;
+        let positions = algo
+            .positions
+            .iter()
+            .map(|p| {
+                let sym = &self.symbols[p.symbol as usize];
+                PositionView {
+                    symbol: sym.name.clone(),
+                    qty: p.qty,
+                    avg_cost: p.avg_cost,
+                    mark: sym.mark,
+                    unrealized_pnl: p.unrealized,
+                    realized_pnl: p.realized,
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            algo_id: algo.config.algo_id.clone(),
+            version: algo.config.version.clone(),
+            ts: now,
+            capital: algo.capital(),
+            equity: algo.equity(),
+            realized_pnl: algo.realized,
+            unrealized_pnl: algo.unrealized,
+            fees: algo.fees,
+            peak_equity: algo.peak,
+            drawdown: algo.drawdown(),
+            max_drawdown: algo.max_drawdown,
+            daily_pnl: algo.daily_pnl(),
+            session_start_equity: algo.session_start_equity,
+            stage_pnl: algo.stage_pnl(),
+            returns_count: algo.returns.len(),
+            sharpe: algo.sharpe(),
+            trades: algo.trades,
+            wins: algo.wins,
+            win_rate: algo.win_rate(),
+            fills: algo.fills,
+            orders_in_window: algo.rejects.submitted(),
+            rejects_in_window: algo.rejects.rejected(),
+            error_rate: algo.rejects.rate(),
+            acks_in_window: algo.latency.len(),
+            latency_p50_ns: algo.latency.quantile(1, 2),
+            latency_p99_ns: algo.latency.quantile(99, 100),
+            orders_submitted_total: algo.orders_submitted_total,
+            orders_rejected_total: algo.orders_rejected_total,
+            orders_acked_total: algo.orders_acked_total,
+            orders_cancelled_total: algo.orders_cancelled_total,
+            last_fill_ts: algo.last_fill_ts,
+            last_order_ts: algo.last_order_ts,
+            last_event_ts: algo.last_event_ts,
+            confidence: algo.confidence(),
+            breached: algo.breached().collect(),
+            positions,
+        })
+    }
+
+    /// The return series in the Sharpe window, oldest first (for audits and reference checks).
+    pub fn returns(&self, algo_id: &str) -> Result<Vec<f64>> {
+        let slot = self.slot(algo_id)?;
+        Ok(self.algo(slot).returns.values().collect())
+    }
+}

@@ -1,0 +1,153 @@
+//! Rolling mean and sample variance over the last `W` values (Welford with removal).
+
+use std::collections::VecDeque;
+
+/// Mean and sample variance of the last `capacity` values, O(1) per push.
+///
+/// Removal in Welford's scheme accumulates rounding error, so the sums are recomputed from the
+/// window (two-pass) every `capacity` removals: amortised O(1), drift bounded to one window.
+#[derive(Debug, Clone)]
+pub struct RollingStats {
+    values: VecDeque<f64>,
+    capacity: usize,
+    mean: f64,
+    m2: f64,
+    removals_since_refresh: usize,
+}
+
+impl RollingStats {
+    pub fn new(capacity: usize) -> Self {
+        RollingStats {
+            values: VecDeque::with_capacity(capacity.min(4096)),
+            capacity,
+            mean: 0.0,
+            m2: 0.0,
+            removals_since_refresh: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn push(&mut self, x: f64) {
+        if self.values.len() == self.capacity {
+            let old = self.values.pop_front().unwrap_or(0.0);
+            self.remove(old);
+            self.removals_since_refresh += 1;
+        }
+        self.values.push_back(x);
+        let n = self.values.len() as f64;
+        let d = x - self.mean;
+        self.mean += d / n;
+        self.m2 += d * (x - self.mean);
+        if self.removals_since_refresh >= self.capacity {
+            self.refresh();
+        }
+    }
+
+    fn remove(&mut self, y: f64) {
+        // `values` already excludes y.
+        let n_after = self.values.len();
+        if n_after == 0 {
+            self.mean = 0.0;
+            self.m2 = 0.0;
+            return;
+        }
+        let n_before = (n_after + 1) as f64;
+        let mean_after = (n_before * self.mean - y) / n_after as f64;
+        self.m2 -= (y - self.mean) * (y - mean_after);
+        self.mean = mean_after;
+        if self.m2 < 0.0 {
+            self.m2 = 0.0;
+        }
+    }
+
+    /// Recompute mean and M2 exactly (two-pass) from the window.
+    pub fn refresh(&mut self) {
+        self.removals_since_refresh = 0;
+        let n = self.values.len();
+        if n == 0 {
+            self.mean = 0.0;
+            self.m2 = 0.0;
+            return;
+        }
+        let mean = self.values.iter().sum::<f64>() / n as f64;
+        self.mean = mean;
+        self.m2 = self.values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// Sample variance (ddof = 1); `None` with fewer than 2 values.
+    pub fn variance(&self) -> Option<f64> {
+        let n = self.values.len();
+        (n >= 2).then(|| self.m2 / (n - 1) as f64)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let m = xs.iter().sum::<f64>() / n;
+        let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+        (m, v)
+    }
+
+    #[test]
+    fn matches_naive_over_a_sliding_window() {
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| ((i * 7919) % 101) as f64 / 1000.0 - 0.05)
+            .collect();
+        let mut r = RollingStats::new(37);
+        for (i, &x) in xs.iter().enumerate() {
+            r.push(x);
+            let lo = (i + 1).saturating_sub(37);
+            let w = &xs[lo..=i];
+            if w.len() >= 2 {
+                let (m, v) = naive(w);
+                assert!((r.mean() - m).abs() <= 1e-12, "mean at {i}");
+                assert!(
+                    (r.variance().unwrap() - v).abs() <= 1e-12 * v.max(1e-12),
+                    "var at {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn constant_values_have_zero_variance() {
+        let mut r = RollingStats::new(5);
+        for _ in 0..50 {
+            r.push(0.1);
+        }
+        assert!(r.variance().unwrap() <= 1e-30);
+    }
+
+    #[test]
+    fn fewer_than_two_values_have_no_variance() {
+        let mut r = RollingStats::new(5);
+        assert_eq!(r.variance(), None);
+        r.push(1.0);
+        assert_eq!(r.variance(), None);
+        r.push(2.0);
+        assert_eq!(r.variance(), Some(0.5));
+    }
+}
