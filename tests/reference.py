@@ -39,6 +39,7 @@ Kind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
 
 DAY_NS = 86_400 * 10**9
 YEAR_NS = 365 * DAY_NS
+OPEN_ON_READ = True  # EXPLORATION ONLY
 FLAT_EPS = 1e-9  # "flat when |Q| <= 1e-9 * max(|Q_before|, |q|) after a fill"
 
 
@@ -679,7 +680,6 @@ class ReferenceEngine:
         a.session_start += delta
         a.stage_mark += delta
         a.period_start += delta
-        self._touch(a, ts)
         out: list[RefBreach] = []
         self._on_equity_change(a, t, out)
         return out or None
@@ -698,7 +698,7 @@ class ReferenceEngine:
         self._check_ts(ts)
         t = self._tick(ts)
         for a in self._algos.values():
-            if a.period is not None:
+            if a.period is not None or OPEN_ON_READ:
                 self._roll(a, t)
 
     # ---------------------------------------------------------------- reads
@@ -711,7 +711,7 @@ class ReferenceEngine:
         a = self._algo(algo_id)
         now = self._now
         if now is not None:
-            if a.period is not None:
+            if a.period is not None or OPEN_ON_READ:
                 self._roll(a, now)
             self._prune(a, now)
         e = self._equity(a)
