@@ -44,12 +44,13 @@ test-python: $(EXT_STAMP)
 
 test: test-rust test-python
 
-lint: $(STAMP)
+lint: $(EXT_STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest rampart._core --allowlist stubtest-allowlist.txt
 
 fmt: $(STAMP)
 	cargo fmt --all

@@ -4,9 +4,24 @@ Metric definitions: ``docs/metrics.md``. All times are integer nanoseconds since
 """
 
 from collections.abc import Sequence
-from typing import Final, Literal, final
+from typing import Final, Literal, Self, final
 
 __version__: Final[str]
+__all__ = [
+    "AlgoConfig",
+    "BatchResult",
+    "Breach",
+    "ConfigError",
+    "DecodeError",
+    "Engine",
+    "InvalidEventError",
+    "OutOfOrderError",
+    "Position",
+    "RampartError",
+    "Snapshot",
+    "UnknownAlgorithmError",
+    "__version__",
+]
 
 BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
 
@@ -51,8 +66,8 @@ class AlgoConfig:
     risk_free_rate: float
     session_offset_ns: int
     confidence_drawdown_ref: float
-    def __init__(
-        self,
+    def __new__(
+        cls,
         algo_id: str,
         version: str,
         capital: float,
@@ -75,7 +90,7 @@ class AlgoConfig:
         risk_free_rate: float = 0.0,
         session_offset_ns: int = 0,
         confidence_drawdown_ref: float = 0.10,
-    ) -> None: ...
+    ) -> Self: ...
 
 @final
 class Breach:
@@ -149,7 +164,7 @@ class BatchResult:
 
 @final
 class Engine:
-    def __init__(self, *, time_tolerance_ns: int = 5_000_000_000) -> None: ...
+    def __new__(cls, *, time_tolerance_ns: int = 5_000_000_000) -> Self: ...
     @property
     def now(self) -> int | None:
         """The engine clock: the latest event time seen."""
@@ -158,7 +173,7 @@ class Engine:
     def register(self, config: AlgoConfig) -> None: ...
     def unregister(self, algo_id: str) -> None: ...
     def algorithms(self) -> list[str]: ...
-    def __contains__(self, algo_id: str) -> bool: ...
+    def __contains__(self, algo_id: str, /) -> bool: ...
     def __len__(self) -> int: ...
     # --- per-event entry points; each returns None unless a limit trips ---
     def quote(self, symbol: str, bid: float, ask: float, ts: int) -> list[Breach] | None: ...
@@ -193,3 +208,5 @@ class Engine:
     def snapshot(self, algo_id: str) -> Snapshot: ...
     def snapshots(self) -> list[Snapshot]: ...
     def last_quote_ts(self, symbol: str) -> int | None: ...
+    def returns(self, algo_id: str) -> list[float]:
+        """The returns in the Sharpe window, oldest first."""

@@ -23,7 +23,7 @@ fn event() -> impl Strategy<Value = Ev> {
         (0..3usize, -50i32..50, 50u32..150, 0u32..100).prop_filter_map(
             "non-zero qty",
             |(sym, q, p, f)| {
-                (q != 0).then(|| Ev::Fill {
+                (q != 0).then_some(Ev::Fill {
                     sym,
                     qty: q as f64 * 0.5,
                     price: p as f64 * 0.25,

@@ -492,7 +492,7 @@ impl PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, time_tolerance_ns=core::DEFAULT_TIME_TOLERANCE_NS))]
+    #[pyo3(signature = (*, time_tolerance_ns=5_000_000_000))]
     fn new(py: Python<'_>, time_tolerance_ns: i64) -> PyResult<Self> {
         let inner = guard(py, || core::Engine::new(time_tolerance_ns))?;
         Ok(PyEngine {
