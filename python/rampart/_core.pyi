@@ -28,6 +28,9 @@ BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
 class RampartError(Exception):
     """Root of every error raised by Rampart."""
 
+    reason: str
+    """A stable code for counting and dead-lettering (e.g. ``bad_price``; see docs/events.md)."""
+
 class ConfigError(RampartError, ValueError):
     """An algorithm configuration is invalid, or the algorithm is already registered."""
 

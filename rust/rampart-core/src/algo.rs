@@ -254,7 +254,7 @@ impl AlgoState {
 
     pub fn resum_unrealized(&mut self) {
         self.unrealized_updates = 0;
-        self.unrealized = self.positions.iter().map(|p| p.unrealized).sum();
+        self.unrealized = self.positions.iter().fold(0.0, |acc, p| acc + p.unrealized);
     }
 
     /// A capital change is a cash flow: every equity reference moves with it.

@@ -80,9 +80,9 @@ impl RollingStats {
             self.m2 = 0.0;
             return;
         }
-        let mean = self.values.iter().sum::<f64>() / n as f64;
+        let mean = self.values.iter().fold(0.0, |acc, v| acc + v) / n as f64;
         self.mean = mean;
-        self.m2 = self.values.iter().map(|v| (v - mean) * (v - mean)).sum();
+        self.m2 = self.values.iter().fold(0.0, |acc, v| acc + (v - mean) * (v - mean));
     }
 
     pub fn mean(&self) -> f64 {

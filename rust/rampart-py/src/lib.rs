@@ -48,7 +48,17 @@ fn raise(py: Python<'_>, cell: &PyOnceLock<Py<PyType>>, msg: String) -> PyErr {
     }
 }
 
+/// The exception for a core error, with the error's stable code as its `reason` attribute.
 fn to_py_err(py: Python<'_>, e: CoreError) -> PyErr {
+    let reason = e.reason();
+    let err = exception_for(py, e);
+    // Setting an attribute cannot fail on a fresh exception instance; if it somehow did, the
+    // exception is still raised, just without `reason`.
+    let _ = err.value(py).setattr("reason", reason);
+    err
+}
+
+fn exception_for(py: Python<'_>, e: CoreError) -> PyErr {
     let msg = e.to_string();
     match e {
         CoreError::Config(_) | CoreError::DuplicateAlgorithm(_) => raise(py, &CONFIG_ERROR, msg),
@@ -229,7 +239,7 @@ impl PyAlgoConfig {
 
     fn __repr__(&self) -> String {
         format!(
-            "AlgoConfig(algo_id={:?}, version={:?}, capital={}, max_daily_loss={:?}, \
+            "AlgoConfig(algo_id={:?}, version={:?}, capital={}, max_daily_loss={}, \
              max_drawdown={}, max_error_rate={}, max_latency_ns={})",
             self.algo_id,
             self.version,
