@@ -3,44 +3,68 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rampart import __version__
-from rampart._core import Snapshot
+
+if TYPE_CHECKING:
+    from rampart.config import DaemonConfig
+
+ENV_CONFIG = "RAMPART_CONFIG"
+log = logging.getLogger("rampart")
 
 
 def _fmt_ts(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _opt(v: float | None, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
-def format_snapshots(snapshots: Sequence[Snapshot]) -> str:
-    """A fixed-width table of the key metrics, one row per algorithm."""
-    head = (
-        f"{'algorithm':<14}{'equity':>12}{'daily PnL':>11}{'drawdown':>9}{'max DD':>8}"
-        f"{'Sharpe':>8}{'trades':>7}{'win%':>6}{'rej%':>6}{'p99 ms':>7}{'conf':>6}  breached"
+def setup_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
-    lines = [head, "-" * len(head)]
-    for s in snapshots:
-        p99 = None if s.latency_p99_ns is None else s.latency_p99_ns / 1e6
-        lines.append(
-            f"{s.algo_id:<14}{s.equity:>12,.2f}{s.daily_pnl:>11,.2f}{s.drawdown:>9.2%}"
-            f"{s.max_drawdown:>8.2%}{_opt(s.sharpe, '.2f'):>8}{s.trades:>7}"
-            f"{_opt(None if s.win_rate is None else 100 * s.win_rate, '.0f'):>6}"
-            f"{_opt(None if s.error_rate is None else 100 * s.error_rate, '.0f'):>6}"
-            f"{_opt(p99, '.2f'):>7}{s.confidence:>6.2f}  {','.join(s.breached) or '-'}"
-        )
-    return "\n".join(lines)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load_config(path: str | None) -> DaemonConfig:
+    from rampart.config import DaemonConfig, load_config
+
+    path = path or os.environ.get(ENV_CONFIG)
+    return load_config(path) if path else DaemonConfig()
+
+
+# ---- commands -------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    # Imported here so `rampart --version` stays instant.
     from rampart.scenario import run_scenario
+    from rampart.status import format_metrics
 
     result = run_scenario(seed=args.seed)
     print(f"rampart {__version__}: scripted scenario on the Rust risk core (seed {args.seed})")
@@ -55,8 +79,100 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not result.breaches:
         print("no limit tripped")
     print()
-    print(format_snapshots(result.snapshots))
+    print(format_metrics(result.snapshots))
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from rampart.config import ConfigFileError
+    from rampart.daemon import Daemon, DaemonError
+
+    try:
+        config = _load_config(args.config)
+    except ConfigFileError as e:
+        print(f"rampart run: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_json)
+    servers = [s.strip() for s in args.servers.split(",")] if args.servers else None
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+
+    async def main() -> int:
+        daemon = Daemon(config, servers=servers)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.request_stop)
+        try:
+            await daemon.run()
+        except DaemonError as e:
+            log.error("%s", e)
+            return 1
+        return 0
+
+    return uvloop.run(main())
+
+
+def _validate_one(path: Path) -> str:
+    """The kind of document at ``path`` if valid; raises ValueError with the reason if not."""
+    from rampart.config import load_config
+    from rampart.deployment import load_deployment
+
+    if path.suffix.lower() == ".json":
+        try:
+            head = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            head = None
+        if isinstance(head, dict) and "strategy" in head:
+            d = load_deployment(path)
+            return f"{type(d).__name__} {d.deployment_id}"
+    cfg = load_config(path)
+    return f"daemon configuration, {len(cfg.algorithms)} algorithms"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failures = 0
+    for name in args.files:
+        try:
+            kind = _validate_one(Path(name))
+        except ValueError as e:
+            failures += 1
+            print(f"INVALID {e}", file=sys.stderr)
+        else:
+            print(f"ok      {name}: {kind}")
+    return 1 if failures else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rampart.config import ConfigFileError
+    from rampart.protocol import encoder
+    from rampart.status import (
+        NoDaemonError,
+        StatusError,
+        fetch_status,
+        format_status,
+        resolve_servers,
+    )
+
+    try:
+        config = _load_config(args.config)
+        servers = resolve_servers(args.servers, config)
+        prefix = args.prefix or config.subject_prefix
+        reply = asyncio.run(fetch_status(servers, prefix, args.algo, args.timeout))
+    except ConfigFileError as e:
+        print(f"rampart status: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except (NoDaemonError, StatusError) as e:
+        print(f"rampart status: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(encoder.encode(reply).decode() + "\n")
+    else:
+        print(format_status(reply))
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +182,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rampart {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     demo = sub.add_parser("demo", help="run a scripted scenario through the risk core")
     demo.add_argument("--seed", type=int, default=7, help="market seed (default: 7)")
     demo.set_defaults(func=cmd_demo)
+
+    config_help = f"daemon configuration file, TOML or JSON (default: ${ENV_CONFIG})"
+    servers_help = "comma-separated NATS URLs (default: config, else an embedded server)"
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", help=config_help)
+    run.add_argument("-s", "--servers", help=servers_help)
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser(
+        "validate", help="check daemon configurations and deployment documents"
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(func=cmd_validate)
+
+    status = sub.add_parser("status", help="show a running daemon's algorithms and metrics")
+    status.add_argument("algo", nargs="?", metavar="ALGO", help="one algorithm in detail")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("-c", "--config", help=config_help)
+    status.add_argument("-s", "--servers", help="comma-separated NATS URLs of the daemon")
+    status.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -1,0 +1,223 @@
+"""Daemon configuration: one TOML or JSON file decoded into msgspec Structs.
+
+Unknown fields are refused; every error names the field path (``$.algorithms[0].capital``) and the
+problem. The reference is docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+
+from rampart._core import AlgoConfig, ConfigError
+from rampart.protocol import DEFAULT_PREFIX, Subjects, is_token
+
+NS_PER_SECOND: Final = 1_000_000_000
+
+
+def ns(d: timedelta) -> int:
+    """A timedelta as integer nanoseconds (exact for microsecond resolution)."""
+    return (d.days * 86_400 + d.seconds) * NS_PER_SECOND + d.microseconds * 1_000
+
+
+class TlsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Verify the server's hostname (disable only for self-signed test setups).
+    verify_hostname: bool = True
+
+
+class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach NATS. No ``servers``: Rampart starts an embedded nats-server."""
+
+    servers: list[str] = []
+    name: str = "rampart"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    # Path of an NKEY seed file, or of a .creds file (JWT + seed).
+    nkeys_seed: str | None = None
+    credentials: str | None = None
+    tls: TlsConfig | None = None
+    connect_timeout: timedelta = timedelta(seconds=2)
+    # A dead link is noticed after ping_interval x (max_outstanding_pings + 1).
+    ping_interval: timedelta = timedelta(seconds=1)
+    max_outstanding_pings: int = 2
+    reconnect_time_wait: timedelta = timedelta(milliseconds=250)
+
+
+class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The nats-server Rampart starts when no servers are configured."""
+
+    host: str = "127.0.0.1"
+    # 0: a free port, written to <data_dir>/nats.url for `rampart status` to find.
+    port: int = 0
+    jetstream: bool = True
+
+
+class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Larger messages are refused as `oversize` (and dead-lettered, truncated).
+    max_payload_bytes: int = 16 * 1024
+    # Events further behind the latest event time are refused as `out_of_order`.
+    time_tolerance: timedelta = timedelta(seconds=5)
+    dead_letter: bool = True
+    # Dead letters carry at most this many bytes of the original payload.
+    dead_letter_payload_limit: int = 4096
+    # Messages a subscription may buffer before NATS counts it a slow consumer.
+    pending_msgs_limit: int = 1_000_000
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-algorithm limits, checked by the core on every event (docs/metrics.md)."""
+
+    max_daily_loss: float | None = None
+    max_drawdown: float | None = None
+    max_error_rate: float | None = None
+    max_latency: timedelta | None = None
+    daily_loss_consecutive: int = 1
+    drawdown_consecutive: int = 1
+    error_rate_consecutive: int = 1
+    latency_consecutive: int = 1
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    return_interval: timedelta = timedelta(hours=1)
+    sharpe_window: int = 720
+    periods_per_year: float | None = None
+    risk_free_rate: float = 0.0
+    session_offset: timedelta = timedelta(0)
+    error_window: timedelta = timedelta(seconds=60)
+    error_min_orders: int = 20
+    latency_window: timedelta = timedelta(seconds=60)
+    latency_min_samples: int = 20
+
+
+class AlgorithmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One algorithm Rampart governs: its id, version, the gateway that runs it, its capital."""
+
+    id: str
+    version: str
+    gateway: str
+    capital: float
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    def to_core(self) -> AlgoConfig:
+        lim, m = self.limits, self.metrics
+        return AlgoConfig(
+            self.id,
+            self.version,
+            self.capital,
+            max_daily_loss=lim.max_daily_loss,
+            max_drawdown=lim.max_drawdown,
+            max_error_rate=lim.max_error_rate,
+            max_latency_ns=None if lim.max_latency is None else ns(lim.max_latency),
+            daily_loss_consecutive=lim.daily_loss_consecutive,
+            drawdown_consecutive=lim.drawdown_consecutive,
+            error_rate_consecutive=lim.error_rate_consecutive,
+            latency_consecutive=lim.latency_consecutive,
+            error_window_ns=ns(m.error_window),
+            error_min_orders=m.error_min_orders,
+            latency_window_ns=ns(m.latency_window),
+            latency_min_samples=m.latency_min_samples,
+            return_interval_ns=ns(m.return_interval),
+            sharpe_window=m.sharpe_window,
+            periods_per_year=m.periods_per_year,
+            risk_free_rate=m.risk_free_rate,
+            session_offset_ns=ns(m.session_offset),
+        )
+
+
+class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole daemon configuration file."""
+
+    name: str = "rampart"
+    subject_prefix: str = DEFAULT_PREFIX
+    data_dir: str = ".rampart"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
+    # Interval of the daemon's own heartbeat (the gateways' dead-man's switch watches it).
+    heartbeat_interval: timedelta = timedelta(seconds=1)
+    nats: NatsConfig = NatsConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
+    ingest: IngestConfig = IngestConfig()
+    algorithms: list[AlgorithmConfig] = []
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is unreadable or invalid; the message says where and why."""
+
+
+def _check(cfg: DaemonConfig) -> None:
+    """Rules beyond types: ids usable as subject tokens, unique ids, core-valid limits."""
+    try:
+        Subjects(cfg.subject_prefix)
+    except ValueError as e:
+        raise ConfigFileError(f"`$.subject_prefix`: {e}") from None
+    if not is_token(cfg.name):
+        raise ConfigFileError(f"`$.name` {cfg.name!r} must be a NATS subject token")
+    seen: set[str] = set()
+    for i, algo in enumerate(cfg.algorithms):
+        path = f"$.algorithms[{i}]"
+        for field in ("id", "gateway"):
+            value = getattr(algo, field)
+            if not is_token(value):
+                raise ConfigFileError(
+                    f"`{path}.{field}` {value!r} must be a NATS subject token "
+                    "(letters, digits, '-', '_'; no spaces, dots or wildcards)"
+                )
+        if algo.id in seen:
+            raise ConfigFileError(f"`{path}.id` {algo.id!r} is listed twice")
+        seen.add(algo.id)
+        try:
+            algo.to_core()
+        except ConfigError as e:
+            raise ConfigFileError(f"`{path}`: {e}") from None
+    for field, value in (
+        ("ingest.max_payload_bytes", cfg.ingest.max_payload_bytes),
+        ("ingest.pending_msgs_limit", cfg.ingest.pending_msgs_limit),
+        ("nats.max_outstanding_pings", cfg.nats.max_outstanding_pings),
+    ):
+        if value <= 0:
+            raise ConfigFileError(f"`$.{field}` must be > 0, got {value}")
+    if not 0 <= cfg.embedded.port <= 65535:
+        raise ConfigFileError(f"`$.embedded.port` must be in 0..65535, got {cfg.embedded.port}")
+
+
+def parse_config(data: bytes, *, suffix: str = ".toml") -> DaemonConfig:
+    """Decode and check a configuration document (TOML, or JSON when ``suffix`` is .json)."""
+    try:
+        if suffix == ".json":
+            cfg = msgspec.json.decode(data, type=DaemonConfig)
+        else:
+            raw = tomllib.loads(data.decode("utf-8"))
+            cfg = msgspec.convert(raw, DaemonConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigFileError(str(e)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"not UTF-8 text: {e}") from None
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
+    """Read a configuration file; errors start with the file's path."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigFileError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        return parse_config(data, suffix=p.suffix.lower())
+    except ConfigFileError as e:
+        raise ConfigFileError(f"{p}: {e}") from None

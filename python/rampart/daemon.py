@@ -1,0 +1,472 @@
+"""The Rampart daemon: the only place with I/O.
+
+It connects to NATS (or starts an embedded nats-server), feeds market data, fills and order events
+straight from the message bytes into the Rust core, dead-letters bad input with its reason, tracks
+gateway heartbeats, publishes its own heartbeat and every breach, and serves status on the NATS
+services API. Everything it starts, it stops in ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from rampart import __version__
+from rampart._core import Breach, Engine, InvalidEventError
+from rampart.config import DaemonConfig, NatsConfig, ns
+from rampart.embedded import EmbeddedNatsServer
+from rampart.protocol import (
+    AlgoStatus,
+    BreachEvent,
+    ConnectivityEvent,
+    ConnectivityState,
+    DaemonStatus,
+    DeadLetter,
+    ErrorReply,
+    GatewayStatus,
+    IngestStats,
+    SidecarHeartbeat,
+    StatusReply,
+    encoder,
+    heartbeat_decoder,
+)
+
+log = logging.getLogger("rampart.daemon")
+
+URL_FILE: Final = "nats.url"
+# Log the first few rejections of each reason, then one in this many.
+LOG_EVERY: Final = 1000
+LOG_FIRST: Final = 10
+
+BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
+ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start (NATS unreachable, embedded server failed)."""
+
+
+def _seconds(cfg: NatsConfig) -> dict[str, float]:
+    return {
+        "connect_timeout": cfg.connect_timeout.total_seconds(),
+        "ping_interval": cfg.ping_interval.total_seconds(),
+        "reconnect_time_wait": cfg.reconnect_time_wait.total_seconds(),
+    }
+
+
+def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+    if cfg.tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.tls.ca_file)
+    ctx.check_hostname = cfg.tls.verify_hostname
+    if cfg.tls.cert_file:
+        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
+    return ctx
+
+
+def connect_options(cfg: NatsConfig, servers: list[str]) -> dict[str, Any]:
+    """nats-py connect() options for a risk process.
+
+    A dead link is noticed within ``ping_interval x (max_outstanding_pings + 1)``; reconnects are
+    retried forever; ``pending_size=0`` disables the reconnect buffer, so nothing published while
+    disconnected is replayed later (a stale command must never arrive late).
+    """
+    opts: dict[str, Any] = {
+        "servers": servers,
+        "name": cfg.name,
+        "max_outstanding_pings": cfg.max_outstanding_pings,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "pending_size": 0,
+        **_seconds(cfg),
+    }
+    if cfg.user is not None:
+        opts["user"] = cfg.user
+        opts["password"] = cfg.password
+    if cfg.token is not None:
+        opts["token"] = cfg.token
+    if cfg.nkeys_seed is not None:
+        opts["nkeys_seed"] = cfg.nkeys_seed
+    if cfg.credentials is not None:
+        opts["user_credentials"] = cfg.credentials
+    tls = _tls_context(cfg)
+    if tls is not None:
+        opts["tls"] = tls
+    return opts
+
+
+class Daemon:
+    """One Rampart daemon. ``await start()`` then ``await close()``, or ``run()`` until stopped."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        servers: list[str] | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.subjects = config.subjects
+        self.wall_clock = wall_clock
+        self._servers = list(servers) if servers else list(config.nats.servers)
+        self.engine = Engine(time_tolerance_ns=ns(config.ingest.time_tolerance))
+        self.gateway_of: dict[str, str] = {}
+        for algo in config.algorithms:
+            self.engine.register(algo.to_core())
+            self.gateway_of[algo.id] = algo.gateway
+        self.stats = IngestStats()
+        self.slow_consumer_drops = 0
+        self.gateways: dict[str, GatewayStatus] = {}
+        self.connectivity: deque[ConnectivityEvent] = deque(maxlen=50)
+        self.breach_listeners: list[BreachListener] = []
+        self.connectivity_listeners: list[ConnectivityListener] = []
+        self.nc: Client | None = None
+        self.embedded: EmbeddedNatsServer | None = None
+        self.started_at = 0
+        self._subs: list[Subscription] = []
+        self._service: Service | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._max_payload = config.ingest.max_payload_bytes
+        self._ingest = self.engine.ingest_json
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    @property
+    def url_file(self) -> Path:
+        return Path(self.config.data_dir) / URL_FILE
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self._servers)
+
+    async def start(self) -> None:
+        self.started_at = self.wall_clock()
+        if not self._servers:
+            await self._start_embedded()
+        try:
+            self.nc = await nats.connect(
+                **connect_options(self.config.nats, self._servers),
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+            )
+        except Exception as e:
+            await self._stop_embedded()
+            raise DaemonError(
+                f"cannot connect to NATS at {', '.join(self._servers)}: {e or type(e).__name__}"
+            ) from e
+        await self._subscribe()
+        await self._start_status_service()
+        self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
+        await self.nc.flush()
+        log.info(
+            "rampart %s up: %d algorithms, NATS %s, prefix %r",
+            __version__,
+            len(self.engine),
+            ", ".join(self._servers),
+            self.subjects.prefix,
+        )
+
+    async def _start_embedded(self) -> None:
+        emb = self.config.embedded
+        data_dir = Path(self.config.data_dir)
+        self.embedded = EmbeddedNatsServer(
+            host=emb.host, port=emb.port, jetstream=emb.jetstream, store_dir=data_dir / "nats"
+        )
+        try:
+            url = await asyncio.to_thread(self.embedded.start)
+        except Exception as e:
+            self.embedded = None
+            raise DaemonError(f"cannot start the embedded nats-server: {e}") from e
+        self._servers = [url]
+        self.url_file.write_text(url + "\n")
+        log.info("embedded nats-server on %s (JetStream: %s)", url, emb.jetstream)
+
+    async def _stop_embedded(self) -> None:
+        if self.embedded is not None:
+            with contextlib.suppress(OSError):
+                self.url_file.unlink()
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
+
+    async def _subscribe(self) -> None:
+        assert self.nc is not None
+        s = self.subjects
+        limit = self.config.ingest.pending_msgs_limit
+        for subject in (s.market_all, s.fills_all, s.orders_all):
+            sub = await self.nc.subscribe(
+                subject, cb=self._on_event, pending_msgs_limit=limit, pending_bytes_limit=-1
+            )
+            self._subs.append(sub)
+        self._subs.append(await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to shut down (safe from a signal handler)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until ``request_stop()``, then shut down cleanly."""
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drain subscriptions, flush, stop tasks and the service, stop an embedded server."""
+        self._closing = True
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+            self._service = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()  # processes what is buffered, flushes, closes
+            except Exception as e:
+                log.warning("NATS drain failed (%s); closing", e)
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
+        self._subs.clear()
+        await self._stop_embedded()
+        log.info(
+            "rampart stopped: %d events ingested, %d rejected",
+            self.stats.ingested,
+            sum(self.stats.rejected.values()),
+        )
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---- ingest (hot path) ----------------------------------------------------------------
+
+    async def _on_event(self, msg: Msg) -> None:
+        data = msg.data
+        if len(data) > self._max_payload:
+            await self._reject(
+                msg,
+                "oversize",
+                f"payload of {len(data)} bytes exceeds ingest.max_payload_bytes "
+                f"= {self._max_payload}",
+            )
+            return
+        try:
+            breaches = self._ingest(data)
+        except InvalidEventError as e:
+            await self._reject(msg, e.reason, str(e))
+            return
+        self.stats.ingested += 1
+        if breaches is not None:
+            await self._on_breaches(breaches)
+
+    async def _reject(self, msg: Msg, reason: str, error: str) -> None:
+        rejected = self.stats.rejected
+        count = rejected.get(reason, 0) + 1
+        rejected[reason] = count
+        if count <= LOG_FIRST or count % LOG_EVERY == 0:
+            log.warning("refused message on %s (%s, #%d): %s", msg.subject, reason, count, error)
+        if not self.config.ingest.dead_letter or self.nc is None:
+            return
+        limit = self.config.ingest.dead_letter_payload_limit
+        letter = DeadLetter(
+            reason=reason,
+            error=error,
+            subject=msg.subject,
+            payload=msg.data[:limit].decode("utf-8", errors="replace"),
+            payload_size=len(msg.data),
+            received_at=self.wall_clock(),
+        )
+        try:
+            await self.nc.publish(self.subjects.dead_letter(reason), encoder.encode(letter))
+            self.stats.dead_lettered += 1
+        except Exception as e:
+            self.stats.dead_letter_failures += 1
+            log.error("could not dead-letter a %s message: %s", reason, e)
+
+    async def _on_breaches(self, breaches: list[Breach]) -> None:
+        self.stats.breaches += len(breaches)
+        for b in breaches:
+            log.warning(
+                "BREACH %s %s: value %.6g, limit %.6g at %d",
+                b.algo_id,
+                b.kind,
+                b.value,
+                b.threshold,
+                b.ts,
+            )
+            if self.nc is not None:
+                event = BreachEvent(
+                    algo=b.algo_id, kind=b.kind, value=b.value, threshold=b.threshold, ts=b.ts
+                )
+                try:
+                    await self.nc.publish(self.subjects.breach(b.algo_id), encoder.encode(event))
+                except Exception as e:
+                    log.error("could not publish breach of %s: %s", b.algo_id, e)
+        for listener in self.breach_listeners:
+            result = listener(breaches)
+            if result is not None:
+                await result
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = heartbeat_decoder.decode(msg.data)
+        except msgspec.DecodeError as e:  # ValidationError is a DecodeError
+            await self._reject(msg, "decode", f"not a gateway heartbeat: {e}")
+            return
+        self.stats.heartbeats += 1
+        self.gateways[hb.gateway] = GatewayStatus(
+            gateway=hb.gateway,
+            last_heartbeat_ts=hb.ts,
+            received_at=self.wall_clock(),
+            health=hb.health,
+            algos=hb.algos,
+        )
+
+    # ---- connectivity ---------------------------------------------------------------------
+
+    async def _connectivity(self, state: ConnectivityState) -> None:
+        server = None
+        if self.nc is not None and self.nc.connected_url is not None:
+            server = self.nc.connected_url.netloc
+        event = ConnectivityEvent(state=state, ts=self.wall_clock(), server=server)
+        self.connectivity.append(event)
+        level = logging.INFO if self._closing else logging.WARNING
+        log.log(level, "NATS %s (%s)", state, server or "-")
+        for listener in self.connectivity_listeners:
+            result = listener(event)
+            if result is not None:
+                await result
+        if state == "reconnected" and self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(self.subjects.connectivity(), encoder.encode(event))
+
+    async def _on_disconnected(self) -> None:
+        await self._connectivity("disconnected")
+
+    async def _on_reconnected(self) -> None:
+        await self._connectivity("reconnected")
+
+    async def _on_closed(self) -> None:
+        await self._connectivity("closed")
+
+    async def _on_error(self, e: Exception) -> None:
+        if isinstance(e, SlowConsumerError):
+            self.slow_consumer_drops += 1
+            if self.slow_consumer_drops <= LOG_FIRST or self.slow_consumer_drops % LOG_EVERY == 0:
+                log.error("slow consumer on %s: NATS dropped a message", e.subject)
+            return
+        log.error("NATS error: %s", e)
+
+    # ---- own heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval.total_seconds()
+        subject = self.subjects.sidecar_heartbeat
+        while True:
+            if self.nc is not None and self.nc.is_connected:
+                hb = SidecarHeartbeat(
+                    daemon=self.config.name,
+                    ts=self.wall_clock(),
+                    interval_ms=int(interval * 1000),
+                )
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(subject, encoder.encode(hb))
+            await asyncio.sleep(interval)
+
+    # ---- status -------------------------------------------------------------------------------
+
+    def daemon_status(self) -> DaemonStatus:
+        nc = self.nc
+        server = nc.connected_url.netloc if nc is not None and nc.connected_url else None
+        stats = msgspec.structs.replace(
+            self.stats,
+            rejected={**self.stats.rejected, "slow_consumer": self.slow_consumer_drops}
+            if self.slow_consumer_drops
+            else dict(self.stats.rejected),
+        )
+        return DaemonStatus(
+            name=self.config.name,
+            version=__version__,
+            started_at=self.started_at,
+            connected=bool(nc is not None and nc.is_connected),
+            server=server,
+            now=self.engine.now,
+            ingest=stats,
+            gateways=sorted(self.gateways.values(), key=lambda g: g.gateway),
+            connectivity=list(self.connectivity),
+        )
+
+    def algo_status(self, algo_id: str) -> AlgoStatus:
+        snap = self.engine.snapshot(algo_id).to_dict()
+        snap["gateway"] = self.gateway_of.get(algo_id)
+        return msgspec.convert(snap, AlgoStatus)
+
+    def status(self, algo_id: str | None = None) -> StatusReply:
+        ids = [algo_id] if algo_id is not None else self.engine.algorithms()
+        return StatusReply(
+            daemon=self.daemon_status(), algorithms=[self.algo_status(a) for a in ids]
+        )
+
+    async def _start_status_service(self) -> None:
+        assert self.nc is not None
+        self._service = await add_service(
+            self.nc,
+            name=self.config.name,
+            version=__version__,
+            description="Rampart risk sidecar: algorithm metrics and deployment status",
+            metadata={"prefix": self.subjects.prefix},
+        )
+        await self._service.add_endpoint(
+            name="algorithms",
+            subject=self.subjects.status("algorithms"),
+            handler=self._status_all,
+        )
+        await self._service.add_endpoint(
+            name="algorithm",
+            subject=self.subjects.status("algorithm"),
+            handler=self._status_one,
+        )
+
+    async def _status_all(self, req: Request) -> None:
+        await req.respond(encoder.encode(self.status()))
+
+    async def _status_one(self, req: Request) -> None:
+        algo_id = req.data.decode("utf-8", errors="replace").strip()
+        if algo_id not in self.engine:
+            known = ", ".join(self.engine.algorithms()) or "none"
+            error = f"unknown algorithm {algo_id!r}; known: {known}"
+            await req.respond_error("404", error, data=encoder.encode(ErrorReply(error=error)))
+            return
+        await req.respond(encoder.encode(self.status(algo_id)))

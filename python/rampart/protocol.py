@@ -1,0 +1,426 @@
+"""Rampart's wire protocol: the NATS subject layout and every message as a msgspec Struct.
+
+The reference for other languages is docs/protocol.md; this module is its executable form. Every
+message carries a schema version ``v``. Hot-path events (quotes, marks, fills, order events) use the
+JSON format of docs/events.md and are decoded by the Rust core straight from the message bytes; the
+Structs here are what publishers (the gateway SDK, the tests, the tools) encode them with.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_PREFIX: Final = "rampart"
+
+# NATS subject tokens we accept for ids: no whitespace, dots or wildcards.
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=~%!#$&^]+$")
+
+
+def is_token(value: str) -> bool:
+    """True when ``value`` can be one token of a NATS subject (used for ids and symbols)."""
+    return bool(_TOKEN.match(value))
+
+
+class Subjects:
+    """The subject layout under one prefix (default ``rampart``). See docs/protocol.md."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        parts = prefix.split(".")
+        if not prefix or not all(is_token(p) for p in parts):
+            raise ValueError(
+                f"subject prefix {prefix!r} must be dot-separated NATS tokens "
+                "(letters, digits, '-', '_'; no spaces or wildcards)"
+            )
+        self.prefix = prefix
+
+    # -- streams Rampart ingests --
+    def market(self, symbol: str) -> str:
+        return f"{self.prefix}.md.{symbol}"
+
+    def fills(self, gateway: str, algo: str) -> str:
+        return f"{self.prefix}.fills.{gateway}.{algo}"
+
+    def orders(self, gateway: str, algo: str) -> str:
+        return f"{self.prefix}.orders.{gateway}.{algo}"
+
+    def heartbeat(self, gateway: str) -> str:
+        return f"{self.prefix}.hb.{gateway}"
+
+    @property
+    def market_all(self) -> str:
+        return f"{self.prefix}.md.>"
+
+    @property
+    def fills_all(self) -> str:
+        return f"{self.prefix}.fills.>"
+
+    @property
+    def orders_all(self) -> str:
+        return f"{self.prefix}.orders.>"
+
+    @property
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.hb.*"
+
+    # -- what Rampart publishes --
+    def command(self, gateway: str) -> str:
+        return f"{self.prefix}.cmd.{gateway}"
+
+    @property
+    def sidecar_heartbeat(self) -> str:
+        return f"{self.prefix}.sidecar.hb"
+
+    def dead_letter(self, reason: str) -> str:
+        return f"{self.prefix}.dlq.{reason}"
+
+    @property
+    def dead_letter_all(self) -> str:
+        return f"{self.prefix}.dlq.>"
+
+    def breach(self, algo: str) -> str:
+        return f"{self.prefix}.breach.{algo}"
+
+    def alert(self, severity: str) -> str:
+        return f"{self.prefix}.alert.{severity}"
+
+    def connectivity(self) -> str:
+        return f"{self.prefix}.events.connectivity"
+
+    # -- request/reply --
+    def control(self, verb: str) -> str:
+        return f"{self.prefix}.ctl.{verb}"
+
+    def status(self, endpoint: str) -> str:
+        return f"{self.prefix}.status.{endpoint}"
+
+
+# ---- hot-path events (docs/events.md) -----------------------------------------------------
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote", tag_field="type"):
+    """Top of book; marks positions at the mid. Subject: ``<prefix>.md.<symbol>``."""
+
+    symbol: str
+    bid: float
+    ask: float
+    ts: int
+    v: int = SCHEMA_VERSION
+
+
+class Mark(msgspec.Struct, frozen=True, kw_only=True, tag="mark", tag_field="type"):
+    """A trade price or reference mark. Subject: ``<prefix>.md.<symbol>``."""
+
+    symbol: str
+    price: float
+    ts: int
+    v: int = SCHEMA_VERSION
+
+
+class Fill(msgspec.Struct, frozen=True, kw_only=True, tag="fill", tag_field="type"):
+    """An execution. Subject: ``<prefix>.fills.<gateway>.<algo>``."""
+
+    algo: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: float
+    price: float
+    ts: int
+    fee: float = 0.0
+    order_id: str | None = None
+    paper: bool = False
+    v: int = SCHEMA_VERSION
+
+
+OrderEventKind = Literal["submitted", "acked", "rejected", "cancelled"]
+
+
+class OrderEvent(msgspec.Struct, frozen=True, kw_only=True, tag="order", tag_field="type"):
+    """An order life-cycle event. Subject: ``<prefix>.orders.<gateway>.<algo>``.
+
+    ``latency_ns`` (submit to venue ack) is required for ``acked``; ``reason`` explains a reject.
+    """
+
+    algo: str
+    event: OrderEventKind
+    ts: int
+    latency_ns: int | None = None
+    order_id: str | None = None
+    reason: str | None = None
+    v: int = SCHEMA_VERSION
+
+
+HotEvent = Quote | Mark | Fill | OrderEvent
+
+# ---- gateway health ---------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    market_data: bool
+    order_routing: bool
+    risk_engine: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.market_data and self.order_routing and self.risk_engine
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_field="type"):
+    """A gateway's liveness and health. Subject: ``<prefix>.hb.<gateway>``."""
+
+    gateway: str
+    ts: int
+    health: Health
+    algos: list[str] = []
+    interval_ms: int = 1000
+    v: int = SCHEMA_VERSION
+
+
+class SidecarHeartbeat(
+    msgspec.Struct, frozen=True, kw_only=True, tag="sidecar_heartbeat", tag_field="type"
+):
+    """Rampart's own liveness, for the gateways' dead-man's switch.
+
+    Subject: ``<prefix>.sidecar.hb``.
+    """
+
+    daemon: str
+    ts: int
+    interval_ms: int = 1000
+    v: int = SCHEMA_VERSION
+
+
+# ---- gateway commands (request/reply on <prefix>.cmd.<gateway>) ---------------------------
+
+CommandKind = Literal[
+    "halt", "resume", "cancel_all", "flatten", "set_allocation", "activate", "standby"
+]
+
+
+class CommandTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """One algorithm a command applies to; ``allocation`` for set_allocation, ``version`` for
+    activate/standby."""
+
+    algo: str
+    allocation: float | None = None
+    version: str | None = None
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_field="type"):
+    """A command to a gateway, batched over algorithms.
+
+    ``command_id`` is reused by retries (the gateway applies it once); ``epoch`` only grows; a
+    command received after ``valid_until`` (ns since epoch) is refused as expired.
+    """
+
+    command_id: str
+    epoch: int
+    kind: CommandKind
+    targets: list[CommandTarget]
+    issued_at: int
+    valid_until: int
+    reason: str = ""
+    v: int = SCHEMA_VERSION
+
+
+CommandStatus = Literal["applied", "duplicate", "expired", "stale_epoch", "refused", "error"]
+
+
+class TargetResult(msgspec.Struct, frozen=True, kw_only=True):
+    algo: str
+    status: CommandStatus
+    detail: str = ""
+
+
+class CommandAck(msgspec.Struct, frozen=True, kw_only=True, tag="command_ack", tag_field="type"):
+    """The gateway's reply to a Command: one result per target."""
+
+    command_id: str
+    gateway: str
+    results: list[TargetResult]
+    ts: int
+    v: int = SCHEMA_VERSION
+
+
+# ---- dead letters and breaches ----------------------------------------------------------
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag="dead_letter", tag_field="type"):
+    """Published on ``<prefix>.dlq.<reason>`` for every refused input message.
+
+    ``payload`` is the original message body (UTF-8, with invalid bytes replaced; at most
+    ``payload_limit`` bytes), ``subject`` the subject it arrived on.
+    """
+
+    reason: str
+    error: str
+    subject: str
+    payload: str
+    payload_size: int
+    received_at: int
+    v: int = SCHEMA_VERSION
+
+
+class BreachEvent(msgspec.Struct, frozen=True, kw_only=True, tag="breach", tag_field="type"):
+    """A limit tripped in the core. Published on ``<prefix>.breach.<algo>``."""
+
+    algo: str
+    kind: str
+    value: float
+    threshold: float
+    ts: int
+    v: int = SCHEMA_VERSION
+
+
+ConnectivityState = Literal["disconnected", "reconnected", "closed"]
+
+
+class ConnectivityEvent(
+    msgspec.Struct, frozen=True, kw_only=True, tag="connectivity", tag_field="type"
+):
+    """The daemon's NATS link changed state (``disconnected``, ``reconnected``, ``closed``)."""
+
+    state: ConnectivityState
+    ts: int
+    server: str | None = None
+    v: int = SCHEMA_VERSION
+
+
+# ---- operator control (request/reply on <prefix>.ctl.<verb>) ------------------------------
+
+ControlVerb = Literal["deploy", "approve", "promote", "pause", "resume", "abort", "halt"]
+
+
+class ControlRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator's command. ``operator`` is the identity recorded in the audit log."""
+
+    operator: str
+    target: str
+    reason: str = ""
+    document: dict[str, Any] | None = None
+    v: int = SCHEMA_VERSION
+
+
+class ControlReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    error: str | None = None
+    state: dict[str, Any] | None = None
+    v: int = SCHEMA_VERSION
+
+
+# ---- status (NATS services API, service "rampart") ---------------------------------------
+
+
+class PositionStatus(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    qty: float
+    avg_cost: float
+    mark: float | None
+    unrealized_pnl: float
+    realized_pnl: float
+
+
+class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Every metric of one algorithm: the core's ``Snapshot.to_dict()``, plus its gateway."""
+
+    algo_id: str
+    version: str
+    ts: int | None
+    capital: float
+    equity: float
+    realized_pnl: float
+    unrealized_pnl: float
+    fees: float
+    peak_equity: float
+    drawdown: float
+    max_drawdown: float
+    daily_pnl: float
+    session_start_equity: float
+    stage_pnl: float
+    returns_count: int
+    sharpe: float | None
+    trades: int
+    wins: int
+    win_rate: float | None
+    fills: int
+    orders_in_window: int
+    rejects_in_window: int
+    error_rate: float | None
+    acks_in_window: int
+    latency_p50_ns: int | None
+    latency_p99_ns: int | None
+    orders_submitted_total: int
+    orders_rejected_total: int
+    orders_acked_total: int
+    orders_cancelled_total: int
+    last_fill_ts: int | None
+    last_order_ts: int | None
+    last_event_ts: int | None
+    confidence: float
+    breached: list[str]
+    positions: list[PositionStatus]
+    gateway: str | None = None
+
+
+class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
+    gateway: str
+    last_heartbeat_ts: int
+    received_at: int
+    health: Health
+    algos: list[str]
+
+
+class IngestStats(msgspec.Struct, kw_only=True):
+    ingested: int = 0
+    rejected: dict[str, int] = {}
+    breaches: int = 0
+    heartbeats: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+
+
+class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    started_at: int
+    connected: bool
+    server: str | None
+    now: int | None
+    ingest: IngestStats
+    gateways: list[GatewayStatus]
+    connectivity: list[ConnectivityEvent]
+
+
+class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply of ``<prefix>.status.algorithms`` (all algorithms) and ``<prefix>.status.algorithm``
+    (request body: the algorithm id; ``algorithms`` then holds that one)."""
+
+    daemon: DaemonStatus
+    algorithms: list[AlgoStatus]
+    v: int = SCHEMA_VERSION
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    error: str
+    v: int = SCHEMA_VERSION
+
+
+# ---- codecs, built once --------------------------------------------------------------------
+
+encoder: Final = msgspec.json.Encoder()
+hot_event_decoder: Final = msgspec.json.Decoder(HotEvent)
+heartbeat_decoder: Final = msgspec.json.Decoder(Heartbeat)
+sidecar_heartbeat_decoder: Final = msgspec.json.Decoder(SidecarHeartbeat)
+command_decoder: Final = msgspec.json.Decoder(Command)
+command_ack_decoder: Final = msgspec.json.Decoder(CommandAck)
+dead_letter_decoder: Final = msgspec.json.Decoder(DeadLetter)
+breach_decoder: Final = msgspec.json.Decoder(BreachEvent)
+control_request_decoder: Final = msgspec.json.Decoder(ControlRequest)
+control_reply_decoder: Final = msgspec.json.Decoder(ControlReply)
+status_reply_decoder: Final = msgspec.json.Decoder(StatusReply)
+error_reply_decoder: Final = msgspec.json.Decoder(ErrorReply)

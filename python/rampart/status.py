@@ -1,0 +1,168 @@
+"""The status client: finds the daemon's NATS, asks its status service, formats the answer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from rampart.config import DaemonConfig
+from rampart.daemon import URL_FILE
+from rampart.protocol import StatusReply, Subjects, error_reply_decoder, status_reply_decoder
+
+ENV_URL = "RAMPART_NATS_URL"
+
+
+class NoDaemonError(RuntimeError):
+    """No Rampart daemon answered, or NATS could not be reached."""
+
+
+class StatusError(RuntimeError):
+    """The daemon answered with an error (e.g. an unknown algorithm)."""
+
+
+def resolve_servers(flag: str | None, config: DaemonConfig) -> list[str]:
+    """Where the daemon's NATS is: --servers, $RAMPART_NATS_URL, the config, or the URL file
+    an embedded server left in the data directory."""
+    for source in (flag, os.environ.get(ENV_URL)):
+        if source:
+            return [s.strip() for s in source.split(",") if s.strip()]
+    if config.nats.servers:
+        return list(config.nats.servers)
+    url_file = Path(config.data_dir) / URL_FILE
+    try:
+        url = url_file.read_text().strip()
+    except OSError:
+        raise NoDaemonError(
+            f"no NATS server to ask: pass --servers, set {ENV_URL}, configure nats.servers, "
+            f"or start `rampart run` (its embedded server writes {url_file})"
+        ) from None
+    return [url]
+
+
+async def fetch_status(
+    servers: list[str], prefix: str, algo: str | None = None, timeout: float = 2.0
+) -> StatusReply:
+    subjects = Subjects(prefix)
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+    except Exception as e:
+        raise NoDaemonError(f"cannot reach NATS at {', '.join(servers)}: {e}") from None
+    try:
+        subject = subjects.status("algorithm" if algo else "algorithms")
+        try:
+            msg = await nc.request(subject, (algo or "").encode(), timeout=timeout)
+        except (NoRespondersError, NatsTimeoutError):
+            raise NoDaemonError(
+                f"no Rampart daemon answered on {subject} at {', '.join(servers)}"
+            ) from None
+        if msg.headers and "Nats-Service-Error" in msg.headers:
+            try:
+                detail = error_reply_decoder.decode(msg.data).error
+            except msgspec.DecodeError:
+                detail = msg.headers["Nats-Service-Error"]
+            raise StatusError(detail)
+        return status_reply_decoder.decode(msg.data)
+    finally:
+        await nc.close()
+
+
+def _ts(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _opt(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+class MetricsRow(Protocol):
+    """What the table needs: satisfied by the core's Snapshot and by protocol.AlgoStatus."""
+
+    @property
+    def algo_id(self) -> str: ...
+    @property
+    def equity(self) -> float: ...
+    @property
+    def daily_pnl(self) -> float: ...
+    @property
+    def drawdown(self) -> float: ...
+    @property
+    def max_drawdown(self) -> float: ...
+    @property
+    def sharpe(self) -> float | None: ...
+    @property
+    def trades(self) -> int: ...
+    @property
+    def win_rate(self) -> float | None: ...
+    @property
+    def error_rate(self) -> float | None: ...
+    @property
+    def latency_p99_ns(self) -> int | None: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def breached(self) -> Sequence[str]: ...
+
+
+def format_metrics(rows: Sequence[MetricsRow]) -> str:
+    """A fixed-width table of the key metrics, one row per algorithm."""
+    head = (
+        f"{'algorithm':<14}{'equity':>12}{'daily PnL':>11}{'drawdown':>9}{'max DD':>8}"
+        f"{'Sharpe':>8}{'trades':>7}{'win%':>6}{'rej%':>6}{'p99 ms':>7}{'conf':>6}  breached"
+    )
+    lines = [head, "-" * len(head)]
+    for s in rows:
+        p99 = None if s.latency_p99_ns is None else s.latency_p99_ns / 1e6
+        win = None if s.win_rate is None else 100 * s.win_rate
+        rej = None if s.error_rate is None else 100 * s.error_rate
+        lines.append(
+            f"{s.algo_id:<14}{s.equity:>12,.2f}{s.daily_pnl:>11,.2f}{s.drawdown:>9.2%}"
+            f"{s.max_drawdown:>8.2%}{_opt(s.sharpe, '.2f'):>8}{s.trades:>7}"
+            f"{_opt(win, '.0f'):>6}{_opt(rej, '.0f'):>6}{_opt(p99, '.2f'):>7}"
+            f"{s.confidence:>6.2f}  {','.join(s.breached) or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def format_status(reply: StatusReply) -> str:
+    d = reply.daemon
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items())) or "none"
+    lines = [
+        f"rampart {d.version} ({d.name}) on {d.server or '-'}, "
+        f"{'connected' if d.connected else 'DISCONNECTED'}; event time {_ts(d.now)}",
+        f"ingested {d.ingest.ingested}, refused: {rejected}, dead-lettered "
+        f"{d.ingest.dead_lettered}, breaches {d.ingest.breaches}",
+    ]
+    for g in d.gateways:
+        health = "healthy" if g.health.ok else "UNHEALTHY"
+        lines.append(f"gateway {g.gateway}: {health}, last heartbeat {_ts(g.last_heartbeat_ts)}")
+    lines.append("")
+    lines.append(format_metrics(reply.algorithms))
+    if len(reply.algorithms) == 1:
+        a = reply.algorithms[0]
+        lines.append("")
+        lines.append(
+            f"{a.algo_id} {a.version} on gateway {a.gateway or '-'}: capital {a.capital:,.2f}, "
+            f"realized {a.realized_pnl:,.2f}, unrealized {a.unrealized_pnl:,.2f}, "
+            f"fees {a.fees:,.2f}, stage PnL {a.stage_pnl:,.2f}"
+        )
+        for p in a.positions:
+            lines.append(
+                f"  {p.symbol:<10} qty {p.qty:>12g}  avg {p.avg_cost:>12.4f}  "
+                f"mark {_opt(p.mark, '.4f'):>12}  unrealized {p.unrealized_pnl:>12,.2f}"
+            )
+    return "\n".join(lines)
