@@ -191,6 +191,18 @@ mod tests {
     }
 
     #[test]
+    fn prices_round_trip_exactly() {
+        // Shortest round-trip decimal of a double (what msgspec and most encoders emit) must
+        // decode to the same double; serde_json's default float parser is off by an ulp here.
+        let price = 90.530_377_326_052_99_f64;
+        let msg = format!(r#"{{"type":"mark","symbol":"ES","price":{price},"ts":1}}"#);
+        match decode_json(msg.as_bytes()).unwrap() {
+            Event::Mark { price: p, .. } => assert_eq!(p.to_bits(), price.to_bits()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn reports_what_is_wrong() {
         let e =
             decode_json(br#"{"type":"fill","algo":"a","symbol":"ES","qty":2,"price":3.5,"ts":7}"#);

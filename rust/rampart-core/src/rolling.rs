@@ -82,7 +82,10 @@ impl RollingStats {
         }
         let mean = self.values.iter().fold(0.0, |acc, v| acc + v) / n as f64;
         self.mean = mean;
-        self.m2 = self.values.iter().fold(0.0, |acc, v| acc + (v - mean) * (v - mean));
+        self.m2 = self
+            .values
+            .iter()
+            .fold(0.0, |acc, v| acc + (v - mean) * (v - mean));
     }
 
     pub fn mean(&self) -> f64 {
