@@ -282,6 +282,32 @@ def test_daemon_survives_a_nats_server_restart(
     run(scenario())
 
 
+def test_a_dead_link_is_noticed_in_seconds_and_nothing_is_buffered(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A hung server (SIGSTOP: the TCP connection stays up, nothing answers) is detected by the
+    client's pings within ping_interval x (max_outstanding_pings + 1) = 0.6 s here; while the
+    link is down, publishing fails instead of queueing for a later replay."""
+
+    async def scenario() -> None:
+        async with running_daemon(make_config(tmp_path), server.url) as daemon:
+            events: list[tuple[str, int]] = []
+            daemon.connectivity_listeners.append(lambda e: events.append((e.state, e.ts)))
+            server.freeze()
+            try:
+                # nats-py's defaults (2 min pings) would take minutes; ours take 0.6 s. The
+                # wait is bounded far above that only so a loaded machine cannot flake it.
+                await until(lambda: any(s == "disconnected" for s, _ in events), timeout=10)
+                assert daemon.nc is not None
+                with pytest.raises(nats.errors.OutboundBufferLimitError):
+                    await daemon.nc.publish("rampart.cmd.gw1", b"stale command")
+            finally:
+                server.thaw()
+            await until(lambda: any(s == "reconnected" for s, _ in events), timeout=20)
+
+    asyncio.run(scenario())
+
+
 def test_nats_micro_discovery_finds_the_status_service(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:

@@ -148,6 +148,7 @@ class EmbeddedNatsServer:
         if proc is None:
             return
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a frozen server cannot handle SIGTERM
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
@@ -156,6 +157,17 @@ class EmbeddedNatsServer:
                 proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+    def freeze(self) -> None:
+        """Stop the server process (SIGSTOP): its sockets stay open but nothing answers, like a
+        hung server or a dead network path."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (SIGCONT)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """Kill the server abruptly (SIGKILL), as a crash would."""
