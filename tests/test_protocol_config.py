@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from rampart._core import AlgoConfig, Engine
 from rampart.cli import main
 from rampart.config import ConfigFileError, DaemonConfig, load_config, parse_config
-from rampart.protocol import AlgoStatus, Fill, OrderEvent, Quote, Subjects, encoder, is_token
+from rampart.protocol import (
+    AlgoStatus,
+    Fill,
+    OrderEvent,
+    Quote,
+    Subjects,
+    encoder,
+    is_subject,
+    is_token,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_028_800_000_000_000
@@ -63,6 +72,8 @@ def test_subjects_refuse_a_bad_prefix_and_ids_must_be_tokens() -> None:
             Subjects(bad)
     assert is_token("momentum-v2_1")
     assert not any(is_token(t) for t in ("a.b", "a b", "*", ">", ""))
+    assert is_subject("momentum-v2.1.0")
+    assert not any(is_subject(t) for t in ("a..b", ".a", "a.", "a b", "a.*", "a.>", ""))
 
 
 def test_example_config_loads() -> None:
@@ -84,6 +95,7 @@ def test_json_config_is_accepted() -> None:
         ("[nats]\nping_interval = 'P1Y'", "$.nats.ping_interval"),
         ('[[algorithms]]\nid="a"\nversion="1"\ngateway="g"', "missing required field `capital`"),
         ('[[algorithms]]\nid="a b"\nversion="1"\ngateway="g"\ncapital=1', "$.algorithms[0].id"),
+        ('[[algorithms]]\nid="a..b"\nversion="1"\ngateway="g"\ncapital=1', "[0].id"),
         ('[[algorithms]]\nid="a"\nversion="1"\ngateway="g.x"\ncapital=1', "[0].gateway"),
         (
             '[[algorithms]]\nid="a"\nversion="1"\ngateway="g"\ncapital=1\n'

@@ -14,8 +14,8 @@ from typing import Final, Literal
 
 import msgspec
 
-from rampart._core import AlgoConfig, ConfigError
-from rampart.protocol import DEFAULT_PREFIX, Subjects, is_token
+from rampart._core import AlgoConfig, ConfigError, RampartError
+from rampart.protocol import DEFAULT_PREFIX, Subjects, is_subject, is_token
 
 NS_PER_SECOND: Final = 1_000_000_000
 
@@ -154,8 +154,10 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return Subjects(self.subject_prefix)
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(RampartError, ValueError):
     """The configuration file is unreadable or invalid; the message says where and why."""
+
+    reason = "invalid_config"
 
 
 def _check(cfg: DaemonConfig) -> None:
@@ -169,13 +171,16 @@ def _check(cfg: DaemonConfig) -> None:
     seen: set[str] = set()
     for i, algo in enumerate(cfg.algorithms):
         path = f"$.algorithms[{i}]"
-        for field in ("id", "gateway"):
-            value = getattr(algo, field)
-            if not is_token(value):
-                raise ConfigFileError(
-                    f"`{path}.{field}` {value!r} must be a NATS subject token "
-                    "(letters, digits, '-', '_'; no spaces, dots or wildcards)"
-                )
+        if not is_subject(algo.id):
+            raise ConfigFileError(
+                f"`{path}.id` {algo.id!r} must be usable in a NATS subject "
+                "(no spaces or wildcards, no empty parts between dots)"
+            )
+        if not is_token(algo.gateway):
+            raise ConfigFileError(
+                f"`{path}.gateway` {algo.gateway!r} must be one NATS subject token "
+                "(no spaces, dots or wildcards)"
+            )
         if algo.id in seen:
             raise ConfigFileError(f"`{path}.id` {algo.id!r} is listed twice")
         seen.add(algo.id)

@@ -16,13 +16,19 @@ import msgspec
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "rampart"
 
-# NATS subject tokens we accept for ids: no whitespace, dots or wildcards.
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=~%!#$&^]+$")
+# NATS subject rules: a token is non-empty with no whitespace, '.', '*' or '>'.
+_TOKEN = re.compile(r"[^\s.*>]+")
+_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*")
 
 
 def is_token(value: str) -> bool:
-    """True when ``value`` can be one token of a NATS subject (used for ids and symbols)."""
-    return bool(_TOKEN.match(value))
+    """True when ``value`` can be one token of a NATS subject (gateway ids, symbols)."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def is_subject(value: str) -> bool:
+    """True when ``value`` is tokens joined by dots (algorithm ids like ``momentum-v2.1.0``)."""
+    return _SUBJECT.fullmatch(value) is not None
 
 
 class Subjects:
