@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from rampart import __version__
 
 if TYPE_CHECKING:
     from rampart.config import DaemonConfig
 
 ENV_CONFIG = "RAMPART_CONFIG"
+ENV_OPERATOR = "RAMPART_OPERATOR"
 log = logging.getLogger("rampart")
 
 
@@ -172,6 +175,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from rampart.config import ConfigFileError
+    from rampart.protocol import ControlRequest, encoder
+    from rampart.status import NoDaemonError, StatusError, control, resolve_servers
+
+    operator = args.operator or os.environ.get(ENV_OPERATOR)
+    if not operator:
+        print(
+            f"rampart {args.verb}: say who you are with --operator NAME (or ${ENV_OPERATOR})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = _load_config(args.config)
+        servers = resolve_servers(args.servers, config)
+        prefix = args.prefix or config.subject_prefix
+        ctl = ControlRequest(operator=operator, target=args.target, reason=args.reason or "")
+        reply = asyncio.run(control(servers, prefix, args.verb, ctl, args.timeout))
+    except ConfigFileError as e:
+        print(f"rampart {args.verb}: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except (NoDaemonError, StatusError) as e:
+        print(f"rampart {args.verb}: {e}", file=sys.stderr)
+        return 1
+    if not reply.ok:
+        print(f"rampart {args.verb}: refused: {reply.error}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(encoder.encode(reply).decode() + "\n")
+    elif args.verb == "rollback" and reply.state is not None:
+        from rampart.status import format_rollback
+        from rampart.store import RollbackRecord
+
+        print(format_rollback(msgspec.convert(reply.state, RollbackRecord)))
+    else:
+        print(f"{args.verb} {args.target}: done ({json.dumps(reply.state)})")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from rampart.audit import audit_verify_main
+    from rampart.daemon import STORE_FILE
+
+    db = args.db
+    if db is None:
+        try:
+            config = _load_config(args.config)
+        except ValueError as e:
+            print(f"rampart audit verify: invalid configuration: {e}", file=sys.stderr)
+            return 2
+        db = str(Path(config.data_dir) / STORE_FILE)
+    return audit_verify_main(db, json_out=args.json)
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 
@@ -209,6 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     status.set_defaults(func=cmd_status)
+
+    for verb, text in (
+        ("rollback", "emergency rollback: halt, cancel, allocation 0, previous version back"),
+        ("resume", "lift the halt of algorithms after a rollback (a person's decision)"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("target", metavar="TARGET", help="ALGO, gateway:GATEWAY, or '*' for all")
+        p.add_argument("--operator", help=f"who is acting (default: ${ENV_OPERATOR})")
+        p.add_argument("--reason", help="why (recorded in the audit log)")
+        p.add_argument("--json", action="store_true", help="print the reply as JSON")
+        p.add_argument("-c", "--config", help=config_help)
+        p.add_argument("-s", "--servers", help="comma-separated NATS URLs of the daemon")
+        p.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.set_defaults(func=cmd_control, verb=verb)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser("verify", help="check the hash chain of the audit log")
+    verify.add_argument("--db", help="state store path (default: <data_dir>/rampart.db)")
+    verify.add_argument("-c", "--config", help=config_help)
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=cmd_audit_verify)
     return parser
 
 

@@ -99,12 +99,18 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class AlgorithmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One algorithm Rampart governs: its id, version, the gateway that runs it, its capital."""
+    """One algorithm Rampart governs: its id, version, the gateway that runs it, its capital.
+
+    ``previous_version`` is the algorithm id a rollback re-activates; ``flatten_on_rollback``
+    closes its positions after cancelling its orders.
+    """
 
     id: str
     version: str
     gateway: str
     capital: float
+    previous_version: str | None = None
+    flatten_on_rollback: bool = False
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -134,6 +140,42 @@ class AlgorithmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         )
 
 
+class TriggersConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What rolls an algorithm back besides its limits. ``None`` disables a staleness trigger."""
+
+    # How often staleness is checked.
+    check_interval: timedelta = timedelta(milliseconds=100)
+    # A gateway whose heartbeat is older than this: roll back its algorithms.
+    gateway_heartbeat_timeout: timedelta | None = timedelta(seconds=3)
+    # A gateway reporting unhealthy market data / order routing / risk engine: roll it back.
+    unhealthy_gateway: bool = True
+    # No quote for this long on a symbol an algorithm holds: roll that algorithm back.
+    market_data_timeout: timedelta | None = timedelta(seconds=5)
+    # After Rampart's own NATS link was lost (gateways' dead-man's switches may have halted
+    # everything meanwhile): roll back every algorithm once the link is back.
+    nats_disconnect: bool = True
+
+
+class RollbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Deadlines of the rollback executor's steps (each retried with the same command id)."""
+
+    attempt_timeout: timedelta = timedelta(milliseconds=50)
+    halt_deadline: timedelta = timedelta(milliseconds=250)
+    cancel_deadline: timedelta = timedelta(seconds=1)
+    flatten_deadline: timedelta = timedelta(seconds=2)
+    allocate_deadline: timedelta = timedelta(seconds=1)
+    activate_deadline: timedelta = timedelta(seconds=1)
+    # Pause between background retries of a step that missed its deadline.
+    retry_interval: timedelta = timedelta(milliseconds=500)
+
+
+class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Alerts go to ``<prefix>.alert.<severity>``, and to ``webhook_url`` (JSON POST) if set."""
+
+    webhook_url: str | None = None
+    webhook_timeout: timedelta = timedelta(seconds=5)
+
+
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole daemon configuration file."""
 
@@ -147,6 +189,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     nats: NatsConfig = NatsConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     ingest: IngestConfig = IngestConfig()
+    triggers: TriggersConfig = TriggersConfig()
+    rollback: RollbackConfig = RollbackConfig()
+    alerts: AlertsConfig = AlertsConfig()
     algorithms: list[AlgorithmConfig] = []
 
     @property
@@ -188,6 +233,14 @@ def _check(cfg: DaemonConfig) -> None:
             algo.to_core()
         except ConfigError as e:
             raise ConfigFileError(f"`{path}`: {e}") from None
+    ids = {a.id for a in cfg.algorithms}
+    for i, algo in enumerate(cfg.algorithms):
+        prev = algo.previous_version
+        if prev is not None and (prev not in ids or prev == algo.id):
+            raise ConfigFileError(
+                f"`$.algorithms[{i}].previous_version` {prev!r} must be the id of another "
+                "algorithm in this file"
+            )
     for field, value in (
         ("ingest.max_payload_bytes", cfg.ingest.max_payload_bytes),
         ("ingest.pending_msgs_limit", cfg.ingest.pending_msgs_limit),

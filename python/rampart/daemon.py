@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,11 +33,14 @@ from rampart import __version__
 from rampart._core import Breach, Engine, InvalidEventError
 from rampart.config import DaemonConfig, NatsConfig, ns
 from rampart.embedded import EmbeddedNatsServer
+from rampart.guard import Guard
 from rampart.protocol import (
     AlgoStatus,
     BreachEvent,
     ConnectivityEvent,
     ConnectivityState,
+    ControlReply,
+    ControlRequest,
     DaemonStatus,
     DeadLetter,
     ErrorReply,
@@ -44,13 +48,16 @@ from rampart.protocol import (
     IngestStats,
     SidecarHeartbeat,
     StatusReply,
+    control_request_decoder,
     encoder,
     heartbeat_decoder,
 )
+from rampart.store import Store, StoreError
 
 log = logging.getLogger("rampart.daemon")
 
 URL_FILE: Final = "nats.url"
+STORE_FILE: Final = "rampart.db"
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
@@ -139,6 +146,9 @@ class Daemon:
         self.connectivity_listeners: list[ConnectivityListener] = []
         self.nc: Client | None = None
         self.embedded: EmbeddedNatsServer | None = None
+        self.store: Store | None = None
+        self.store_error: str | None = None
+        self.guard: Guard | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
         self._service: Service | None = None
@@ -160,6 +170,8 @@ class Daemon:
 
     async def start(self) -> None:
         self.started_at = self.wall_clock()
+        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = await asyncio.to_thread(self._open_store)
         if not self._servers:
             await self._start_embedded()
         try:
@@ -175,6 +187,18 @@ class Daemon:
             raise DaemonError(
                 f"cannot connect to NATS at {', '.join(self._servers)}: {e or type(e).__name__}"
             ) from e
+        self.guard = Guard(
+            self.config,
+            self.engine,
+            self.store,
+            self.nc,
+            gateways=lambda: self.gateways,
+            wall_clock=self.wall_clock,
+        )
+        self.breach_listeners.append(self.guard.on_breaches)
+        self.connectivity_listeners.append(self.guard.on_connectivity)
+        # Fail closed: without our state we cannot know what was halted, so halt everything.
+        await self.guard.start(halt_all_because=self.store_error)
         await self._subscribe()
         await self._start_status_service()
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
@@ -186,6 +210,16 @@ class Daemon:
             ", ".join(self._servers),
             self.subjects.prefix,
         )
+
+    def _open_store(self) -> Store:
+        path = Path(self.config.data_dir) / STORE_FILE
+        try:
+            return Store(path)
+        except StoreError as e:
+            self.store_error = str(e)
+            log.critical("%s; every algorithm starts HALTED until it is fixed", e)
+            fallback = Path(tempfile.mkdtemp(prefix="rampart-unsafe-")) / STORE_FILE
+            return Store(fallback)
 
     async def _start_embedded(self) -> None:
         emb = self.config.embedded
@@ -235,6 +269,8 @@ class Daemon:
     async def close(self) -> None:
         """Drain subscriptions, flush, stop tasks and the service, stop an embedded server."""
         self._closing = True
+        if self.guard is not None:
+            await self.guard.close()
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
@@ -253,6 +289,8 @@ class Daemon:
                     await self.nc.close()
         self._subs.clear()
         await self._stop_embedded()
+        if self.store is not None:
+            self.store.close()
         log.info(
             "rampart stopped: %d events ingested, %d rejected",
             self.stats.ingested,
@@ -346,6 +384,7 @@ class Daemon:
             await self._reject(msg, "decode", f"not a gateway heartbeat: {e}")
             return
         self.stats.heartbeats += 1
+        first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
             gateway=hb.gateway,
             last_heartbeat_ts=hb.ts,
@@ -353,6 +392,8 @@ class Daemon:
             health=hb.health,
             algos=hb.algos,
         )
+        if first and self.guard is not None:
+            self.guard.on_gateway_seen(hb.gateway)
 
     # ---- connectivity ---------------------------------------------------------------------
 
@@ -416,7 +457,11 @@ class Daemon:
             if self.slow_consumer_drops
             else dict(self.stats.rejected),
         )
+        guard = self.guard
         return DaemonStatus(
+            halted=sorted(guard.halted.values(), key=lambda h: h.algo) if guard else [],
+            rollbacks=list(guard.recent) if guard else [],
+            store_error=self.store_error,
             name=self.config.name,
             version=__version__,
             started_at=self.started_at,
@@ -458,6 +503,12 @@ class Daemon:
             subject=self.subjects.status("algorithm"),
             handler=self._status_one,
         )
+        await self._service.add_endpoint(
+            name="rollback", subject=self.subjects.control("rollback"), handler=self._ctl_rollback
+        )
+        await self._service.add_endpoint(
+            name="resume", subject=self.subjects.control("resume"), handler=self._ctl_resume
+        )
 
     async def _status_all(self, req: Request) -> None:
         await req.respond(encoder.encode(self.status()))
@@ -470,3 +521,46 @@ class Daemon:
             await req.respond_error("404", error, data=encoder.encode(ErrorReply(error=error)))
             return
         await req.respond(encoder.encode(self.status(algo_id)))
+
+    # ---- operator control -----------------------------------------------------------------
+
+    async def _control(
+        self, req: Request, act: Callable[[ControlRequest, Guard], Awaitable[dict[str, Any]]]
+    ) -> None:
+        try:
+            ctl = control_request_decoder.decode(req.data)
+            if not ctl.operator.strip():
+                raise ValueError("`operator` must name who is acting")
+            if self.guard is None:
+                raise RuntimeError("the daemon is not ready")
+            state = await act(ctl, self.guard)
+        except (msgspec.DecodeError, ValueError, KeyError, RuntimeError) as e:
+            error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+            return
+        await req.respond(encoder.encode(ControlReply(ok=True, state=state)))
+
+    async def _ctl_rollback(self, req: Request) -> None:
+        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
+            scope, algos = guard.resolve(ctl.target)
+            reason = ctl.reason or "manual intervention"
+            log.critical("manual rollback of %s by %s: %s", ctl.target, ctl.operator, reason)
+            task = guard.trigger(algos, scope, "manual", reason, ctl.operator, force=True)
+            if task is None:
+                raise RuntimeError(f"{ctl.target}: a rollback is already running")
+            record = await task
+            if record is None:
+                raise RuntimeError("the rollback did not run")
+            return msgspec.to_builtins(record)  # type: ignore[no-any-return]
+
+        await self._control(req, act)
+
+    async def _ctl_resume(self, req: Request) -> None:
+        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
+            _, algos = guard.resolve(ctl.target)
+            if not ctl.reason.strip():
+                raise ValueError("`reason` must say why it is safe to resume")
+            await guard.release(algos, ctl.operator, ctl.reason)
+            return {"resumed": list(algos), "halted": sorted(guard.halted)}
+
+        await self._control(req, act)

@@ -22,7 +22,6 @@ from rampart._core import RampartError
 from rampart.protocol import is_subject, is_token
 
 __all__ = [
-    "DEFAULT_IMPACT_COEFFICIENT",
     "BlueGreenConfig",
     "BlueGreenDeployment",
     "CanaryConfig",
@@ -47,9 +46,6 @@ __all__ = [
 
 SlippageModel: TypeAlias = Literal["None", "FixedBps", "SpreadCrossing", "RealisticSlippage"]
 MarketDataSource: TypeAlias = Literal["LiveMarketData"]
-
-DEFAULT_IMPACT_COEFFICIENT = 0.1
-"""The ``RealisticSlippage`` impact coefficient when ``impactCoefficient`` is null or absent."""
 
 
 class DeploymentError(RampartError, ValueError):

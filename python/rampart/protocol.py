@@ -13,6 +13,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from rampart.store import HaltLatch, RollbackRecord
+
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "rampart"
 
@@ -209,12 +211,10 @@ CommandKind = Literal[
 
 
 class CommandTarget(msgspec.Struct, frozen=True, kw_only=True):
-    """One algorithm a command applies to; ``allocation`` for set_allocation, ``version`` for
-    activate/standby."""
+    """One algorithm (version) a command applies to; ``allocation`` for set_allocation."""
 
     algo: str
     allocation: float | None = None
-    version: str | None = None
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_field="type"):
@@ -283,6 +283,24 @@ class BreachEvent(msgspec.Struct, frozen=True, kw_only=True, tag="breach", tag_f
     v: int = SCHEMA_VERSION
 
 
+AlertSeverity = Literal["info", "warning", "critical", "emergency"]
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True, tag="alert", tag_field="type"):
+    """Published on ``<prefix>.alert.<severity>`` (and to the webhook, if configured).
+
+    ``critical``: a rollback ran; ``emergency``: something needs a person now (a step could not
+    be acked, a halt could not be re-asserted).
+    """
+
+    severity: AlertSeverity
+    title: str
+    detail: str
+    algos: list[str]
+    ts: int
+    v: int = SCHEMA_VERSION
+
+
 ConnectivityState = Literal["disconnected", "reconnected", "closed"]
 
 
@@ -299,11 +317,15 @@ class ConnectivityEvent(
 
 # ---- operator control (request/reply on <prefix>.ctl.<verb>) ------------------------------
 
-ControlVerb = Literal["deploy", "approve", "promote", "pause", "resume", "abort", "halt"]
+ControlVerb = Literal[
+    "rollback", "resume", "deploy", "approve", "promote", "pause", "abort", "halt"
+]
 
 
 class ControlRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """An operator's command. ``operator`` is the identity recorded in the audit log."""
+    """An operator's command. ``operator`` is the identity recorded in the audit log;
+    ``target`` is an algorithm id, ``gateway:<id>`` or ``*`` (everything this daemon governs)
+    for rollback/resume, a deployment id for the deployment verbs."""
 
     operator: str
     target: str
@@ -400,6 +422,9 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     ingest: IngestStats
     gateways: list[GatewayStatus]
     connectivity: list[ConnectivityEvent]
+    halted: list[HaltLatch] = []
+    rollbacks: list[RollbackRecord] = []
+    store_error: str | None = None
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -426,6 +451,7 @@ command_decoder: Final = msgspec.json.Decoder(Command)
 command_ack_decoder: Final = msgspec.json.Decoder(CommandAck)
 dead_letter_decoder: Final = msgspec.json.Decoder(DeadLetter)
 breach_decoder: Final = msgspec.json.Decoder(BreachEvent)
+alert_decoder: Final = msgspec.json.Decoder(Alert)
 control_request_decoder: Final = msgspec.json.Decoder(ControlRequest)
 control_reply_decoder: Final = msgspec.json.Decoder(ControlReply)
 status_reply_decoder: Final = msgspec.json.Decoder(StatusReply)

@@ -10,12 +10,24 @@ from typing import Protocol
 
 import msgspec
 import nats
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.config import DaemonConfig
 from rampart.daemon import URL_FILE
-from rampart.protocol import StatusReply, Subjects, error_reply_decoder, status_reply_decoder
+from rampart.protocol import (
+    ControlReply,
+    ControlRequest,
+    ControlVerb,
+    StatusReply,
+    Subjects,
+    control_reply_decoder,
+    encoder,
+    error_reply_decoder,
+    status_reply_decoder,
+)
+from rampart.store import RollbackRecord
 
 ENV_URL = "RAMPART_NATS_URL"
 
@@ -47,23 +59,21 @@ def resolve_servers(flag: str | None, config: DaemonConfig) -> list[str]:
     return [url]
 
 
-async def fetch_status(
-    servers: list[str], prefix: str, algo: str | None = None, timeout: float = 2.0
-) -> StatusReply:
-    subjects = Subjects(prefix)
+async def request(servers: list[str], subject: str, payload: bytes, timeout: float) -> Msg:
+    """One request to the daemon; ``NoDaemonError`` if nobody answers, ``StatusError`` if it
+    answers with a services-API error."""
     try:
         nc = await nats.connect(
             servers=servers,
-            connect_timeout=timeout,
+            connect_timeout=min(timeout, 5.0),
             allow_reconnect=False,
             max_reconnect_attempts=0,
         )
     except Exception as e:
         raise NoDaemonError(f"cannot reach NATS at {', '.join(servers)}: {e}") from None
     try:
-        subject = subjects.status("algorithm" if algo else "algorithms")
         try:
-            msg = await nc.request(subject, (algo or "").encode(), timeout=timeout)
+            msg = await nc.request(subject, payload, timeout=timeout)
         except (NoRespondersError, NatsTimeoutError):
             raise NoDaemonError(
                 f"no Rampart daemon answered on {subject} at {', '.join(servers)}"
@@ -74,9 +84,25 @@ async def fetch_status(
             except msgspec.DecodeError:
                 detail = msg.headers["Nats-Service-Error"]
             raise StatusError(detail)
-        return status_reply_decoder.decode(msg.data)
+        return msg
     finally:
         await nc.close()
+
+
+async def fetch_status(
+    servers: list[str], prefix: str, algo: str | None = None, timeout: float = 2.0
+) -> StatusReply:
+    subject = Subjects(prefix).status("algorithm" if algo else "algorithms")
+    msg = await request(servers, subject, (algo or "").encode(), timeout)
+    return status_reply_decoder.decode(msg.data)
+
+
+async def control(
+    servers: list[str], prefix: str, verb: ControlVerb, ctl: ControlRequest, timeout: float
+) -> ControlReply:
+    """Send an operator's control request; the reply says whether it was carried out."""
+    msg = await request(servers, Subjects(prefix).control(verb), encoder.encode(ctl), timeout)
+    return control_reply_decoder.decode(msg.data)
 
 
 def _ts(ns: int | None) -> str:
@@ -147,9 +173,15 @@ def format_status(reply: StatusReply) -> str:
         f"ingested {d.ingest.ingested}, refused: {rejected}, dead-lettered "
         f"{d.ingest.dead_lettered}, breaches {d.ingest.breaches}",
     ]
+    if d.store_error:
+        lines.append(f"STATE STORE UNREADABLE, everything halted: {d.store_error}")
     for g in d.gateways:
         health = "healthy" if g.health.ok else "UNHEALTHY"
         lines.append(f"gateway {g.gateway}: {health}, last heartbeat {_ts(g.last_heartbeat_ts)}")
+    for h in d.halted:
+        lines.append(f"HALTED {h.algo} since {_ts(h.ts)} by {h.actor}: {h.reason}")
+    for r in d.rollbacks[:5]:
+        lines.append(format_rollback(r))
     lines.append("")
     lines.append(format_metrics(reply.algorithms))
     if len(reply.algorithms) == 1:
@@ -166,3 +198,22 @@ def format_status(reply: StatusReply) -> str:
                 f"mark {_opt(p.mark, '.4f'):>12}  unrealized {p.unrealized_pnl:>12,.2f}"
             )
     return "\n".join(lines)
+
+
+def format_rollback(r: RollbackRecord) -> str:
+    """One line per rollback: its outcome and each step's time against the seed's target."""
+    parts = []
+    for step in r.steps:
+        took = "-" if step.duration_ns is None else f"{step.duration_ns / 1e6:.2f} ms"
+        target = r.target_ms.get(step.name)
+        mark = (
+            ""
+            if target is None or step.duration_ns is None
+            else (" ok" if step.duration_ns / 1e6 < target else f" OVER {target:g} ms")
+        )
+        flag = "" if step.status == "acked" else f" {step.status.upper()}"
+        parts.append(f"{step.name} {took}{mark}{flag}")
+    return (
+        f"rollback {r.state.upper()} {_ts(r.started_at)} {','.join(r.algos)} ({r.trigger} by "
+        f"{r.actor}): " + ", ".join(parts)
+    )

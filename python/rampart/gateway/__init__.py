@@ -1,0 +1,1 @@
+"""The gateway side of Rampart: SDK, paper venue, reference gateway."""

@@ -1,0 +1,119 @@
+"""The gateway's command rules as a pure state machine: dedup, expiry, epochs, halt beats resume.
+
+No I/O: ``CommandBook.admit(command, now)`` says, per target, whether the gateway must apply it,
+and ``record(...)`` remembers what was applied. The SDK wires it to NATS; the rules are tested here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from rampart.protocol import Command, CommandStatus, CommandTarget
+
+# Remember this many command ids for dedup (a retry arrives within seconds; this is hours of them).
+DEDUP_CAPACITY = 100_000
+
+
+@dataclass
+class AlgoControl:
+    """What the gateway knows about one algorithm's control state."""
+
+    halted: bool = False
+    halt_epoch: int = -1
+    # Highest epoch of any command applied to the algorithm.
+    epoch: int = -1
+
+
+@dataclass
+class CommandBook:
+    """Per-gateway command state. ``algos`` holds every algorithm a command has touched."""
+
+    algos: dict[str, AlgoControl] = field(default_factory=dict)
+    # command id -> algorithms it has been applied to (a retry of those is a duplicate)
+    _applied: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
+
+    def control(self, algo: str) -> AlgoControl:
+        ctl = self.algos.get(algo)
+        if ctl is None:
+            ctl = self.algos[algo] = AlgoControl()
+        return ctl
+
+    def admit(self, command: Command, target: CommandTarget, now: int) -> CommandStatus | None:
+        """``None`` when the target must be applied now, else its status without applying.
+
+        A retry of a target already applied under the same command id is a ``duplicate`` (checked
+        first: a late retry of an applied command is a success, not an expiry). A target that
+        failed is applied again when the command is retried.
+        """
+        if target.algo in self._applied.get(command.command_id, ()):
+            return "duplicate"
+        if now > command.valid_until:
+            return "expired"
+        ctl = self.control(target.algo)
+        if command.epoch < ctl.epoch:
+            return "stale_epoch"
+        if command.kind == "resume" and command.epoch <= ctl.halt_epoch:
+            return "stale_epoch"  # halt beats resume: only a later decision lifts a halt
+        if command.kind == "set_allocation":
+            a = target.allocation
+            if a is None or not 0.0 <= a <= 1.0:
+                return "refused"
+        return None
+
+    def applied(self, command: Command, target: CommandTarget) -> None:
+        done = self._applied.get(command.command_id)
+        if done is None:
+            done = self._applied[command.command_id] = set()
+            while len(self._applied) > DEDUP_CAPACITY:
+                self._applied.popitem(last=False)
+        done.add(target.algo)
+        ctl = self.control(target.algo)
+        ctl.epoch = max(ctl.epoch, command.epoch)
+        if command.kind == "halt":
+            ctl.halted = True
+            ctl.halt_epoch = max(ctl.halt_epoch, command.epoch)
+        elif command.kind == "resume":
+            ctl.halted = False
+
+    def halt_locally(self, algo: str) -> None:
+        """A halt the gateway decided itself (dead-man's switch): only a later resume lifts it."""
+        ctl = self.control(algo)
+        ctl.halted = True
+        ctl.halt_epoch = max(ctl.halt_epoch, ctl.epoch)
+
+
+def refusal_detail(status: CommandStatus, command: Command, target: CommandTarget) -> str:
+    if status == "expired":
+        return f"received after valid_until {command.valid_until}"
+    if status == "stale_epoch":
+        return f"epoch {command.epoch} is older than the algorithm's last applied decision"
+    return f"allocation must be in [0, 1], got {target.allocation}"
+
+
+@dataclass
+class DeadMansSwitch:
+    """Trips when no sidecar heartbeat has been seen for ``timeout_ns`` (times are monotonic ns).
+
+    It arms on the first heartbeat: a gateway started before Rampart is not halted for that.
+    Once tripped it stays tripped until ``reset()``: heartbeats coming back do not resume trading.
+    """
+
+    timeout_ns: int
+    last_seen: int | None = None
+    tripped: bool = False
+
+    def heartbeat(self, now: int) -> None:
+        self.last_seen = now
+
+    def check(self, now: int) -> bool:
+        """True exactly once: when the switch trips at this check."""
+        if self.tripped or self.last_seen is None:
+            return False
+        if now - self.last_seen > self.timeout_ns:
+            self.tripped = True
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.tripped = False

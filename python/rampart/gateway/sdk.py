@@ -1,0 +1,255 @@
+"""What a gateway embeds to obey Rampart: ``GatewayAgent`` plus the ``GatewayHandlers`` it calls.
+
+The agent subscribes to the gateway's command subject, applies each command once (dedup by command
+id, expired and stale commands refused, halt beats resume), acks every target, publishes the
+gateway's heartbeat with its health, and runs the dead-man's switch: when Rampart's own heartbeat
+stops for ``deadman_timeout``, it halts every algorithm the gateway hosts (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
+from rampart.protocol import (
+    Command,
+    CommandAck,
+    CommandTarget,
+    ErrorReply,
+    Health,
+    Heartbeat,
+    Subjects,
+    TargetResult,
+    command_decoder,
+    encoder,
+)
+
+log = logging.getLogger("rampart.gateway")
+
+
+class GatewayHandlers:
+    """Override these with what your gateway does. Each returns once the action is done and
+    raises to report a failure (the agent acks it as ``error`` with the exception's message)."""
+
+    async def halt(self, algo: str) -> None:
+        raise NotImplementedError
+
+    async def resume(self, algo: str) -> None:
+        raise NotImplementedError
+
+    async def cancel_all(self, algo: str) -> None:
+        raise NotImplementedError
+
+    async def flatten(self, algo: str) -> None:
+        raise NotImplementedError
+
+    async def set_allocation(self, algo: str, allocation: float) -> None:
+        raise NotImplementedError
+
+    async def activate(self, algo: str) -> None:
+        raise NotImplementedError
+
+    async def standby(self, algo: str) -> None:
+        raise NotImplementedError
+
+    def health(self) -> Health:
+        """Market data connected, order routing operational, risk engine initialised."""
+        return Health(market_data=True, order_routing=True, risk_engine=True)
+
+    def algorithms(self) -> list[str]:
+        """The algorithms (versions) this gateway hosts: the dead-man's switch halts them all."""
+        return []
+
+
+class GatewayAgent:
+    """Connects a gateway's ``GatewayHandlers`` to Rampart over NATS. ``start()`` / ``close()``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        gateway: str,
+        handlers: GatewayHandlers,
+        *,
+        subjects: Subjects | None = None,
+        heartbeat_interval: float = 1.0,
+        deadman_timeout: float = 3.0,
+        wall_clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.nc = nc
+        self.gateway = gateway
+        self.handlers = handlers
+        self.subjects = subjects or Subjects()
+        self.heartbeat_interval = heartbeat_interval
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+        self.book = CommandBook()
+        self.deadman = DeadMansSwitch(timeout_ns=int(deadman_timeout * 1e9))
+        self.deadman_listeners: list[Callable[[], Awaitable[None] | None]] = []
+        self.commands_handled = 0
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._subs.append(
+            await self.nc.subscribe(self.subjects.command(self.gateway), cb=self._on_command)
+        )
+        self._subs.append(
+            await self.nc.subscribe(self.subjects.sidecar_heartbeat, cb=self._on_sidecar_heartbeat)
+        )
+        for coro, name in (
+            (self._heartbeat_loop(), "gateway-heartbeat"),
+            (self._deadman_loop(), "deadman-switch"),
+        ):
+            task = asyncio.ensure_future(coro)
+            task.set_name(f"{name}-{self.gateway}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self.nc.flush()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+
+    def is_halted(self, algo: str) -> bool:
+        ctl = self.book.algos.get(algo)
+        return ctl is not None and ctl.halted
+
+    # ---- commands -------------------------------------------------------------------------
+
+    async def _on_command(self, msg: Msg) -> None:
+        try:
+            command = command_decoder.decode(msg.data)
+        except msgspec.DecodeError as e:
+            log.error("%s: refused a malformed command: %s", self.gateway, e)
+            if msg.reply:
+                await msg.respond(encoder.encode(ErrorReply(error=f"malformed command: {e}")))
+            return
+        results = await self.handle(command)
+        if msg.reply:
+            ack = CommandAck(
+                command_id=command.command_id,
+                gateway=self.gateway,
+                results=results,
+                ts=self.wall_clock(),
+            )
+            await msg.respond(encoder.encode(ack))
+
+    async def handle(self, command: Command) -> list[TargetResult]:
+        """Apply one command to each of its targets (concurrently) and say what happened."""
+        self.commands_handled += 1
+        now = self.wall_clock()
+        results: dict[str, TargetResult] = {}
+        to_apply: list[CommandTarget] = []
+        for target in command.targets:
+            status = self.book.admit(command, target, now)
+            if status is None:
+                to_apply.append(target)
+            elif status == "duplicate":
+                results[target.algo] = TargetResult(algo=target.algo, status="duplicate")
+            else:
+                detail = refusal_detail(status, command, target)
+                log.warning(
+                    "%s: %s %s refused: %s", self.gateway, command.kind, target.algo, detail
+                )
+                results[target.algo] = TargetResult(algo=target.algo, status=status, detail=detail)
+        outcomes = await asyncio.gather(
+            *(self._apply(command, t) for t in to_apply), return_exceptions=True
+        )
+        for target, outcome in zip(to_apply, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("%s: %s %s failed: %s", self.gateway, command.kind, target.algo, outcome)
+                results[target.algo] = TargetResult(
+                    algo=target.algo, status="error", detail=str(outcome) or type(outcome).__name__
+                )
+            else:
+                self.book.applied(command, target)
+                results[target.algo] = TargetResult(algo=target.algo, status="applied")
+        if command.kind == "resume" and self.deadman.tripped:
+            self.deadman.reset()  # Rampart is back and has decided to resume: re-arm
+        return [results[t.algo] for t in command.targets]
+
+    async def _apply(self, command: Command, target: CommandTarget) -> None:
+        h, algo = self.handlers, target.algo
+        match command.kind:
+            case "halt":
+                await h.halt(algo)
+            case "resume":
+                await h.resume(algo)
+            case "cancel_all":
+                await h.cancel_all(algo)
+            case "flatten":
+                await h.flatten(algo)
+            case "set_allocation":
+                assert target.allocation is not None  # admit() refuses a missing allocation
+                await h.set_allocation(algo, target.allocation)
+            case "activate":
+                await h.activate(algo)
+            case "standby":
+                await h.standby(algo)
+
+    # ---- heartbeats and the dead-man's switch -------------------------------------------------
+
+    async def _on_sidecar_heartbeat(self, msg: Msg) -> None:
+        self.deadman.heartbeat(self.monotonic())
+
+    async def _heartbeat_loop(self) -> None:
+        subject = self.subjects.heartbeat(self.gateway)
+        interval_ms = int(self.heartbeat_interval * 1000)
+        while True:
+            if self.nc.is_connected:
+                hb = Heartbeat(
+                    gateway=self.gateway,
+                    ts=self.wall_clock(),
+                    health=self.handlers.health(),
+                    algos=self.handlers.algorithms(),
+                    interval_ms=interval_ms,
+                )
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(subject, encoder.encode(hb))
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _deadman_loop(self) -> None:
+        period = max(self.deadman.timeout_ns / 1e9 / 10, 0.005)
+        while True:
+            await asyncio.sleep(period)
+            if self.deadman.check(self.monotonic()):
+                await self.trip_deadman()
+
+    async def trip_deadman(self) -> None:
+        """Halt every hosted algorithm: Rampart has gone silent."""
+        algos = self.handlers.algorithms()
+        log.critical(
+            "%s: no Rampart heartbeat for %.1fs: halting %d algorithms",
+            self.gateway,
+            self.deadman.timeout_ns / 1e9,
+            len(algos),
+        )
+        for algo in algos:
+            self.book.halt_locally(algo)
+        results = await asyncio.gather(
+            *(self.handlers.halt(a) for a in algos), return_exceptions=True
+        )
+        for algo, r in zip(algos, results, strict=True):
+            if isinstance(r, BaseException):
+                log.critical("%s: dead-man's switch could not halt %s: %s", self.gateway, algo, r)
+        for listener in self.deadman_listeners:
+            out = listener()
+            if out is not None:
+                await out

@@ -1,0 +1,484 @@
+"""The daemon's guard: turns triggers into rollbacks and keeps their record.
+
+Triggers: a limit tripping in the core (daily loss, drawdown, reject rate, latency), a gateway's
+heartbeat going stale or reporting itself unhealthy, market data going stale on a symbol an
+algorithm holds, Rampart's own NATS link having been lost, and a risk manager's manual request.
+Each names its scope (one algorithm, a gateway, or everything) and runs the rollback executor.
+
+The halt goes out first and nothing waits for disk before it: the halted latch is written to the
+store while the halt is in flight; the rollback record, its audit record and the alert follow once
+the gateway has answered. Alerts and audit copies that cannot be delivered are retried, never
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from rampart._core import Breach, Engine
+from rampart.audit import encode_record
+from rampart.config import DaemonConfig, ns
+from rampart.protocol import Alert, AlertSeverity, ConnectivityEvent, GatewayStatus, encoder
+from rampart.rollback import (
+    EpochClock,
+    ExecutorSettings,
+    RollbackExecutor,
+    RollbackRequest,
+    Scope,
+)
+from rampart.store import HaltLatch, RollbackRecord, Store
+
+log = logging.getLogger("rampart.guard")
+
+AUDIT_STREAM: Final = "RAMPART_AUDIT"
+SYSTEM_ACTOR: Final = "rampart"
+
+
+def executor_settings(config: DaemonConfig) -> ExecutorSettings:
+    r = config.rollback
+    return ExecutorSettings(
+        attempt_timeout=r.attempt_timeout.total_seconds(),
+        step_deadline={
+            "halt": r.halt_deadline.total_seconds(),
+            "cancel": r.cancel_deadline.total_seconds(),
+            "flatten": r.flatten_deadline.total_seconds(),
+            "allocate": r.allocate_deadline.total_seconds(),
+            "activate": r.activate_deadline.total_seconds(),
+        },
+        retry_interval=r.retry_interval.total_seconds(),
+    )
+
+
+class Guard:
+    """Owned by the daemon; ``start()`` after NATS is connected, ``close()`` before it drains."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        engine: Engine,
+        store: Store,
+        nc: Client,
+        *,
+        gateways: Callable[[], dict[str, GatewayStatus]],
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.nc = nc
+        self.subjects = config.subjects
+        self.gateways = gateways
+        self.wall_clock = wall_clock
+        self.algo_config = {a.id: a for a in config.algorithms}
+        self.executor = RollbackExecutor(
+            nc,
+            self.subjects,
+            self.gateway_of,
+            settings=executor_settings(config),
+            epochs=EpochClock(wall_clock),
+            wall_clock=wall_clock,
+        )
+        self.halted: dict[str, HaltLatch] = {}
+        self.in_flight: set[str] = set()
+        self.recent: list[RollbackRecord] = []
+        self.store_error: str | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stale_gateways: set[str] = set()
+        self._stale_symbols: set[tuple[str, str]] = set()
+        self._link_lost = False
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, *, halt_all_because: str | None = None) -> None:
+        """Load the halted latches and re-assert them; ``halt_all_because``: halt everything
+        (the state store was unreadable)."""
+        if halt_all_because is not None:
+            self.store_error = halt_all_because
+            ts = self.wall_clock()
+            await asyncio.to_thread(
+                self._latch, tuple(self.algo_config), "state store unreadable", SYSTEM_ACTOR, ts
+            )
+        self.halted = await asyncio.to_thread(self.store.halts)
+        self.recent = await asyncio.to_thread(self.store.rollbacks, None, 20)
+        await self._setup_jetstream()
+        if self.halted:
+            # A halted algorithm stays halted: re-assert it on every start.
+            log.warning("re-asserting the halt of %d algorithms from the store", len(self.halted))
+            self.reassert_halts(list(self.halted), "restart: halted before")
+        self._spawn(self._watchdog(), "guard-watchdog")
+
+    async def close(self) -> None:
+        await self.executor.cancel_retries()
+        for task in list(self._tasks):
+            if task.get_name() in ("guard-watchdog", "reassert-halts"):
+                task.cancel()
+        # let rollbacks, alerts and audit copies in flight finish
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("guard task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _setup_jetstream(self) -> None:
+        try:
+            js = self.nc.jetstream(timeout=1.0)
+            await js.find_stream_name_by_subject(f"{self.subjects.prefix}.audit.>")
+            self._js = js
+        except Exception:
+            try:
+                js = self.nc.jetstream(timeout=1.0)
+                await js.add_stream(name=AUDIT_STREAM, subjects=[f"{self.subjects.prefix}.audit.>"])
+                self._js = js
+            except Exception as e:
+                log.info("no JetStream (%s): the audit log lives in the store only", e)
+
+    # ---- scopes -------------------------------------------------------------------------------
+
+    def gateway_of(self, algo: str) -> str:
+        cfg = self.algo_config.get(algo)
+        if cfg is None:
+            raise KeyError(f"unknown algorithm {algo!r}")
+        return cfg.gateway
+
+    def algos_of_gateway(self, gateway: str) -> tuple[str, ...]:
+        return tuple(a.id for a in self.config.algorithms if a.gateway == gateway)
+
+    def resolve(self, target: str) -> tuple[Scope, tuple[str, ...]]:
+        """``*`` (everything), ``gateway:<id>`` or an algorithm id."""
+        if target in ("*", "all"):
+            return "all", tuple(self.algo_config)
+        if target.startswith("gateway:"):
+            gw = target.removeprefix("gateway:")
+            algos = self.algos_of_gateway(gw)
+            if not algos:
+                raise KeyError(f"no algorithm runs on gateway {gw!r}")
+            return "gateway", algos
+        if target not in self.algo_config:
+            known = ", ".join(sorted(self.algo_config)) or "none"
+            raise KeyError(f"unknown algorithm {target!r}; known: {known}")
+        return "algo", (target,)
+
+    # ---- triggers -----------------------------------------------------------------------------
+
+    async def on_breaches(self, breaches: list[Breach]) -> None:
+        by_algo: dict[str, list[Breach]] = {}
+        for b in breaches:
+            by_algo.setdefault(b.algo_id, []).append(b)
+        for algo, found in by_algo.items():
+            reason = "; ".join(f"{b.kind} {b.value:.6g} beyond {b.threshold:.6g}" for b in found)
+            self.trigger((algo,), "algo", f"limit:{found[0].kind}", reason)
+
+    async def on_connectivity(self, event: ConnectivityEvent) -> None:
+        if event.state == "disconnected":
+            self._link_lost = True
+        elif event.state == "reconnected" and self._link_lost:
+            self._link_lost = False
+            if self.config.triggers.nats_disconnect:
+                self.trigger(
+                    tuple(self.algo_config),
+                    "all",
+                    "connectivity:nats",
+                    "Rampart's NATS link was lost; gateways may have halted on their own",
+                )
+
+    def trigger(
+        self,
+        algos: Iterable[str],
+        scope: Scope,
+        trigger: str,
+        reason: str,
+        actor: str = SYSTEM_ACTOR,
+        *,
+        force: bool = False,
+    ) -> asyncio.Task[RollbackRecord | None] | None:
+        """Start a rollback of ``algos`` unless each is already halted or rolling back
+        (``force``: roll back anyway, for a person's explicit request)."""
+        todo = tuple(
+            a for a in algos if a not in self.in_flight and (force or a not in self.halted)
+        )
+        if not todo:
+            return None
+        self.in_flight.update(todo)
+        task: asyncio.Task[RollbackRecord | None] = self._spawn(
+            self.rollback(todo, scope, trigger, reason, actor), f"rollback-{trigger}"
+        )
+        return task
+
+    async def rollback(
+        self, algos: tuple[str, ...], scope: Scope, trigger: str, reason: str, actor: str
+    ) -> RollbackRecord | None:
+        ts = self.wall_clock()
+        previous = {a: p for a in algos if (p := self.algo_config[a].previous_version) is not None}
+        flatten = any(self.algo_config[a].flatten_on_rollback for a in algos)
+        request = RollbackRequest(algos, scope, trigger, reason, actor, flatten, previous)
+        log.critical("ROLLBACK %s of %s (%s): %s", trigger, ", ".join(algos), actor, reason)
+        # The latch goes to disk while the halt is in flight, not before it.
+        latch = self._spawn(asyncio.to_thread(self._latch, algos, reason, actor, ts), "latch")
+        try:
+            record = await self.executor.execute(request)
+        finally:
+            self.in_flight.difference_update(algos)
+        await latch
+        self.recent = [record, *self.recent[:19]]
+        self._spawn(self._record(record), "rollback-record")
+        return record
+
+    def _latch(self, algos: tuple[str, ...], reason: str, actor: str, ts: int) -> None:
+        with self.store.transaction():
+            for a in algos:
+                self.store.set_halt(a, halted=True, reason=reason, actor=actor, ts=ts)
+        for a in algos:
+            self.halted[a] = HaltLatch(algo=a, reason=reason, actor=actor, ts=ts)
+
+    async def _record(self, record: RollbackRecord) -> None:
+        """Persist the rollback and its audit record, then publish the audit copy and alert."""
+        steps = {s.name: s.duration_ns for s in record.steps if s.duration_ns is not None}
+        payload = {
+            "rollback_id": record.rollback_id,
+            "algos": record.algos,
+            "scope": record.scope,
+            "trigger": record.trigger,
+            "reason": record.reason,
+            "state": record.state,
+            "steps": [
+                {
+                    "name": s.name,
+                    "status": s.status,
+                    "attempts": s.attempts,
+                    "duration_ns": s.duration_ns,
+                }
+                for s in record.steps
+            ],
+            "target_ms": record.target_ms,
+        }
+
+        def persist() -> Any:
+            with self.store.transaction():
+                self.store.save_rollback(record)
+                return self.store.append_audit(
+                    "rollback", payload, actor=record.actor, ts=record.started_at
+                )
+
+        audit = await asyncio.to_thread(persist)
+        await self._publish_audit(audit.kind, encode_record(audit))
+        ok = record.state == "succeeded"
+        timing = ", ".join(
+            f"{name} {steps[name] / 1e6:.2f} ms"
+            for name in ("halt", "cancel", "total")
+            if name in steps
+        )
+        await self.alert(
+            "critical" if ok else "emergency",
+            f"rollback of {', '.join(record.algos)} {'done' if ok else 'INCOMPLETE'}",
+            f"{record.trigger}: {record.reason} ({timing})"
+            + ("" if ok else f"; failed steps: {_failed(record)}: retrying until acked"),
+            algos=record.algos,
+        )
+
+    def reassert_halts(self, algos: Iterable[str], reason: str) -> None:
+        """Send the halt of already-halted algorithms again, retrying until every gateway has
+        acked: at start, and when a gateway (re)appears, since a restarted gateway forgets."""
+        todo = tuple(a for a in algos if a in self.halted and a in self.algo_config)
+        if todo:
+            self._spawn(self._reassert(todo, reason), "reassert-halts")
+
+    async def _reassert(self, algos: tuple[str, ...], reason: str) -> None:
+        pending = algos
+        alerted = False
+        while pending:
+            outcomes = await self.executor.broadcast("halt", pending, reason, deadline=1.0)
+            pending = tuple(a for o in outcomes.values() for a in o.failed)
+            if pending:
+                if not alerted:
+                    alerted = True
+                    detail = "; ".join(o.detail for o in outcomes.values() if not o.ok)
+                    await self.alert(
+                        "emergency",
+                        "could not re-assert a halt; retrying until acked",
+                        detail,
+                        algos=list(pending),
+                    )
+                await asyncio.sleep(self.executor.settings.retry_interval)
+
+    def on_gateway_seen(self, gateway: str) -> None:
+        """A gateway's first heartbeat (at start, or after it went stale): halts it must keep."""
+        self.reassert_halts(self.algos_of_gateway(gateway), f"gateway {gateway} (re)appeared")
+
+    # ---- staleness watchdog -----------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        t = self.config.triggers
+        interval = t.check_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.wall_clock()
+            if t.gateway_heartbeat_timeout is not None or t.unhealthy_gateway:
+                self._check_gateways(now)
+            if t.market_data_timeout is not None:
+                self._check_market_data(now, ns(t.market_data_timeout))
+
+    def _check_gateways(self, now: int) -> None:
+        t = self.config.triggers
+        seen = self.gateways()
+        for gw in sorted({a.gateway for a in self.config.algorithms}):
+            status = seen.get(gw)
+            if status is None:
+                continue  # never heard from: nothing to compare against yet
+            problem = None
+            if t.gateway_heartbeat_timeout is not None and now - status.received_at > ns(
+                t.gateway_heartbeat_timeout
+            ):
+                age = (now - status.received_at) / 1e9
+                problem = (
+                    "connectivity:gateway_heartbeat",
+                    f"no heartbeat from {gw} for {age:.1f}s",
+                )
+            elif t.unhealthy_gateway and not status.health.ok:
+                h = status.health
+                bad = [
+                    k for k in ("market_data", "order_routing", "risk_engine") if not getattr(h, k)
+                ]
+                problem = ("connectivity:gateway_unhealthy", f"{gw} reports {', '.join(bad)} down")
+            if problem is None:
+                if gw in self._stale_gateways:
+                    self._stale_gateways.discard(gw)
+                    self.on_gateway_seen(gw)
+            elif gw not in self._stale_gateways:
+                self._stale_gateways.add(gw)
+                self.trigger(self.algos_of_gateway(gw), "gateway", *problem)
+
+    def _check_market_data(self, now: int, limit_ns: int) -> None:
+        """A symbol an algorithm holds is stale when neither a quote nor a fill of the algorithm
+        has arrived for ``limit_ns`` (a position never quoted counts from its last fill)."""
+        for algo in self.algo_config:
+            if algo in self.halted or algo in self.in_flight:
+                continue
+            snap = self.engine.snapshot(algo)
+            for p in snap.positions:
+                if p.qty == 0:
+                    continue
+                key = (algo, p.symbol)
+                last = max(self.engine.last_quote_ts(p.symbol) or 0, snap.last_fill_ts or 0)
+                if now - last <= limit_ns:
+                    self._stale_symbols.discard(key)
+                elif key not in self._stale_symbols:
+                    self._stale_symbols.add(key)
+                    self.trigger(
+                        (algo,),
+                        "algo",
+                        "connectivity:market_data",
+                        f"no quote for {p.symbol} for {(now - last) / 1e9:.1f}s "
+                        f"while holding {p.qty:g}",
+                    )
+
+    # ---- operator actions ---------------------------------------------------------------------
+
+    async def release(self, algos: tuple[str, ...], actor: str, reason: str) -> None:
+        """Lift halts after a person has looked: resume on the gateways, clear the latches and
+        the core's breach latches, audit it."""
+        outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
+        for gw, outcome in outcomes.items():
+            if not outcome.ok:
+                raise RuntimeError(f"gateway {gw} did not ack the resume: {outcome.detail}")
+        ts = self.wall_clock()
+
+        def persist() -> Any:
+            with self.store.transaction():
+                for a in algos:
+                    self.store.set_halt(a, halted=False, reason=reason, actor=actor, ts=ts)
+                return self.store.append_audit(
+                    "resume", {"algos": list(algos), "reason": reason}, actor=actor, ts=ts
+                )
+
+        audit = await asyncio.to_thread(persist)
+        for a in algos:
+            self.halted.pop(a, None)
+            self.engine.reset_breaches(a)
+        await self._publish_audit(audit.kind, encode_record(audit))
+
+    # ---- alerts and audit copies ----------------------------------------------------------------
+
+    async def alert(
+        self, severity: AlertSeverity, title: str, detail: str, *, algos: list[str]
+    ) -> None:
+        alert = Alert(
+            severity=severity, title=title, detail=detail, algos=algos, ts=self.wall_clock()
+        )
+        data = encoder.encode(alert)
+        await self._deliver(self.subjects.alert(severity), data, "alert")
+        if self.config.alerts.webhook_url:
+            self._spawn(self._webhook(data), "alert-webhook")
+
+    async def _publish_audit(self, kind: str, data: bytes) -> None:
+        if self._js is None:
+            return
+        subject = f"{self.subjects.prefix}.audit.{kind}"
+        for attempt in range(10):
+            try:
+                await self._js.publish(subject, data, timeout=1.0)
+                return
+            except Exception as e:
+                if attempt == 0:
+                    log.warning("audit copy to JetStream failed (%s); retrying", e)
+                await asyncio.sleep(min(0.1 * 2**attempt, 5))
+        log.error("audit copy to JetStream gave up after 10 tries; the store keeps the record")
+
+    async def _deliver(self, subject: str, data: bytes, what: str) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.nc.publish(subject, data)
+                return
+            except Exception as e:
+                log.warning("%s publish failed (%s); retrying", what, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _webhook(self, data: bytes) -> None:
+        url = self.config.alerts.webhook_url
+        assert url is not None
+        timeout = self.config.alerts.webhook_timeout.total_seconds()
+
+        def post() -> None:
+            req = urllib.request.Request(
+                url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                resp.read()
+
+        delay = 0.5
+        for _ in range(8):
+            try:
+                await asyncio.to_thread(post)
+                return
+            except Exception as e:
+                log.warning("alert webhook failed (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        log.error("alert webhook gave up: %s", json.loads(data).get("title"))
+
+
+def _failed(record: RollbackRecord) -> str:
+    return ", ".join(f"{s.name} ({s.detail})" for s in record.steps if s.status != "acked")

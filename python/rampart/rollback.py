@@ -1,0 +1,375 @@
+"""The emergency rollback executor: halt, then cancel-all, allocation 0 and the previous version in
+parallel, flatten after cancel when configured.
+
+Every step is one command per gateway batched over its algorithms, sent as a NATS request with a
+per-attempt deadline; retries reuse the command id (the gateway applies it once) until the step's
+deadline. A step is a success only when every target is acked ``applied`` or ``duplicate``; a step
+that fails is reported loudly by the caller and retried in the background until acked or the
+rollback is closed by an operator. Durations are measured per step and compared with the seed's
+targets (halt < 100 ms, cancel < 500 ms, whole rollback < 1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from rampart.protocol import (
+    Command,
+    CommandKind,
+    CommandTarget,
+    Subjects,
+    TargetResult,
+    command_ack_decoder,
+    encoder,
+)
+from rampart.store import RollbackRecord, StepRecord
+
+log = logging.getLogger("rampart.rollback")
+
+# The seed's targets, in milliseconds.
+TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
+STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")
+Scope = Literal["algo", "gateway", "all"]
+
+
+class EpochClock:
+    """Command epochs: strictly increasing, and ahead of any earlier run of the daemon because
+    they start from the wall clock in nanoseconds."""
+
+    def __init__(self, wall_clock: Callable[[], int] = time.time_ns) -> None:
+        self._wall_clock = wall_clock
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, self._wall_clock())
+        return self._last
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """What to roll back and why. ``previous`` maps an algorithm to the version to re-activate."""
+
+    algos: tuple[str, ...]
+    scope: Scope
+    trigger: str
+    reason: str
+    actor: str
+    flatten: bool = False
+    previous: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutcome:
+    ok: bool
+    attempts: int
+    duration_ns: int
+    detail: str
+    failed: list[str]
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    # One request attempt waits this long for the gateway's ack before retrying (same command id).
+    attempt_timeout: float = 0.05
+    # A step is declared failed (loudly) after this long; background retries go on.
+    step_deadline: dict[str, float] = field(
+        default_factory=lambda: {
+            "halt": 0.25,
+            "cancel": 1.0,
+            "flatten": 2.0,
+            "allocate": 1.0,
+            "activate": 1.0,
+        }
+    )
+    # Pause between background retries of a failed step.
+    retry_interval: float = 0.5
+
+
+class RollbackExecutor:
+    """Executes rollbacks over NATS. ``gateway_of`` maps an algorithm id to its gateway."""
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        gateway_of: Callable[[str], str],
+        *,
+        settings: ExecutorSettings | None = None,
+        epochs: EpochClock | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.gateway_of = gateway_of
+        self.settings = settings or ExecutorSettings()
+        self.epochs = epochs or EpochClock(wall_clock)
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+        self._retries: set[asyncio.Task[None]] = set()
+
+    # ---- one command, one gateway --------------------------------------------------------
+
+    def command(
+        self, kind: CommandKind, targets: list[CommandTarget], epoch: int, deadline: float, why: str
+    ) -> Command:
+        now = self.wall_clock()
+        return Command(
+            command_id=uuid.uuid4().hex,
+            epoch=epoch,
+            kind=kind,
+            targets=targets,
+            issued_at=now,
+            valid_until=now + int(deadline * 1e9),
+            reason=why,
+        )
+
+    async def send(self, gateway: str, command: Command, deadline: float) -> StepOutcome:
+        """Request ``command`` from ``gateway`` until every target is acked or ``deadline``."""
+        subject = self.subjects.command(gateway)
+        payload = encoder.encode(command)
+        start = self.monotonic()
+        stop_at = start + int(deadline * 1e9)
+        attempts = 0
+        pending = {t.algo for t in command.targets}
+        detail = "no answer"
+        while True:
+            attempts += 1
+            remaining = (stop_at - self.monotonic()) / 1e9
+            timeout = max(min(self.settings.attempt_timeout, remaining), 0.001)
+            try:
+                reply = await self.nc.request(subject, payload, timeout=timeout)
+                ack = command_ack_decoder.decode(reply.data)
+                pending, detail = _unacked(ack.results, pending)
+            except (TimeoutError, NatsTimeoutError):
+                detail = f"no ack from gateway {gateway} within {timeout * 1000:.0f} ms"
+            except NoRespondersError:
+                detail = f"gateway {gateway} is not listening on {subject}"
+                # answered at once: pause briefly instead of spinning
+                await asyncio.sleep(min(0.005, max(remaining, 0.0)))
+            except msgspec.DecodeError as e:
+                detail = f"unreadable ack from gateway {gateway}: {e}"
+            if not pending:
+                return StepOutcome(True, attempts, self.monotonic() - start, "", [])
+            if self.monotonic() >= stop_at:
+                return StepOutcome(
+                    False, attempts, self.monotonic() - start, detail, sorted(pending)
+                )
+
+    async def broadcast(
+        self, kind: CommandKind, algos: Iterable[str], reason: str, *, deadline: float
+    ) -> dict[str, StepOutcome]:
+        """Send one command kind to every gateway of ``algos`` at once, with a new epoch."""
+        epoch = self.epochs.next()
+        by_gateway = _group(algos, self.gateway_of)
+
+        async def one(gw: str, members: list[str]) -> StepOutcome:
+            targets = [CommandTarget(algo=a) for a in members]
+            return await self.send(
+                gw, self.command(kind, targets, epoch, deadline, reason), deadline
+            )
+
+        outcomes = await asyncio.gather(*(one(gw, m) for gw, m in by_gateway.items()))
+        return dict(zip(by_gateway, outcomes, strict=True))
+
+    # ---- a whole rollback --------------------------------------------------------------------
+
+    async def execute(self, req: RollbackRequest, rollback_id: str | None = None) -> RollbackRecord:
+        """Run every step for every gateway; returns the record with measured durations."""
+        started_at = self.wall_clock()
+        t0 = self.monotonic()
+        epoch = self.epochs.next()
+        why = f"{req.trigger}: {req.reason}"
+        by_gateway = _group(req.algos, self.gateway_of)
+        previous_by_gateway = _group(
+            [req.previous[a] for a in req.algos if a in req.previous], self.gateway_of
+        )
+        gateways = sorted(set(by_gateway) | set(previous_by_gateway))
+        per_gateway = await asyncio.gather(
+            *(
+                self._gateway_rollback(
+                    gw, by_gateway.get(gw, []), previous_by_gateway.get(gw, []), req, epoch, why
+                )
+                for gw in gateways
+            )
+        )
+        total_ns = self.monotonic() - t0
+        steps = _merge_steps(per_gateway)
+        ok = all(s.status == "acked" for s in steps)
+        record = RollbackRecord(
+            rollback_id=rollback_id or uuid.uuid4().hex,
+            algos=list(req.algos),
+            scope=req.scope,
+            trigger=req.trigger,
+            reason=req.reason,
+            actor=req.actor,
+            started_at=started_at,
+            finished_at=self.wall_clock(),
+            state="succeeded" if ok else "failed",
+            steps=[
+                *steps,
+                StepRecord(
+                    name="total",
+                    status="acked" if ok else "failed",
+                    attempts=1,
+                    duration_ns=total_ns,
+                    detail="",
+                ),
+            ],
+            target_ms=dict(TARGET_MS),
+        )
+        if not ok:
+            self._retry_failed(req, epoch, why, per_gateway)
+        return record
+
+    async def _gateway_rollback(
+        self,
+        gateway: str,
+        algos: list[str],
+        previous: list[str],
+        req: RollbackRequest,
+        epoch: int,
+        why: str,
+    ) -> dict[str, tuple[StepOutcome, Command]]:
+        s = self.settings.step_deadline
+        out: dict[str, tuple[StepOutcome, Command]] = {}
+
+        async def step(name: str, kind: CommandKind, targets: list[CommandTarget]) -> None:
+            cmd = self.command(kind, targets, epoch, s[name], why)
+            out[name] = (await self.send(gateway, cmd, s[name]), cmd)
+
+        targets = [CommandTarget(algo=a) for a in algos]
+        if targets:
+            await step("halt", "halt", targets)
+
+        async def cancel_then_flatten() -> None:
+            await step("cancel", "cancel_all", targets)
+            if req.flatten:
+                await step("flatten", "flatten", targets)
+
+        parallel = []
+        if targets:
+            parallel.append(cancel_then_flatten())
+            parallel.append(
+                step(
+                    "allocate",
+                    "set_allocation",
+                    [CommandTarget(algo=a, allocation=0.0) for a in algos],
+                )
+            )
+        if previous:
+            parallel.append(step("activate", "activate", [CommandTarget(algo=a) for a in previous]))
+        await asyncio.gather(*parallel)
+        return out
+
+    def _retry_failed(
+        self,
+        req: RollbackRequest,
+        epoch: int,
+        why: str,
+        per_gateway: list[dict[str, tuple[StepOutcome, Command]]],
+    ) -> None:
+        """Keep re-sending failed steps (fresh command ids, same epoch) until acked or
+        ``cancel_retries()``: success is never assumed, and never given up on silently."""
+        by_gateway = _group(req.algos, self.gateway_of)
+        prev_gw = _group([req.previous[a] for a in req.algos if a in req.previous], self.gateway_of)
+        gateways = sorted(set(by_gateway) | set(prev_gw))
+        for gw, steps in zip(gateways, per_gateway, strict=True):
+            for name, (outcome, cmd) in steps.items():
+                if not outcome.ok:
+                    task = asyncio.ensure_future(
+                        self._retry(gw, name, cmd, outcome.failed, epoch, why)
+                    )
+                    task.set_name(f"retry-{name}-{gw}")
+                    self._retries.add(task)
+                    task.add_done_callback(self._retries.discard)
+
+    async def _retry(
+        self, gateway: str, name: str, cmd: Command, failed: list[str], epoch: int, why: str
+    ) -> None:
+        targets = [t for t in cmd.targets if t.algo in failed]
+        deadline = self.settings.step_deadline[name]
+        attempt = 0
+        while True:
+            await asyncio.sleep(self.settings.retry_interval)
+            attempt += 1
+            retry = self.command(cmd.kind, targets, epoch, deadline, why)
+            outcome = await self.send(gateway, retry, deadline)
+            if outcome.ok:
+                log.warning("rollback step %s on %s acked after %d retries", name, gateway, attempt)
+                return
+            targets = [t for t in targets if t.algo in outcome.failed]
+            if attempt == 1 or attempt % 20 == 0:
+                log.error(
+                    "rollback step %s on %s still failing (retry %d): %s",
+                    name,
+                    gateway,
+                    attempt,
+                    outcome.detail,
+                )
+
+    @property
+    def retrying(self) -> int:
+        return len(self._retries)
+
+    async def cancel_retries(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        for task in list(self._retries):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+def _group(algos: Iterable[str], gateway_of: Callable[[str], str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for a in algos:
+        out[gateway_of(a)].append(a)
+    return dict(out)
+
+
+def _unacked(results: list[TargetResult], pending: set[str]) -> tuple[set[str], str]:
+    still = set(pending)
+    problems = []
+    for r in results:
+        if r.algo not in still:
+            continue
+        if r.status in ("applied", "duplicate"):
+            still.discard(r.algo)
+        else:
+            problems.append(f"{r.algo}: {r.status}{' (' + r.detail + ')' if r.detail else ''}")
+    return still, "; ".join(problems) or "some targets not acked"
+
+
+def _merge_steps(per_gateway: list[dict[str, tuple[StepOutcome, Command]]]) -> list[StepRecord]:
+    """One record per step over all gateways: acked only if acked everywhere; the slowest
+    gateway's duration."""
+    steps = []
+    for name in STEP_NAMES:
+        outcomes = [g[name][0] for g in per_gateway if name in g]
+        if not outcomes:
+            continue
+        ok = all(o.ok for o in outcomes)
+        steps.append(
+            StepRecord(
+                name=name,
+                status="acked" if ok else "failed",
+                attempts=sum(o.attempts for o in outcomes),
+                duration_ns=max(o.duration_ns for o in outcomes),
+                detail="; ".join(o.detail for o in outcomes if o.detail),
+            )
+        )
+    return steps

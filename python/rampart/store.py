@@ -1,0 +1,599 @@
+"""The sidecar's durable store: one SQLite file, the source of truth for its own state.
+
+WAL journal with ``synchronous=FULL``: every write has been committed and fsynced when the call
+returns. The file holds the halted latches, rollback records, a small key/value table for other
+durable state, and the audit chain (:mod:`rampart.audit`) with its head row, so one
+:meth:`Store.transaction` can store a state change together with its audit record.
+
+Opening checks the file (SQLite header, ``PRAGMA quick_check``, application id, schema version)
+and creates or migrates the schema. Anything wrong raises :class:`StoreError`, whose message says
+what to fix; the daemon then starts with every algorithm halted (fail closed). Runtime database
+errors (disk full, I/O errors) raise StoreError too.
+
+One connection, guarded by a lock: calls may come from any thread (``asyncio.to_thread``) and are
+short. Never ``await`` inside :meth:`Store.transaction`: the lock is re-entrant per thread, so
+another task on the event loop thread would join the open transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from rampart.audit import (
+    GENESIS_HASH,
+    AuditHead,
+    AuditRecord,
+    Link,
+    VerifyResult,
+    check_chain,
+    compute_hash,
+    new_record,
+)
+
+SCHEMA_VERSION: Final = 1
+APPLICATION_ID: Final = 0x52414D50  # "RAMP", in the SQLite header of every Rampart store
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written; the message says what to do about it."""
+
+
+class HaltLatch(msgspec.Struct, frozen=True, kw_only=True):
+    """A halted algorithm: halted since ``ts`` (ns) by ``actor`` because of ``reason``."""
+
+    algo: str
+    reason: str
+    actor: str
+    ts: int
+
+
+StepStatus = Literal["pending", "acked", "failed", "timeout"]
+RollbackScope = Literal["algo", "gateway", "all"]
+RollbackState = Literal["running", "succeeded", "failed"]
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a rollback (halt, cancel_all, ...), with its measured duration."""
+
+    name: str
+    status: StepStatus = "pending"
+    attempts: int = 0
+    duration_ns: int | None = None
+    detail: str = ""
+
+
+class RollbackRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollback and the state of each of its steps; ``target_ms`` is each step's deadline."""
+
+    rollback_id: str
+    algos: list[str]
+    scope: RollbackScope
+    trigger: str
+    reason: str
+    actor: str
+    started_at: int
+    finished_at: int | None = None
+    state: RollbackState = "running"
+    steps: list[StepRecord] = []
+    target_ms: dict[str, float] = {}
+
+
+_rollback_decoder: Final = msgspec.json.Decoder(RollbackRecord)
+
+# _MIGRATIONS[n] takes a store from schema n to n + 1.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE halts (
+            algo TEXT PRIMARY KEY,
+            halted INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            ts INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE rollbacks (
+            rollback_id TEXT PRIMARY KEY,
+            started_at INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            body BLOB NOT NULL
+        )""",
+        "CREATE INDEX rollbacks_by_start ON rollbacks (started_at)",
+        "CREATE INDEX rollbacks_open ON rollbacks (started_at) WHERE state != 'succeeded'",
+        """CREATE TABLE rollback_algos (
+            algo TEXT NOT NULL,
+            rollback_id TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            PRIMARY KEY (algo, rollback_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX rollback_algos_by_id ON rollback_algos (rollback_id)",
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            ts INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        )""",
+        # Guards against bugs, not attackers (who can drop them): the chain is what proves.
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    ),
+)
+_TABLES: Final = frozenset({"halts", "rollbacks", "rollback_algos", "kv", "audit", "audit_head"})
+_AUDIT_COLUMNS: Final = "seq, ts, kind, actor, payload, prev_hash, hash"
+# Text columns come back as bytes, so a row an attacker filled with invalid UTF-8 or the wrong
+# types is reported by verify instead of raising inside the sqlite3 module.
+_AUDIT_RAW_COLUMNS: Final = (
+    "seq, ts, CAST(kind AS BLOB), CAST(actor AS BLOB), CAST(payload AS BLOB), "
+    "CAST(prev_hash AS BLOB), CAST(hash AS BLOB)"
+)
+
+
+class Store:
+    """The durable store at ``path``.
+
+    ``create=False`` refuses to create a missing file (use it when state must already exist);
+    ``readonly=True`` opens an existing store without writing or migrating it (for
+    ``rampart audit verify`` next to a running daemon).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn: sqlite3.Connection | None = self._open(create=create and not readonly)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _fail(self, problem: str, fix: str) -> StoreError:
+        return StoreError(f"state store {self.path}: {problem}; {fix}")
+
+    def _open(self, *, create: bool) -> sqlite3.Connection:
+        restore = (
+            "restore it from a backup or move it aside to start empty "
+            "(the daemon keeps every algorithm halted until then)"
+        )
+        if self.path.is_dir():
+            raise self._fail("is a directory", "point the store at a file path")
+        if self.path.exists():
+            if self.path.stat().st_size == 0:
+                raise self._fail("the file is empty (truncated?)", restore)
+        elif not create:
+            raise self._fail("no such file", "check the path (or let the daemon create it)")
+        target = f"{self.path.absolute().as_uri()}?mode=ro" if self.readonly else str(self.path)
+        try:
+            conn = sqlite3.connect(
+                target,
+                uri=self.readonly,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=5.0,
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot open ({exc})", "check the directory and permissions") from exc
+        try:
+            self._prepare(conn, restore)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection, restore: str) -> None:
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            check = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise self._fail(f"not a readable SQLite database ({exc})", restore) from exc
+        if check != ["ok"]:
+            raise self._fail(f"the database is corrupt ({'; '.join(check)})", restore)
+        if version > SCHEMA_VERSION:
+            raise self._fail(
+                f"schema version {version} is newer than this Rampart understands "
+                f"({SCHEMA_VERSION})",
+                "run the Rampart release that wrote it, or restore a backup",
+            )
+        if app_id != APPLICATION_ID:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != 0 or version != 0 or tables:
+                raise self._fail(
+                    "is an SQLite database but not a Rampart state store",
+                    "point the store at another path",
+                )
+        try:
+            if self.readonly:
+                if version != SCHEMA_VERSION:
+                    raise self._fail(
+                        f"schema version {version}, expected {SCHEMA_VERSION}",
+                        "open it once with the daemon to migrate it",
+                    )
+            else:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise self._fail(
+                        f"cannot use WAL journaling (got {mode!r})",
+                        "put the store on a local file system",
+                    )
+                if version < SCHEMA_VERSION:
+                    self._migrate(conn)
+            conn.execute("PRAGMA synchronous=FULL")
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot prepare the database ({exc})", restore) from exc
+        if missing := sorted(_TABLES - names):
+            raise self._fail(f"tables missing: {', '.join(missing)}", restore)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # again, under the lock
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"state store {self.path}: used after close(); open a new Store")
+        return self._conn
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            fix = (
+                "this store is open read-only"
+                if self.readonly
+                else "check disk space, permissions and the file's health"
+            )
+            raise self._fail(f"{action} failed ({exc})", fix) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every write inside the block atomic and durable together.
+
+        Commits (and fsyncs) on normal exit; any exception rolls everything back and propagates.
+        Blocks nest (savepoints). Writes outside a block are each their own transaction.
+        """
+        with self._lock:
+            conn = self._db()
+            depth = self._depth
+            savepoint = f"sp{depth}"
+            with self._errors("starting a transaction"):
+                conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+            self._depth = depth + 1
+            try:
+                yield
+            except BaseException:
+                self._depth = depth
+                self._rollback(conn, savepoint if depth else None)
+                raise
+            self._depth = depth
+            try:
+                conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+            except sqlite3.Error as exc:
+                self._rollback(conn, savepoint if depth else None)
+                raise self._fail(
+                    f"commit failed ({exc})", "check disk space and the file system"
+                ) from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection, savepoint: str | None) -> None:
+        try:
+            if savepoint is None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+        except sqlite3.Error:
+            pass  # the original exception is the one worth raising
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Several reads that see one consistent state."""
+        with self._lock:
+            conn = self._db()
+            if self._depth:
+                yield conn
+                return
+            with self._errors("reading"):
+                conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock, self._errors("reading"):
+            return self._db().execute(sql, params).fetchall()
+
+    # -- halted latches ---------------------------------------------------------------------
+
+    def set_halt(self, algo: str, *, halted: bool, reason: str, actor: str, ts: int) -> None:
+        """Latch ``algo`` halted (or release it). The latch survives restarts until released."""
+        _check_text(algo=algo, reason=reason, actor=actor)
+        _check_int(ts=ts)
+        with self.transaction(), self._errors("saving a halt latch"):
+            self._db().execute(
+                "INSERT INTO halts (algo, halted, reason, actor, ts) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (algo) DO UPDATE SET halted = excluded.halted, "
+                "reason = excluded.reason, actor = excluded.actor, ts = excluded.ts",
+                (algo, int(bool(halted)), reason, actor, ts),
+            )
+
+    def halts(self) -> dict[str, HaltLatch]:
+        """The algorithms currently halted."""
+        rows = self._query(
+            "SELECT algo, reason, actor, ts FROM halts WHERE halted != 0 ORDER BY algo"
+        )
+        return {a: HaltLatch(algo=a, reason=r, actor=who, ts=ts) for a, r, who, ts in rows}
+
+    def is_halted(self, algo: str) -> bool:
+        rows = self._query("SELECT 1 FROM halts WHERE algo = ? AND halted != 0", (algo,))
+        return bool(rows)
+
+    # -- rollback records -------------------------------------------------------------------
+
+    def save_rollback(self, rec: RollbackRecord) -> None:
+        """Insert or replace the record with ``rec.rollback_id``."""
+        body = msgspec.json.encode(rec)
+        try:
+            _rollback_decoder.decode(body)  # never store what could not be read back
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid rollback record: {exc}") from exc
+        with self.transaction(), self._errors("saving a rollback record"):
+            conn = self._db()
+            conn.execute(
+                "INSERT INTO rollbacks (rollback_id, started_at, state, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (rollback_id) DO UPDATE SET started_at = excluded.started_at, "
+                "state = excluded.state, body = excluded.body",
+                (rec.rollback_id, rec.started_at, rec.state, body),
+            )
+            conn.execute("DELETE FROM rollback_algos WHERE rollback_id = ?", (rec.rollback_id,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO rollback_algos (algo, rollback_id, started_at) "
+                "VALUES (?, ?, ?)",
+                [(algo, rec.rollback_id, rec.started_at) for algo in rec.algos],
+            )
+
+    def rollbacks(self, algo: str | None = None, limit: int = 100) -> list[RollbackRecord]:
+        """The newest ``limit`` rollbacks, newest first; only those naming ``algo`` if given."""
+        if algo is None:
+            rows = self._query(
+                "SELECT rollback_id, body FROM rollbacks "
+                "ORDER BY started_at DESC, rollback_id DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._query(
+                "SELECT r.rollback_id, r.body FROM rollback_algos a "
+                "JOIN rollbacks r ON r.rollback_id = a.rollback_id WHERE a.algo = ? "
+                "ORDER BY a.started_at DESC, a.rollback_id DESC LIMIT ?",
+                (algo, limit),
+            )
+        return [self._decode_rollback(rid, body) for rid, body in rows]
+
+    def open_rollbacks(self) -> list[RollbackRecord]:
+        """Rollbacks still running or failed (they need attention after a restart), oldest
+        first."""
+        rows = self._query(
+            "SELECT rollback_id, body FROM rollbacks WHERE state != 'succeeded' "
+            "ORDER BY started_at, rollback_id"
+        )
+        return [self._decode_rollback(rid, body) for rid, body in rows]
+
+    def _decode_rollback(self, rollback_id: str, body: bytes) -> RollbackRecord:
+        try:
+            return _rollback_decoder.decode(body)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise self._fail(
+                f"rollback record {rollback_id!r} is unreadable ({exc})",
+                "restore the store from a backup",
+            ) from exc
+
+    # -- key/value --------------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes) -> None:
+        _check_text(key=key)
+        if not isinstance(value, bytes):
+            raise TypeError(f"value for {key!r} must be bytes, got {type(value).__name__}")
+        with self.transaction(), self._errors("writing a value"):
+            self._db().execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def get(self, key: str) -> bytes | None:
+        rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True when it existed."""
+        with self.transaction(), self._errors("deleting a value"):
+            return self._db().execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount > 0
+
+    def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, in key order."""
+        out: list[tuple[str, bytes]] = []
+        with self._lock, self._errors("reading"):
+            cursor = self._db().execute(
+                "SELECT key, value FROM kv WHERE key >= ? ORDER BY key", (prefix,)
+            )
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                out.append((key, bytes(value)))
+        return out
+
+    # -- audit log --------------------------------------------------------------------------
+
+    def append_audit(
+        self, kind: str, payload: Mapping[str, Any], *, actor: str, ts: int
+    ) -> AuditRecord:
+        """Append a record to the chain and advance the head, in one transaction (or in the
+        caller's :meth:`transaction`, in which case it is durable when that commits)."""
+        with self.transaction(), self._errors("appending to the audit log"):
+            conn = self._db()
+            rec = new_record(self._audit_head(conn), kind, payload, actor=actor, ts=ts)
+            conn.execute(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.seq,
+                    rec.ts,
+                    rec.kind,
+                    rec.actor,
+                    msgspec.json.encode(rec.payload, order="sorted").decode(),
+                    rec.prev_hash,
+                    rec.hash,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (rec.seq, rec.hash),
+            )
+        return rec
+
+    def audit_head(self) -> AuditHead | None:
+        """The newest record's ``(seq, hash)`` as recorded by the head row."""
+        with self._lock, self._errors("reading the audit head"):
+            return self._audit_head(self._db())
+
+    @staticmethod
+    def _audit_head(conn: sqlite3.Connection) -> AuditHead | None:
+        row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return AuditHead(seq=row[0], hash=row[1]) if row else None
+
+    def audit(self, after_seq: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        """Records with ``seq > after_seq`` in seq order, at most ``limit``."""
+        rows = self._query(
+            f"SELECT {_AUDIT_RAW_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, -1 if limit is None else limit),
+        )
+        records = []
+        for row in rows:
+            try:
+                records.append(_row_record(row))
+            except (ValueError, msgspec.DecodeError) as exc:
+                raise self._fail(
+                    f"audit record seq {row[0]} is unreadable ({exc})",
+                    "run `rampart audit verify` to see what was tampered with",
+                ) from exc
+        return records
+
+    def verify_audit(self) -> VerifyResult:
+        """Verify the whole chain against the head row, from one consistent snapshot."""
+        with self._snapshot() as conn, self._errors("reading the audit log"):
+            head = self._audit_head(conn)
+            rows = conn.execute(f"SELECT {_AUDIT_RAW_COLUMNS} FROM audit ORDER BY seq")
+            # No head row means no record was ever appended: any record is then unanchored.
+            start = head or AuditHead(seq=0, hash=GENESIS_HASH)
+            result = check_chain((_row_link(row) for row in rows), start)
+        if head is None and not result.ok:
+            problems = [*result.problems, "the audit head row is missing (deleted?)"]
+            return msgspec.structs.replace(result, problems=problems)
+        return result
+
+
+def _check_text(**values: str) -> None:
+    for name, value in values.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    for name in ("algo", "key", "actor"):
+        if name in values and not values[name]:
+            raise ValueError(f"{name} must not be empty")
+
+
+def _check_int(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int (ns since the epoch), got {value!r}")
+
+
+def _text(value: object, column: str) -> str:
+    if not isinstance(value, bytes):
+        raise ValueError(f"{column} is {type(value).__name__}, not text")
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{column} is not UTF-8") from exc
+
+
+def _row_link(row: tuple[Any, ...]) -> Link:
+    seq, ts, kind, actor, payload, prev_hash, digest = row
+    try:
+        prev_text, hash_text = _text(prev_hash, "prev_hash"), _text(digest, "hash")
+    except ValueError as exc:
+        return Link(seq, "", "", None, str(exc))
+    try:
+        if not isinstance(ts, int):
+            raise ValueError(f"ts is {type(ts).__name__}, not an integer")
+        if not isinstance(payload, bytes):
+            raise ValueError(f"payload is {type(payload).__name__}, not text")
+        kind_text, actor_text = _text(kind, "kind"), _text(actor, "actor")
+    except ValueError as exc:
+        return Link(seq, prev_text, hash_text, None, str(exc))
+    computed = compute_hash(seq, ts, kind_text, actor_text, payload, prev_text)
+    return Link(seq, prev_text, hash_text, computed)
+
+
+def _row_record(row: tuple[Any, ...]) -> AuditRecord:
+    seq, ts, kind, actor, payload, prev_hash, digest = row
+    if not isinstance(ts, int) or not isinstance(payload, bytes):
+        raise ValueError("wrong column types")
+    return AuditRecord(
+        seq=seq,
+        ts=ts,
+        kind=_text(kind, "kind"),
+        actor=_text(actor, "actor"),
+        payload=msgspec.json.decode(payload, type=dict[str, Any]),
+        prev_hash=_text(prev_hash, "prev_hash"),
+        hash=_text(digest, "hash"),
+    )

@@ -1,0 +1,157 @@
+"""The gateway's command rules (pure): once-only, expiry, epochs, halt beats resume, dead-man."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rampart.gateway.commands import CommandBook, DeadMansSwitch
+from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
+from rampart.protocol import Command, CommandKind, CommandTarget
+
+NOW = 1_000_000
+
+
+def cmd(
+    kind: CommandKind,
+    epoch: int,
+    *algos: str,
+    cid: str | None = None,
+    valid_until: int = NOW + 1_000,
+    allocation: float | None = None,
+) -> Command:
+    return Command(
+        command_id=cid or f"{kind}-{epoch}-{'-'.join(algos)}",
+        epoch=epoch,
+        kind=kind,
+        targets=[CommandTarget(algo=a, allocation=allocation) for a in algos],
+        issued_at=NOW - 10,
+        valid_until=valid_until,
+    )
+
+
+class Recorder(GatewayHandlers):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail: set[str] = set()
+
+    async def _do(self, what: str, algo: str) -> None:
+        if algo in self.fail:
+            raise RuntimeError(f"{algo} is wedged")
+        self.calls.append((what, algo))
+
+    async def halt(self, algo: str) -> None:
+        await self._do("halt", algo)
+
+    async def resume(self, algo: str) -> None:
+        await self._do("resume", algo)
+
+    async def cancel_all(self, algo: str) -> None:
+        await self._do("cancel_all", algo)
+
+    async def set_allocation(self, algo: str, allocation: float) -> None:
+        await self._do(f"allocation={allocation}", algo)
+
+    def algorithms(self) -> list[str]:
+        return ["a", "b"]
+
+
+def agent(handlers: Recorder) -> GatewayAgent:
+    # handle() does no I/O, so the agent can run without a connection
+    return GatewayAgent(None, "gw", handlers, wall_clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_a_command_is_applied_once_and_retries_are_duplicates() -> None:
+    h = Recorder()
+    ag = agent(h)
+    c = cmd("halt", 1, "a", "b")
+    first = asyncio.run(ag.handle(c))
+    again = asyncio.run(ag.handle(c))
+    assert [r.status for r in first] == ["applied", "applied"]
+    assert [r.status for r in again] == ["duplicate", "duplicate"]
+    assert h.calls == [("halt", "a"), ("halt", "b")]
+
+
+def test_a_failed_target_is_applied_again_on_retry_and_reported_as_error() -> None:
+    h = Recorder()
+    h.fail.add("b")
+    ag = agent(h)
+    c = cmd("cancel_all", 1, "a", "b")
+    first = asyncio.run(ag.handle(c))
+    assert [(r.status, r.detail) for r in first] == [("applied", ""), ("error", "b is wedged")]
+    h.fail.clear()
+    again = asyncio.run(ag.handle(c))
+    assert [r.status for r in again] == ["duplicate", "applied"]
+    assert h.calls == [("cancel_all", "a"), ("cancel_all", "b")]
+
+
+def test_expired_commands_are_refused_but_a_late_retry_of_an_applied_one_is_a_duplicate() -> None:
+    h = Recorder()
+    ag = agent(h)
+    late = asyncio.run(ag.handle(cmd("halt", 1, "a", valid_until=NOW - 1)))
+    assert late[0].status == "expired" and "valid_until" in late[0].detail
+    assert h.calls == []
+    c = cmd("halt", 2, "a", cid="x")
+    asyncio.run(ag.handle(c))
+    ag.wall_clock = lambda: NOW + 10_000  # now past valid_until
+    assert asyncio.run(ag.handle(c))[0].status == "duplicate"
+
+
+def test_halt_beats_resume_in_either_order() -> None:
+    for order in (("resume", "halt"), ("halt", "resume")):
+        h = Recorder()
+        ag = agent(h)
+        asyncio.run(ag.handle(cmd("halt", 1, "a")))  # the algo starts halted
+        commands = {"resume": cmd("resume", 5, "a"), "halt": cmd("halt", 6, "a")}
+        for kind in order:
+            asyncio.run(ag.handle(commands[kind]))
+        assert ag.is_halted("a"), order
+
+
+def test_stale_epochs_and_bad_allocations_are_refused() -> None:
+    h = Recorder()
+    ag = agent(h)
+    asyncio.run(ag.handle(cmd("halt", 10, "a")))
+    assert asyncio.run(ag.handle(cmd("set_allocation", 9, "a", allocation=0.5)))[0].status == (
+        "stale_epoch"
+    )
+    assert asyncio.run(ag.handle(cmd("resume", 10, "a")))[0].status == "stale_epoch"
+    bad = asyncio.run(ag.handle(cmd("set_allocation", 11, "a", allocation=1.5)))[0]
+    assert bad.status == "refused" and "allocation" in bad.detail
+    assert asyncio.run(ag.handle(cmd("resume", 11, "a")))[0].status == "applied"
+    assert not ag.is_halted("a")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["halt", "resume"]), st.integers(min_value=0, max_value=20)),
+        max_size=30,
+    )
+)
+def test_halt_wins_whatever_the_arrival_order(ops: list[tuple[CommandKind, int]]) -> None:
+    """The final state depends only on the decisions, not on the order they arrive in: the
+    algorithm ends halted iff its highest-epoch halt is at or above every resume's epoch."""
+    book = CommandBook()
+    for i, (kind, epoch) in enumerate(ops):
+        c = cmd(kind, epoch, "a", cid=str(i))
+        if book.admit(c, c.targets[0], NOW) is None:
+            book.applied(c, c.targets[0])
+    halts = [e for k, e in ops if k == "halt"]
+    resumes = [e for k, e in ops if k == "resume"]
+    expected = bool(halts) and max(halts) >= max(resumes, default=-1)
+    assert book.control("a").halted == expected
+
+
+def test_deadmans_switch_arms_on_the_first_heartbeat_and_trips_once() -> None:
+    d = DeadMansSwitch(timeout_ns=100)
+    assert not d.check(10_000), "not armed before Rampart was ever seen"
+    d.heartbeat(0)
+    assert not d.check(100)
+    assert d.check(101)
+    assert not d.check(500), "trips once"
+    d.heartbeat(600)
+    assert d.tripped, "heartbeats coming back do not lift the halt"
+    d.reset()
+    assert not d.check(650) and d.check(701)

@@ -1,0 +1,234 @@
+"""The rollback executor against the reference gateway over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.gateway.slippage import Side
+from rampart.protocol import (
+    Command,
+    CommandTarget,
+    Quote,
+    SidecarHeartbeat,
+    Subjects,
+    command_ack_decoder,
+    encoder,
+)
+from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest
+
+SUBJ = Subjects()
+T0 = 1_764_028_800_000_000_000
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the timeout")
+        await asyncio.sleep(0.005)
+
+
+def hosted() -> list[HostedAlgo]:
+    return [
+        HostedAlgo("mom-v1", "ESZ5", Momentum(lot=2), allocation=1.0, active=False),
+        HostedAlgo("mom-v2", "ESZ5", Momentum(lot=40, sign=-1), allocation=1.0, active=True),
+    ]
+
+
+@asynccontextmanager
+async def gateway(url: str, **kw: float) -> AsyncIterator[tuple[Client, ReferenceGateway]]:
+    nc = await nats.connect(url)
+    gw = ReferenceGateway(nc, "gw1", hosted(), **kw)  # type: ignore[arg-type]
+    await gw.start()
+    try:
+        yield nc, gw
+    finally:
+        await gw.close()
+        await nc.close()
+
+
+def executor(nc: Client, **settings: float) -> RollbackExecutor:
+    return RollbackExecutor(nc, SUBJ, lambda algo: "gw1", settings=ExecutorSettings(**settings))  # type: ignore[arg-type]
+
+
+async def trade(gw: ReferenceGateway, n: int = 30) -> None:
+    for i in range(n):
+        px = 6000.0 + (i % 7) * 1.5 - (i % 3)
+        await gw.on_quote(Quote(symbol="ESZ5", bid=px - 0.25, ask=px + 0.25, ts=T0 + i))
+
+
+def test_rollback_halts_cancels_zeroes_and_brings_back_the_previous_version(
+    server: EmbeddedNatsServer,
+) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url) as (_, gw):
+            # latency so that orders are pending when the rollback comes
+            gw.venue.latency_ns = 10**12
+            await trade(gw)
+            assert gw.venue.open_orders("mom-v2"), "the faulty version has working orders"
+            rampart = await nats.connect(server.url)
+            req = RollbackRequest(
+                algos=("mom-v2",),
+                scope="algo",
+                trigger="limit:drawdown",
+                reason="drawdown 0.06 > 0.05",
+                actor="rampart",
+                previous={"mom-v2": "mom-v1"},
+            )
+            record = await executor(rampart).execute(req)
+            v1, v2 = gw.algos["mom-v1"], gw.algos["mom-v2"]
+            assert v2.halted and v2.allocation == 0.0
+            assert gw.venue.open_orders("mom-v2") == []
+            assert v1.active and not v1.halted
+            assert record.state == "succeeded"
+            steps = {s.name: s for s in record.steps}
+            assert set(steps) == {"halt", "cancel", "allocate", "activate", "total"}
+            assert all(s.status == "acked" and s.duration_ns for s in steps.values())
+            assert steps["total"].duration_ns >= steps["halt"].duration_ns  # type: ignore[operator]
+            assert record.target_ms == {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
+            await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_halted_algorithm_is_reduce_only(server: EmbeddedNatsServer) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url) as (_, gw):
+            await trade(gw)
+            v2 = gw.algos["mom-v2"]
+            held = gw.venue.positions("mom-v2")["ESZ5"]
+            await gw.halt("mom-v2")
+            q = Quote(symbol="ESZ5", bid=6000.0, ask=6000.5, ts=T0 + 100)
+            grow: Side = "buy" if held > 0 else "sell"
+            shrink: Side = "sell" if held > 0 else "buy"
+            await gw.send_order(v2, grow, 1.0, q)
+            assert gw.blocked_orders == 1
+            assert gw.venue.positions("mom-v2")["ESZ5"] == held
+            await gw.send_order(v2, shrink, abs(held) + 1, q)  # would flip: blocked
+            assert gw.blocked_orders == 2
+            await gw.send_order(v2, shrink, abs(held) / 2, q)
+            assert gw.blocked_orders == 2
+            assert abs(gw.venue.positions("mom-v2")["ESZ5"]) == pytest.approx(abs(held) / 2)
+
+    asyncio.run(scenario())
+
+
+def test_flatten_after_cancel_when_configured(server: EmbeddedNatsServer) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url) as (_, gw):
+            await trade(gw)
+            assert gw.venue.positions("mom-v2")
+            rampart = await nats.connect(server.url)
+            req = RollbackRequest(
+                algos=("mom-v2",),
+                scope="algo",
+                trigger="manual",
+                reason="test",
+                actor="alice",
+                flatten=True,
+            )
+            record = await executor(rampart).execute(req)
+            assert [s.name for s in record.steps] == [
+                "halt",
+                "cancel",
+                "flatten",
+                "allocate",
+                "total",
+            ]
+            assert gw.venue.positions("mom-v2") == {}, "flatten passes while halted"
+            await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_that_does_not_answer_fails_loudly_and_is_retried_until_acked(
+    server: EmbeddedNatsServer,
+) -> None:
+    async def scenario() -> None:
+        rampart = await nats.connect(server.url)
+        ex = executor(rampart, attempt_timeout=0.02, retry_interval=0.05)
+        req = RollbackRequest(
+            algos=("mom-v2",), scope="gateway", trigger="gateway_stale", reason="no hb", actor="r"
+        )
+        record = await ex.execute(req)
+        assert record.state == "failed"
+        halt = next(s for s in record.steps if s.name == "halt")
+        assert halt.status == "failed" and halt.attempts > 1
+        assert "not listening" in halt.detail
+        assert ex.retrying > 0, "failed steps keep being retried in the background"
+        # the gateway comes up: the background retries land and the algo ends halted
+        async with gateway(server.url) as (_, gw):
+            await until(lambda: gw.algos["mom-v2"].halted and ex.retrying == 0)
+            assert gw.algos["mom-v2"].allocation == 0.0
+        await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_duplicate_and_expired_commands_over_nats(server: EmbeddedNatsServer) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url) as (nc, gw):
+            now = time.time_ns()
+            halt = Command(
+                command_id="same-id",
+                epoch=1,
+                kind="halt",
+                targets=[CommandTarget(algo="mom-v1")],
+                issued_at=now,
+                valid_until=now + 10**9,
+            )
+            acks = []
+            for _ in range(2):
+                reply = await nc.request(SUBJ.command("gw1"), encoder.encode(halt), timeout=2)
+                acks.append(command_ack_decoder.decode(reply.data).results[0].status)
+            assert acks == ["applied", "duplicate"]
+            expired = Command(
+                command_id="late",
+                epoch=2,
+                kind="resume",
+                targets=[CommandTarget(algo="mom-v1")],
+                issued_at=now - 2 * 10**9,
+                valid_until=now - 10**9,
+            )
+            reply = await nc.request(SUBJ.command("gw1"), encoder.encode(expired), timeout=2)
+            assert command_ack_decoder.decode(reply.data).results[0].status == "expired"
+            assert gw.algos["mom-v1"].halted
+            assert gw.agent.commands_handled == 3
+
+    asyncio.run(scenario())
+
+
+def test_deadmans_switch_halts_everything_when_rampart_goes_silent(
+    server: EmbeddedNatsServer,
+) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url, deadman_timeout=0.2) as (nc, gw):
+            tripped: list[float] = []
+            gw.agent.deadman_listeners.append(lambda: tripped.append(time.monotonic()))
+            for _ in range(5):  # Rampart alive
+                hb = SidecarHeartbeat(daemon="rampart", ts=time.time_ns(), interval_ms=50)
+                await nc.publish(SUBJ.sidecar_heartbeat, encoder.encode(hb))
+                await asyncio.sleep(0.05)
+            assert not any(a.halted for a in gw.algos.values())
+            await until(lambda: bool(tripped))  # Rampart silent
+            assert all(a.halted for a in gw.algos.values())
+
+    asyncio.run(scenario())

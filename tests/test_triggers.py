@@ -1,0 +1,369 @@
+"""Every rollback trigger end to end: the daemon, the reference gateway and a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from rampart.audit import audit_verify_main
+from rampart.config import DaemonConfig, parse_config
+from rampart.daemon import STORE_FILE, Daemon
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import (
+    Fill,
+    Health,
+    OrderEvent,
+    Quote,
+    Subjects,
+    alert_decoder,
+    encoder,
+)
+from rampart.store import Store
+
+SUBJ = Subjects()
+SEC = 1_000_000_000
+
+CONFIG = """
+name = "rampart-test"
+data_dir = "{data_dir}"
+heartbeat_interval = "PT0.05S"
+
+[nats]
+ping_interval = "PT0.2S"
+reconnect_time_wait = "PT0.05S"
+
+[triggers]
+check_interval = "PT0.02S"
+gateway_heartbeat_timeout = {gw_timeout}
+market_data_timeout = {md_timeout}
+nats_disconnect = {nats_disconnect}
+
+[[algorithms]]
+id = "mom-v1"
+version = "1.0.0"
+gateway = "gw1"
+capital = 100000
+
+[[algorithms]]
+id = "mom-v2"
+version = "2.0.0"
+gateway = "gw1"
+capital = 100000
+previous_version = "mom-v1"
+limits = {{ max_drawdown = 0.05, max_daily_loss = 0.02, max_error_rate = 0.2 }}
+metrics = {{ error_min_orders = 10 }}
+"""
+
+
+def make_config(
+    tmp_path: Path,
+    gw_timeout: str = '"PT1H"',
+    md_timeout: str = '"PT1H"',
+    nats_disconnect: str = "false",
+) -> DaemonConfig:
+    text = CONFIG.format(
+        data_dir=tmp_path / "data",
+        gw_timeout=gw_timeout,
+        md_timeout=md_timeout,
+        nats_disconnect=nats_disconnect,
+    )
+    return parse_config(text.encode())
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the timeout")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class World:
+    daemon: Daemon
+    gateway: ReferenceGateway
+    feed: Client  # the test's own connection: market data, fills, order events
+
+    async def send(self, subject: str, msg: msgspec.Struct) -> None:
+        await self.feed.publish(subject, encoder.encode(msg))
+        await self.feed.flush()
+
+    def v1(self) -> HostedAlgo:
+        return self.gateway.algos["mom-v1"]
+
+    def v2(self) -> HostedAlgo:
+        return self.gateway.algos["mom-v2"]
+
+    async def rolled_back(self, algo: str = "mom-v2") -> None:
+        guard = self.daemon.guard
+        assert guard is not None
+        await until(lambda: algo in guard.halted and not guard.in_flight)
+        await until(lambda: any(algo in r.algos for r in guard.recent))
+
+
+@asynccontextmanager
+async def world(
+    config: DaemonConfig, url: str, *, heartbeat_interval: float = 0.05
+) -> AsyncIterator[World]:
+    daemon = Daemon(config, servers=[url])
+    await daemon.start()
+    gw_nc = await nats.connect(url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)
+    gateway = ReferenceGateway(
+        gw_nc,
+        "gw1",
+        [
+            HostedAlgo("mom-v1", "ESZ5", Momentum(lot=2), allocation=1.0, active=False),
+            HostedAlgo("mom-v2", "ESZ5", Momentum(lot=40, sign=-1), allocation=1.0, active=True),
+        ],
+        heartbeat_interval=heartbeat_interval,
+        deadman_timeout=3600,
+    )
+    await gateway.start()
+    feed = await nats.connect(url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)
+    try:
+        await until(lambda: "gw1" in daemon.gateways)
+        yield World(daemon, gateway, feed)
+    finally:
+        await feed.close()
+        await gateway.close()
+        await gw_nc.close()
+        await daemon.close()
+
+
+def assert_rolled_back_to_v1(w: World) -> None:
+    assert w.v2().halted and w.v2().allocation == 0.0
+    assert w.gateway.venue.open_orders("mom-v2") == []
+    assert w.v1().active and not w.v1().halted
+
+
+def test_a_drawdown_breach_rolls_back_end_to_end(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        config = make_config(tmp_path)
+        async with world(config, server.url) as w:
+            alerts: list[bytes] = []
+
+            async def on_alert(msg: Msg) -> None:
+                alerts.append(msg.data)
+
+            await w.feed.subscribe(f"{SUBJ.prefix}.alert.>", cb=on_alert)
+            now = time.time_ns()
+            fill = Fill(algo="mom-v2", symbol="ESZ5", side="buy", qty=10, price=6000.0, ts=now)
+            await w.send(SUBJ.fills("gw1", "mom-v2"), fill)
+            # 10 x -600 = -6,000 on 100,000: drawdown 6% > 5%, and daily loss 6% > 2%
+            await w.send(SUBJ.market("ESZ5"), Quote(symbol="ESZ5", bid=5400, ask=5400, ts=now + 1))
+            await w.rolled_back()
+            assert_rolled_back_to_v1(w)
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert record.trigger.startswith("limit:") and record.state == "succeeded"
+            assert {s.name for s in record.steps} == {
+                "halt",
+                "cancel",
+                "allocate",
+                "activate",
+                "total",
+            }
+            await until(lambda: bool(alerts))
+            alert = alert_decoder.decode(alerts[0])
+            assert alert.severity == "critical" and "mom-v2" in alert.algos
+            # durable: the latch and the record are in the store, and the audit chain verifies
+            await until(lambda: bool(w.daemon.store and w.daemon.store.audit()))
+            store = w.daemon.store
+            assert store is not None and store.is_halted("mom-v2")
+            assert store.rollbacks("mom-v2")[0].rollback_id == record.rollback_id
+            assert store.verify_audit().ok
+        db = tmp_path / "data" / STORE_FILE
+        assert audit_verify_main(str(db)) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_reject_storm_rolls_back(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with world(make_config(tmp_path), server.url) as w:
+            now = time.time_ns()
+            orders = SUBJ.orders("gw1", "mom-v2")
+            for i in range(10):
+                await w.send(orders, OrderEvent(algo="mom-v2", event="submitted", ts=now + i))
+                if i % 3 == 0:
+                    ev = OrderEvent(algo="mom-v2", event="rejected", reason="band", ts=now + i)
+                    await w.send(orders, ev)
+            await w.rolled_back()
+            assert w.daemon.guard.recent[0].trigger == "limit:error_rate"  # type: ignore[union-attr]
+            assert_rolled_back_to_v1(w)
+
+    asyncio.run(scenario())
+
+
+def test_an_unhealthy_gateway_rolls_back_its_algorithms(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with world(make_config(tmp_path), server.url) as w:
+            down = Health(market_data=False, order_routing=True, risk_engine=True)
+            w.gateway.health = lambda: down  # type: ignore[method-assign]
+            await w.rolled_back("mom-v2")
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert record.trigger == "connectivity:gateway_unhealthy"
+            assert record.scope == "gateway" and set(record.algos) == {"mom-v1", "mom-v2"}
+            assert "market_data" in record.reason
+
+    asyncio.run(scenario())
+
+
+def test_a_stale_gateway_heartbeat_rolls_back(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = make_config(tmp_path, gw_timeout='"PT0.3S"')
+        async with world(config, server.url) as w:
+            for task in list(w.gateway.agent._tasks):  # the gateway's heartbeat stops...
+                if task.get_name().startswith("gateway-heartbeat"):
+                    task.cancel()
+            await w.rolled_back("mom-v2")  # ...while it still obeys commands
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert record.trigger == "connectivity:gateway_heartbeat"
+            assert record.state == "succeeded"
+            assert w.v2().halted
+
+    asyncio.run(scenario())
+
+
+def test_stale_market_data_on_a_held_symbol_rolls_back(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        config = make_config(tmp_path, md_timeout='"PT0.3S"')
+        async with world(config, server.url) as w:
+            now = time.time_ns()
+            fill = Fill(algo="mom-v2", symbol="ESZ5", side="buy", qty=1, price=6000.0, ts=now)
+            await w.send(SUBJ.fills("gw1", "mom-v2"), fill)
+            await w.rolled_back("mom-v2")
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert record.trigger == "connectivity:market_data" and "ESZ5" in record.reason
+            assert record.algos == ["mom-v2"], "mom-v1 holds nothing: it is left alone"
+
+    asyncio.run(scenario())
+
+
+def test_losing_the_nats_link_rolls_everything_back_after_reconnect(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        config = make_config(tmp_path, nats_disconnect="true")
+        async with world(config, server.url) as w:
+            port = server.port
+            await asyncio.to_thread(server.stop)
+            server.port = port
+            await asyncio.to_thread(server.start)
+            await w.rolled_back("mom-v2")
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert record.trigger == "connectivity:nats" and record.scope == "all"
+            assert w.v2().halted and w.v1().halted
+
+    asyncio.run(scenario())
+
+
+def test_manual_rollback_and_resume_from_the_cli(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rampart",
+            *args,
+            "--servers",
+            server.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def scenario() -> None:
+        async with world(make_config(tmp_path), server.url) as w:
+            code, _, err = await cli("rollback", "mom-v2", "--reason", "x")
+            assert code == 2 and "--operator" in err, "an operator must say who they are"
+            code, out, err = await cli(
+                "rollback", "mom-v2", "--operator", "alice@risk", "--reason", "trader report"
+            )
+            assert code == 0, err
+            assert "rollback SUCCEEDED" in out and "halt" in out
+            assert_rolled_back_to_v1(w)
+            record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
+            assert (record.trigger, record.actor) == ("manual", "alice@risk")
+            code, _, err = await cli("rollback", "nope", "--operator", "alice")
+            assert code == 1 and "unknown algorithm 'nope'" in err
+            code, _, err = await cli("resume", "mom-v2", "--operator", "bob")
+            assert code == 1 and "reason" in err
+            code, out, err = await cli(
+                "resume", "mom-v2", "--operator", "bob@risk", "--reason", "fixed and reviewed"
+            )
+            assert code == 0, err
+            assert not w.v2().halted
+            assert "mom-v2" not in w.daemon.guard.halted  # type: ignore[union-attr]
+            store = w.daemon.store
+            assert store is not None and not store.is_halted("mom-v2")
+            kinds = [(r.kind, r.actor) for r in store.audit()]
+            assert kinds == [("rollback", "alice@risk"), ("resume", "bob@risk")]
+
+    asyncio.run(scenario())
+
+
+def test_a_halted_algorithm_stays_halted_across_a_restart(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        config = make_config(tmp_path)
+        async with world(config, server.url) as w:
+            guard = w.daemon.guard
+            assert guard is not None
+            task = guard.trigger(("mom-v2",), "algo", "manual", "test", "alice", force=True)
+            assert task is not None and (await task) is not None
+        # a new daemon on the same state directory re-asserts the halt at start
+        async with world(config, server.url) as w:
+            assert "mom-v2" in w.daemon.guard.halted  # type: ignore[union-attr]
+            await until(lambda: w.v2().halted)
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_store_starts_with_everything_halted(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / STORE_FILE).write_bytes(b"this is not a database" * 100)
+
+    async def scenario() -> None:
+        async with world(config, server.url) as w:
+            assert w.daemon.store_error is not None and "not a readable" in w.daemon.store_error
+            assert set(w.daemon.guard.halted) == {"mom-v1", "mom-v2"}  # type: ignore[union-attr]
+            await until(lambda: w.v1().halted and w.v2().halted)
+            assert w.daemon.status().daemon.store_error == w.daemon.store_error
+
+    asyncio.run(scenario())
+    with pytest.raises(Exception, match="not a readable"):
+        Store(data / STORE_FILE)
