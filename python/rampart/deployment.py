@@ -39,6 +39,7 @@ __all__ = [
     "RollbackThresholds",
     "SlippageModel",
     "decode_deployment",
+    "default_canary",
     "encode_deployment",
     "load_deployment",
     "validate_deployment",
@@ -94,9 +95,16 @@ class _DeploymentDocument(_Document, tag_field="strategy", frozen=True, kw_only=
 
 
 class PaperTradingDeployment(_DeploymentDocument, tag="PaperTrading", frozen=True, kw_only=True):
+    """``canary`` (a Rampart extension) is the canary the deployment continues as once promoted;
+    by default the seed's six stages over ``simulatedCapital`` (:func:`default_canary`)."""
+
     environment: Literal["PaperTrading"] = "PaperTrading"
     configuration: PaperTradingConfig
     promotion_criteria: PromotionCriteria = msgspec.field(default_factory=PromotionCriteria)
+    canary: CanaryConfig | None = None
+
+    def promotion_canary(self) -> CanaryConfig:
+        return self.canary or default_canary(self.configuration.simulated_capital)
 
 
 # --- Rollback thresholds (Canary, BlueGreen) -----------------------------------------------------
@@ -144,6 +152,23 @@ class CanaryConfig(_Document, frozen=True, kw_only=True):
     rollback_thresholds: RollbackThresholds = msgspec.field(default_factory=RollbackThresholds)
     flatten_on_rollback: bool = False
     previous_version: str | None = None
+
+
+def default_canary(total_capital: float) -> CanaryConfig:
+    """The seed's canary: Micro 1% (1 h), Small 5% (2 h), Medium 10% (4 h), Large 25% (8 h),
+    Half 50% (1 day), Full 100% (2 days), each with minPnL 0, auto-progressing."""
+    stages = (
+        ("Micro", 0.01, timedelta(hours=1)),
+        ("Small", 0.05, timedelta(hours=2)),
+        ("Medium", 0.10, timedelta(hours=4)),
+        ("Large", 0.25, timedelta(hours=8)),
+        ("Half", 0.50, timedelta(days=1)),
+        ("Full", 1.00, timedelta(days=2)),
+    )
+    return CanaryConfig(
+        total_capital=total_capital,
+        stages=tuple(CanaryStage(name=n, allocation=a, min_duration=d) for n, a, d in stages),
+    )
 
 
 class CanaryDeployment(_DeploymentDocument, tag="Canary", frozen=True, kw_only=True):
@@ -253,6 +278,8 @@ def validate_deployment(deployment: Deployment) -> None:
         case PaperTradingDeployment(configuration=config, promotion_criteria=criteria):
             _check_paper(config, at)
             _check_criteria(criteria, "$.promotionCriteria")
+            if deployment.canary is not None:
+                _check_canary(deployment.canary, deployment.algorithm_id, "$.canary")
         case CanaryDeployment(configuration=config):
             _check_canary(config, deployment.algorithm_id, at)
         case BlueGreenDeployment(configuration=config):
