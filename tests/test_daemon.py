@@ -318,12 +318,11 @@ def test_nats_micro_discovery_finds_the_status_service(
             assert ping["name"] == "rampart-test"
             info = json.loads((await nc.request("$SRV.INFO.rampart-test", b"", timeout=2)).data)
             subjects = sorted(e["subject"] for e in info["endpoints"])
-            assert subjects == [
-                "rampart.ctl.resume",
-                "rampart.ctl.rollback",
-                "rampart.status.algorithm",
-                "rampart.status.algorithms",
-            ]
+            verbs = ["abort", "approve", "deploy", "halt", "pause", "promote", "release", "resume"]
+            assert subjects == sorted(
+                [f"rampart.ctl.{v}" for v in [*verbs, "rollback"]]
+                + ["rampart.status.algorithm", "rampart.status.algorithms"]
+            )
             await nc.close()
 
     asyncio.run(scenario())

@@ -19,9 +19,8 @@ from rampart.protocol import (
     Quote,
     Subjects,
     encoder,
-    is_subject,
-    is_token,
 )
+from rampart.tokens import is_subject, is_token
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_028_800_000_000_000

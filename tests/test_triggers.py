@@ -283,7 +283,7 @@ def test_losing_the_nats_link_rolls_everything_back_after_reconnect(
     asyncio.run(scenario())
 
 
-def test_manual_rollback_and_resume_from_the_cli(
+def test_manual_rollback_and_release_from_the_cli(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     async def cli(*args: str) -> tuple[int, str, str]:
@@ -315,10 +315,10 @@ def test_manual_rollback_and_resume_from_the_cli(
             assert (record.trigger, record.actor) == ("manual", "alice@risk")
             code, _, err = await cli("rollback", "nope", "--operator", "alice")
             assert code == 1 and "unknown algorithm 'nope'" in err
-            code, _, err = await cli("resume", "mom-v2", "--operator", "bob")
+            code, _, err = await cli("release", "mom-v2", "--operator", "bob")
             assert code == 1 and "reason" in err
             code, out, err = await cli(
-                "resume", "mom-v2", "--operator", "bob@risk", "--reason", "fixed and reviewed"
+                "release", "mom-v2", "--operator", "bob@risk", "--reason", "fixed and reviewed"
             )
             assert code == 0, err
             assert not w.v2().halted
@@ -326,7 +326,7 @@ def test_manual_rollback_and_resume_from_the_cli(
             store = w.daemon.store
             assert store is not None and not store.is_halted("mom-v2")
             kinds = [(r.kind, r.actor) for r in store.audit()]
-            assert kinds == [("rollback", "alice@risk"), ("resume", "bob@risk")]
+            assert kinds == [("rollback", "alice@risk"), ("release", "bob@risk")]
 
     asyncio.run(scenario())
 

@@ -187,11 +187,25 @@ def cmd_control(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    document = None
+    target = args.target
+    if args.verb == "deploy":
+        from rampart.deployment import load_deployment
+
+        try:
+            doc = load_deployment(args.target)
+        except ValueError as e:
+            print(f"rampart deploy: {e}", file=sys.stderr)
+            return 2
+        document = json.loads(Path(args.target).read_bytes())
+        target = doc.deployment_id
     try:
         config = _load_config(args.config)
         servers = resolve_servers(args.servers, config)
         prefix = args.prefix or config.subject_prefix
-        ctl = ControlRequest(operator=operator, target=args.target, reason=args.reason or "")
+        ctl = ControlRequest(
+            operator=operator, target=target, reason=args.reason or "", document=document
+        )
         reply = asyncio.run(control(servers, prefix, args.verb, ctl, args.timeout))
     except ConfigFileError as e:
         print(f"rampart {args.verb}: invalid configuration: {e}", file=sys.stderr)
@@ -209,8 +223,54 @@ def cmd_control(args: argparse.Namespace) -> int:
         from rampart.store import RollbackRecord
 
         print(format_rollback(msgspec.convert(reply.state, RollbackRecord)))
+    elif reply.state is not None and "phase" in reply.state:
+        st = reply.state
+        print(
+            f"{args.verb} {target}: {st['strategy']} now {st['phase']}, stage {st['stage']}, "
+            f"allocation {st['allocation']:g}{' (paused)' if st['paused'] else ''}"
+            f"{' HALTED' if st['halted'] else ''}"
+        )
     else:
-        print(f"{args.verb} {args.target}: done ({json.dumps(reply.state)})")
+        print(f"{args.verb} {target}: done ({json.dumps(reply.state)})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rampart.config import ConfigFileError, ns
+    from rampart.deployment import load_deployment
+    from rampart.replay import format_timeline, replay
+
+    try:
+        doc = load_deployment(args.deployment)
+        configs = None
+        interval = 1_000_000_000
+        tolerance = 5_000_000_000
+        if args.config:
+            config = _load_config(args.config)
+            configs = [a.to_core() for a in config.algorithms]
+            interval = ns(config.decision_interval)
+            tolerance = ns(config.ingest.time_tolerance)
+        with open(args.events, "rb") as f:
+            timeline = replay(
+                doc,
+                f,
+                configs=configs,
+                decision_interval_ns=interval,
+                time_tolerance_ns=tolerance,
+            )
+    except (ValueError, ConfigFileError) as e:
+        print(f"rampart replay: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"rampart replay: cannot read {args.events}: {e.strerror}", file=sys.stderr)
+        return 2
+    if args.json:
+        from rampart.protocol import encoder
+
+        for entry in timeline:
+            sys.stdout.write(encoder.encode(entry).decode() + "\n")
+    else:
+        print(format_timeline(timeline))
     return 0
 
 
@@ -267,12 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     status.set_defaults(func=cmd_status)
 
-    for verb, text in (
-        ("rollback", "emergency rollback: halt, cancel, allocation 0, previous version back"),
-        ("resume", "lift the halt of algorithms after a rollback (a person's decision)"),
+    algo_target = "ALGO, gateway:GATEWAY, or '*' for all"
+    for verb, text, target_help in (
+        (
+            "rollback",
+            "emergency rollback: halt, cancel, allocation 0, previous version back",
+            algo_target,
+        ),
+        (
+            "release",
+            "lift the halt of algorithms after a rollback (a person's decision)",
+            algo_target,
+        ),
+        ("deploy", "start a deployment from its JSON document", "FILE.json"),
+        ("approve", "a risk manager approves a paper deployment's promotion", "DEPLOYMENT"),
+        ("promote", "move a deployment to its next stage now", "DEPLOYMENT"),
+        ("pause", "stop a deployment's progress (limits still apply)", "DEPLOYMENT"),
+        ("resume", "let a paused deployment progress again", "DEPLOYMENT"),
+        ("abort", "stop a deployment and withdraw its capital", "DEPLOYMENT"),
+        ("halt", "halt a deployment's algorithm (emergency rollback)", "DEPLOYMENT"),
     ):
         p = sub.add_parser(verb, help=text)
-        p.add_argument("target", metavar="TARGET", help="ALGO, gateway:GATEWAY, or '*' for all")
+        p.add_argument("target", metavar=target_help.split(",")[0], help=target_help)
         p.add_argument("--operator", help=f"who is acting (default: ${ENV_OPERATOR})")
         p.add_argument("--reason", help="why (recorded in the audit log)")
         p.add_argument("--json", action="store_true", help="print the reply as JSON")
@@ -281,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         p.set_defaults(func=cmd_control, verb=verb)
+
+    rp = sub.add_parser("replay", help="run a deployment over recorded events (JSON lines)")
+    rp.add_argument("deployment", metavar="DEPLOYMENT.json")
+    rp.add_argument("events", metavar="EVENTS", help="JSON lines in docs/events.md's format")
+    rp.add_argument("-c", "--config", help="daemon configuration: algorithms, limits, intervals")
+    rp.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
+    rp.set_defaults(func=cmd_replay)
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

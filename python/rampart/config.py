@@ -15,7 +15,8 @@ from typing import Final, Literal
 import msgspec
 
 from rampart._core import AlgoConfig, ConfigError, RampartError
-from rampart.protocol import DEFAULT_PREFIX, Subjects, is_subject, is_token
+from rampart.protocol import DEFAULT_PREFIX, Subjects
+from rampart.tokens import is_subject, is_token
 
 NS_PER_SECOND: Final = 1_000_000_000
 
@@ -186,6 +187,8 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     log_json: bool = False
     # Interval of the daemon's own heartbeat (the gateways' dead-man's switch watches it).
     heartbeat_interval: timedelta = timedelta(seconds=1)
+    # Deployments are decided every this much event time (and at every breach).
+    decision_interval: timedelta = timedelta(seconds=1)
     nats: NatsConfig = NatsConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     ingest: IngestConfig = IngestConfig()

@@ -32,6 +32,7 @@ from nats.micro.service import Service
 from rampart import __version__
 from rampart._core import Breach, Engine, InvalidEventError
 from rampart.config import DaemonConfig, NatsConfig, ns
+from rampart.deployment import Deployment, DeploymentError, decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.guard import Guard
 from rampart.protocol import (
@@ -52,11 +53,24 @@ from rampart.protocol import (
     encoder,
     heartbeat_decoder,
 )
+from rampart.rollback import StepOutcome
+from rampart.runner import DeploymentRunner, Outcome, algorithms_of
 from rampart.store import Store, StoreError
+from rampart.strategies import TERMINAL, Action, Decision, DeploymentState, Verb
+from rampart.strategies.base import (
+    Activate,
+    Complete,
+    Decommission,
+    RequestApproval,
+    RollbackAction,
+    SetAllocation,
+    Standby,
+)
 
 log = logging.getLogger("rampart.daemon")
 
 URL_FILE: Final = "nats.url"
+DEPLOYMENT_KEY: Final = "deployment/"
 STORE_FILE: Final = "rampart.db"
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
@@ -157,6 +171,15 @@ class Daemon:
         self._closing = False
         self._max_payload = config.ingest.max_payload_bytes
         self._ingest = self.engine.ingest_json
+        self.capital_of = {a.id: a.capital for a in config.algorithms}
+        self.runner = DeploymentRunner(
+            self.engine,
+            decision_interval_ns=ns(config.decision_interval),
+            healthy=self._healthy,
+            capital_of=self.capital_of.__getitem__,
+        )
+        self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
+        self.deployment_error: str | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -197,8 +220,11 @@ class Daemon:
         )
         self.breach_listeners.append(self.guard.on_breaches)
         self.connectivity_listeners.append(self.guard.on_connectivity)
+        self.deployment_error = await asyncio.to_thread(self._load_deployments)
         # Fail closed: without our state we cannot know what was halted, so halt everything.
-        await self.guard.start(halt_all_because=self.store_error)
+        await self.guard.start(halt_all_because=self.store_error or self.deployment_error)
+        self._spawn(self._outcome_worker(), "deployment-effects")
+        await self._reconcile_deployments()
         await self._subscribe()
         await self._start_status_service()
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
@@ -328,6 +354,17 @@ class Daemon:
         self.stats.ingested += 1
         if breaches is not None:
             await self._on_breaches(breaches)
+        runner = self.runner
+        if runner.deployments:
+            now = self.engine.now
+            if breaches is not None and now is not None:
+                self._queue(runner.on_breaches(breaches, now))
+            if now is not None and now >= runner.next_decision_at:
+                self._queue(runner.tick(now))
+
+    def _queue(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self._outcomes.put_nowait(outcomes)
 
     async def _reject(self, msg: Msg, reason: str, error: str) -> None:
         rejected = self.stats.rejected
@@ -480,8 +517,15 @@ class Daemon:
 
     def status(self, algo_id: str | None = None) -> StatusReply:
         ids = [algo_id] if algo_id is not None else self.engine.algorithms()
+        deployments = [
+            r.state
+            for r in self.runner.deployments.values()
+            if algo_id is None or algo_id in algorithms_of(r.document)
+        ]
         return StatusReply(
-            daemon=self.daemon_status(), algorithms=[self.algo_status(a) for a in ids]
+            daemon=self.daemon_status(),
+            algorithms=[self.algo_status(a) for a in ids],
+            deployments=sorted(deployments, key=lambda s: s.deployment_id),
         )
 
     async def _start_status_service(self) -> None:
@@ -507,7 +551,15 @@ class Daemon:
             name="rollback", subject=self.subjects.control("rollback"), handler=self._ctl_rollback
         )
         await self._service.add_endpoint(
-            name="resume", subject=self.subjects.control("resume"), handler=self._ctl_resume
+            name="deploy", subject=self.subjects.control("deploy"), handler=self._ctl_deploy
+        )
+        verbs: tuple[Verb, ...] = ("approve", "promote", "pause", "resume", "abort", "halt")
+        for verb in verbs:
+            await self._service.add_endpoint(
+                name=verb, subject=self.subjects.control(verb), handler=self._ctl_verb(verb)
+            )
+        await self._service.add_endpoint(
+            name="release", subject=self.subjects.control("release"), handler=self._ctl_release
         )
 
     async def _status_all(self, req: Request) -> None:
@@ -534,7 +586,7 @@ class Daemon:
             if self.guard is None:
                 raise RuntimeError("the daemon is not ready")
             state = await act(ctl, self.guard)
-        except (msgspec.DecodeError, ValueError, KeyError, RuntimeError) as e:
+        except (msgspec.DecodeError, ValueError, KeyError, RuntimeError, DeploymentError) as e:
             error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
             return
@@ -555,7 +607,7 @@ class Daemon:
 
         await self._control(req, act)
 
-    async def _ctl_resume(self, req: Request) -> None:
+    async def _ctl_release(self, req: Request) -> None:
         async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
             _, algos = guard.resolve(ctl.target)
             if not ctl.reason.strip():
@@ -564,3 +616,144 @@ class Daemon:
             return {"resumed": list(algos), "halted": sorted(guard.halted)}
 
         await self._control(req, act)
+
+    # ---- deployments ------------------------------------------------------------------------
+
+    def _healthy(self, algo: str) -> bool:
+        status = self.gateways.get(self.gateway_of.get(algo, ""))
+        return status is not None and status.health.ok
+
+    def _load_deployments(self) -> str | None:
+        """Restore every stored deployment; an unreadable one makes the daemon fail closed."""
+        assert self.store is not None
+        problems = []
+        for key, value in self.store.items(DEPLOYMENT_KEY):
+            try:
+                self.runner.restore(value)
+            except (ValueError, msgspec.DecodeError) as e:
+                problems.append(f"{key}: {e}")
+        if problems:
+            text = "unreadable deployment state: " + "; ".join(problems)
+            log.critical("%s; every algorithm starts HALTED", text)
+            return text
+        return None
+
+    async def _reconcile_deployments(self) -> None:
+        """After a restart, send every running deployment's allocations and versions again
+        (idempotent on the gateways), so they match the stored state exactly."""
+        for dep_id, r in self.runner.deployments.items():
+            s = r.state
+            if s.phase in TERMINAL or s.halted:
+                continue
+            actions: list[Action] = [
+                Activate(algo=s.active, reason="restart: reconcile"),
+                SetAllocation(algo=s.active, allocation=s.allocation, reason="restart: reconcile"),
+            ]
+            if s.standby:
+                actions.append(Standby(algo=s.standby, reason="restart: reconcile"))
+            await self._carry_out(dep_id, actions)
+
+    async def _outcome_worker(self) -> None:
+        while True:
+            outcomes = await self._outcomes.get()
+            for outcome in outcomes:
+                try:
+                    await self._persist(outcome)
+                    await self._carry_out(outcome.deployment_id, outcome.decision.actions)
+                except Exception:
+                    log.exception("deployment %s: effects failed", outcome.deployment_id)
+
+    async def _persist(self, outcome: Outcome) -> None:
+        """The new state and every transition (an audit record each), in one transaction."""
+        assert self.store is not None
+        store, dep_id = self.store, outcome.deployment_id
+        data = self.runner.dump(dep_id)
+        transitions = outcome.decision.transitions
+
+        def write() -> None:
+            with store.transaction():
+                store.put(DEPLOYMENT_KEY + dep_id, data)
+                for t in transitions:
+                    store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
+
+        await asyncio.to_thread(write)
+        for t in transitions:
+            log.info(
+                "deployment %s: %s/%d -> %s/%d by %s: %s",
+                dep_id,
+                t.from_phase,
+                t.from_stage,
+                t.to_phase,
+                t.to_stage,
+                t.actor,
+                t.reason,
+            )
+
+    async def _carry_out(self, dep_id: str, actions: list[Action]) -> None:
+        guard = self.guard
+        assert guard is not None
+        ex = guard.executor
+        for a in actions:
+            outcomes: list[StepOutcome] = []
+            if isinstance(a, SetAllocation):
+                outcomes = [await ex.set_allocation(a.algo, a.allocation, a.reason, deadline=1.0)]
+            elif isinstance(a, Activate):
+                outcomes = list(
+                    (await ex.broadcast("activate", [a.algo], a.reason, deadline=1.0)).values()
+                )
+            elif isinstance(a, (Standby, Decommission)):
+                outcomes = list(
+                    (await ex.broadcast("standby", [a.algo], a.reason, deadline=1.0)).values()
+                )
+            elif isinstance(a, RollbackAction):
+                guard.trigger(a.algos, "algo", f"strategy:{a.trigger}", a.reason, force=True)
+            elif isinstance(a, RequestApproval):
+                await guard.alert(
+                    "warning", f"deployment {dep_id} waits for `{a.verb}`", a.reason, algos=[]
+                )
+            elif isinstance(a, Complete):
+                await guard.alert("info", f"deployment {dep_id} completed", a.reason, algos=[])
+            for failed in (o for o in outcomes if not o.ok):
+                await guard.alert(
+                    "emergency",
+                    f"deployment {dep_id}: {type(a).__name__} not acked",
+                    failed.detail,
+                    algos=failed.failed,
+                )
+
+    async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
+        now = self.engine.now if self.engine.now is not None else self.wall_clock()
+        outcome = self.runner.deploy(doc, now, actor)
+        await self._persist(outcome)
+        await self._carry_out(outcome.deployment_id, outcome.decision.actions)
+        return outcome.decision.state
+
+    async def command(self, deployment_id: str, verb: Verb, actor: str) -> Decision:
+        now = self.engine.now if self.engine.now is not None else self.wall_clock()
+        outcome = self.runner.command(deployment_id, verb, actor, now)
+        if outcome.decision.refused is None:
+            await self._persist(outcome)
+            await self._carry_out(deployment_id, outcome.decision.actions)
+        return outcome.decision
+
+    async def _ctl_deploy(self, req: Request) -> None:
+        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
+            if ctl.document is None:
+                raise ValueError("`document` must hold the deployment document")
+            doc = decode_deployment(msgspec.json.encode(ctl.document))
+            state = await self.deploy(doc, ctl.operator)
+            return msgspec.to_builtins(state)  # type: ignore[no-any-return]
+
+        await self._control(req, act)
+
+    def _ctl_verb(self, verb: Verb) -> Callable[[Request], Awaitable[None]]:
+        async def handler(req: Request) -> None:
+            async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
+                decision = await self.command(ctl.target, verb, ctl.operator)
+                if decision.refused is not None:
+                    raise RuntimeError(f"{verb} refused: {decision.refused}")
+                return msgspec.to_builtins(decision.state)  # type: ignore[no-any-return]
+
+            await self._control(req, act)
+
+        return handler

@@ -19,7 +19,7 @@ from typing import Literal, NoReturn, TypeAlias, assert_never
 import msgspec
 
 from rampart._core import RampartError
-from rampart.protocol import is_subject, is_token
+from rampart.tokens import is_subject, is_token
 
 __all__ = [
     "BlueGreenConfig",

@@ -409,7 +409,7 @@ class Guard:
                 for a in algos:
                     self.store.set_halt(a, halted=False, reason=reason, actor=actor, ts=ts)
                 return self.store.append_audit(
-                    "resume", {"algos": list(algos), "reason": reason}, actor=actor, ts=ts
+                    "release", {"algos": list(algos), "reason": reason}, actor=actor, ts=ts
                 )
 
         audit = await asyncio.to_thread(persist)

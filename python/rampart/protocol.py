@@ -8,29 +8,16 @@ Structs here are what publishers (the gateway SDK, the tests, the tools) encode 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final, Literal
 
 import msgspec
 
 from rampart.store import HaltLatch, RollbackRecord
+from rampart.strategies.base import DeploymentState
+from rampart.tokens import is_token
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "rampart"
-
-# NATS subject rules: a token is non-empty with no whitespace, '.', '*' or '>'.
-_TOKEN = re.compile(r"[^\s.*>]+")
-_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*")
-
-
-def is_token(value: str) -> bool:
-    """True when ``value`` can be one token of a NATS subject (gateway ids, symbols)."""
-    return _TOKEN.fullmatch(value) is not None
-
-
-def is_subject(value: str) -> bool:
-    """True when ``value`` is tokens joined by dots (algorithm ids like ``momentum-v2.1.0``)."""
-    return _SUBJECT.fullmatch(value) is not None
 
 
 class Subjects:
@@ -318,7 +305,7 @@ class ConnectivityEvent(
 # ---- operator control (request/reply on <prefix>.ctl.<verb>) ------------------------------
 
 ControlVerb = Literal[
-    "rollback", "resume", "deploy", "approve", "promote", "pause", "abort", "halt"
+    "rollback", "release", "deploy", "approve", "promote", "pause", "resume", "abort", "halt"
 ]
 
 
@@ -433,6 +420,7 @@ class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
 
     daemon: DaemonStatus
     algorithms: list[AlgoStatus]
+    deployments: list[DeploymentState] = []
     v: int = SCHEMA_VERSION
 
 

@@ -184,6 +184,14 @@ class RollbackExecutor:
         outcomes = await asyncio.gather(*(one(gw, m) for gw, m in by_gateway.items()))
         return dict(zip(by_gateway, outcomes, strict=True))
 
+    async def set_allocation(
+        self, algo: str, allocation: float, reason: str, *, deadline: float
+    ) -> StepOutcome:
+        """One algorithm's allocation (a fraction of its capital), with a new epoch."""
+        target = [CommandTarget(algo=algo, allocation=allocation)]
+        cmd = self.command("set_allocation", target, self.epochs.next(), deadline, reason)
+        return await self.send(self.gateway_of(algo), cmd, deadline)
+
     # ---- a whole rollback --------------------------------------------------------------------
 
     async def execute(self, req: RollbackRequest, rollback_id: str | None = None) -> RollbackRecord:

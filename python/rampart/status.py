@@ -182,6 +182,15 @@ def format_status(reply: StatusReply) -> str:
         lines.append(f"HALTED {h.algo} since {_ts(h.ts)} by {h.actor}: {h.reason}")
     for r in d.rollbacks[:5]:
         lines.append(format_rollback(r))
+    for dep in reply.deployments:
+        flags = "".join(
+            f" {flag}" for flag, on in (("PAUSED", dep.paused), ("HALTED", dep.halted)) if on
+        )
+        lines.append(
+            f"deployment {dep.deployment_id} ({dep.strategy}): {dep.phase}, stage {dep.stage} "
+            f"since {_ts(dep.stage_started_at)}, allocation {dep.allocation:g}, "
+            f"active {dep.active}{flags}"
+        )
     lines.append("")
     lines.append(format_metrics(reply.algorithms))
     if len(reply.algorithms) == 1:

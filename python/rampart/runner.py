@@ -1,0 +1,207 @@
+"""Runs deployments: feeds their state machines metrics at event-time decision points, applies
+the engine-side effects of their actions, and hands the rest (gateway commands, rollbacks,
+alerts) back to the caller. The live daemon and the replay tool both drive this class, from the
+same events, so they reach the same decisions.
+
+Decision points are fixed in event time: every ``decision_interval`` of the engine clock (the
+first event at or after each boundary triggers one), plus each breach as it happens. Nothing
+here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from rampart._core import Breach, Engine
+from rampart.deployment import (
+    BlueGreenDeployment,
+    Deployment,
+    decode_deployment,
+    encode_deployment,
+)
+from rampart.strategies import (
+    TERMINAL,
+    Decision,
+    DeploymentState,
+    Machine,
+    Observation,
+    Verb,
+    machine_for,
+)
+from rampart.strategies.base import MarkStage, SetAllocation
+
+DEFAULT_DECISION_INTERVAL_NS = 1_000_000_000
+
+
+class DeploymentError(ValueError):
+    """A deployment cannot be started or commanded; the message says why."""
+
+
+@dataclass
+class Running:
+    document: Deployment
+    machine: Machine
+    state: DeploymentState
+
+
+@dataclass
+class Outcome:
+    """One decision of one deployment, ready for the caller to persist and carry out."""
+
+    deployment_id: str
+    decision: Decision
+    breach: Breach | None = None
+
+
+def algorithms_of(doc: Deployment) -> list[str]:
+    if isinstance(doc, BlueGreenDeployment):
+        return [doc.configuration.blue_version, doc.configuration.green_version]
+    return [doc.algorithm_id]
+
+
+class StoredDeployment(msgspec.Struct, frozen=True, kw_only=True):
+    """What is persisted per deployment: the document as written and the machine's state."""
+
+    document: msgspec.Raw
+    state: DeploymentState
+
+
+_stored_decoder = msgspec.json.Decoder(StoredDeployment)
+
+
+@dataclass
+class DeploymentRunner:
+    engine: Engine
+    decision_interval_ns: int = DEFAULT_DECISION_INTERVAL_NS
+    # algorithm id -> does its gateway report itself healthy (blue/green's validation)
+    healthy: Callable[[str], bool] = field(default=lambda _algo: True)
+    # algorithm id -> its configured capital (what an allocation without a total applies to)
+    capital_of: Callable[[str], float] | None = None
+    deployments: dict[str, Running] = field(default_factory=dict)
+    next_decision_at: int = 0
+
+    # ---- life cycle -----------------------------------------------------------------------
+
+    def deploy(self, doc: Deployment, now: int, actor: str) -> Outcome:
+        if doc.deployment_id in self.deployments:
+            state = self.deployments[doc.deployment_id].state
+            if state.phase not in TERMINAL:
+                raise DeploymentError(
+                    f"deployment {doc.deployment_id!r} is already running ({state.phase})"
+                )
+        busy = self.algorithms_in_use()
+        for algo in algorithms_of(doc):
+            if algo not in self.engine:
+                raise DeploymentError(
+                    f"algorithm {algo!r} is not governed by this daemon: add it to "
+                    "`algorithms` in the daemon configuration (with its gateway)"
+                )
+            owner = busy.get(algo)
+            if owner is not None and owner != doc.deployment_id:
+                raise DeploymentError(f"algorithm {algo!r} is in deployment {owner!r} already")
+        machine = machine_for(doc)
+        decision = machine.start(now, actor)
+        self.deployments[doc.deployment_id] = Running(doc, machine, decision.state)
+        # the first decision is at the next boundary after the deployment starts
+        interval = self.decision_interval_ns
+        self.next_decision_at = max(self.next_decision_at, (now // interval + 1) * interval)
+        self._apply_local(decision)
+        return Outcome(doc.deployment_id, decision)
+
+    def algorithms_in_use(self) -> dict[str, str]:
+        return {
+            algo: dep_id
+            for dep_id, r in self.deployments.items()
+            if r.state.phase not in TERMINAL
+            for algo in algorithms_of(r.document)
+        }
+
+    def restore(self, stored: bytes) -> str:
+        """Load a deployment saved by :meth:`dump`; raises ValueError if unreadable."""
+        s = _stored_decoder.decode(stored)
+        doc = decode_deployment(bytes(s.document))
+        self.deployments[doc.deployment_id] = Running(doc, machine_for(doc), s.state)
+        return doc.deployment_id
+
+    def dump(self, deployment_id: str) -> bytes:
+        r = self.deployments[deployment_id]
+        stored = StoredDeployment(
+            document=msgspec.Raw(encode_deployment(r.document)), state=r.state
+        )
+        return msgspec.json.encode(stored)
+
+    # ---- decisions --------------------------------------------------------------------------
+
+    def observe(self, r: Running) -> Observation:
+        algos = algorithms_of(r.document)
+        return Observation(
+            {a: self.engine.snapshot(a) for a in algos}, {a: self.healthy(a) for a in algos}
+        )
+
+    def tick(self, now: int) -> list[Outcome]:
+        """Decide every running deployment if ``now`` has reached the next decision point."""
+        if now < self.next_decision_at:
+            return []
+        interval = self.decision_interval_ns
+        self.next_decision_at = (now // interval + 1) * interval
+        return self.decide(now)
+
+    def decide(self, now: int) -> list[Outcome]:
+        out = []
+        for dep_id, r in self.deployments.items():
+            if r.state.phase in TERMINAL:
+                continue
+            decision = r.machine.step(r.state, self.observe(r), now)
+            if decision.actions or decision.transitions or decision.state != r.state:
+                r.state = decision.state
+                self._apply_local(decision)
+                out.append(Outcome(dep_id, decision))
+        return out
+
+    def on_breaches(self, breaches: Iterable[Breach], now: int) -> list[Outcome]:
+        """A limit tripped in the core: the deployments trading that algorithm are halted
+        (their rollback is the guard's; the state machine records it)."""
+        out = []
+        for b in breaches:
+            for dep_id, r in self.deployments.items():
+                if r.state.phase in TERMINAL or b.algo_id != r.state.active:
+                    continue
+                decision = r.machine.command(r.state, "halt", f"rampart:limit:{b.kind}", now)
+                if decision.refused is None:
+                    r.state = decision.state
+                    self._apply_local(decision)
+                    out.append(Outcome(dep_id, decision, breach=b))
+        return out
+
+    def command(self, deployment_id: str, verb: Verb, actor: str, now: int) -> Outcome:
+        r = self.deployments.get(deployment_id)
+        if r is None:
+            known = ", ".join(sorted(self.deployments)) or "none"
+            raise DeploymentError(f"unknown deployment {deployment_id!r}; known: {known}")
+        decision = r.machine.command(r.state, verb, actor, now)
+        if decision.refused is None:
+            r.state = decision.state
+            self._apply_local(decision)
+        return Outcome(deployment_id, decision)
+
+    # ---- engine-side effects ------------------------------------------------------------------
+
+    def _apply_local(self, decision: Decision) -> None:
+        """Effects on the engine itself, applied at once so live and replay agree: stage marks
+        and the capital each algorithm is measured against."""
+        for action in decision.actions:
+            if isinstance(action, MarkStage):
+                self.engine.mark_stage(action.algo)
+            elif isinstance(action, SetAllocation) and action.allocation > 0:
+                base = action.capital
+                if base is None:
+                    base = (
+                        self.capital_of(action.algo)
+                        if self.capital_of is not None
+                        else self.engine.snapshot(action.algo).capital
+                    )
+                if base > 0 and self.engine.now is not None:
+                    self.engine.set_capital(action.algo, action.allocation * base, self.engine.now)
