@@ -219,6 +219,7 @@ class Daemon:
             wall_clock=self.wall_clock,
         )
         self.breach_listeners.append(self.guard.on_breaches)
+        self.guard.rollback_listeners.append(self._on_rollback)
         self.connectivity_listeners.append(self.guard.on_connectivity)
         self.deployment_error = await asyncio.to_thread(self._load_deployments)
         # Fail closed: without our state we cannot know what was halted, so halt everything.
@@ -361,6 +362,11 @@ class Daemon:
                 self._queue(runner.on_breaches(breaches, now))
             if now is not None and now >= runner.next_decision_at:
                 self._queue(runner.tick(now))
+
+    def _on_rollback(self, algos: tuple[str, ...], trigger: str, actor: str) -> None:
+        if self.runner.deployments:
+            now = self.engine.now if self.engine.now is not None else self.wall_clock()
+            self._queue(self.runner.on_rollback(algos, f"{actor}:{trigger}", now))
 
     def _queue(self, outcomes: list[Outcome]) -> None:
         if outcomes:

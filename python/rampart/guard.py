@@ -96,6 +96,8 @@ class Guard:
         self._stale_gateways: set[str] = set()
         self._stale_symbols: set[tuple[str, str]] = set()
         self._link_lost = False
+        # told of every rollback as it starts: (algorithms, trigger, actor)
+        self.rollback_listeners: list[Callable[[tuple[str, ...], str, str], None]] = []
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -221,6 +223,8 @@ class Guard:
         if not todo:
             return None
         self.in_flight.update(todo)
+        for listener in self.rollback_listeners:
+            listener(todo, trigger, actor)
         task: asyncio.Task[RollbackRecord | None] = self._spawn(
             self.rollback(todo, scope, trigger, reason, actor), f"rollback-{trigger}"
         )

@@ -176,6 +176,21 @@ class DeploymentRunner:
                     out.append(Outcome(dep_id, decision, breach=b))
         return out
 
+    def on_rollback(self, algos: Iterable[str], actor: str, now: int) -> list[Outcome]:
+        """A rollback outside the strategy (a limit, staleness, a person): the deployments
+        trading those algorithms record the halt."""
+        out = []
+        hit = set(algos)
+        for dep_id, r in self.deployments.items():
+            if r.state.phase in TERMINAL or r.state.active not in hit:
+                continue
+            decision = r.machine.command(r.state, "halt", actor, now)
+            if decision.refused is None:
+                r.state = decision.state
+                self._apply_local(decision)
+                out.append(Outcome(dep_id, decision))
+        return out
+
     def command(self, deployment_id: str, verb: Verb, actor: str, now: int) -> Outcome:
         r = self.deployments.get(deployment_id)
         if r is None:

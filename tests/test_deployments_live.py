@@ -1,0 +1,326 @@
+"""Deployments end to end: replay, the live daemon on a real nats-server with the reference
+gateway, operator verbs, identical decisions live and replayed, and SIGKILL mid-canary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+
+from rampart.config import parse_config
+from rampart.daemon import Daemon
+from rampart.deployment import CanaryDeployment, decode_deployment
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import Fill, Quote, StatusReply, Subjects, encoder
+from rampart.replay import format_timeline, replay
+from rampart.store import Store
+
+SUBJ = Subjects()
+S = 1_000_000_000
+# Event time starts at the wall clock: the live daemon judges market-data staleness against it.
+T0 = time.time_ns() // (60 * S) * (60 * S)
+ALGO = "mom-v2.1.0"
+
+CANARY = {
+    "deploymentId": "canary-test",
+    "strategy": "Canary",
+    "algorithmId": ALGO,
+    "environment": "Production",
+    "configuration": {
+        "totalCapital": 1_000_000,
+        "stages": [
+            {"name": "Micro", "allocation": 0.01, "minDuration": "PT1M", "minPnL": 0},
+            {"name": "Small", "allocation": 0.05, "minDuration": "PT2M", "minPnL": 0},
+            {"name": "Full", "allocation": 1.0, "minDuration": "PT3M", "minPnL": 0},
+        ],
+        "autoProgress": True,
+        "rollbackThresholds": {"maxDailyLoss": 0.02, "maxDrawdown": 0.05, "maxErrorRate": 0.5},
+    },
+}
+
+CONFIG = """
+data_dir = "{data_dir}"
+heartbeat_interval = "PT0.1S"
+decision_interval = "PT1S"
+
+[triggers]
+gateway_heartbeat_timeout = "PT1H"
+market_data_timeout = "PT1H"
+nats_disconnect = false
+
+[[algorithms]]
+id = "{algo}"
+version = "2.1.0"
+gateway = "gw1"
+capital = 1000000
+limits = {{ max_drawdown = 0.05 }}
+"""
+
+
+def events(minutes: int, crash_at: int | None = None) -> list[bytes]:
+    """A rising market with the algorithm long: stage PnL >= 0, so the canary progresses.
+    ``crash_at``: the minute the price collapses (a drawdown breach)."""
+    out = [encoder.encode(Quote(symbol="ES", bid=100.0, ask=100.0, ts=T0))]
+    fill = Fill(algo=ALGO, symbol="ES", side="buy", qty=5_000, price=100.0, ts=T0 + S)
+    out.append(encoder.encode(fill))
+    px = 100.0
+    for i in range(1, minutes * 6 + 1):  # a quote every 10 s
+        px = 50.0 if crash_at is not None and i >= crash_at * 6 else px + 0.01
+        out.append(encoder.encode(Quote(symbol="ES", bid=px, ask=px, ts=T0 + i * 10 * S)))
+    return out
+
+
+def doc() -> CanaryDeployment:
+    d = decode_deployment(json.dumps(CANARY))
+    assert isinstance(d, CanaryDeployment)
+    return d
+
+
+def transitions(timeline: list[Any]) -> list[tuple[int, str, int, str, int]]:
+    return [
+        (
+            e.data["at"],
+            e.data["from_phase"],
+            e.data["from_stage"],
+            e.data["to_phase"],
+            e.data["to_stage"],
+        )
+        for e in timeline
+        if e.kind == "transition"
+    ]
+
+
+def test_replay_walks_the_canary_and_reports_the_rollback(tmp_path: Path) -> None:
+    timeline = replay(doc(), events(8))
+    steps = [(f, fs, t, ts) for _, f, fs, t, ts in transitions(timeline)]
+    assert steps == [
+        ("canary", 0, "canary", 0),
+        ("canary", 0, "canary", 1),
+        ("canary", 1, "canary", 2),
+        ("canary", 2, "completed", 2),
+    ]
+    allocations = [
+        e.data["allocation"] for e in timeline if e.data.get("action") == "set_allocation"
+    ]
+    assert allocations == [0.01, 0.05, 1.0]
+    crashed = replay(doc(), events(8, crash_at=2))
+    kinds = [e.kind for e in crashed]
+    assert "breach" in kinds
+    assert transitions(crashed)[-1][3] == "rolled_back"
+    assert "BREACH" in format_timeline(crashed)
+    # the CLI prints the same timeline
+    dep = tmp_path / "canary.json"
+    dep.write_text(json.dumps(CANARY))
+    ev = tmp_path / "events.jsonl"
+    ev.write_bytes(b"\n".join(events(8)) + b"\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rampart", "replay", str(dep), str(ev)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("transition") == 4 and "completed" in proc.stdout
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the timeout")
+        await asyncio.sleep(0.005)
+
+
+def test_live_daemon_makes_the_same_decisions_as_replay(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    config = parse_config(CONFIG.format(data_dir=tmp_path / "data", algo=ALGO).encode())
+    feed = events(8, crash_at=4)
+
+    async def scenario() -> list[tuple[int, str, int, str, int]]:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        gw_nc = await nats.connect(server.url)
+        gw = ReferenceGateway(
+            gw_nc,
+            "gw1",
+            [HostedAlgo(ALGO, "ES", Momentum(), active=False)],
+            deadman_timeout=3600,
+        )
+        await gw.start()
+        nc = await nats.connect(server.url)
+        try:
+            await nc.publish(SUBJ.market("ES"), feed[0])
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == 1)
+            await daemon.deploy(doc(), "alice")
+            for msg in feed[1:]:
+                await nc.publish(SUBJ.market("ES"), msg)
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == len(feed))
+            await until(lambda: daemon._outcomes.empty())
+            await asyncio.sleep(0)  # let the worker finish the last batch
+            store = daemon.store
+            assert store is not None
+            await until(
+                lambda: any(
+                    r.kind == "transition" and r.payload["to_phase"] == "rolled_back"
+                    for r in store.audit()
+                )
+            )
+            state = daemon.runner.deployments["canary-test"].state
+            assert state.phase == "rolled_back" and gw.algos[ALGO].halted
+            return [
+                (
+                    r.payload["at"],
+                    r.payload["from_phase"],
+                    r.payload["from_stage"],
+                    r.payload["to_phase"],
+                    r.payload["to_stage"],
+                )
+                for r in store.audit()
+                if r.kind == "transition"
+            ]
+        finally:
+            await nc.close()
+            await gw.close()
+            await gw_nc.close()
+            await daemon.close()
+
+    live = asyncio.run(scenario())
+    replayed = transitions(replay(doc(), feed, configs=[a.to_core() for a in config.algorithms]))
+    assert live == replayed
+    assert replayed[-1][3] == "rolled_back"
+
+
+def _status(cfg: Path) -> StatusReply:
+    url = cfg.with_name("url").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rampart", "status", "--config", str(cfg), "--json", "-s", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return msgspec.json.decode(proc.stdout, type=StatusReply)
+
+
+def _start(cfg: Path, url: str) -> subprocess.Popen[bytes]:
+    log = cfg.with_name("daemon.log").open("ab")
+    with log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rampart", "run", "--config", str(cfg), "--servers", url],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def _wait_up(cfg: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, cfg.with_name("daemon.log").read_text()
+        url = cfg.with_name("url").read_text()
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rampart",
+                "status",
+                "-c",
+                str(cfg),
+                "-s",
+                url,
+                "--timeout",
+                "1",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        if probe.returncode == 0:
+            return
+        assert time.monotonic() < deadline, "the daemon did not come up"
+
+
+@pytest.mark.parametrize("kill_after", [3, 13, 25])
+def test_sigkill_mid_canary_resumes_exactly(
+    server: EmbeddedNatsServer, tmp_path: Path, kill_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill -9 the daemon at several points of a canary (at a stage start, mid-stage, right after
+    a transition) and restart it: stage, stage start, allocation and halts are as they were."""
+    cfg = tmp_path / "rampart.toml"
+    cfg.write_text(CONFIG.format(data_dir=tmp_path / "data", algo=ALGO))
+    (tmp_path / "url").write_text(server.url)
+    monkeypatch.setenv("RAMPART_NATS_URL", server.url)  # for every CLI call below
+    dep = tmp_path / "canary.json"
+    dep.write_text(json.dumps(CANARY))
+    feed = events(8)
+
+    async def publish(msgs: list[bytes]) -> None:
+        nc = await nats.connect(server.url)
+        for m in msgs:
+            await nc.publish(SUBJ.market("ES"), m)
+        await nc.flush()
+        await nc.close()
+
+    proc = _start(cfg, server.url)
+    try:
+        _wait_up(cfg, proc)
+        asyncio.run(publish(feed[:1]))
+        deploy = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rampart",
+                "deploy",
+                str(dep),
+                "--operator",
+                "alice",
+                "--config",
+                str(cfg),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert deploy.returncode == 0, deploy.stderr
+        asyncio.run(publish(feed[1 : kill_after + 1]))
+        deadline = time.monotonic() + 20
+        while (ingest := _status(cfg).daemon.ingest).ingested < kill_after + 1:
+            assert time.monotonic() < deadline, ingest
+        time.sleep(0.3)  # the effects worker persists asynchronously; let it catch up
+        before = _status(cfg).deployments[0]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    proc = _start(cfg, server.url)
+    try:
+        _wait_up(cfg, proc)
+        after = _status(cfg).deployments[0]
+        assert after == before
+        store_copy = Store(tmp_path / "data" / "rampart.db", readonly=True)
+        assert store_copy.verify_audit().ok
+        store_copy.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
