@@ -189,6 +189,14 @@ def test_live_daemon_makes_the_same_decisions_as_replay(
             )
             state = daemon.runner.deployments["canary-test"].state
             assert state.phase == "rolled_back" and gw.algos[ALGO].halted
+            # the state is mirrored to JetStream KV for fleet visibility
+            kv = await nc.jetstream().key_value("RAMPART_STATE")
+            deadline = time.monotonic() + 10
+            while (await kv.get("deployment.canary-test")).value != daemon.runner.dump(
+                "canary-test"
+            ):
+                assert time.monotonic() < deadline, "the KV mirror never caught up"
+                await asyncio.sleep(0.01)
             return [
                 (
                     r.payload["at"],

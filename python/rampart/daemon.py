@@ -683,6 +683,8 @@ class Daemon:
                     store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
         await asyncio.to_thread(write)
+        if self.guard is not None:
+            await self.guard.mirror_state(f"deployment.{dep_id}", data)
         for t in transitions:
             log.info(
                 "deployment %s: %s/%d -> %s/%d by %s: %s",

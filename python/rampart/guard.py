@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from rampart._core import Breach, Engine
 from rampart.audit import encode_record
@@ -40,6 +41,7 @@ from rampart.store import HaltLatch, RollbackRecord, Store
 log = logging.getLogger("rampart.guard")
 
 AUDIT_STREAM: Final = "RAMPART_AUDIT"
+STATE_BUCKET: Final = "RAMPART_STATE"
 SYSTEM_ACTOR: Final = "rampart"
 
 
@@ -92,6 +94,7 @@ class Guard:
         self.recent: list[RollbackRecord] = []
         self.store_error: str | None = None
         self._js: JetStreamContext | None = None
+        self.kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stale_gateways: set[str] = set()
         self._stale_symbols: set[tuple[str, str]] = set()
@@ -155,6 +158,24 @@ class Guard:
                 self._js = js
             except Exception as e:
                 log.info("no JetStream (%s): the audit log lives in the store only", e)
+                return
+        try:
+            try:
+                self.kv = await self._js.key_value(STATE_BUCKET)
+            except Exception:
+                self.kv = await self._js.create_key_value(bucket=STATE_BUCKET, history=5)
+        except Exception as e:
+            log.info("no JetStream KV (%s): state lives in the store only", e)
+
+    async def mirror_state(self, key: str, value: bytes) -> None:
+        """Copy durable state to JetStream KV for fleet visibility (the store stays the source
+        of truth: a failed copy is logged and the next change copies again)."""
+        if self.kv is None:
+            return
+        try:
+            await self.kv.put(key, value)
+        except Exception as e:
+            log.warning("state mirror to JetStream KV failed for %s: %s", key, e)
 
     # ---- scopes -------------------------------------------------------------------------------
 
