@@ -34,8 +34,10 @@ def test_scenario_is_deterministic() -> None:
     assert a.breaches == b.breaches
 
 
-def test_demo_prints_breaches_and_the_metrics_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--seed", "7"]) == 0
+def test_scenario_prints_breaches_and_the_metrics_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["scenario", "--seed", "7"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"BREACH .* momentum-v2: daily_loss", out)
     assert "momentum-v1" in out and "Sharpe" in out

@@ -111,14 +111,19 @@ def test_halt_beats_resume_in_either_order() -> None:
 
 
 def test_stale_epochs_and_bad_allocations_are_refused() -> None:
+    """Epochs grow per dimension (halt/resume, allocation, activation): an older allocation is
+    stale after a newer allocation, not after a halt, which is a decision of another kind."""
     h = Recorder()
     ag = agent(h)
     asyncio.run(ag.handle(cmd("halt", 10, "a")))
     assert asyncio.run(ag.handle(cmd("set_allocation", 9, "a", allocation=0.5)))[0].status == (
-        "stale_epoch"
+        "applied"
     )
+    asyncio.run(ag.handle(cmd("set_allocation", 12, "a", allocation=0.0)))
+    stale = asyncio.run(ag.handle(cmd("set_allocation", 11, "a", allocation=0.5)))[0]
+    assert stale.status == "stale_epoch" and "allocation" in stale.detail
     assert asyncio.run(ag.handle(cmd("resume", 10, "a")))[0].status == "stale_epoch"
-    bad = asyncio.run(ag.handle(cmd("set_allocation", 11, "a", allocation=1.5)))[0]
+    bad = asyncio.run(ag.handle(cmd("set_allocation", 13, "a", allocation=1.5)))[0]
     assert bad.status == "refused" and "allocation" in bad.detail
     assert asyncio.run(ag.handle(cmd("resume", 11, "a")))[0].status == "applied"
     assert not ag.is_halted("a")

@@ -271,7 +271,11 @@ def test_blue_green_rolls_back_to_blue(green: M) -> None:
     assert d.state.phase == "rolled_back" and d.state.active == machine.blue
     rollback = d.actions[0]
     assert isinstance(rollback, RollbackAction) and rollback.algos == [machine.green]
-    assert any(isinstance(a, Activate) and a.algo == machine.blue for a in d.actions)
+    assert rollback.previous == {machine.green: machine.blue}, "the rollback re-activates blue"
+    assert any(
+        isinstance(a, SetAllocation) and a.algo == machine.blue and a.allocation == 1.0
+        for a in d.actions
+    )
 
 
 def test_blue_green_unhealthy_green_never_cuts_over() -> None:

@@ -66,6 +66,36 @@ def _load_config(path: str | None) -> DaemonConfig:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rampart.demo import run_demo
+    from rampart.view import LiveView
+
+    console = Console(force_terminal=False) if args.plain else Console()
+    view = LiveView(console, title="rampart demo")
+    data = Path(args.data) if args.data else None
+    if data is not None and not data.is_file():
+        print(f"rampart demo: no such file: {data}", file=sys.stderr)
+        return 2
+    try:
+        result = run_demo(view, seed=args.seed, data=data, report=Path(args.report))
+    except (ValueError, RuntimeError) as e:
+        print(f"rampart demo: {e}", file=sys.stderr)
+        return 1
+    print()
+    print("The story:")
+    for line in result.story:
+        print(f"  - {line}")
+    if result.rollback is not None:
+        from rampart.status import format_rollback
+
+        print()
+        print(format_rollback(result.rollback))
+    print(f"\nreport: {result.report.resolve()}")
+    return 0
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
     from rampart.scenario import run_scenario
     from rampart.status import format_metrics
 
@@ -161,6 +191,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         config = _load_config(args.config)
         servers = resolve_servers(args.servers, config)
         prefix = args.prefix or config.subject_prefix
+        if args.watch:
+            from rich.console import Console
+
+            from rampart.status import watch
+            from rampart.view import LiveView
+
+            view = LiveView(Console(), title=f"rampart status ({', '.join(servers)})")
+            try:
+                asyncio.run(watch(servers, prefix, view, interval=args.interval, count=args.count))
+            except KeyboardInterrupt:
+                pass
+            return 0
         reply = asyncio.run(fetch_status(servers, prefix, args.algo, args.timeout))
     except ConfigFileError as e:
         print(f"rampart status: invalid configuration: {e}", file=sys.stderr)
@@ -300,9 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rampart {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a scripted scenario through the risk core")
+    demo = sub.add_parser(
+        "demo", help="the whole story on an embedded NATS: paper, canary, blue/green, rollback"
+    )
     demo.add_argument("--seed", type=int, default=7, help="market seed (default: 7)")
+    demo.add_argument(
+        "--data", help="replay real prices: JSON lines (quote/mark) or CSV ts,bid,ask"
+    )
+    demo.add_argument(
+        "--report",
+        default="rampart-demo-report.html",
+        help="HTML report path (default: %(default)s)",
+    )
+    demo.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     demo.set_defaults(func=cmd_demo)
+
+    scenario = sub.add_parser("scenario", help="a scripted market through the Rust core only")
+    scenario.add_argument("--seed", type=int, default=7, help="market seed (default: 7)")
+    scenario.set_defaults(func=cmd_scenario)
 
     config_help = f"daemon configuration file, TOML or JSON (default: ${ENV_CONFIG})"
     servers_help = "comma-separated NATS URLs (default: config, else an embedded server)"
@@ -325,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-s", "--servers", help="comma-separated NATS URLs of the daemon")
     status.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    status.add_argument("--watch", action="store_true", help="the live view, refreshed")
+    status.add_argument("--interval", type=float, default=1.0, help="--watch refresh, seconds")
+    status.add_argument("--count", type=int, help="--watch: stop after this many refreshes")
     status.set_defaults(func=cmd_status)
 
     algo_target = "ALGO, gateway:GATEWAY, or '*' for all"

@@ -179,6 +179,7 @@ class Daemon:
             capital_of=self.capital_of.__getitem__,
         )
         self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
+        self._effects_busy = False
         self.deployment_error: str | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -228,6 +229,10 @@ class Daemon:
         await self._reconcile_deployments()
         await self._subscribe()
         await self._start_status_service()
+        if self.config.metrics_port is not None:
+            from rampart.prom import serve_metrics
+
+            serve_metrics(self, self.config.metrics_port, self.config.metrics_host)
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
         await self.nc.flush()
         log.info(
@@ -662,12 +667,25 @@ class Daemon:
     async def _outcome_worker(self) -> None:
         while True:
             outcomes = await self._outcomes.get()
-            for outcome in outcomes:
-                try:
-                    await self._persist(outcome)
-                    await self._carry_out(outcome.deployment_id, outcome.decision.actions)
-                except Exception:
-                    log.exception("deployment %s: effects failed", outcome.deployment_id)
+            self._effects_busy = True
+            try:
+                for outcome in outcomes:
+                    try:
+                        await self._persist(outcome)
+                        await self._carry_out(outcome.deployment_id, outcome.decision.actions)
+                    except Exception:
+                        log.exception("deployment %s: effects failed", outcome.deployment_id)
+            finally:
+                self._effects_busy = False
+
+    def effects_idle(self) -> bool:
+        """No deployment decision or rollback is being carried out or waiting to be."""
+        guard = self.guard
+        return (
+            self._outcomes.empty()
+            and not self._effects_busy
+            and (guard is None or not guard.in_flight)
+        )
 
     async def _persist(self, outcome: Outcome) -> None:
         """The new state and every transition (an audit record each), in one transaction."""
@@ -714,7 +732,14 @@ class Daemon:
                     (await ex.broadcast("standby", [a.algo], a.reason, deadline=1.0)).values()
                 )
             elif isinstance(a, RollbackAction):
-                guard.trigger(a.algos, "algo", f"strategy:{a.trigger}", a.reason, force=True)
+                guard.trigger(
+                    a.algos,
+                    "algo",
+                    f"strategy:{a.trigger}",
+                    a.reason,
+                    force=True,
+                    previous=a.previous,
+                )
             elif isinstance(a, RequestApproval):
                 await guard.alert(
                     "warning", f"deployment {dep_id} waits for `{a.verb}`", a.reason, algos=[]

@@ -235,6 +235,7 @@ class Guard:
         actor: str = SYSTEM_ACTOR,
         *,
         force: bool = False,
+        previous: dict[str, str] | None = None,
     ) -> asyncio.Task[RollbackRecord | None] | None:
         """Start a rollback of ``algos`` unless each is already halted or rolling back
         (``force``: roll back anyway, for a person's explicit request)."""
@@ -247,15 +248,24 @@ class Guard:
         for listener in self.rollback_listeners:
             listener(todo, trigger, actor)
         task: asyncio.Task[RollbackRecord | None] = self._spawn(
-            self.rollback(todo, scope, trigger, reason, actor), f"rollback-{trigger}"
+            self.rollback(todo, scope, trigger, reason, actor, previous), f"rollback-{trigger}"
         )
         return task
 
     async def rollback(
-        self, algos: tuple[str, ...], scope: Scope, trigger: str, reason: str, actor: str
+        self,
+        algos: tuple[str, ...],
+        scope: Scope,
+        trigger: str,
+        reason: str,
+        actor: str,
+        previous_override: dict[str, str] | None = None,
     ) -> RollbackRecord | None:
+        """``previous_override``: the versions to re-activate when the caller knows them (a
+        blue/green deployment's blue); otherwise each algorithm's ``previous_version``."""
         ts = self.wall_clock()
         previous = {a: p for a in algos if (p := self.algo_config[a].previous_version) is not None}
+        previous.update({a: p for a, p in (previous_override or {}).items() if a in algos})
         flatten = any(self.algo_config[a].flatten_on_rollback for a in algos)
         request = RollbackRequest(algos, scope, trigger, reason, actor, flatten, previous)
         log.critical("ROLLBACK %s of %s (%s): %s", trigger, ", ".join(algos), actor, reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from rampart.protocol import (
     status_reply_decoder,
 )
 from rampart.store import RollbackRecord
+from rampart.strategies.base import DeploymentState
+from rampart.view import LiveView, ViewRow
 
 ENV_URL = "RAMPART_NATS_URL"
 
@@ -226,3 +229,73 @@ def format_rollback(r: RollbackRecord) -> str:
         f"rollback {r.state.upper()} {_ts(r.started_at)} {','.join(r.algos)} ({r.trigger} by "
         f"{r.actor}): " + ", ".join(parts)
     )
+
+
+def view_rows(reply: StatusReply) -> list[ViewRow]:
+    """The live view's rows from a status reply: one per algorithm, with its deployment."""
+    by_algo: dict[str, DeploymentState] = {}
+    for d in reply.deployments:
+        by_algo.setdefault(d.active, d)
+        if d.standby:
+            by_algo.setdefault(d.standby, d)
+    halted = {h.algo for h in reply.daemon.halted}
+    rows = []
+    for a in reply.algorithms:
+        found = by_algo.get(a.algo_id)
+        allocation = None
+        if found is not None:
+            allocation = found.allocation if found.active == a.algo_id else 0.0
+        dep = found
+        rows.append(
+            ViewRow(
+                deployment=dep.deployment_id if dep else None,
+                strategy=dep.strategy if dep else None,
+                phase=dep.phase if dep else None,
+                stage=f"stage {dep.stage + 1}" if dep and dep.strategy != "BlueGreen" else None,
+                algo=a.algo_id,
+                allocation=allocation,
+                equity=a.equity,
+                drawdown=a.drawdown,
+                sharpe=a.sharpe,
+                win_rate=a.win_rate,
+                error_rate=a.error_rate,
+                latency_p99_ms=None if a.latency_p99_ns is None else a.latency_p99_ns / 1e6,
+                halted=a.algo_id in halted,
+            )
+        )
+    return rows
+
+
+def status_events(reply: StatusReply) -> list[str]:
+    """The latest things worth seeing: rollbacks, halts, connectivity changes, refusals."""
+    d = reply.daemon
+    events = [f"{_ts(c.ts)} NATS {c.state} {c.server or ''}" for c in d.connectivity]
+    events += [f"{_ts(h.ts)} HALTED {h.algo} by {h.actor}: {h.reason}" for h in d.halted]
+    events += [format_rollback(r) for r in reversed(d.rollbacks)]
+    if d.ingest.rejected:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items()))
+        events.append(f"refused input: {refused}")
+    return events[-20:]
+
+
+async def watch(
+    servers: list[str], prefix: str, view: LiveView, *, interval: float, count: int | None
+) -> None:
+    """Refresh the live view from the daemon's status every ``interval`` seconds."""
+    n = 0
+    seen: set[str] = set()
+    view.start()
+    try:
+        while count is None or n < count:
+            reply = await fetch_status(servers, prefix, None, timeout=max(interval, 1.0))
+            clock = _ts(reply.daemon.now)
+            for event in status_events(reply):
+                if event not in seen:
+                    seen.add(event)
+                    view.event(event, clock)
+            view.update(view_rows(reply), [], clock)
+            n += 1
+            if count is None or n < count:
+                await asyncio.sleep(interval)
+    finally:
+        view.stop()

@@ -9,10 +9,22 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from rampart.protocol import Command, CommandStatus, CommandTarget
+from rampart.protocol import Command, CommandKind, CommandStatus, CommandTarget
 
 # Remember this many command ids for dedup (a retry arrives within seconds; this is hours of them).
 DEDUP_CAPACITY = 100_000
+
+
+# Epochs only grow per control dimension: a halt/resume, an allocation and an activation are
+# independent decisions, each superseded only by a later one of its own kind. Cancel-all and
+# flatten are always safe to apply and have no dimension.
+DIMENSIONS: dict[CommandKind, str] = {
+    "halt": "halt",
+    "resume": "halt",
+    "set_allocation": "allocation",
+    "activate": "activation",
+    "standby": "activation",
+}
 
 
 @dataclass
@@ -21,8 +33,8 @@ class AlgoControl:
 
     halted: bool = False
     halt_epoch: int = -1
-    # Highest epoch of any command applied to the algorithm.
-    epoch: int = -1
+    # Highest epoch applied per dimension (see DIMENSIONS).
+    epochs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,7 +63,8 @@ class CommandBook:
         if now > command.valid_until:
             return "expired"
         ctl = self.control(target.algo)
-        if command.epoch < ctl.epoch:
+        dim = DIMENSIONS.get(command.kind)
+        if dim is not None and command.epoch < ctl.epochs.get(dim, -1):
             return "stale_epoch"
         if command.kind == "resume" and command.epoch <= ctl.halt_epoch:
             return "stale_epoch"  # halt beats resume: only a later decision lifts a halt
@@ -69,7 +82,9 @@ class CommandBook:
                 self._applied.popitem(last=False)
         done.add(target.algo)
         ctl = self.control(target.algo)
-        ctl.epoch = max(ctl.epoch, command.epoch)
+        dim = DIMENSIONS.get(command.kind)
+        if dim is not None:
+            ctl.epochs[dim] = max(ctl.epochs.get(dim, -1), command.epoch)
         if command.kind == "halt":
             ctl.halted = True
             ctl.halt_epoch = max(ctl.halt_epoch, command.epoch)
@@ -80,14 +95,17 @@ class CommandBook:
         """A halt the gateway decided itself (dead-man's switch): only a later resume lifts it."""
         ctl = self.control(algo)
         ctl.halted = True
-        ctl.halt_epoch = max(ctl.halt_epoch, ctl.epoch)
+        ctl.halt_epoch = max(ctl.halt_epoch, ctl.epochs.get("halt", -1))
 
 
 def refusal_detail(status: CommandStatus, command: Command, target: CommandTarget) -> str:
     if status == "expired":
         return f"received after valid_until {command.valid_until}"
     if status == "stale_epoch":
-        return f"epoch {command.epoch} is older than the algorithm's last applied decision"
+        return (
+            f"epoch {command.epoch} is older than the algorithm's last applied "
+            f"{DIMENSIONS.get(command.kind, command.kind)} decision"
+        )
     return f"allocation must be in [0, 1], got {target.allocation}"
 
 

@@ -105,10 +105,12 @@ class RequestApproval(_Action, frozen=True, kw_only=True, tag="request_approval"
 
 
 class RollbackAction(_Action, frozen=True, kw_only=True, tag="rollback"):
-    """The emergency rollback of ``algos`` (halt, cancel, allocation 0, previous version)."""
+    """The emergency rollback of ``algos`` (halt, cancel, allocation 0, previous version);
+    ``previous`` names the version to re-activate when the strategy knows it (blue/green)."""
 
     algos: list[str]
     trigger: str
+    previous: dict[str, str] = {}
 
 
 class Complete(_Action, frozen=True, kw_only=True, tag="complete"):

@@ -133,9 +133,14 @@ class BlueGreenMachine:
         move.state.standby = None
         move.state.outcome = reason
         move.do(
-            RollbackAction(algos=[self.green], trigger=trigger, reason=reason),
-            Activate(algo=self.blue, reason="rollback to blue"),
-            SetAllocation(algo=self.blue, allocation=1.0, reason="rollback"),
+            # the rollback itself re-activates blue; its capital comes back with it
+            RollbackAction(
+                algos=[self.green],
+                trigger=trigger,
+                reason=reason,
+                previous={self.green: self.blue},
+            ),
+            SetAllocation(algo=self.blue, allocation=1.0, reason="rollback to blue"),
         )
 
     def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision:

@@ -74,7 +74,16 @@ class PaperMachine:
         )
         move = Move(state, now, actor)
         move.go("paper", "deployed to paper trading", thresholds=self.thresholds())
-        move.do(Activate(algo=self.algo, reason="paper trading on simulated capital"))
+        # the simulated capital, on the paper venue; state.allocation (real capital) stays 0
+        move.do(
+            SetAllocation(
+                algo=self.algo,
+                allocation=1.0,
+                capital=self.doc.configuration.simulated_capital,
+                reason="paper trading: all of the simulated capital",
+            ),
+            Activate(algo=self.algo, reason="paper trading on simulated capital"),
+        )
         return move.decision()
 
     def step(self, state: DeploymentState, obs: Observation, now: int) -> Decision:

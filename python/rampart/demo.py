@@ -1,0 +1,453 @@
+"""``rampart demo``: the whole product in one command, on an embedded nats-server.
+
+A market feed (synthetic, with regimes; or a replay of real prices), the reference gateway with
+two builds of a momentum algorithm, and the Rampart daemon, all on loopback. The story runs in
+accelerated event time: paper trading with promotion and a risk manager's approval, the canary's
+six stages, a blue/green upgrade to a faulty build, its breach, and the emergency rollback to the
+good build, with the rollback's step timings against the seed's targets. A live view while it
+runs; a summary and a self-contained HTML report at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from rampart.config import (
+    AlgorithmConfig,
+    DaemonConfig,
+    LimitsConfig,
+    MetricsConfig,
+    TriggersConfig,
+)
+from rampart.daemon import Daemon
+from rampart.deployment import Deployment, load_deployment
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.paper import PaperVenue
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.gateway.slippage import SpreadCrossing
+from rampart.protocol import Quote, Subjects, encoder
+from rampart.report import Marker, Sample, render_html, write_report
+from rampart.store import RollbackRecord
+from rampart.strategies import TERMINAL
+from rampart.strategies.canary import CanaryMachine
+from rampart.strategies.paper import PaperMachine
+from rampart.view import LiveView, ViewRow
+
+SEC = 1_000_000_000
+START_NS = 1_764_028_800_000_000_000  # 2025-11-25 00:00 UTC
+QUOTE_SPACING_NS = 60 * SEC
+SYMBOL = "ESZ5"
+GOOD = "momentum-v2.1.0"
+FAULTY = "momentum-v2.2.0"
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "demo"
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    quotes: int
+    drift: float
+    vol: float
+
+
+REGIMES = (
+    Regime("trend up", 360, 7e-5, 2.8e-4),
+    Regime("choppy", 360, 0.0, 2.8e-4),
+    Regime("trend down", 360, -7e-5, 2.8e-4),
+    Regime("choppy", 360, 0.0, 2.8e-4),
+)
+
+
+def synthetic_market(seed: int) -> Iterator[tuple[int, float, float]]:
+    """Quotes every minute of event time, cycling through trending and choppy regimes."""
+    rng = random.Random(seed)
+    mid, ts = 6000.0, START_NS
+    while True:
+        for regime in REGIMES:
+            for _ in range(regime.quotes):
+                mid *= 1.0 + regime.drift + regime.vol * rng.gauss(0.0, 1.0)
+                yield ts, round(mid - 0.125, 2), round(mid + 0.125, 2)
+                ts += QUOTE_SPACING_NS
+
+
+def recorded_market(path: Path) -> Iterator[tuple[int, float, float]]:
+    """Real prices from a file, looped as long as the story needs: JSON lines of quotes or marks
+    (docs/events.md) or CSV lines ``ts_ns,bid,ask`` / ``ts_ns,price``."""
+    rows: list[tuple[int, float, float]] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            ev = json.loads(line)
+            bid = ev.get("bid", ev.get("price"))
+            ask = ev.get("ask", ev.get("price"))
+            rows.append((int(ev["ts"]), float(bid), float(ask)))
+        else:
+            parts = line.split(",")
+            if not parts[0].strip().isdigit():
+                continue  # a header
+            bid = float(parts[1])
+            ask = float(parts[2]) if len(parts) > 2 else bid
+            rows.append((int(parts[0]), bid, ask))
+    if not rows:
+        raise ValueError(f"{path}: no prices found")
+    ts, loop = START_NS, 0
+    base = rows[0][1]
+    while True:
+        scale = 1.0 if loop == 0 else rows[-1][1] / base
+        for _, bid, ask in rows:
+            yield ts, bid * scale, ask * scale
+            ts += QUOTE_SPACING_NS
+        loop += 1
+
+
+def demo_config(data_dir: Path) -> DaemonConfig:
+    limits = LimitsConfig(max_daily_loss=0.02, max_drawdown=0.05, max_error_rate=0.01)
+    metrics = MetricsConfig(error_window=timedelta(minutes=30), error_min_orders=3)
+    return DaemonConfig(
+        name="rampart-demo",
+        data_dir=str(data_dir),
+        log_level="warning",
+        heartbeat_interval=timedelta(milliseconds=200),
+        decision_interval=timedelta(seconds=30),
+        # event time runs days ahead of the wall clock here: judge gateways only
+        triggers=TriggersConfig(market_data_timeout=None, nats_disconnect=False),
+        algorithms=[
+            AlgorithmConfig(
+                id=GOOD,
+                version="2.1.0",
+                gateway="gw1",
+                capital=1_000_000.0,
+                limits=limits,
+                metrics=metrics,
+            ),
+            AlgorithmConfig(
+                id=FAULTY,
+                version="2.2.0",
+                gateway="gw1",
+                capital=1_000_000.0,
+                previous_version=GOOD,
+                limits=limits,
+                metrics=metrics,
+            ),
+        ],
+    )
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    story: list[str]
+    rollback: RollbackRecord | None
+    markers: list[Marker]
+    samples: list[Sample] = field(default_factory=list)
+
+
+def fmt_ts(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+class Demo:
+    def __init__(self, view: LiveView, *, seed: int, data: Path | None, report: Path) -> None:
+        self.view = view
+        self.seed = seed
+        self.market = recorded_market(data) if data else synthetic_market(seed)
+        self.report_path = report
+        self.workdir = Path(tempfile.mkdtemp(prefix="rampart-demo-"))
+        self.samples: list[Sample] = []
+        self.markers: list[Marker] = []
+        self.events: list[str] = []
+        self.story: list[str] = []
+        self.now = START_NS
+        self.published = 0
+
+    # ---- narration ------------------------------------------------------------------------
+
+    def say(self, text: str, kind: str = "info") -> None:
+        clock = fmt_ts(self.now)
+        self.events.append(f"{clock}  {text}")
+        self.story.append(text)
+        self.markers.append(Marker(ts=self.now, kind=kind, text=text))
+        self.view.event(text, clock)
+
+    def rows(self, daemon: Daemon) -> list[ViewRow]:
+        rows = []
+        dep_of = {r.state.active: r for r in daemon.runner.deployments.values()}
+        for r in daemon.runner.deployments.values():
+            if r.state.standby:
+                dep_of.setdefault(r.state.standby, r)
+        halted = daemon.guard.halted if daemon.guard else {}
+        for algo in daemon.engine.algorithms():
+            s = daemon.engine.snapshot(algo)
+            run = dep_of.get(algo)
+            stage = None
+            if run is not None and run.state.strategy in ("Canary", "PaperTrading"):
+                if run.state.phase in ("canary", "completed", "awaiting_operator"):
+                    stage = f"stage {run.state.stage + 1}/6"
+            allocation = None
+            if run is not None:
+                allocation = run.state.allocation if run.state.active == algo else 0.0
+            rows.append(
+                ViewRow(
+                    deployment=run.state.deployment_id if run else None,
+                    strategy=run.state.strategy if run else None,
+                    phase=run.state.phase if run else None,
+                    stage=stage,
+                    algo=algo,
+                    allocation=allocation,
+                    equity=s.equity,
+                    drawdown=s.drawdown,
+                    sharpe=s.sharpe,
+                    win_rate=s.win_rate,
+                    error_rate=s.error_rate,
+                    latency_p99_ms=None if s.latency_p99_ns is None else s.latency_p99_ns / 1e6,
+                    halted=algo in halted,
+                )
+            )
+        return rows
+
+    def sample(self, daemon: Daemon, rows: list[ViewRow]) -> None:
+        for r in rows:
+            self.samples.append(
+                Sample(
+                    ts=self.now,
+                    algo=r.algo,
+                    equity=r.equity,
+                    allocation=r.allocation or 0.0,
+                    drawdown=r.drawdown,
+                )
+            )
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> DemoResult:
+        server = EmbeddedNatsServer(store_dir=self.workdir / "nats")
+        await asyncio.to_thread(server.start)
+        daemon = Daemon(demo_config(self.workdir / "state"), servers=[server.url])
+        feed: Client | None = None
+        gw_nc: Client | None = None
+        gateway: ReferenceGateway | None = None
+        try:
+            await daemon.start()
+            gw_nc = await nats.connect(server.url)
+            venue = PaperVenue(SpreadCrossing(), commission_rate=0.00002, latency_ns=300_000)
+            gateway = ReferenceGateway(
+                gw_nc,
+                "gw1",
+                [
+                    HostedAlgo(GOOD, SYMBOL, Momentum(lot=20, lookback=15, threshold=4.0)),
+                    # the faulty build: fades every move, 20x the size, malformed limit prices
+                    HostedAlgo(
+                        FAULTY,
+                        SYMBOL,
+                        Momentum(lot=400, lookback=1, threshold=0.1, sign=-1, bad_limit_prob=0.6),
+                    ),
+                ],
+                venue=venue,
+                heartbeat_interval=0.2,
+                deadman_timeout=3600,
+            )
+            await gateway.start()
+            feed = await nats.connect(server.url)
+            self.view.start()
+            self.say(f"embedded nats-server on {server.url}; gateway gw1 hosts {GOOD}, {FAULTY}")
+            return await self.story_loop(daemon, gateway, feed)
+        finally:
+            self.view.stop()
+            for closer in (
+                feed.close() if feed else None,
+                gateway.close() if gateway else None,
+                gw_nc.close() if gw_nc else None,
+            ):
+                if closer is not None:
+                    try:
+                        await closer
+                    except Exception:
+                        pass
+            await daemon.close()
+            await asyncio.to_thread(server.cleanup)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def publish_quote(
+        self, feed: Client, daemon: Daemon, gateway: ReferenceGateway, q: tuple[int, float, float]
+    ) -> None:
+        """Publish one quote and wait until the gateway has traded on it, the daemon has seen the
+        quote and everything the gateway published in answer, and the daemon's commands to the
+        gateway are done: accelerated event time stays in step with the effects."""
+        ts, bid, ask = q
+        self.now = ts
+        await feed.publish(
+            Subjects().market(SYMBOL), encoder.encode(Quote(symbol=SYMBOL, bid=bid, ask=ask, ts=ts))
+        )
+        self.published += 1
+        await feed.flush()
+        deadline = time.monotonic() + 10
+        while (
+            gateway.now < ts
+            or daemon.stats.ingested + sum(daemon.stats.rejected.values())
+            < self.published + gateway.events_published
+            or not daemon.effects_idle()
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the demo pipeline stalled: the daemon stopped ingesting")
+            await asyncio.sleep(0)
+
+    async def story_loop(
+        self, daemon: Daemon, gateway: ReferenceGateway, feed: Client
+    ) -> DemoResult:
+        paper = load_deployment(EXAMPLES / "paper.json")
+        upgrade = load_deployment(EXAMPLES / "blue-green.json")
+        await self.publish_quote(feed, daemon, gateway, next(self.market))
+        await feed.flush()
+        while daemon.engine.now is None:
+            await asyncio.sleep(0.001)
+        await self.deploy(daemon, paper, "alice@quant")
+        self.say(f"paper trading {GOOD} on 1,000,000 simulated; promotion needs 7 days", "stage")
+        seen: set[tuple[str, str, int]] = set()
+        upgraded = False
+        rollback: RollbackRecord | None = None
+        finish_at: int | None = None
+        max_quotes = 400_000
+        for i, q in enumerate(self.market):
+            await self.publish_quote(feed, daemon, gateway, q)
+            runs = {r.state.deployment_id: r.state for r in daemon.runner.deployments.values()}
+            for dep_id, st in runs.items():
+                key = (dep_id, st.phase, st.stage)
+                if key in seen:
+                    continue
+                seen.add(key)
+                await self.narrate(daemon, dep_id, st.phase, st.stage)
+            p = runs.get(paper.deployment_id)
+            if p is not None and p.phase == "awaiting_approval":
+                decision = await daemon.command(paper.deployment_id, "approve", "risk@desk")
+                if decision.refused is None:
+                    self.say("risk manager risk@desk approved: promoted to canary", "approval")
+            if p is not None and p.phase == "completed" and not upgraded:
+                upgraded = True
+                await self.deploy(daemon, upgrade, "alice@quant")
+                self.say(f"blue/green upgrade: {FAULTY} deployed at 0% beside {GOOD}", "stage")
+            if daemon.guard and daemon.guard.recent and rollback is None:
+                rollback = daemon.guard.recent[0]
+                self.report_rollback(rollback)
+                finish_at = self.now + 60 * QUOTE_SPACING_NS
+            u = runs.get(upgrade.deployment_id)
+            upgrade_over = u is not None and u.phase in TERMINAL
+            paper_failed = p is not None and p.phase in ("rolled_back", "aborted")
+            if finish_at is None and (upgrade_over or paper_failed):
+                finish_at = self.now + 60 * QUOTE_SPACING_NS
+            if i % 20 == 0:
+                rows = self.rows(daemon)
+                self.sample(daemon, rows)
+                self.view.update(rows, [], fmt_ts(self.now))
+            if finish_at is not None and self.now >= finish_at:
+                break
+            if i > max_quotes:
+                self.say("the story did not finish within the market data available", "info")
+                break
+        rows = self.rows(daemon)
+        self.sample(daemon, rows)
+        self.view.update(rows, [], fmt_ts(self.now))
+        summary = self.summary(daemon, rollback)
+        html = render_html(
+            self.samples,
+            self.markers,
+            title="Rampart demo: paper -> canary -> blue/green -> rollback",
+            summary=summary,
+            rollback_steps=_steps(rollback),
+        )
+        path = write_report(self.report_path, html)
+        return DemoResult(path, self.story, rollback, self.markers, self.samples)
+
+    async def deploy(self, daemon: Daemon, doc: Deployment, actor: str) -> None:
+        await daemon.deploy(doc, actor)
+
+    async def narrate(self, daemon: Daemon, dep_id: str, phase: str, stage: int) -> None:
+        run = daemon.runner.deployments[dep_id]
+        if phase == "awaiting_approval":
+            s = daemon.engine.snapshot(run.state.active)
+            self.say(
+                f"promotion criteria met after 7 days: Sharpe {s.sharpe:.2f}, max DD "
+                f"{s.max_drawdown:.2%}, win rate {s.win_rate:.0%}, {s.trades} trades",
+                "promotion",
+            )
+        elif phase == "canary":
+            machine = run.machine
+            canary = machine.canary if isinstance(machine, PaperMachine) else machine
+            assert isinstance(canary, CanaryMachine)
+            st = canary.config.stages[stage]
+            self.say(f"canary stage {st.name}: {st.allocation:.0%} of capital", "stage")
+        elif phase == "completed" and run.state.strategy == "PaperTrading":
+            self.say(f"canary complete: {GOOD} trades 100% of capital", "stage")
+        elif phase == "monitoring":
+            self.say(f"cutover: {FAULTY} live, {GOOD} in standby", "cutover")
+        elif phase == "rolled_back":
+            self.say(f"{dep_id} rolled back: {run.state.outcome}", "rollback")
+        elif phase == "completed":
+            self.say(f"{dep_id} completed", "stage")
+
+    def report_rollback(self, r: RollbackRecord) -> None:
+        steps = {s.name: s for s in r.steps}
+        parts = []
+        for name in ("halt", "cancel", "allocate", "activate", "total"):
+            s = steps.get(name)
+            if s is None or s.duration_ns is None:
+                continue
+            target = r.target_ms.get(name)
+            verdict = "" if target is None else f" (target < {target:g} ms)"
+            parts.append(f"{name} {s.duration_ns / 1e6:.2f} ms{verdict}")
+        self.say(f"BREACH {r.reason}", "breach")
+        self.say(f"ROLLBACK {r.state}: " + ", ".join(parts), "rollback")
+
+    def summary(self, daemon: Daemon, rollback: RollbackRecord | None) -> list[tuple[str, str]]:
+        out = [
+            ("event time", f"{fmt_ts(START_NS)} to {fmt_ts(self.now)}"),
+            ("quotes published", f"{self.published:,}"),
+            ("events ingested", f"{daemon.stats.ingested:,}"),
+        ]
+        for algo in daemon.engine.algorithms():
+            s = daemon.engine.snapshot(algo)
+            sharpe = "-" if s.sharpe is None or not math.isfinite(s.sharpe) else f"{s.sharpe:.2f}"
+            out.append(
+                (
+                    algo,
+                    f"equity {s.equity:,.2f}, max DD {s.max_drawdown:.2%}, Sharpe {sharpe}, "
+                    f"{s.trades} trades, breached: {', '.join(s.breached) or 'none'}",
+                )
+            )
+        if rollback is not None:
+            out.append(("rollback", f"{rollback.trigger}: {rollback.reason} ({rollback.state})"))
+        return out
+
+
+def _steps(r: RollbackRecord | None) -> list[tuple[str, float, float]]:
+    if r is None:
+        return []
+    out = []
+    for s in r.steps:
+        target = r.target_ms.get(s.name)
+        if s.duration_ns is not None and target is not None:
+            out.append((s.name, s.duration_ns / 1e6, target))
+    return out
+
+
+def run_demo(view: LiveView, *, seed: int, data: Path | None, report: Path) -> DemoResult:
+    import uvloop
+
+    return uvloop.run(Demo(view, seed=seed, data=data, report=report).run())
+
+
+__all__ = ["Demo", "DemoResult", "demo_config", "run_demo"]

@@ -1,0 +1,75 @@
+"""The demo, headless, end to end: the whole story happens and the report has its plots."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from rampart.demo import run_demo
+from rampart.view import LiveView
+
+
+def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    out = io.StringIO()
+    view = LiveView(Console(file=out, force_terminal=False, width=100), title="demo")
+    result = run_demo(view, seed=7, data=None, report=tmp_path / "report.html")
+    story = "\n".join(result.story)
+    # paper trading, promotion with a risk manager's approval
+    assert "promotion criteria met" in story
+    assert "approved: promoted to canary" in story
+    # each of the seed's six canary stages, in order
+    stages = re.findall(r"canary stage (\w+):", story)
+    assert stages == ["Micro", "Small", "Medium", "Large", "Half", "Full"]
+    assert "canary complete" in story
+    # the blue/green upgrade to the faulty build, its breach, the rollback to the good build
+    assert "cutover: momentum-v2.2.0 live" in story
+    assert "BREACH" in story
+    assert result.rollback is not None and result.rollback.state == "succeeded"
+    assert result.rollback.algos == ["momentum-v2.2.0"]
+    steps = {s.name: s for s in result.rollback.steps}
+    assert all(steps[n].status == "acked" for n in ("halt", "cancel", "allocate", "activate"))
+    # the order of the story
+    order = [story.index(k) for k in ("promotion", "Micro", "Full", "cutover", "BREACH")]
+    assert order == sorted(order)
+    # the report: both charts, the rollback marked, the timings table
+    html = result.report.read_text()
+    assert html.count("<svg") >= 2
+    assert "rollback" in html.lower() and "cutover" in html.lower()
+    assert "halt" in html and "target" in html.lower()
+    # plain mode printed one line per event, no terminal escapes
+    printed = out.getvalue()
+    assert "canary stage Micro" in printed and "\x1b[" not in printed
+
+
+def test_demo_refuses_a_missing_data_file(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rampart", "demo", "--data", str(tmp_path / "nope.csv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_demo_replays_real_prices_from_a_csv(tmp_path: Path) -> None:
+    """A recorded price file drives the same pipeline (looped as long as the story needs)."""
+    import random
+
+    rng = random.Random(3)
+    lines = ["ts,bid,ask"]
+    mid = 4500.0
+    for i in range(3000):
+        mid *= 1 + 4e-5 * (1 if (i // 300) % 2 == 0 else -1) + 2.5e-4 * rng.gauss(0, 1)
+        lines.append(f"{i * 60_000_000_000},{mid - 0.25:.2f},{mid + 0.25:.2f}")
+    data = tmp_path / "prices.csv"
+    data.write_text("\n".join(lines))
+    view = LiveView(Console(file=io.StringIO(), force_terminal=False), title="demo")
+    result = run_demo(view, seed=1, data=data, report=tmp_path / "r.html")
+    assert any("paper trading" in line for line in result.story)
+    assert result.report.exists()
+    assert result.samples and result.samples[0].equity > 0

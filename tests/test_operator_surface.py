@@ -1,0 +1,176 @@
+"""The operator's surface: `status --watch`, Prometheus metrics, JSON logs, control verbs as
+plain NATS requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from rampart.config import parse_config
+from rampart.daemon import Daemon
+from rampart.embedded import EmbeddedNatsServer
+from rampart.protocol import Fill, Quote, Subjects, control_reply_decoder, encoder
+
+SUBJ = Subjects()
+T0 = time.time_ns()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+def config_text(tmp_path: Path, port: int) -> str:
+    return f"""
+data_dir = "{tmp_path / "data"}"
+metrics_port = {port}
+log_json = true
+[triggers]
+market_data_timeout = "PT1H"
+gateway_heartbeat_timeout = "PT1H"
+[[algorithms]]
+id = "alpha"
+version = "1.0.0"
+gateway = "gw1"
+capital = 100000
+limits = {{ max_drawdown = 0.05 }}
+"""
+
+
+def test_prometheus_metrics_and_watch(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    port = free_port()
+    config = parse_config(config_text(tmp_path, port).encode())
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        nc = await nats.connect(server.url)
+        try:
+            fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=100.0, ts=T0)
+            await nc.publish(SUBJ.fills("gw1", "alpha"), encoder.encode(fill))
+            await nc.publish(SUBJ.market("ES"), b"not json")
+            quote = Quote(symbol="ES", bid=50.0, ask=50.0, ts=T0 + 1)  # a 0.5% drawdown
+            await nc.publish(SUBJ.market("ES"), encoder.encode(quote))
+            await nc.flush()
+            deadline = time.monotonic() + 10
+            while daemon.stats.ingested < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            body = await asyncio.to_thread(
+                lambda: (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                )
+            )
+            assert "rampart_events_ingested_total 2.0" in body
+            assert 'rampart_events_refused_total{reason="decode"} 1.0' in body
+            assert 'rampart_equity{algo="alpha",gateway="gw1",version="1.0.0"} 99500.0' in body
+            assert "rampart_drawdown" in body and "rampart_halted" in body
+
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "rampart",
+                "status",
+                "--watch",
+                "--count",
+                "2",
+                "--interval",
+                "0.1",
+                "--servers",
+                server.url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+            text = out.decode()
+            assert "alpha" in text and "refused input: decode 1" in text
+        finally:
+            await nc.close()
+            await daemon.close()
+
+    asyncio.run(scenario())
+
+
+def test_control_verbs_are_plain_nats_requests(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    config = parse_config(config_text(tmp_path, free_port()).encode())
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        nc = await nats.connect(server.url)
+        try:
+            payload = json.dumps(
+                {"operator": "alice", "target": "alpha", "reason": "drill", "v": 1}
+            ).encode()
+            reply = control_reply_decoder.decode(
+                (await nc.request(SUBJ.control("rollback"), payload, timeout=10)).data
+            )
+            assert reply.ok and reply.state is not None
+            assert reply.state["trigger"] == "manual" and reply.state["actor"] == "alice"
+            bad = control_reply_decoder.decode(
+                (await nc.request(SUBJ.control("promote"), payload, timeout=10)).data
+            )
+            assert not bad.ok and "unknown deployment 'alpha'" in (bad.error or "")
+            missing = control_reply_decoder.decode(
+                (await nc.request(SUBJ.control("rollback"), b"{}", timeout=10)).data
+            )
+            assert not missing.ok and "operator" in (missing.error or "")
+        finally:
+            await nc.close()
+            await daemon.close()
+
+    asyncio.run(scenario())
+
+
+def test_json_logs_one_object_per_line(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(config_text(tmp_path, free_port()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rampart", "run", "-c", str(cfg), "-s", server.url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            probe = subprocess.run(
+                [sys.executable, "-m", "rampart", "status", "-s", server.url, "--timeout", "1"],
+                capture_output=True,
+                timeout=60,
+            )
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    assert any("rampart stopped" in x["msg"] for x in lines)
