@@ -47,9 +47,11 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     credentials: str | None = None
     tls: TlsConfig | None = None
     connect_timeout: timedelta = timedelta(seconds=2)
-    # A dead link is noticed after ping_interval x (max_outstanding_pings + 1).
-    ping_interval: timedelta = timedelta(seconds=1)
-    max_outstanding_pings: int = 2
+    # A dead link is noticed after ping_interval x (max_outstanding_pings + 1): 8 s by default.
+    # Much tighter risks declaring a busy link dead (the PONG waits behind the backlog), which
+    # drops the backlog on reconnect.
+    ping_interval: timedelta = timedelta(seconds=2)
+    max_outstanding_pings: int = 3
     reconnect_time_wait: timedelta = timedelta(milliseconds=250)
 
 

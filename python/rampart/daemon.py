@@ -403,6 +403,11 @@ class Daemon:
 
     async def _on_breaches(self, breaches: list[Breach]) -> None:
         self.stats.breaches += len(breaches)
+        # the rollback first: logging and publishing must not delay the halt
+        for listener in self.breach_listeners:
+            result = listener(breaches)
+            if result is not None:
+                await result
         for b in breaches:
             log.warning(
                 "BREACH %s %s: value %.6g, limit %.6g at %d",
@@ -420,10 +425,6 @@ class Daemon:
                     await self.nc.publish(self.subjects.breach(b.algo_id), encoder.encode(event))
                 except Exception as e:
                     log.error("could not publish breach of %s: %s", b.algo_id, e)
-        for listener in self.breach_listeners:
-            result = listener(breaches)
-            if result is not None:
-                await result
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:

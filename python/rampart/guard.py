@@ -268,11 +268,14 @@ class Guard:
         previous.update({a: p for a, p in (previous_override or {}).items() if a in algos})
         flatten = any(self.algo_config[a].flatten_on_rollback for a in algos)
         request = RollbackRequest(algos, scope, trigger, reason, actor, flatten, previous)
+        # The halt goes out first: the executor runs up to its first request before anything
+        # else here; the log line and the latch (written to disk in a thread) follow it.
+        execution = asyncio.ensure_future(self.executor.execute(request))
+        await asyncio.sleep(0)
         log.critical("ROLLBACK %s of %s (%s): %s", trigger, ", ".join(algos), actor, reason)
-        # The latch goes to disk while the halt is in flight, not before it.
         latch = self._spawn(asyncio.to_thread(self._latch, algos, reason, actor, ts), "latch")
         try:
-            record = await self.executor.execute(request)
+            record = await execution
         finally:
             self.in_flight.difference_update(algos)
         await latch

@@ -81,8 +81,10 @@ class StepOutcome:
 
 @dataclass(frozen=True)
 class ExecutorSettings:
-    # One request attempt waits this long for the gateway's ack before retrying (same command id).
+    # One request attempt waits this long for the gateway's ack before retrying (same command id),
+    # plus per_target for every algorithm in the batch (a gateway takes longer for 1,000).
     attempt_timeout: float = 0.05
+    per_target: float = 0.0002
     # A step is declared failed (loudly) after this long; background retries go on.
     step_deadline: dict[str, float] = field(
         default_factory=lambda: {
@@ -144,11 +146,12 @@ class RollbackExecutor:
         stop_at = start + int(deadline * 1e9)
         attempts = 0
         pending = {t.algo for t in command.targets}
+        attempt_timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
         detail = "no answer"
         while True:
             attempts += 1
             remaining = (stop_at - self.monotonic()) / 1e9
-            timeout = max(min(self.settings.attempt_timeout, remaining), 0.001)
+            timeout = max(min(attempt_timeout, remaining), 0.001)
             try:
                 reply = await self.nc.request(subject, payload, timeout=timeout)
                 ack = command_ack_decoder.decode(reply.data)

@@ -83,6 +83,9 @@ class PaperVenue:
         self._books: dict[str, _Book] = {}
         # Orders submitted but not yet executed, in submission order, keyed by (algo, order_id).
         self._pending: dict[tuple[str, str], _Order] = {}
+        # algo -> ids of its pending orders, in submission order (cancel_all must not scan every
+        # algorithm's orders)
+        self._pending_of: dict[str, dict[str, None]] = {}
         self._flatten_seq = 0
 
     def __repr__(self) -> str:
@@ -117,7 +120,7 @@ class PaperVenue:
         due.sort(key=lambda o: o.arrival)  # stable: submission order among equal arrivals
         events: list[VenueEvent] = []
         for order in due:
-            del self._pending[(order.algo, order.order_id)]
+            self._unpend(order.algo, order.order_id)
             events.append(self._execute(order, quote, ts))
         return events
 
@@ -161,15 +164,17 @@ class PaperVenue:
         )
         if latency > 0:
             self._pending[(algo, order_id)] = order
+            self._pending_of.setdefault(algo, {})[order_id] = None
             return [*events, ack]
         result = self._execute(order, quote, ts)
         return [*events, result] if isinstance(result, OrderEvent) else [*events, ack, result]
 
     def cancel_all(self, algo: str, ts: int) -> list[OrderEvent]:
         """Cancel every pending order of ``algo`` at once; a ``cancelled`` event for each."""
-        cancelled = [o for o in self._pending.values() if o.algo == algo]
-        for order in cancelled:
-            del self._pending[(algo, order.order_id)]
+        ids = sorted(
+            self._pending_of.pop(algo, set()), key=lambda i: self._pending[(algo, i)].arrival
+        )
+        cancelled = [self._pending.pop((algo, i)) for i in ids]
         return [
             OrderEvent(algo=algo, event="cancelled", ts=ts, order_id=o.order_id) for o in cancelled
         ]
@@ -204,7 +209,15 @@ class PaperVenue:
 
     def open_orders(self, algo: str) -> list[str]:
         """Ids of ``algo``'s pending orders, in submission order."""
-        return [o.order_id for o in self._pending.values() if o.algo == algo]
+        return list(self._pending_of.get(algo, {}))
+
+    def _unpend(self, algo: str, order_id: str) -> None:
+        del self._pending[(algo, order_id)]
+        ids = self._pending_of.get(algo)
+        if ids is not None:
+            ids.pop(order_id, None)
+            if not ids:
+                del self._pending_of[algo]
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -169,11 +169,14 @@ class GatewayAgent:
                     "%s: %s %s refused: %s", self.gateway, command.kind, target.algo, detail
                 )
                 results[target.algo] = TargetResult(algo=target.algo, status=status, detail=detail)
-        outcomes = await asyncio.gather(
-            *(self._apply(command, t) for t in to_apply), return_exceptions=True
-        )
-        for target, outcome in zip(to_apply, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        # one after another: a task per target costs more than the handlers themselves
+        for target in to_apply:
+            outcome: BaseException | None = None
+            try:
+                await self._apply(command, target)
+            except Exception as e:
+                outcome = e
+            if outcome is not None:
                 log.error("%s: %s %s failed: %s", self.gateway, command.kind, target.algo, outcome)
                 results[target.algo] = TargetResult(
                     algo=target.algo, status="error", detail=str(outcome) or type(outcome).__name__
