@@ -2,11 +2,22 @@
 
 ``ReferenceEngine`` has the same methods as ``rampart._core.Engine`` and is written to be obviously
 correct rather than fast: it recomputes equity from the positions, keeps the order and ack events of
-the sliding windows in deques, computes latency quantiles exactly (nearest rank) and computes Sharpe from
-the window of returns with :mod:`statistics` (exact arithmetic) at every snapshot. The property tests hold
-the Rust core to it; the benchmarks use it as the plain-Python baseline.
+the sliding windows in deques, computes latency quantiles exactly (nearest rank) and computes Sharpe
+from the window of returns with :mod:`statistics` (exact arithmetic) at every snapshot. The property
+tests hold the Rust core to it; the benchmarks use it as the plain-Python baseline.
 
-Every rule below quotes the section of ``docs/metrics.md`` it implements.
+Every rule below quotes the section of ``docs/metrics.md`` it implements. Where the doc leaves room,
+this is the reading taken (the core agrees on all of them except where noted in the tests):
+
+- marks are per symbol, engine-wide; a quote or mark event makes a symbol "quoted";
+- an event that changes an algorithm's equity (a fill; a quote or mark of a symbol it holds) first
+  rolls its periods and session, then applies, then evaluates the daily-loss and drawdown limits -
+  every such event is one evaluation for the ``*_consecutive`` counts, changed value or not;
+- "the first event an algorithm sees" is its own fill, order event or capital change; ``advance``
+  and ``snapshot`` only roll algorithms that have seen one (a read must not change results);
+- the metric clock of an event is ``max(engine clock, ts)``: windows, periods, sessions and
+  ``Breach.ts`` use it; ``last_*_ts`` are the latest event times seen on each stream;
+- ``last_event_ts`` is the latest fill or order event of the algorithm (not ``set_capital``).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import math
 import statistics
 from bisect import bisect_left, insort
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol
 
 from rampart._core import (
@@ -39,8 +50,11 @@ Kind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
 
 DAY_NS = 86_400 * 10**9
 YEAR_NS = 365 * DAY_NS
-OPEN_ON_READ = True  # EXPLORATION ONLY
 FLAT_EPS = 1e-9  # "flat when |Q| <= 1e-9 * max(|Q_before|, |q|) after a fill"
+EPS = 2.0**-52
+# Two implementations of the same formulas may round differently (summation order, incremental vs
+# recomputed sums); this many ulps of the magnitudes involved is what ``sharpe_tolerance`` allows.
+ROUNDING = 2 * EPS
 
 
 class AlgoConfigLike(Protocol):
@@ -149,7 +163,10 @@ class RefSnapshot:
     positions: list[RefPosition]
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["breached"] = list(self.breached)
+        out["positions"] = [asdict(p) for p in self.positions]
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +190,7 @@ def _clamp01(x: float) -> float:
 
 
 def nearest_rank(sorted_values: list[int], q_percent: int) -> int:
-    """The value at rank ``ceil(q * n)`` (1-based, at least 1), with ``q = q_percent / 100`` exactly."""
+    """The value at rank ``ceil(q·n)`` (1-based, at least 1), ``q = q_percent / 100`` exactly."""
     n = len(sorted_values)
     rank = max(1, -(-q_percent * n // 100))  # integer ceil, no float rounding
     return sorted_values[rank - 1]
@@ -181,7 +198,7 @@ def nearest_rank(sorted_values: list[int], q_percent: int) -> int:
 
 @dataclass
 class _Trade:
-    """The open round trip of one symbol: realized PnL of its closing fills and its share of fees."""
+    """The open round trip of a symbol: realized PnL of its closing fills and its share of fees."""
 
     realized: float = 0.0
     fees: float = 0.0
@@ -231,7 +248,12 @@ class _Algo:
     period_start: float = 0.0
     day: int | None = None
     session_start: float = 0.0
-    returns: deque[float] = field(default_factory=deque)
+    returns: deque[float] = field(default_factory=deque)  # the Sharpe window: the last W returns
+    # for sharpe_tolerance only: the rounding noise of each return, and the last 2W returns
+    noise: deque[float] = field(default_factory=deque)
+    recent_returns: deque[float] = field(default_factory=deque)
+    period_start_scale: float = 0.0
+    abs_flow: float = 0.0  # sum of |realized PnL increments| and fees: the scale of their rounding
     # trades
     trades: int = 0
     wins: int = 0
@@ -259,7 +281,9 @@ class ReferenceEngine:
 
     def __init__(self, *, time_tolerance_ns: int = 5_000_000_000) -> None:
         if not _is_int(time_tolerance_ns) or time_tolerance_ns < 0:
-            raise ConfigError(f"time_tolerance_ns must be an integer >= 0, got {time_tolerance_ns!r}")
+            raise ConfigError(
+                f"time_tolerance_ns must be an integer >= 0, got {time_tolerance_ns!r}"
+            )
         self._tolerance = time_tolerance_ns
         self._now: int | None = None
         self._algos: dict[str, _Algo] = {}
@@ -288,14 +312,26 @@ class ReferenceEngine:
                 raise ConfigError(f"{name} must be > 0")
         if c.sharpe_window < 2:
             raise ConfigError("sharpe_window must be >= 2")
-        for name in (
-            "daily_loss_consecutive",
-            "drawdown_consecutive",
-            "error_rate_consecutive",
-            "latency_consecutive",
+        for name in ("max_daily_loss", "max_drawdown", "max_error_rate"):
+            value = getattr(c, name)
+            if value is not None and not 0 <= value <= 1:  # also rejects NaN
+                raise ConfigError(f"{name} must be a fraction in [0, 1]")
+        if c.max_latency_ns is not None and c.max_latency_ns < 0:
+            raise ConfigError("max_latency_ns must be >= 0")
+        for limit_name, name in (
+            ("max_daily_loss", "daily_loss_consecutive"),
+            ("max_drawdown", "drawdown_consecutive"),
+            ("max_error_rate", "error_rate_consecutive"),
+            ("max_latency_ns", "latency_consecutive"),
         ):
-            if getattr(c, name) < 1:
+            if getattr(c, limit_name) is not None and getattr(c, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if c.error_min_orders < 0 or c.latency_min_samples < 0:
+            raise ConfigError("minimum counts must be >= 0")
+        if not math.isfinite(c.risk_free_rate):
+            raise ConfigError("risk_free_rate must be finite")
+        if not 0 <= c.session_offset_ns < DAY_NS:
+            raise ConfigError("session_offset_ns must be in [0, 1 day)")
         ppy = c.periods_per_year
         if ppy is None:
             # "default 365·24·3600 s / return_interval"
@@ -333,6 +369,8 @@ class ReferenceEngine:
             session_start=c.capital,
             period_start=c.capital,
             returns=deque(maxlen=c.sharpe_window),
+            noise=deque(maxlen=c.sharpe_window),
+            recent_returns=deque(maxlen=2 * c.sharpe_window),
         )
 
     def unregister(self, algo_id: str) -> None:
@@ -367,7 +405,7 @@ class ReferenceEngine:
             )
 
     def _tick(self, ts: int) -> int:
-        """Accept an (already validated) event time; returns the metric clock, which never runs back."""
+        """Accept a validated event time; returns the metric clock, which never runs back."""
         self._now = ts if self._now is None else max(self._now, ts)
         return self._now
 
@@ -386,7 +424,9 @@ class ReferenceEngine:
 
     def _holders(self, symbol: str) -> list[_Algo]:
         return [
-            a for a in self._algos.values() if symbol in a.positions and a.positions[symbol].qty != 0
+            a
+            for a in self._algos.values()
+            if symbol in a.positions and a.positions[symbol].qty != 0
         ]
 
     def _roll(self, a: _Algo, t: int) -> None:
@@ -396,6 +436,7 @@ class ReferenceEngine:
             # "... opens its first session with E_session_start = C"
             a.period = t // a.return_interval_ns
             a.period_start = a.capital
+            a.period_start_scale = a.capital
             a.day = (t - a.session_offset_ns) // DAY_NS
             a.session_start = a.capital
             return
@@ -403,22 +444,41 @@ class ReferenceEngine:
         if k > a.period:
             e_end = self._equity(a)
             # "A period whose start equity is <= 0 yields no return"
+            scale = self._equity_scale(a)
             if a.period_start > 0:
-                a.returns.append(e_end / a.period_start - 1.0)
+                r = e_end / a.period_start - 1.0
+                noise = ROUNDING * (scale + a.period_start_scale * abs(1 + r)) / a.period_start
+                self._record_return(a, r, noise)
             if e_end > 0:
                 # "every empty period in between closes with r = 0 (at most W of them are recorded)"
-                a.returns.extend([0.0] * min(k - a.period - 1, a.sharpe_window))
+                for _ in range(min(k - a.period - 1, a.sharpe_window)):
+                    self._record_return(a, 0.0, 0.0)
             a.period = k
             a.period_start = e_end
+            a.period_start_scale = scale
         d = (t - a.session_offset_ns) // DAY_NS
         if d > a.day:
             # "the equity at session start is set to the equity before that event"
             a.day = d
             a.session_start = self._equity(a)
 
+    @staticmethod
+    def _record_return(a: _Algo, r: float, noise: float) -> None:
+        a.returns.append(r)
+        a.noise.append(noise)
+        a.recent_returns.append(r)
+
+    def _equity_scale(self, a: _Algo) -> float:
+        """The magnitude of the terms summed into equity: its rounding is a few ulps of this."""
+        held = sum(
+            abs(p.qty) * (self._marks[s] + p.avg_cost) for s, p in a.positions.items() if p.qty != 0
+        )
+        return a.capital + a.abs_flow + held
+
     def _apply_fill(self, a: _Algo, symbol: str, q: float, p: float, f: float) -> None:
         pos = a.positions.setdefault(symbol, _Position())
         a.fees += f
+        a.abs_flow += f
         a.fills += 1
         big_q = pos.qty
         if big_q == 0.0 or _sign(q) == _sign(big_q):
@@ -436,6 +496,7 @@ class ReferenceEngine:
         closed = min(abs(q), abs(big_q))
         pnl = closed * (p - pos.avg_cost) * _sign(big_q)
         a.realized += pnl
+        a.abs_flow += abs(pnl)
         pos.realized += pnl
         pos.trade.realized += pnl
         if flat or abs(q) <= abs(big_q):
@@ -467,12 +528,14 @@ class ReferenceEngine:
 
     # ---------------------------------------------------------------- limits
 
-    def _evaluate(self, a: _Algo, kind: Kind, breaching: bool, value: float, t: int) -> RefBreach | None:
+    def _evaluate(
+        self, a: _Algo, kind: Kind, breaching: bool, value: float, t: int
+    ) -> RefBreach | None:
         limit = a.limits[kind]
         if limit.threshold is None:
             return None
         limit.streak = limit.streak + 1 if breaching else 0
-        if limit.latched or limit.streak < limit.consecutive:
+        if not breaching or limit.latched or limit.streak < limit.consecutive:
             return None
         limit.latched = True
         return RefBreach(a.algo_id, kind, value, limit.threshold, t)
@@ -680,6 +743,7 @@ class ReferenceEngine:
         a.session_start += delta
         a.stage_mark += delta
         a.period_start += delta
+        a.period_start_scale += abs(delta)
         out: list[RefBreach] = []
         self._on_equity_change(a, t, out)
         return out or None
@@ -698,20 +762,57 @@ class ReferenceEngine:
         self._check_ts(ts)
         t = self._tick(ts)
         for a in self._algos.values():
-            if a.period is not None or OPEN_ON_READ:
+            if a.period is not None:
                 self._roll(a, t)
 
     # ---------------------------------------------------------------- reads
 
+    def sharpe_tolerance(self, algo_id: str) -> float:
+        """How far a correct implementation's Sharpe may be from this one's (absolute): rounding.
+
+        Two sources, both far below 1e-9 relative for well-conditioned windows:
+
+        - each return ``E_end / E_start - 1`` inherits the rounding of the two equities (a few ulps
+          of the terms summed into them), which matters when returns are tiny against the equity;
+        - ``docs/metrics.md`` keeps the window "incrementally (Welford with removal)", recomputed
+          every ``W`` removals. Between recomputes each update and removal rounds at the scale of
+          the values that passed through (the last ``2W`` returns): after a large return has left a
+          window of small ones, the window's variance can be below that error.
+
+        ``inf`` when the window's spread is within its rounding (the value is then noise). Call
+        after ``snapshot`` (which rolls the periods).
+        """
+        a = self._algo(algo_id)
+        window = list(a.returns)
+        if len(window) < 2:
+            return 0.0
+        var = statistics.variance(window)
+        if var == 0:
+            return 0.0
+        std = math.sqrt(var)
+        noise = max(a.noise)
+        big = max(abs(r) for r in a.recent_returns)
+        updates = 2 * a.sharpe_window  # 2W updates and removals since the last recompute
+        d_mean = noise + updates * EPS * big
+        d_std = 1.5 * noise + updates * EPS * big * big / std
+        if d_std >= std / 4:
+            return math.inf
+        excess = abs(statistics.mean(window) - a.risk_free_rate / a.periods_per_year)
+        return math.sqrt(a.periods_per_year) * (d_mean / std + excess * d_std / var)
+
+    def sharpe_window(self, algo_id: str) -> list[float]:
+        """The returns of the Sharpe window, oldest first (call after ``snapshot``)."""
+        return list(self._algo(algo_id).returns)
+
     def near_zero_trades(self, algo_id: str) -> int:
-        """Closed trades whose net PnL is within float noise of 0 (their win/loss is a coin toss)."""
+        """Closed trades whose net PnL is within float noise of 0 (win or loss is a coin toss)."""
         return self._algo(algo_id).near_zero_trades
 
     def snapshot(self, algo_id: str) -> RefSnapshot:
         a = self._algo(algo_id)
         now = self._now
         if now is not None:
-            if a.period is not None or OPEN_ON_READ:
+            if a.period is not None:
                 self._roll(a, now)
             self._prune(a, now)
         e = self._equity(a)

@@ -213,3 +213,22 @@ class Engine:
     def last_quote_ts(self, symbol: str) -> int | None: ...
     def returns(self, algo_id: str) -> list[float]:
         """The returns in the Sharpe window, oldest first."""
+    # --- checkpoints ---
+    def checkpoint(self, algo_id: str) -> bytes:
+        """The algorithm's complete state as a versioned JSON checkpoint (docs/metrics.md).
+
+        Positions, PnL, fees, peak, drawdowns, session and stage marks, the open return period
+        and the return window, trades, the order and latency windows, limit latches and debounce
+        counters, last-seen times; plus the engine clock and every symbol's mark. Raises
+        ``UnknownAlgorithmError``, or ``ConfigError`` if the state holds a non-finite number
+        (only reachable by overflowing prices or quantities), which JSON cannot carry.
+        """
+    def restore(self, data: bytes) -> None:
+        """Register an algorithm from ``checkpoint`` bytes, in exactly the state it was saved in.
+
+        The engine clock advances to the checkpoint's if that is later. Symbols this engine has
+        no mark for take the saved mark; symbols it has a mark for keep it, and the restored
+        positions are re-marked to it. Raises, with the engine unchanged: ``DecodeError`` (not a
+        checkpoint, another format version, malformed or inconsistent), ``ConfigError`` (the
+        embedded configuration is invalid, or the algorithm is already registered).
+        """

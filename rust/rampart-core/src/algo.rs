@@ -1,6 +1,7 @@
 //! One algorithm's state: ledger, equity curve, returns, orders, limits.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{AlgoConfig, LimitSpec, DAY_NS};
 use crate::ledger::Position;
@@ -8,7 +9,8 @@ use crate::order_window::{LatencyWindow, RejectWindow};
 use crate::rolling::RollingStats;
 
 /// Which limit tripped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreachKind {
     DailyLoss,
     Drawdown,
@@ -49,7 +51,8 @@ pub struct Breach {
 }
 
 /// Debounce counter and latch of one limit.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LimitState {
     consecutive: u32,
     latched: bool,
@@ -58,11 +61,16 @@ struct LimitState {
 /// Re-sum unrealized PnL from the positions every this many incremental updates (drift guard).
 const UNREALIZED_RESUM_EVERY: u32 = 1024;
 
-#[derive(Debug, Clone)]
+/// Everything the engine knows about one algorithm. Serialized whole into checkpoints
+/// (`Engine::checkpoint`), except what is derived: the position index and the engine-local symbol
+/// ids (re-linked by the engine on restore) and the windows' derived parts (see their types).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AlgoState {
     pub config: AlgoConfig,
     pub positions: Vec<Position>,
     /// symbol id -> index into `positions`
+    #[serde(skip)]
     position_index: FxHashMap<u32, usize>,
     pub realized: f64,
     pub fees: f64,
@@ -211,6 +219,14 @@ impl AlgoState {
 
     /// Bring the session and return period up to event time `t` (the engine clock), using the
     /// equity before the event that caused the roll.
+    /// Roll an algorithm that has seen its first event; reads (snapshots) and clock moves
+    /// (`advance`) never start one.
+    pub fn roll_if_started(&mut self, t: i64) {
+        if self.started {
+            self.roll(t);
+        }
+    }
+
     pub fn roll(&mut self, t: i64) {
         let day = t
             .saturating_sub(self.config.session_offset_ns)
@@ -231,6 +247,9 @@ impl AlgoState {
             if self.period_start_equity > 0.0 {
                 self.returns.push(e / self.period_start_equity - 1.0);
                 self.returns_total += 1;
+            }
+            // the empty periods in between start (and end) at `e`: no return when ruined
+            if e > 0.0 {
                 let empty = (period - self.period - 1).min(self.returns.capacity() as i64);
                 for _ in 0..empty {
                     self.returns.push(0.0);
@@ -267,8 +286,8 @@ impl AlgoState {
         self.period_start_equity += delta;
     }
 
-    /// After any equity change: peak, drawdown, and the equity limits.
-    pub fn after_equity_change(&mut self, ts: i64, out: &mut Vec<Breach>) {
+    /// Raise the peak and the max drawdown to the current equity; returns the drawdown.
+    fn track_peak(&mut self) -> f64 {
         let e = self.equity();
         if e > self.peak {
             self.peak = e;
@@ -277,6 +296,13 @@ impl AlgoState {
         if dd > self.max_drawdown {
             self.max_drawdown = dd;
         }
+        dd
+    }
+
+    /// After any equity change: peak, drawdown, and the equity limits.
+    pub fn after_equity_change(&mut self, ts: i64, out: &mut Vec<Breach>) {
+        let dd = self.track_peak();
+        let e = self.equity();
         if let Some(spec) = self.config.limits.daily_loss {
             let daily = e - self.session_start_equity;
             let floor = -spec.threshold * self.config.capital;
@@ -328,6 +354,73 @@ impl AlgoState {
         st.consecutive += 1;
         st.latched = st.consecutive >= spec.consecutive;
         st.latched
+    }
+
+    // ---- checkpoints ------------------------------------------------------------------------
+
+    /// The first field that is NaN or infinite, if any: JSON has no form for these, so such a
+    /// state (only reachable by overflowing prices or quantities) cannot be checkpointed.
+    /// The configuration is validated finite on registration and on every capital change.
+    pub(crate) fn non_finite_field(&self) -> Option<&'static str> {
+        [
+            ("realized", self.realized),
+            ("fees", self.fees),
+            ("unrealized", self.unrealized),
+            ("peak", self.peak),
+            ("max_drawdown", self.max_drawdown),
+            ("session_start_equity", self.session_start_equity),
+            ("stage_mark_equity", self.stage_mark_equity),
+            ("period_start_equity", self.period_start_equity),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| (!v.is_finite()).then_some(name))
+        .or_else(|| self.positions.iter().find_map(Position::non_finite_field))
+        .or_else(|| self.returns.non_finite_field())
+    }
+
+    /// After decoding a checkpoint: rebuild the windows' derived parts from the configuration and
+    /// check the invariants the update code relies on. The error says what is inconsistent.
+    pub(crate) fn rebuild_after_decode(&mut self) -> Result<(), String> {
+        let c = &self.config;
+        self.returns.restore_capacity(c.sharpe_window)?;
+        self.rejects.restore(c.error_window_ns)?;
+        self.latency.restore(
+            c.latency_window_ns,
+            c.limits.latency_ns.map(|l| l.threshold),
+        )?;
+        if self.unrealized_updates >= UNREALIZED_RESUM_EVERY {
+            return Err(format!(
+                "unrealized_updates = {} must be < {UNREALIZED_RESUM_EVERY}",
+                self.unrealized_updates
+            ));
+        }
+        if self.wins > self.trades {
+            return Err(format!(
+                "wins = {} exceeds trades = {}",
+                self.wins, self.trades
+            ));
+        }
+        Ok(())
+    }
+
+    /// Point the positions at this engine's symbol ids (`ids[i]` for `positions[i]`) and rebuild
+    /// the index.
+    pub(crate) fn relink_positions(&mut self, ids: &[u32]) {
+        debug_assert_eq!(ids.len(), self.positions.len());
+        self.position_index.clear();
+        for (i, (p, &id)) in self.positions.iter_mut().zip(ids).enumerate() {
+            p.symbol = id;
+            self.position_index.insert(id, i);
+        }
+    }
+
+    /// Re-mark a restored position to a mark the engine already had, as a quote would (without
+    /// evaluating the limits: the next equity change does). `t` is the engine clock.
+    pub(crate) fn remark_restored(&mut self, pidx: usize, mark: f64, t: i64) {
+        self.roll(t);
+        let delta = self.positions[pidx].remark(mark);
+        self.add_unrealized(delta);
+        self.track_peak();
     }
 
     fn breach(&self, kind: BreachKind, value: f64, threshold: f64, ts: i64) -> Breach {

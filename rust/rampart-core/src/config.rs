@@ -1,5 +1,7 @@
 //! Per-algorithm configuration: identity, capital, metric windows and limits.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{CoreError, Result};
 
 pub const SECOND_NS: i64 = 1_000_000_000;
@@ -7,7 +9,8 @@ pub const DAY_NS: i64 = 86_400 * SECOND_NS;
 const YEAR_NS: f64 = 365.0 * 86_400.0 * 1e9;
 
 /// One limit: a threshold and how many consecutive breaching evaluations trip it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     pub threshold: f64,
     pub consecutive: u32,
@@ -23,7 +26,8 @@ impl LimitSpec {
 }
 
 /// The limits checked inside every update call. `None` disables a limit.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Trips when daily PnL < -threshold x capital.
     pub daily_loss: Option<LimitSpec>,
@@ -35,7 +39,8 @@ pub struct Limits {
     pub latency_ns: Option<LimitSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AlgoConfig {
     pub algo_id: String,
     pub version: String,

@@ -4,7 +4,10 @@
 //! event leaves the state exactly as it was. Breaches are appended to the caller's `out` buffer;
 //! nothing is appended when all is well.
 
+use std::collections::BTreeMap;
+
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::algo::{AlgoState, Breach, BreachKind};
 use crate::config::{AlgoConfig, SECOND_NS};
@@ -75,6 +78,114 @@ pub struct Snapshot {
 
 pub const DEFAULT_TIME_TOLERANCE_NS: i64 = 5 * SECOND_NS;
 
+/// The checkpoint format version `Engine::checkpoint` writes and `Engine::restore` reads.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// A symbol's market state in a checkpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkState {
+    mark: f64,
+    last_quote_ts: Option<i64>,
+}
+
+/// A checkpoint as written (borrowing the engine's state). Format: docs/metrics.md, "Checkpoints".
+#[derive(Serialize)]
+struct CheckpointOut<'a> {
+    v: u32,
+    /// The engine clock when the checkpoint was taken.
+    now: Option<i64>,
+    algo: &'a AlgoState,
+    /// The symbol of `algo.positions[i]` (positions hold engine-local symbol ids).
+    position_symbols: Vec<&'a str>,
+    /// Every symbol the engine has a mark for, by name (sorted: equal states give equal bytes).
+    marks: BTreeMap<&'a str, MarkState>,
+}
+
+/// A checkpoint as read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointIn {
+    v: u32,
+    now: Option<i64>,
+    algo: AlgoState,
+    position_symbols: Vec<String>,
+    marks: BTreeMap<String, MarkState>,
+}
+
+/// Just the version: read when a checkpoint does not decode, to say why in the terms that
+/// matter most (not a checkpoint at all, or another version).
+#[derive(Deserialize)]
+struct CheckpointHeader {
+    v: Option<u64>,
+}
+
+fn version_error(v: u64) -> CoreError {
+    CoreError::Decode(format!(
+        "checkpoint format version {v} is not supported: this build reads version \
+         {CHECKPOINT_VERSION}"
+    ))
+}
+
+/// Decode and check a checkpoint without touching any engine. Every error says what is wrong.
+fn decode_checkpoint(data: &[u8]) -> Result<CheckpointIn> {
+    let mut ck: CheckpointIn = match serde_json::from_slice(data) {
+        Ok(ck) => ck,
+        Err(e) => {
+            return Err(match serde_json::from_slice::<CheckpointHeader>(data) {
+                Err(h) => CoreError::Decode(format!("not a Rampart checkpoint: {h}")),
+                Ok(CheckpointHeader { v: None }) => CoreError::Decode(
+                    "not a Rampart checkpoint: the format version field `v` is missing".into(),
+                ),
+                Ok(CheckpointHeader { v: Some(v) }) if v != u64::from(CHECKPOINT_VERSION) => {
+                    version_error(v)
+                }
+                Ok(_) => CoreError::Decode(format!(
+                    "checkpoint (format version {CHECKPOINT_VERSION}) does not decode: {e}"
+                )),
+            })
+        }
+    };
+    if ck.v != CHECKPOINT_VERSION {
+        return Err(version_error(u64::from(ck.v)));
+    }
+    let id = ck.algo.config.algo_id.clone();
+    ck.algo.config.validate().map_err(|e| match e {
+        CoreError::Config(m) => CoreError::Config(format!("in the checkpoint of {id:?}: {m}")),
+        other => other,
+    })?;
+    let inconsistent =
+        |m: String| CoreError::Decode(format!("the checkpoint of {id:?} is inconsistent: {m}"));
+    ck.algo.rebuild_after_decode().map_err(inconsistent)?;
+    if ck.position_symbols.len() != ck.algo.positions.len() {
+        return Err(inconsistent(format!(
+            "{} position symbols for {} positions",
+            ck.position_symbols.len(),
+            ck.algo.positions.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in &ck.position_symbols {
+        if !seen.insert(name.as_str()) {
+            return Err(inconsistent(format!("two positions in symbol {name:?}")));
+        }
+        if !ck.marks.contains_key(name) {
+            return Err(inconsistent(format!(
+                "the position in {name:?} has no mark in `marks`"
+            )));
+        }
+    }
+    for (name, m) in &ck.marks {
+        if !(m.mark.is_finite() && m.mark > 0.0) {
+            return Err(inconsistent(format!(
+                "the mark of {name:?} must be a finite number > 0, got {}",
+                m.mark
+            )));
+        }
+    }
+    Ok(ck)
+}
+
 #[derive(Debug, Clone)]
 pub struct Engine {
     algos: Vec<Option<AlgoState>>,
@@ -141,8 +252,13 @@ impl Engine {
         if self.algo_index.contains_key(&config.algo_id) {
             return Err(CoreError::DuplicateAlgorithm(config.algo_id));
         }
-        let id = config.algo_id.clone();
-        let state = AlgoState::new(config);
+        self.insert_algo(AlgoState::new(config));
+        Ok(())
+    }
+
+    /// Put a new algorithm into a free slot and index it; returns the slot.
+    fn insert_algo(&mut self, state: AlgoState) -> usize {
+        let id = state.config.algo_id.clone();
         let slot = match self.free_slots.pop() {
             Some(s) => {
                 self.algos[s] = Some(state);
@@ -154,6 +270,120 @@ impl Engine {
             }
         };
         self.algo_index.insert(id, slot);
+        slot
+    }
+
+    // ---- checkpoints ----------------------------------------------------------------------
+
+    /// The algorithm's complete state as a versioned JSON document (docs/metrics.md,
+    /// "Checkpoints"): everything `restore` needs to continue exactly where this engine is, plus
+    /// the engine clock and the marks of every symbol the engine has seen.
+    ///
+    /// Refused (`Config`) only if the state holds a number JSON cannot carry (an infinity or NaN
+    /// from overflowing prices or quantities): the bytes returned always restore.
+    pub fn checkpoint(&self, algo_id: &str) -> Result<Vec<u8>> {
+        let slot = self.slot(algo_id)?;
+        let algo = self.algo(slot);
+        let ck = CheckpointOut {
+            v: CHECKPOINT_VERSION,
+            now: self.now,
+            algo,
+            position_symbols: algo
+                .positions
+                .iter()
+                .map(|p| self.symbols[p.symbol as usize].name.as_str())
+                .collect(),
+            marks: self
+                .symbols
+                .iter()
+                .filter_map(|s| {
+                    s.mark.map(|mark| {
+                        let m = MarkState {
+                            mark,
+                            last_quote_ts: s.last_quote_ts,
+                        };
+                        (s.name.as_str(), m)
+                    })
+                })
+                .collect(),
+        };
+        // serde_json would write NaN and infinities as `null`, which does not restore.
+        if let Some(field) = algo.non_finite_field() {
+            return Err(CoreError::Config(format!(
+                "the state of {algo_id:?} cannot be checkpointed: `{field}` is not finite (an \
+                 overflow from extreme prices or quantities) and JSON has no form for it"
+            )));
+        }
+        let bytes = serde_json::to_vec(&ck).map_err(|e| {
+            CoreError::Config(format!("the state of {algo_id:?} does not encode: {e}"))
+        })?;
+        debug_assert!(
+            decode_checkpoint(&bytes).is_ok(),
+            "a checkpoint must restore: {:?}",
+            decode_checkpoint(&bytes).err()
+        );
+        Ok(bytes)
+    }
+
+    /// Register an algorithm from a checkpoint written by `checkpoint`, in exactly the state it
+    /// was in. The engine clock advances to the checkpoint's if that is later. Symbols the engine
+    /// has no mark for take the checkpoint's mark (and quote time); symbols it has a mark for
+    /// keep it, and the restored positions in them are re-marked to it as a quote would (the
+    /// limits are evaluated on the algorithm's next equity change).
+    ///
+    /// Errors, with no change to the engine: `Decode` (not a checkpoint, another format version,
+    /// malformed or inconsistent), `Config` (the embedded configuration is invalid),
+    /// `DuplicateAlgorithm` (already registered).
+    pub fn restore(&mut self, data: &[u8]) -> Result<()> {
+        let CheckpointIn {
+            now,
+            mut algo,
+            position_symbols,
+            marks,
+            ..
+        } = decode_checkpoint(data)?;
+        if self.algo_index.contains_key(&algo.config.algo_id) {
+            return Err(CoreError::DuplicateAlgorithm(algo.config.algo_id));
+        }
+        // Nothing below can fail.
+        let clock = marks
+            .values()
+            .filter_map(|m| m.last_quote_ts)
+            .chain(algo.last_event_ts)
+            .fold(now, max_opt);
+        if let Some(t) = clock {
+            self.now = max_opt(self.now, t);
+        }
+        for (name, m) in &marks {
+            let sid = self.symbol_id(name) as usize;
+            let sym = &mut self.symbols[sid];
+            if sym.mark.is_none() {
+                sym.mark = Some(m.mark);
+                sym.last_quote_ts = m
+                    .last_quote_ts
+                    .map_or(sym.last_quote_ts, |t| max_opt(sym.last_quote_ts, t));
+            }
+        }
+        let ids: Vec<u32> = position_symbols
+            .iter()
+            .map(|name| self.symbol_id(name))
+            .collect();
+        algo.relink_positions(&ids);
+        for (pidx, (&sid, name)) in ids.iter().zip(&position_symbols).enumerate() {
+            let engine_mark = self.symbols[sid as usize].mark;
+            let saved_mark = marks.get(name).map(|m| m.mark);
+            if let (Some(mark), Some(t)) = (engine_mark, self.now) {
+                if engine_mark != saved_mark && algo.positions[pidx].qty != 0.0 {
+                    algo.remark_restored(pidx, mark, t);
+                }
+            }
+        }
+        let slot = self.insert_algo(algo);
+        for (pidx, &sid) in ids.iter().enumerate() {
+            self.symbols[sid as usize]
+                .holders
+                .push((slot as u32, pidx as u32));
+        }
         Ok(())
     }
 
@@ -253,7 +483,7 @@ impl Engine {
         self.check_time(ts)?;
         let t = self.tick(ts);
         for a in self.algos.iter_mut().flatten() {
-            a.roll(t);
+            a.roll_if_started(t);
             a.rejects.expire(t);
             a.latency.expire(t);
         }
@@ -338,6 +568,27 @@ impl Engine {
         }
         let t = self.tick(ts);
         let sid = self.symbol_id(symbol);
+        // Until the symbol is quoted, every fill moves its mark to the fill price: the other
+        // holders are re-marked too (their limits are evaluated after this algorithm's).
+        let unquoted = self.symbols[sid as usize].last_quote_ts.is_none();
+        let mut others: Vec<usize> = Vec::new();
+        if unquoted {
+            let sym = &mut self.symbols[sid as usize];
+            sym.mark = Some(price);
+            for &(s, pidx) in &sym.holders {
+                let s = s as usize;
+                let Some(b) = self.algos[s].as_mut().filter(|_| s != slot) else {
+                    continue;
+                };
+                if b.positions[pidx as usize].qty == 0.0 {
+                    continue;
+                }
+                b.roll(t);
+                let delta = b.positions[pidx as usize].remark(price);
+                b.add_unrealized(delta);
+                others.push(s);
+            }
+        }
         let sym = &mut self.symbols[sid as usize];
         let mark = *sym.mark.get_or_insert(price);
         let algo = self.algos[slot].as_mut().expect("indexed slot is live");
@@ -363,6 +614,11 @@ impl Engine {
         algo.last_fill_ts = max_opt(algo.last_fill_ts, ts);
         algo.last_event_ts = max_opt(algo.last_event_ts, ts);
         algo.after_equity_change(t, out);
+        for s in others {
+            if let Some(b) = self.algos[s].as_mut() {
+                b.after_equity_change(t, out);
+            }
+        }
         Ok(())
     }
 
@@ -491,7 +747,7 @@ impl Engine {
         let now = self.now;
         let algo = self.algos[slot].as_mut().expect("indexed slot is live");
         if let Some(t) = now {
-            algo.roll(t);
+            algo.roll_if_started(t);
             algo.rejects.expire(t);
             algo.latency.expire(t);
         }

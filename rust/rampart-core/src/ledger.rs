@@ -1,11 +1,18 @@
 //! Positions with average cost, and the flat-to-flat trade they belong to.
 
+use serde::{Deserialize, Serialize};
+
 /// A position is flat when |Q| <= FLAT_EPS x max(|Q before|, |fill qty|) after a fill.
 pub const FLAT_EPS: f64 = 1e-9;
 
 /// One symbol's position of one algorithm.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// The symbol id is local to an engine, so checkpoints leave it out and name the symbol instead
+/// (see `Engine::checkpoint`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Position {
+    #[serde(skip)]
     pub symbol: u32,
     pub qty: f64,
     pub avg_cost: f64,
@@ -83,6 +90,20 @@ impl Position {
         self.avg_cost = 0.0;
         self.trade_pnl = 0.0;
         self.trade_fees = 0.0;
+    }
+
+    /// The first field that is NaN or infinite (JSON cannot carry it), if any.
+    pub(crate) fn non_finite_field(&self) -> Option<&'static str> {
+        [
+            ("positions[].qty", self.qty),
+            ("positions[].avg_cost", self.avg_cost),
+            ("positions[].realized", self.realized),
+            ("positions[].unrealized", self.unrealized),
+            ("positions[].trade_pnl", self.trade_pnl),
+            ("positions[].trade_fees", self.trade_fees),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| (!v.is_finite()).then_some(name))
     }
 
     /// Re-mark; returns the change in unrealized PnL.

@@ -15,6 +15,6 @@ pub mod rolling;
 
 pub use algo::{Breach, BreachKind};
 pub use config::{AlgoConfig, LimitSpec, Limits};
-pub use engine::{Engine, PositionView, Snapshot, DEFAULT_TIME_TOLERANCE_NS};
+pub use engine::{Engine, PositionView, Snapshot, CHECKPOINT_VERSION, DEFAULT_TIME_TOLERANCE_NS};
 pub use error::{CoreError, Result};
 pub use event::{decode_json, Event, OrderEvent};

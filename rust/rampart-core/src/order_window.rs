@@ -2,12 +2,21 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Submits and rejects in the window `(t - width, t]`.
-#[derive(Debug, Clone)]
+///
+/// Checkpoints carry only the events (`[ts, is_reject]`); the width comes from the configuration
+/// and the counts are recounted (`restore`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RejectWindow {
+    #[serde(skip)]
     width: i64,
     events: VecDeque<(i64, bool)>,
+    #[serde(skip)]
     submitted: u64,
+    #[serde(skip)]
     rejected: u64,
 }
 
@@ -58,6 +67,29 @@ impl RejectWindow {
     pub fn rate(&self) -> Option<f64> {
         (self.submitted > 0).then(|| (self.rejected as f64 / self.submitted as f64).min(1.0))
     }
+
+    /// After decoding a checkpoint: set the width (from the configuration), check the events are
+    /// in time order and recount them.
+    pub(crate) fn restore(&mut self, width: i64) -> Result<(), String> {
+        check_time_order("the order window", self.events.iter().map(|e| e.0))?;
+        self.width = width;
+        self.rejected = self.events.iter().filter(|e| e.1).count() as u64;
+        self.submitted = self.events.len() as u64 - self.rejected;
+        Ok(())
+    }
+}
+
+fn check_time_order(what: &str, ts: impl Iterator<Item = i64>) -> Result<(), String> {
+    let mut prev = i64::MIN;
+    for (i, t) in ts.enumerate() {
+        if t < prev {
+            return Err(format!(
+                "{what}: event {i} at {t} is before the previous one at {prev}"
+            ));
+        }
+        prev = t;
+    }
+    Ok(())
 }
 
 const SUB_BUCKETS: u64 = 64;
@@ -92,13 +124,26 @@ pub fn nearest_rank(n: u64, num: u64, den: u64) -> u64 {
 
 /// Ack latencies in the window `(t - width, t]`: a histogram for quantiles plus an exact count of
 /// samples above the latency limit, so the p99 limit is checked exactly in O(1).
-#[derive(Debug, Clone)]
+///
+/// Checkpoints carry only the events (`[ts, latency_ns]`); the width and threshold come from the
+/// configuration and the histogram and count are rebuilt from the events (`restore`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LatencyWindow {
+    #[serde(skip)]
     width: i64,
     events: VecDeque<(i64, u64)>,
+    #[serde(skip)]
     counts: Vec<u32>,
+    #[serde(skip)]
     threshold: Option<u64>,
+    #[serde(skip)]
     above: u64,
+}
+
+/// v > f64 threshold  <=>  v > floor(threshold) for integer v
+fn integer_threshold(threshold_ns: Option<f64>) -> Option<u64> {
+    threshold_ns.map(|t| t.floor().min(u64::MAX as f64) as u64)
 }
 
 impl LatencyWindow {
@@ -107,10 +152,34 @@ impl LatencyWindow {
             width,
             events: VecDeque::new(),
             counts: Vec::new(), // allocated on the first sample
-            // v > f64 threshold  <=>  v > floor(threshold) for integer v
-            threshold: threshold_ns.map(|t| t.floor().min(u64::MAX as f64) as u64),
+            threshold: integer_threshold(threshold_ns),
             above: 0,
         }
+    }
+
+    /// After decoding a checkpoint: set the width and threshold (from the configuration), check
+    /// the events, and rebuild the histogram and the count above the threshold from them.
+    pub(crate) fn restore(&mut self, width: i64, threshold_ns: Option<f64>) -> Result<(), String> {
+        check_time_order("the latency window", self.events.iter().map(|e| e.0))?;
+        if let Some((i, &(_, v))) = self.events.iter().enumerate().find(|e| e.1 .1 > MAX_VALUE) {
+            return Err(format!(
+                "the latency window: event {i} has latency {v} ns, above the clamp {MAX_VALUE}"
+            ));
+        }
+        self.width = width;
+        self.threshold = integer_threshold(threshold_ns);
+        self.counts = Vec::new();
+        if !self.events.is_empty() {
+            self.counts = vec![0; BUCKETS];
+            for &(_, v) in &self.events {
+                self.counts[bucket_index(v)] += 1;
+            }
+        }
+        self.above = match self.threshold {
+            Some(thr) => self.events.iter().filter(|e| e.1 > thr).count() as u64,
+            None => 0,
+        };
+        Ok(())
     }
 
     pub fn expire(&mut self, t: i64) {

@@ -2,17 +2,27 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Mean and sample variance of the last `capacity` values, O(1) per push.
 ///
 /// Removal in Welford's scheme accumulates rounding error, so the sums are recomputed from the
 /// window (two-pass) every `capacity` removals: amortised O(1), drift bounded to one window.
-#[derive(Debug, Clone)]
+///
+/// Checkpoints carry the window and the running sums (they are not recomputable bit for bit); the
+/// capacity comes from the configuration (`restore_capacity`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RollingStats {
     values: VecDeque<f64>,
+    #[serde(skip)]
     capacity: usize,
     mean: f64,
     m2: f64,
     removals_since_refresh: usize,
+    /// A bound on the rounding error that removals have left in `m2`.
+    #[serde(default)]
+    noise: f64,
 }
 
 impl RollingStats {
@@ -23,6 +33,7 @@ impl RollingStats {
             mean: 0.0,
             m2: 0.0,
             removals_since_refresh: 0,
+            noise: 0.0,
         }
     }
 
@@ -49,7 +60,12 @@ impl RollingStats {
         let d = x - self.mean;
         self.mean += d / n;
         self.m2 += d * (x - self.mean);
-        if self.removals_since_refresh >= self.capacity {
+        // Recompute when the drift guard is due, or when M2 is no larger than the rounding
+        // error removals may have left in it: a window of equal returns then has exactly zero
+        // variance (and no Sharpe), instead of a residue.
+        if self.removals_since_refresh >= self.capacity
+            || (self.noise > 0.0 && self.m2 <= self.noise)
+        {
             self.refresh();
         }
     }
@@ -64,7 +80,9 @@ impl RollingStats {
         }
         let n_before = (n_after + 1) as f64;
         let mean_after = (n_before * self.mean - y) / n_after as f64;
-        self.m2 -= (y - self.mean) * (y - mean_after);
+        let step = (y - self.mean) * (y - mean_after);
+        self.noise += 64.0 * f64::EPSILON * (step.abs() + self.m2.abs() + n_before * y * y);
+        self.m2 -= step;
         self.mean = mean_after;
         if self.m2 < 0.0 {
             self.m2 = 0.0;
@@ -74,6 +92,7 @@ impl RollingStats {
     /// Recompute mean and M2 exactly (two-pass) from the window.
     pub fn refresh(&mut self) {
         self.removals_since_refresh = 0;
+        self.noise = 0.0;
         let n = self.values.len();
         if n == 0 {
             self.mean = 0.0;
@@ -100,6 +119,41 @@ impl RollingStats {
 
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
         self.values.iter().copied()
+    }
+
+    /// The first field that is NaN or infinite (JSON cannot carry it), if any.
+    pub(crate) fn non_finite_field(&self) -> Option<&'static str> {
+        if !self.mean.is_finite() {
+            Some("returns.mean")
+        } else if !self.m2.is_finite() {
+            Some("returns.m2")
+        } else if self.values.iter().any(|v| !v.is_finite()) {
+            Some("returns.values")
+        } else {
+            None
+        }
+    }
+
+    /// After decoding a checkpoint: set the capacity (from the configuration) and check that the
+    /// decoded window fits it.
+    pub(crate) fn restore_capacity(&mut self, capacity: usize) -> Result<(), String> {
+        if self.values.len() > capacity {
+            return Err(format!(
+                "the return window holds {} values, more than sharpe_window = {capacity}",
+                self.values.len()
+            ));
+        }
+        if self.removals_since_refresh >= capacity {
+            return Err(format!(
+                "removals_since_refresh = {} must be < sharpe_window = {capacity}",
+                self.removals_since_refresh
+            ));
+        }
+        if self.m2 < 0.0 {
+            return Err(format!("m2 must be >= 0, got {}", self.m2));
+        }
+        self.capacity = capacity;
+        Ok(())
     }
 }
 

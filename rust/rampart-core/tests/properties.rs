@@ -56,6 +56,7 @@ proptest! {
         let mut fees = 0.0;
         let mut qty = [0.0f64; 3];
         let mut mark = [None::<f64>; 3];
+        let mut quoted = [false; 3];
         for (i, ev) in events.iter().enumerate() {
             let ts = 1_000 + 137 * i as i64;
             match *ev {
@@ -64,11 +65,12 @@ proptest! {
                     cash -= q * price;
                     fees += fee;
                     qty[sym] += q;
-                    if mark[sym].is_none() { mark[sym] = Some(price); }
+                    if !quoted[sym] { mark[sym] = Some(price); }
                 }
                 Ev::Quote { sym, price } => {
                     e.quote(SYMS[sym], price, price, ts, &mut out).unwrap();
                     mark[sym] = Some(price);
+                    quoted[sym] = true;
                 }
                 Ev::Order(k) => {
                     let ev = match k {

@@ -719,6 +719,17 @@ impl PyEngine {
         guard(py, || self.inner.returns(algo_id))
     }
 
+    /// The algorithm's complete state as a versioned JSON checkpoint (docs/metrics.md).
+    fn checkpoint<'py>(&self, py: Python<'py>, algo_id: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let data = guard(py, || self.inner.checkpoint(algo_id))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Register an algorithm from a checkpoint, in exactly the state it was saved in.
+    fn restore(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        guard(py, || self.inner.restore(data))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Engine(algorithms={}, now={})",
