@@ -313,8 +313,14 @@ def test_sigkill_mid_canary_resumes_exactly(
         deadline = time.monotonic() + 20
         while (ingest := _status(cfg).daemon.ingest).ingested < kill_after + 1:
             assert time.monotonic() < deadline, ingest
-        time.sleep(0.3)  # the effects worker persists asynchronously; let it catch up
-        before = _status(cfg).deployments[0]
+        # wait for a checkpoint of the core taken after the last event
+        published_at = time.time_ns()
+        while (status := _status(cfg)).daemon.checkpoint_at is None or (
+            status.daemon.checkpoint_at < published_at
+        ):
+            assert time.monotonic() < deadline + 10
+        before = status.deployments[0]
+        metrics_before = status.algorithms[0]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -324,8 +330,14 @@ def test_sigkill_mid_canary_resumes_exactly(
     proc = _start(cfg, server.url)
     try:
         _wait_up(cfg, proc)
-        after = _status(cfg).deployments[0]
-        assert after == before
+        status = _status(cfg)
+        assert status.deployments[0] == before
+        metrics_after = status.algorithms[0]
+        # the core resumed from its checkpoint: peak equity, positions, PnL, drawdown as they were
+        for field in ("peak_equity", "equity", "realized_pnl", "max_drawdown", "stage_pnl"):
+            assert getattr(metrics_after, field) == getattr(metrics_before, field), field
+        assert metrics_after.positions == metrics_before.positions
+        assert metrics_before.positions and metrics_before.peak_equity > metrics_before.capital
         store_copy = Store(tmp_path / "data" / "rampart.db", readonly=True)
         assert store_copy.verify_audit().ok
         store_copy.close()

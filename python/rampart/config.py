@@ -191,6 +191,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     heartbeat_interval: timedelta = timedelta(seconds=1)
     # Deployments are decided every this much event time (and at every breach).
     decision_interval: timedelta = timedelta(seconds=1)
+    # Every algorithm's core state (positions, peak equity, windows, latches) is checkpointed to
+    # the store this often, and with every deployment decision.
+    checkpoint_interval: timedelta = timedelta(seconds=1)
     # Prometheus metrics on http://metrics_host:metrics_port/metrics (off when None).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import tempfile
@@ -30,7 +31,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from rampart import __version__
-from rampart._core import Breach, Engine, InvalidEventError
+from rampart._core import Breach, Engine, InvalidEventError, RampartError
 from rampart.config import DaemonConfig, NatsConfig, ns
 from rampart.deployment import Deployment, DeploymentError, decode_deployment
 from rampart.embedded import EmbeddedNatsServer
@@ -71,6 +72,7 @@ log = logging.getLogger("rampart.daemon")
 
 URL_FILE: Final = "nats.url"
 DEPLOYMENT_KEY: Final = "deployment/"
+CHECKPOINT_KEY: Final = "checkpoint/"
 STORE_FILE: Final = "rampart.db"
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
@@ -180,6 +182,7 @@ class Daemon:
         )
         self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
         self._effects_busy = False
+        self.checkpoint_at: int | None = None
         self.deployment_error: str | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -222,10 +225,12 @@ class Daemon:
         self.breach_listeners.append(self.guard.on_breaches)
         self.guard.rollback_listeners.append(self._on_rollback)
         self.connectivity_listeners.append(self.guard.on_connectivity)
+        self._restore_checkpoints()
         self.deployment_error = await asyncio.to_thread(self._load_deployments)
         # Fail closed: without our state we cannot know what was halted, so halt everything.
         await self.guard.start(halt_all_because=self.store_error or self.deployment_error)
         self._spawn(self._outcome_worker(), "deployment-effects")
+        self._spawn(self._checkpoint_loop(), "checkpoints")
         await self._reconcile_deployments()
         await self._subscribe()
         await self._start_status_service()
@@ -509,6 +514,7 @@ class Daemon:
         guard = self.guard
         return DaemonStatus(
             halted=sorted(guard.halted.values(), key=lambda h: h.algo) if guard else [],
+            checkpoint_at=self.checkpoint_at,
             rollbacks=list(guard.recent) if guard else [],
             store_error=self.store_error,
             name=self.config.name,
@@ -635,6 +641,44 @@ class Daemon:
         status = self.gateways.get(self.gateway_of.get(algo, ""))
         return status is not None and status.health.ok
 
+    # ---- core checkpoints -------------------------------------------------------------------
+
+    def _checkpoints(self) -> list[tuple[str, bytes]]:
+        """Every algorithm's core state at this instant (all at once: restore advances the
+        engine clock to the checkpoint's)."""
+        return [(CHECKPOINT_KEY + a, self.engine.checkpoint(a)) for a in self.engine.algorithms()]
+
+    def _restore_checkpoints(self) -> None:
+        """Resume each algorithm's metrics from its last checkpoint, if its configuration is
+        unchanged (a changed configuration starts its metrics afresh, with a warning)."""
+        assert self.store is not None
+        for key, data in self.store.items(CHECKPOINT_KEY):
+            algo = key.removeprefix(CHECKPOINT_KEY)
+            if algo not in self.engine:
+                continue
+            fresh = _config_of(self.engine.checkpoint(algo))
+            if _config_of(data) != fresh:
+                log.warning("%s: configuration changed since the checkpoint; metrics restart", algo)
+                continue
+            before = self.engine.checkpoint(algo)
+            self.engine.unregister(algo)
+            try:
+                self.engine.restore(data)
+            except RampartError as e:
+                log.error("%s: checkpoint unreadable (%s); metrics restart", algo, e)
+                self.engine.restore(before)
+
+    async def _checkpoint_loop(self) -> None:
+        assert self.store is not None
+        store = self.store
+        interval = self.config.checkpoint_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            if self.engine.now is None:
+                continue
+            await asyncio.to_thread(_put_all, store, self._checkpoints())
+            self.checkpoint_at = self.wall_clock()
+
     def _load_deployments(self) -> str | None:
         """Restore every stored deployment; an unreadable one makes the daemon fail closed."""
         assert self.store is not None
@@ -694,10 +738,13 @@ class Daemon:
         store, dep_id = self.store, outcome.deployment_id
         data = self.runner.dump(dep_id)
         transitions = outcome.decision.transitions
+        checkpoints = self._checkpoints()
 
         def write() -> None:
             with store.transaction():
                 store.put(DEPLOYMENT_KEY + dep_id, data)
+                for key, value in checkpoints:
+                    store.put(key, value)
                 for t in transitions:
                     store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
@@ -791,3 +838,19 @@ class Daemon:
             await self._control(req, act)
 
         return handler
+
+
+def _put_all(store: Store, items: list[tuple[str, bytes]]) -> None:
+    with store.transaction():
+        for key, value in items:
+            store.put(key, value)
+
+
+def _config_of(checkpoint: bytes) -> dict[str, object] | None:
+    """A checkpoint's algorithm configuration, less the capital (deployments move it)."""
+    try:
+        config = dict(json.loads(checkpoint)["algo"]["config"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    config.pop("capital", None)
+    return config

@@ -412,6 +412,7 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     halted: list[HaltLatch] = []
     rollbacks: list[RollbackRecord] = []
     store_error: str | None = None
+    checkpoint_at: int | None = None
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
