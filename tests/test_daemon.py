@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import pytest
 import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from support import until
 
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
@@ -76,14 +77,6 @@ def run(request: pytest.FixtureRequest) -> Callable[..., object]:
     return asyncio.run
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
 def make_config(tmp_path: Path) -> DaemonConfig:
     return parse_config(CONFIG.format(data_dir=tmp_path / "data").encode())
 
@@ -96,15 +89,6 @@ async def running_daemon(config: DaemonConfig, url: str) -> AsyncIterator[Daemon
         yield daemon
     finally:
         await daemon.close()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait (bounded) for asynchronous delivery to make ``predicate`` true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        await asyncio.sleep(0.005)
 
 
 async def publish(nc: Client, subject: str, msg: msgspec.Struct | bytes) -> None:

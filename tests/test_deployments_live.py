@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
+from support import until
 
 from rampart.config import parse_config
 from rampart.daemon import Daemon
@@ -132,22 +132,6 @@ def test_replay_walks_the_canary_and_reports_the_rollback(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("transition") == 4 and "completed" in proc.stdout
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        await asyncio.sleep(0.005)
 
 
 def test_live_daemon_makes_the_same_decisions_as_replay(

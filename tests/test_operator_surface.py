@@ -10,11 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
-import pytest
 
 from rampart.config import parse_config
 from rampart.daemon import Daemon
@@ -30,14 +28,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.cleanup()
 
 
 def config_text(tmp_path: Path, port: int) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
+from support import until
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
@@ -28,22 +28,6 @@ from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest
 
 SUBJ = Subjects()
 T0 = 1_764_028_800_000_000_000
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        await asyncio.sleep(0.005)
 
 
 def hosted() -> list[HostedAlgo]:

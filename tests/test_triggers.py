@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from support import until
 
 from rampart.audit import audit_verify_main
 from rampart.config import DaemonConfig, parse_config
@@ -80,22 +81,6 @@ def make_config(
         nats_disconnect=nats_disconnect,
     )
     return parse_config(text.encode())
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(store_dir=tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.cleanup()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        await asyncio.sleep(0.005)
 
 
 @dataclass
