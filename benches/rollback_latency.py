@@ -1,0 +1,781 @@
+"""Rollback latency: tick-to-halt through the daemon, and the executor's steps for 1/100/1000
+algorithms on one gateway, over a real nats-server on 127.0.0.1.
+
+Run: ``.venv/bin/python benches/rollback_latency.py [--t2h-iterations 1000]
+[--sizes 1:1000,100:200,1000:50] [--gateway both] [--open-orders 1] [--json PATH]``
+
+baselines: bare nats-py on the same server: one hop (publish -> callback on another connection)
+   and one request -> reply round trip; the floor under every step below.
+a. tick-to-halt, all in this one uvloop process, each party on its own NATS connection: the
+   daemon (``rampart.daemon.Daemon``), the reference gateway (``ReferenceGateway`` and its
+   ``GatewayAgent``) and the publisher of the breaching events, so one monotonic clock
+   (``time.perf_counter_ns``) times them all; they also share one event loop (in production they
+   are separate processes). Timed from just before ``publish`` of a fill that breaches the
+   algorithm's drawdown limit (buying 10 at 6000 with the market at 5400: 6% of a 100k capital,
+   limit 5%) to the moment the gateway's ``halt`` handler is entered, split at the daemon's
+   breach listeners, the executor sending the halt and the gateway receiving it. Each iteration
+   uses a fresh algorithm (the config registers one per iteration, each with its own symbol,
+   quoted once at set-up), so every breach is the first breach of a clean algorithm. An iteration
+   ends when the daemon's rollback alert arrives (rollback acked, recorded and audited); the
+   algorithm is then released with ``guard.release``, so the set of halted algorithms stays empty
+   and the guard's periodic work (its watchdog walks the algorithms not halted) is the same for
+   every iteration. The daemon logs (breach, rollback) to a file, as it logs to stderr in
+   production.
+b. the executor alone: ``RollbackExecutor.execute`` (default ``ExecutorSettings``: 50 ms per
+   attempt) against a ``ReferenceGateway`` hosting N faulty versions, each with ``--open-orders``
+   resting orders, and their N previous versions; the gateway runs in this process or in a child
+   process (``--gateway``). The step durations come from the returned record (halt, cancel,
+   allocate, activate, total). Between iterations the faulty versions are resumed with
+   ``executor.broadcast("resume", ...)`` (which places their resting orders again, so the next
+   halt and cancel are real), then an empty command is acked as a barrier, so that no retry of one
+   iteration is still queued at the gateway when the next starts.
+
+Percentiles are nearest-rank. Targets: the seed's (halt < 100 ms, cancel < 500 ms, whole rollback
+< 1 s; checked against the max) and our aims on the p99 (tick-to-halt < 2 ms; cancel-all < 5 ms;
+whole rollback < 5 ms for 1 algorithm, < 10 ms for 100, < 50 ms for 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from rampart._core import Breach
+from rampart.config import DaemonConfig, parse_config
+from rampart.daemon import Daemon
+from rampart.embedded import EmbeddedNatsServer, nats_server_binary
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import Command, Fill, Quote, Subjects, alert_decoder, encoder
+from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest, StepOutcome
+
+SUBJ = Subjects()
+GATEWAY = "gw1"
+SEED_MS = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
+AIM_T2H_MS = 2.0
+AIM_CANCEL_MS = 5.0
+AIM_TOTAL_MS = {1: 5.0, 100: 10.0, 1000: 50.0}
+MS = 1e6
+
+CONFIG = """
+name = "rampart-bench"
+data_dir = "{data_dir}"
+
+[triggers]
+# Staleness triggers stay on (the watchdog runs), but must not fire on the quotes of the set-up.
+market_data_timeout = "PT1H"
+"""
+
+ALGO = """
+[[algorithms]]
+id = "{id}"
+version = "1.0.0"
+gateway = "{gateway}"
+capital = 100000
+limits = {{ max_drawdown = 0.05 }}
+"""
+
+
+# ---- statistics and report -----------------------------------------------------------------
+
+
+def pct(sorted_ns: list[int], p: float) -> float:
+    """Nearest-rank percentile, in ms."""
+    k = max(1, math.ceil(p / 100 * len(sorted_ns)))
+    return sorted_ns[k - 1] / MS
+
+
+@dataclass
+class Metric:
+    name: str
+    samples: list[int] = field(default_factory=list)  # ns
+    seed_ms: float | None = None
+    aim_ms: float | None = None  # aim on the p99
+
+    def row(self, raw: bool = False) -> dict[str, Any]:
+        s = sorted(self.samples)
+        out: dict[str, Any] = {"metric": self.name.strip(), "n": len(s)}
+        if s:
+            out |= {"p50_ms": pct(s, 50), "p99_ms": pct(s, 99), "max_ms": s[-1] / MS}
+        out["seed_target_ms"] = self.seed_ms
+        out["aim_p99_ms"] = self.aim_ms
+        if s and self.seed_ms is not None:
+            out["vs_seed"] = "OK" if s[-1] / MS < self.seed_ms else "MISSED"
+        if s and self.aim_ms is not None:
+            out["vs_aim"] = "OK" if pct(s, 99) < self.aim_ms else "MISSED"
+        if raw:
+            out["samples_ns"] = self.samples  # in iteration order
+        return out
+
+
+def table(title: str, metrics: list[Metric], raw: bool) -> list[dict[str, Any]]:
+    rows = [m.row(raw) for m in metrics]
+    print()
+    print(title)
+    print(
+        f"  {'metric':<48} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'seed (max)':>14} {'aim (p99)':>14}"
+    )
+
+    def verdict(r: dict[str, Any], limit: float | None, key: str) -> str:
+        return "—" if limit is None else f"< {limit:g} {r.get(key, '?')}"
+
+    for m, r in zip(metrics, rows, strict=True):
+        nums = (
+            f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.3f}"
+            if r["n"]
+            else f"{'-':>8} {'-':>8} {'-':>8}"
+        )
+        print(
+            f"  {m.name:<48} {r['n']:>5} {nums} "
+            f"{verdict(r, r['seed_target_ms'], 'vs_seed'):>14} "
+            f"{verdict(r, r['aim_p99_ms'], 'vs_aim'):>14}"
+        )
+    return rows
+
+
+# ---- baselines: bare nats-py on the same server, in the same process -------------------------
+
+
+async def nats_baselines(url: str, n: int, timeout: float) -> list[Metric]:
+    """One hop (publish -> callback on another connection) and one request -> reply round trip
+    (a responder on another connection answering at once): the floor under every step."""
+    a = await nats.connect(url, name="bench-a")
+    b = await nats.connect(url, name="bench-b")
+    loop = asyncio.get_running_loop()
+    hop = Metric("one hop: publish -> callback, other connection")
+    rtt = Metric("request -> reply, responder on other connection")
+    waiting: list[asyncio.Future[int]] = []
+
+    async def on_hop(msg: Msg) -> None:
+        t = time.perf_counter_ns()
+        if waiting and not waiting[0].done():
+            waiting[0].set_result(t)
+
+    async def on_request(msg: Msg) -> None:
+        await msg.respond(b"ok")
+
+    try:
+        await b.subscribe("bench.hop", cb=on_hop)
+        await b.subscribe("bench.rtt", cb=on_request)
+        await b.flush()
+        payload = b"x" * 200
+        for i in range(n + 20):
+            fut: asyncio.Future[int] = loop.create_future()
+            waiting[:] = [fut]
+            start = time.perf_counter_ns()
+            await a.publish("bench.hop", payload)
+            t = await asyncio.wait_for(fut, timeout)
+            start2 = time.perf_counter_ns()
+            await a.request("bench.rtt", payload, timeout=timeout)
+            t2 = time.perf_counter_ns()
+            if i >= 20:
+                hop.samples.append(t - start)
+                rtt.samples.append(t2 - start2)
+    finally:
+        await a.close()
+        await b.close()
+    return [hop, rtt]
+
+
+# ---- a. tick-to-halt through the daemon --------------------------------------------------------
+
+
+class TimedGateway(ReferenceGateway):
+    """The reference gateway, timestamping the arrival of each command message and the entry of
+    its halt handler (the agent handles one command message at a time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # algo -> future of (halt handler entered, its command message arrived)
+        self.waiting: dict[str, asyncio.Future[tuple[int, int]]] = {}
+        self.command_rx = 0
+        on_command = self.agent._on_command
+
+        async def timed(msg: Msg) -> None:
+            self.command_rx = time.perf_counter_ns()
+            await on_command(msg)
+
+        self.agent._on_command = timed  # type: ignore[method-assign]
+
+    async def halt(self, algo: str) -> None:
+        t = time.perf_counter_ns()
+        fut = self.waiting.pop(algo, None)
+        if fut is not None and not fut.done():
+            fut.set_result((t, self.command_rx))
+        await super().halt(algo)
+
+
+def t2h_config(data_dir: Path, algos: list[str]) -> DaemonConfig:
+    text = CONFIG.format(data_dir=data_dir)
+    text += "".join(ALGO.format(id=a, gateway=GATEWAY) for a in algos)
+    return parse_config(text.encode())
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Bounded polling, only for state that has no event (set-up only)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout}s")
+        await asyncio.sleep(0.002)
+
+
+async def tick_to_halt(
+    url: str, workdir: Path, args: argparse.Namespace
+) -> tuple[list[Metric], dict[str, Any]]:
+    n_total = max(args.t2h_algos, args.t2h_warmup + args.t2h_iterations)
+    algos = [f"t2h-{i:05d}" for i in range(n_total)]
+    symbol = {a: f"S{i:05d}" for i, a in enumerate(algos)}
+    config = t2h_config(workdir / "t2h", algos)
+    daemon = Daemon(config, servers=[url])
+    gw_nc: Client | None = None
+    feed: Client | None = None
+    gateway: TimedGateway | None = None
+    alerts: dict[str, asyncio.Future[None]] = {}
+    breach_at: dict[str, int] = {}
+
+    async def on_alert(msg: Msg) -> None:
+        alert = alert_decoder.decode(msg.data)
+        for a in alert.algos:
+            fut = alerts.pop(a, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def on_breaches(breaches: list[Breach]) -> None:
+        t = time.perf_counter_ns()
+        for b in breaches:
+            breach_at.setdefault(b.algo_id, t)
+
+    sent_at: dict[str, int] = {}
+
+    t2h = Metric("tick-to-halt (publish -> gateway halt handler)", seed_ms=SEED_MS["halt"])
+    t2h.aim_ms = AIM_T2H_MS
+    to_breach = Metric("  publish -> daemon breach listeners")
+    to_send = Metric("  breach listeners -> executor sends the halt")
+    to_rx = Metric("  halt sent -> gateway receives the command")
+    to_handler = Metric("  gateway receives -> halt handler entered")
+    halt_step = Metric("daemon record: halt step acked", seed_ms=SEED_MS["halt"])
+    cancel_step = Metric("daemon record: cancel step acked", seed_ms=SEED_MS["cancel"])
+    cancel_step.aim_ms = AIM_CANCEL_MS
+    total = Metric("daemon record: whole rollback acked", seed_ms=SEED_MS["total"])
+    total.aim_ms = AIM_TOTAL_MS[1]
+    extra: dict[str, Any] = {}
+    loop = asyncio.get_running_loop()
+    started = False
+    try:
+        await daemon.start()
+        started = True
+        assert daemon.guard is not None
+        guard = daemon.guard
+        daemon.breach_listeners.insert(0, on_breaches)
+        executor = guard.executor
+        send = executor.send
+
+        async def timed_send(gateway: str, command: Command, deadline: float) -> StepOutcome:
+            if command.kind == "halt":
+                t = time.perf_counter_ns()
+                for target in command.targets:
+                    sent_at.setdefault(target.algo, t)
+            return await send(gateway, command, deadline)
+
+        executor.send = timed_send  # type: ignore[method-assign]
+        gw_nc = await nats.connect(url, name="bench-gateway")
+        gateway = TimedGateway(
+            gw_nc,
+            GATEWAY,
+            [HostedAlgo(a, symbol[a], Momentum(), allocation=1.0, active=False) for a in algos],
+            deadman_timeout=3600.0,
+        )
+        await gateway.start()
+        feed = await nats.connect(url, name="bench-feed")
+        await feed.subscribe(f"{SUBJ.prefix}.alert.>", cb=on_alert)
+        await until(lambda: GATEWAY in daemon.gateways, 10, "the daemon did not see the gateway")
+        # Quote every symbol once (no algorithm holds anything yet: nothing happens).
+        t0 = time.time_ns()
+        for i, a in enumerate(algos):
+            q = Quote(symbol=symbol[a], bid=5399.75, ask=5400.25, ts=t0 + i)
+            await feed.publish(SUBJ.market(symbol[a]), encoder.encode(q))
+        await feed.flush()
+        await until(
+            lambda: daemon.stats.ingested >= n_total, 30, "the set-up quotes were not ingested"
+        )
+        # The guard's watchdog walks the algorithms every check_interval on the event loop.
+        extra["watchdog_check_ms"] = watchdog_cost(daemon)
+        for i, algo in enumerate(algos[: args.t2h_warmup + args.t2h_iterations]):
+            fill = Fill(
+                algo=algo,
+                symbol=symbol[algo],
+                side="buy",
+                qty=10.0,
+                price=6000.0,
+                ts=time.time_ns(),
+                order_id=f"{GATEWAY}-{algo}-1",
+            )
+            data = encoder.encode(fill)
+            subject = SUBJ.fills(GATEWAY, algo)
+            halted: asyncio.Future[tuple[int, int]] = loop.create_future()
+            alerted: asyncio.Future[None] = loop.create_future()
+            gateway.waiting[algo] = halted
+            alerts[algo] = alerted
+            start = time.perf_counter_ns()
+            await feed.publish(subject, data)
+            t_halt, t_rx = await asyncio.wait_for(halted, args.timeout)
+            await asyncio.wait_for(alerted, args.timeout)
+            record = guard.recent[0]
+            if record.algos != [algo] or record.state != "succeeded":
+                raise RuntimeError(f"unexpected rollback record for {algo}: {record}")
+            await asyncio.wait_for(
+                guard.release((algo,), "bench", "benchmark: next iteration"), args.timeout
+            )
+            if i < args.t2h_warmup:
+                continue
+            t2h.samples.append(t_halt - start)
+            t_breach, t_send = breach_at.pop(algo), sent_at.pop(algo)
+            to_breach.samples.append(t_breach - start)
+            to_send.samples.append(t_send - t_breach)
+            to_rx.samples.append(t_rx - t_send)
+            to_handler.samples.append(t_halt - t_rx)
+            steps = {s.name: s.duration_ns for s in record.steps}
+            for metric, name in ((halt_step, "halt"), (cancel_step, "cancel"), (total, "total")):
+                d = steps.get(name)
+                if d is not None:
+                    metric.samples.append(d)
+        extra["daemon_rejected"] = dict(daemon.stats.rejected)
+        extra["daemon_breaches"] = daemon.stats.breaches
+        extra["algorithms_registered"] = n_total
+    finally:
+        if feed is not None:
+            await feed.close()
+        if gateway is not None:
+            await gateway.close()
+        if gw_nc is not None:
+            await gw_nc.close()
+        if started:
+            await daemon.close()
+    return [t2h, to_breach, to_send, to_rx, to_handler, halt_step, cancel_step, total], extra
+
+
+def watchdog_cost(daemon: Daemon) -> float:
+    """One pass of the guard's market-data staleness check over every algorithm, in ms (median of
+    20): the watchdog runs it on the event loop every ``triggers.check_interval``."""
+    guard = daemon.guard
+    assert guard is not None
+    limit = 3600 * 10**9
+    times = []
+    for _ in range(20):
+        t = time.perf_counter_ns()
+        guard._check_market_data(time.time_ns(), limit)
+        times.append(time.perf_counter_ns() - t)
+    times.sort()
+    return times[len(times) // 2] / MS
+
+
+# ---- b. the executor against a gateway hosting N algorithms --------------------------------------
+
+
+class BenchGateway(ReferenceGateway):
+    """The reference gateway hosting ``n`` faulty versions (``x<n>-<j>-v2``), each with
+    ``open_orders`` resting orders, and their previous versions (``-v1``). Resuming a faulty
+    version places its resting orders again, so the next cancel-all has work to do. Counts how
+    often its cancel-all handler runs."""
+
+    def __init__(self, nc: Client, n: int, open_orders: int) -> None:
+        self.faulty = [f"x{n}-{j:04d}-v2" for j in range(n)]
+        self.previous = {a: a.replace("-v2", "-v1") for a in self.faulty}
+        hosted = [
+            HostedAlgo(a, "ESZ5", Momentum(), allocation=1.0, active=True) for a in self.faulty
+        ]
+        hosted += [HostedAlgo(p, "ESZ5", Momentum(), active=False) for p in self.previous.values()]
+        super().__init__(nc, GATEWAY, hosted, deadman_timeout=3600.0)
+        self.open_orders = open_orders
+        self.cancel_calls = 0
+        self._order_seq = 0
+        # Orders rest at the venue (they would arrive in 1000 s).
+        self.venue.latency_ns = 10**12
+        self.venue.on_quote("ESZ5", 5999.75, 6000.25, time.time_ns())
+        for a in self.faulty:
+            self.place_orders(a)
+
+    def place_orders(self, algo: str) -> None:
+        ts = time.time_ns()
+        for _ in range(self.open_orders):
+            self._order_seq += 1
+            self.venue.submit(algo, "ESZ5", "buy", 1.0, ts, f"o{self._order_seq}", 5000.0)
+
+    async def cancel_all(self, algo: str) -> None:
+        self.cancel_calls += 1
+        await super().cancel_all(algo)
+
+    async def resume(self, algo: str) -> None:
+        await super().resume(algo)
+        self.place_orders(algo)
+
+
+async def serve_gateway(url: str, n: int, open_orders: int) -> None:
+    """The gateway as a child process: ``ready`` on stdout once it listens; on stdin, ``stats``
+    -> ``stats <command messages> <cancel-all calls>``, ``quit`` or EOF ends it."""
+    loop = asyncio.get_running_loop()
+    nc = await nats.connect(url, name="bench-gateway")
+    gateway = BenchGateway(nc, n, open_orders)
+    try:
+        await gateway.start()
+        print("ready", flush=True)
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if line.strip() == "stats":
+                print("stats", gateway.agent.commands_handled, gateway.cancel_calls, flush=True)
+            else:
+                return
+    finally:
+        await gateway.close()
+        await nc.close()
+
+
+class GatewayProcess:
+    """``serve_gateway`` in a child process (this script with the hidden ``--serve-gateway``)."""
+
+    def __init__(self, url: str, n: int, open_orders: int) -> None:
+        self.args = [url, str(n), str(open_orders)]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-gateway",
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await self._expect("ready", timeout)
+
+    async def _expect(self, word: str, timeout: float) -> list[str]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        words = line.decode().split()
+        if not words or words[0] != word:
+            raise RuntimeError(f"the gateway process said {line!r}, expected {word!r}")
+        return words[1:]
+
+    async def stats(self, timeout: float) -> tuple[int, int]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(b"stats\n")
+        await self.proc.stdin.drain()
+        commands, cancels = await self._expect("stats", timeout)
+        return int(commands), int(cancels)
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(Exception):
+            assert proc.stdin is not None
+            proc.stdin.write(b"quit\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def executor_rollbacks(
+    url: str,
+    n_algos: int,
+    iterations: int,
+    warmup: int,
+    args: argparse.Namespace,
+    *,
+    separate: bool,
+) -> tuple[list[Metric], dict[str, Any]]:
+    aim_total = AIM_TOTAL_MS.get(n_algos)
+    metrics = {
+        "halt": Metric("halt acked", seed_ms=SEED_MS["halt"]),
+        "cancel": Metric("cancel-all acked (step)", seed_ms=SEED_MS["cancel"]),
+        "halt+cancel": Metric("halt + cancel-all acked (from start)", seed_ms=SEED_MS["cancel"]),
+        "allocate": Metric("allocation 0 acked (step)"),
+        "activate": Metric("previous version activated (step)"),
+        "total": Metric("whole rollback acked", seed_ms=SEED_MS["total"]),
+    }
+    metrics["cancel"].aim_ms = AIM_CANCEL_MS
+    metrics["total"].aim_ms = aim_total
+    resume = Metric("(between iterations) resume broadcast")
+    extra: dict[str, Any] = {"retried_steps": 0, "failed": 0, "gateway_process": separate}
+    faulty = [f"x{n_algos}-{j:04d}-v2" for j in range(n_algos)]
+    previous = {a: a.replace("-v2", "-v1") for a in faulty}
+    gw_nc: Client | None = None
+    gateway: BenchGateway | None = None
+    child: GatewayProcess | None = None
+    ex_nc: Client | None = None
+    try:
+        if separate:
+            child = GatewayProcess(url, n_algos, args.open_orders)
+            await child.start(args.timeout * 3)
+        else:
+            gw_nc = await nats.connect(url, name="bench-gateway")
+            gateway = BenchGateway(gw_nc, n_algos, args.open_orders)
+            await gateway.start()
+        ex_nc = await nats.connect(url, name="bench-rampart")
+        executor = RollbackExecutor(ex_nc, SUBJ, lambda _algo: GATEWAY, settings=ExecutorSettings())
+        request = RollbackRequest(
+            algos=tuple(faulty),
+            scope="algo" if n_algos == 1 else "gateway",
+            trigger="bench",
+            reason="benchmark",
+            actor="bench",
+            previous=previous,
+        )
+        for i in range(warmup + iterations):
+            record = await asyncio.wait_for(executor.execute(request), args.timeout)
+            if record.state != "succeeded":
+                extra["failed"] += 1
+                await executor.cancel_retries()
+            if gateway is not None and (
+                gateway.venue.open_orders(faulty[0]) or not gateway.algos[faulty[-1]].halted
+            ):
+                raise RuntimeError("the rollback did not cancel and halt")
+            t = time.perf_counter_ns()
+            outcomes = await executor.broadcast("resume", faulty, "bench", deadline=1.0)
+            resume_ns = time.perf_counter_ns() - t
+            if not all(o.ok for o in outcomes.values()):
+                raise RuntimeError(f"the resume was not acked: {outcomes}")
+            # Barrier: the gateway handles one command message at a time, so once this empty
+            # command is acked, no retry of this iteration is left queued for the next one.
+            now = time.time_ns()
+            barrier = Command(
+                command_id=f"barrier-{i}",
+                epoch=0,
+                kind="standby",
+                targets=[],
+                issued_at=now,
+                valid_until=now + 60 * 10**9,
+            )
+            await ex_nc.request(SUBJ.command(GATEWAY), encoder.encode(barrier), args.timeout)
+            if i < warmup:
+                continue
+            steps = {s.name: s for s in record.steps}
+            extra["retried_steps"] += sum(
+                1 for s in record.steps if s.name != "total" and s.attempts > 1
+            )
+            for name, step in steps.items():
+                if name in metrics and step.duration_ns is not None:
+                    metrics[name].samples.append(step.duration_ns)
+            halt, cancel = steps["halt"].duration_ns, steps["cancel"].duration_ns
+            if halt is not None and cancel is not None:
+                metrics["halt+cancel"].samples.append(halt + cancel)
+            resume.samples.append(resume_ns)
+        rollbacks = warmup + iterations
+        # 6 command messages per iteration (halt, cancel, allocate, activate, resume, barrier):
+        # more are retries after an attempt timed out (``attempt_timeout``).
+        if child is not None:
+            commands, cancels = await child.stats(args.timeout)
+        else:
+            assert gateway is not None
+            commands, cancels = gateway.agent.commands_handled, gateway.cancel_calls
+        extra["gateway_commands"] = commands
+        extra["commands_sent_once"] = 6 * rollbacks
+        extra["cancel_handler_calls"] = cancels
+        extra["cancel_handler_calls_needed"] = n_algos * rollbacks
+    finally:
+        if ex_nc is not None:
+            await ex_nc.close()
+        if gateway is not None:
+            with contextlib.suppress(Exception):
+                await gateway.close()
+        if gw_nc is not None:
+            await gw_nc.close()
+        if child is not None:
+            await child.stop()
+    return [*metrics.values(), resume], extra
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    server = subprocess.run(
+        [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "python": platform.python_version(),
+        "nats-py": importlib.metadata.version("nats-py"),
+        "uvloop": importlib.metadata.version("uvloop"),
+        "nats-server": server,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, text.split(",")):
+        n, _, iters = part.partition(":")
+        out.append((int(n), int(iters)))
+    return out
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    workdir = Path(tempfile.mkdtemp(prefix="rampart-bench-rollback-"))
+    # The daemon logs every breach and rollback (WARNING/CRITICAL): to a file, as in production.
+    logging.basicConfig(
+        level=logging.WARNING,
+        filename=str(workdir / "bench.log"),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    server = EmbeddedNatsServer(store_dir=workdir / "nats")
+    result: dict[str, Any] = {
+        "benchmark": "rollback latency",
+        "command": " ".join([".venv/bin/python", "benches/rollback_latency.py", *sys.argv[1:]]),
+        "setup": (
+            "one uvloop process; daemon, reference gateway and publisher each on their own NATS "
+            "connection to an embedded nats-server on 127.0.0.1; perf_counter_ns"
+        ),
+    }
+    try:
+        url = await asyncio.to_thread(server.start)
+        print(f"nats-server {url}; daemon, gateway and publisher in this process (uvloop)")
+        if args.baseline_iterations:
+            metrics = await nats_baselines(url, args.baseline_iterations, args.timeout)
+            title = f"baselines: bare nats-py, {args.baseline_iterations} round trips each"
+            result["baselines"] = table(title, metrics, args.raw)
+        if args.t2h_iterations:
+            t = time.monotonic()
+            metrics, extra = await tick_to_halt(url, workdir, args)
+            title = (
+                f"a. tick-to-halt through the daemon: {args.t2h_iterations} breaches "
+                f"(+{args.t2h_warmup} warm-up), one fresh algorithm each, "
+                f"{extra['algorithms_registered']} registered ({time.monotonic() - t:.1f} s)"
+            )
+            rows = table(title, metrics, args.raw)
+            print(
+                f"  guard watchdog, market-data check over {extra['algorithms_registered']} "
+                f"algorithms: {extra['watchdog_check_ms']:.2f} ms per pass, on the event loop, "
+                "every triggers.check_interval (100 ms)"
+            )
+            result["tick_to_halt"] = {"rows": rows, **extra}
+        result["executor"] = []
+        modes = {"in-process": [False], "process": [True], "both": [False, True]}
+        plan = [(sep, n, it) for sep in modes[args.gateway] for n, it in parse_sizes(args.sizes)]
+        for separate, n_algos, iterations in plan:
+            t = time.monotonic()
+            warmup = max(2, iterations // 20)
+            metrics, extra = await executor_rollbacks(
+                url, n_algos, iterations, warmup, args, separate=separate
+            )
+            where = "in a separate process" if separate else "in this process"
+            title = (
+                f"b. executor -> reference gateway {where}, {n_algos} algorithm(s) at once: "
+                f"{iterations} rollbacks (+{warmup} warm-up), {args.open_orders} resting "
+                f"order(s) each ({time.monotonic() - t:.1f} s)"
+            )
+            rows = table(title, metrics, args.raw)
+            if extra["retried_steps"] or extra["failed"]:
+                print(
+                    f"  steps that needed a retry: {extra['retried_steps']}, "
+                    f"failed rollbacks: {extra['failed']}; the gateway handled "
+                    f"{extra['gateway_commands']} command messages for "
+                    f"{extra['commands_sent_once']} commands and ran cancel-all "
+                    f"{extra['cancel_handler_calls']} times for "
+                    f"{extra['cancel_handler_calls_needed']} needed (warm-up included)"
+                )
+            result["executor"].append(
+                {"algorithms": n_algos, "rollbacks": iterations, "rows": rows, **extra}
+            )
+            gc.collect()
+        total = sum(e["rollbacks"] for e in result["executor"])
+        print()
+        print(
+            f"rollbacks measured: {args.t2h_iterations} through the daemon + {total} by the "
+            f"executor = {args.t2h_iterations + total} (warm-ups not counted)"
+        )
+    finally:
+        await asyncio.to_thread(server.stop)
+        logging.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result["machine"] = {
+        **machine(),
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    result["params"] = {
+        "t2h_iterations": args.t2h_iterations,
+        "t2h_warmup": args.t2h_warmup,
+        "sizes": args.sizes,
+        "open_orders": args.open_orders,
+    }
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--t2h-iterations", type=int, default=1000, help="0: skip tick-to-halt")
+    p.add_argument("--t2h-warmup", type=int, default=20)
+    p.add_argument("--baseline-iterations", type=int, default=1000, help="0: skip")
+    p.add_argument(
+        "--t2h-algos",
+        type=int,
+        default=0,
+        help="algorithms registered for tick-to-halt (default and minimum: one per iteration)",
+    )
+    p.add_argument(
+        "--sizes",
+        default="1:1000,100:200,1000:50",
+        help="algorithms:rollbacks pairs for the executor part ('' to skip)",
+    )
+    p.add_argument("--open-orders", type=int, default=1, help="resting orders per algorithm")
+    p.add_argument(
+        "--gateway",
+        choices=("in-process", "process", "both"),
+        default="both",
+        help="part b: the gateway in this process, in a child process, or both in turn",
+    )
+    p.add_argument("--serve-gateway", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=10.0, help="bound of one iteration, s")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--raw", action="store_true", help="include every sample in the JSON")
+    args = p.parse_args()
+    if args.serve_gateway:
+        url, n, open_orders = args.serve_gateway
+        uvloop.run(serve_gateway(url, int(n), int(open_orders)))
+        return 0
+    result = uvloop.run(bench(args))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
