@@ -164,3 +164,52 @@ def test_json_logs_one_object_per_line(server: EmbeddedNatsServer, tmp_path: Pat
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
     assert any("rampart stopped" in x["msg"] for x in lines)
+
+
+def test_alerts_reach_the_webhook(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    """A rollback's alert is POSTed as JSON to alerts.webhook_url (here a local HTTP server)."""
+    import http.server
+    import threading
+
+    received: list[dict[str, object]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/alerts"
+    text = config_text(tmp_path, free_port()) + f'\n[alerts]\nwebhook_url = "{url}"\n'
+    config = parse_config(text.encode())
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        try:
+            assert daemon.guard is not None
+            task = daemon.guard.trigger(("alpha",), "algo", "manual", "drill", "alice", force=True)
+            assert task is not None
+            await task
+            deadline = time.monotonic() + 10
+            while not received:
+                assert time.monotonic() < deadline, "no webhook call"
+                await asyncio.sleep(0.01)
+        finally:
+            await daemon.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    alert = received[0]
+    assert alert["type"] == "alert" and alert["algos"] == ["alpha"]
+    assert alert["severity"] in ("critical", "emergency") and "rollback" in str(alert["title"])
