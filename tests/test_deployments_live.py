@@ -328,3 +328,27 @@ def test_sigkill_mid_canary_resumes_exactly(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_unreadable_deployment_state_starts_everything_halted(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Fail closed: a stored deployment that cannot be read halts every algorithm."""
+    config = parse_config(CONFIG.format(data_dir=tmp_path / "data", algo=ALGO).encode())
+    (tmp_path / "data").mkdir()
+    with Store(tmp_path / "data" / "rampart.db") as store:
+        store.put("deployment/canary-test", b'{"document": {"strategy": "Nope"}}')
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        try:
+            assert daemon.deployment_error is not None
+            assert "deployment/canary-test" in daemon.deployment_error
+            assert daemon.guard is not None and set(daemon.guard.halted) == {ALGO}
+            reason = daemon.status().daemon.halted[0].reason
+            assert reason.startswith("fail closed: unreadable deployment state")
+        finally:
+            await daemon.close()
+
+    asyncio.run(scenario())

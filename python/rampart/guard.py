@@ -111,7 +111,11 @@ class Guard:
             self.store_error = halt_all_because
             ts = self.wall_clock()
             await asyncio.to_thread(
-                self._latch, tuple(self.algo_config), "state store unreadable", SYSTEM_ACTOR, ts
+                self._latch,
+                tuple(self.algo_config),
+                f"fail closed: {halt_all_because[:200]}",
+                SYSTEM_ACTOR,
+                ts,
             )
         self.halted = await asyncio.to_thread(self.store.halts)
         self.recent = await asyncio.to_thread(self.store.rollbacks, None, 20)
