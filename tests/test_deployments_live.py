@@ -352,3 +352,59 @@ def test_unreadable_deployment_state_starts_everything_halted(
             await daemon.close()
 
     asyncio.run(scenario())
+
+
+def test_killed_between_storing_a_transition_and_carrying_it_out(
+    server: EmbeddedNatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL mid-transition: the stage change is stored but its new allocation never reached
+    the gateway. After a restart the daemon reconciles: the gateway gets the stored allocation."""
+    cfg = tmp_path / "rampart.toml"
+    cfg.write_text(CONFIG.format(data_dir=tmp_path / "data", algo=ALGO))
+    (tmp_path / "url").write_text(server.url)
+    monkeypatch.setenv("RAMPART_NATS_URL", server.url)
+    feed = events(3)
+
+    async def scenario() -> None:
+        gw_nc = await nats.connect(server.url)
+        gw = ReferenceGateway(
+            gw_nc, "gw1", [HostedAlgo(ALGO, "ES", Momentum(), active=False)], deadman_timeout=3600
+        )
+        await gw.start()
+        nc = await nats.connect(server.url)
+        # the 2nd stored transition is Micro -> Small: die right after storing it
+        monkeypatch.setenv("RAMPART_FAILPOINT", "after_persist:2")
+        proc = _start(cfg, server.url)
+        monkeypatch.delenv("RAMPART_FAILPOINT")
+        try:
+            await asyncio.to_thread(_wait_up, cfg, proc)
+            await nc.publish(SUBJ.market("ES"), feed[0])
+            await nc.flush()
+            dep = tmp_path / "canary.json"
+            dep.write_text(json.dumps(CANARY))
+            code = await asyncio.to_thread(
+                subprocess.call,
+                [sys.executable, "-m", "rampart", "deploy", str(dep), "--operator", "alice"],
+            )
+            assert code == 0
+            await until(lambda: gw.algos[ALGO].allocation == 0.01)
+            for m in feed[1:]:
+                await nc.publish(SUBJ.market("ES"), m)
+            await nc.flush()
+            await asyncio.to_thread(proc.wait, 30)
+            assert proc.returncode == -signal.SIGKILL
+            assert gw.algos[ALGO].allocation == 0.01, "the Small allocation was never sent"
+            proc = _start(cfg, server.url)
+            await asyncio.to_thread(_wait_up, cfg, proc)
+            state = (await asyncio.to_thread(_status, cfg)).deployments[0]
+            assert (state.phase, state.stage, state.allocation) == ("canary", 1, 0.05)
+            await until(lambda: gw.algos[ALGO].allocation == 0.05)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 30)
+            await nc.close()
+            await gw.close()
+            await gw_nc.close()
+
+    asyncio.run(scenario())

@@ -30,7 +30,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from rampart import __version__
+from rampart import __version__, failpoints
 from rampart._core import Breach, Engine, InvalidEventError, RampartError
 from rampart.config import DaemonConfig, NatsConfig, ns
 from rampart.deployment import Deployment, DeploymentError, decode_deployment
@@ -736,7 +736,7 @@ class Daemon:
         """The new state and every transition (an audit record each), in one transaction."""
         assert self.store is not None
         store, dep_id = self.store, outcome.deployment_id
-        data = self.runner.dump(dep_id)
+        data = self.runner.dump(dep_id, outcome.decision.state)
         transitions = outcome.decision.transitions
         checkpoints = self._checkpoints()
 
@@ -749,6 +749,8 @@ class Daemon:
                     store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
         await asyncio.to_thread(write)
+        if transitions:
+            failpoints.hit("after_persist")  # crash tests: stored, not yet carried out
         if self.guard is not None:
             await self.guard.mirror_state(f"deployment.{dep_id}", data)
         for t in transitions:

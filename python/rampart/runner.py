@@ -126,12 +126,13 @@ class DeploymentRunner:
         self.deployments[doc.deployment_id] = Running(doc, machine_for(doc), s.state)
         return doc.deployment_id
 
-    def dump(self, deployment_id: str) -> bytes:
+    def dump(self, deployment_id: str, state: DeploymentState | None = None) -> bytes:
+        """The stored form of a deployment, at ``state`` (default: its current state). The
+        daemon stores each decision's own state, so what is stored never runs ahead of the
+        transitions recorded with it."""
         r = self.deployments[deployment_id]
-        stored = StoredDeployment(
-            document=msgspec.Raw(encode_deployment(r.document)), state=r.state
-        )
-        return msgspec.json.encode(stored)
+        document = msgspec.Raw(encode_deployment(r.document))
+        return msgspec.json.encode(StoredDeployment(document=document, state=state or r.state))
 
     # ---- decisions --------------------------------------------------------------------------
 
