@@ -277,6 +277,8 @@ class Guard:
         execution = asyncio.ensure_future(self.executor.execute(request))
         await asyncio.sleep(0)
         log.critical("ROLLBACK %s of %s (%s): %s", trigger, ", ".join(algos), actor, reason)
+        for a in algos:  # in memory at once (on this thread); on disk while the halt is in flight
+            self.halted[a] = HaltLatch(algo=a, reason=reason, actor=actor, ts=ts)
         latch = self._spawn(asyncio.to_thread(self._latch, algos, reason, actor, ts), "latch")
         try:
             record = await execution
@@ -288,11 +290,10 @@ class Guard:
         return record
 
     def _latch(self, algos: tuple[str, ...], reason: str, actor: str, ts: int) -> None:
+        """Write halt latches to the store (runs in a worker thread: touches no loop state)."""
         with self.store.transaction():
             for a in algos:
                 self.store.set_halt(a, halted=True, reason=reason, actor=actor, ts=ts)
-        for a in algos:
-            self.halted[a] = HaltLatch(algo=a, reason=reason, actor=actor, ts=ts)
 
     async def _record(self, record: RollbackRecord) -> None:
         """Persist the rollback and its audit record, then publish the audit copy and alert."""
