@@ -31,17 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +48,7 @@ from typing import Any
 
 import nats
 import uvloop
+from machine_info import machine
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
@@ -59,7 +56,7 @@ from nats.errors import SlowConsumerError
 from rampart._core import Engine
 from rampart.config import DaemonConfig, ns, parse_config
 from rampart.daemon import Daemon, connect_options
-from rampart.embedded import EmbeddedNatsServer, nats_server_binary
+from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import Fill, OrderEvent, Quote, Subjects, encoder
 
 GATEWAY = "gw1"
@@ -495,28 +492,6 @@ async def callback_costs(n: int, seed: int, rounds: int = 5) -> dict[str, float]
 
 
 # ---- report --------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    server = subprocess.run(
-        [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
-    ).stdout.strip()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "python": platform.python_version(),
-        "nats-py": importlib.metadata.version("nats-py"),
-        "uvloop": importlib.metadata.version("uvloop"),
-        "nats-server": server,
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def _median(values: list[float]) -> float:

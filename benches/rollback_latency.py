@@ -40,16 +40,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,13 +56,14 @@ from typing import Any
 
 import nats
 import uvloop
+from machine_info import machine
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from rampart._core import Breach
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
-from rampart.embedded import EmbeddedNatsServer, nats_server_binary
+from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.protocol import Command, Fill, Quote, Subjects, alert_decoder, encoder
 from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest, StepOutcome
@@ -614,27 +611,6 @@ async def executor_rollbacks(
 
 
 # ---- main -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    server = subprocess.run(
-        [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
-    ).stdout.strip()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "python": platform.python_version(),
-        "nats-py": importlib.metadata.version("nats-py"),
-        "uvloop": importlib.metadata.version("uvloop"),
-        "nats-server": server,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
