@@ -56,6 +56,7 @@ from typing import Any
 
 import nats
 import uvloop
+from child import stop_child
 from machine_info import machine
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -486,18 +487,7 @@ class GatewayProcess:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(Exception):
-            assert proc.stdin is not None
-            proc.stdin.write(b"quit\n")
-            await proc.stdin.drain()
-            proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_child(proc)
 
 
 async def executor_rollbacks(

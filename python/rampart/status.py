@@ -29,7 +29,7 @@ from rampart.protocol import (
     status_reply_decoder,
 )
 from rampart.store import RollbackRecord
-from rampart.strategies.base import DeploymentState
+from rampart.strategies.base import DeploymentState, Metrics
 from rampart.view import LiveView, ViewRow
 
 ENV_URL = "RAMPART_NATS_URL"
@@ -118,31 +118,11 @@ def _opt(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-class MetricsRow(Protocol):
+class MetricsRow(Metrics, Protocol):
     """What the table needs: satisfied by the core's Snapshot and by protocol.AlgoStatus."""
 
     @property
     def algo_id(self) -> str: ...
-    @property
-    def equity(self) -> float: ...
-    @property
-    def daily_pnl(self) -> float: ...
-    @property
-    def drawdown(self) -> float: ...
-    @property
-    def max_drawdown(self) -> float: ...
-    @property
-    def sharpe(self) -> float | None: ...
-    @property
-    def trades(self) -> int: ...
-    @property
-    def win_rate(self) -> float | None: ...
-    @property
-    def error_rate(self) -> float | None: ...
-    @property
-    def latency_p99_ns(self) -> int | None: ...
-    @property
-    def confidence(self) -> float: ...
     @property
     def breached(self) -> Sequence[str]: ...
 
