@@ -173,20 +173,27 @@ def test_fills_and_quotes_show_up_in_status(
 def test_bad_input_is_counted_and_dead_lettered_while_good_input_flows(
     run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
-    bad: list[tuple[bytes, str]] = [
-        (b"{not json", "decode"),
-        (b'{"type":"quote","symbol":"ESZ5","bid":"6000","ask":6001,"ts":1}', "decode"),
-        (b'{"type":"quote","symbol":"ESZ5","bid":NaN,"ask":6001,"ts":1}', "decode"),
-        (b'{"type":"quote","symbol":"ESZ5","bid":1e999,"ask":6001,"ts":1}', "decode"),
-        (b'{"type":"quote","symbol":"ESZ5","bid":6002,"ask":6001,"ts":%d}' % T0, "bad_price"),
+    md = SUBJ.market("ESZ5")
+    bad: list[tuple[str, bytes, str]] = [
+        (md, b"{not json", "decode"),
+        (md, b'{"type":"quote","symbol":"ESZ5","bid":"6000","ask":6001,"ts":1}', "decode"),
+        (md, b'{"type":"quote","symbol":"ESZ5","bid":NaN,"ask":6001,"ts":1}', "decode"),
+        (md, b'{"type":"quote","symbol":"ESZ5","bid":1e999,"ask":6001,"ts":1}', "decode"),
+        (md, b'{"type":"quote","symbol":"ESZ5","bid":6002,"ask":6001,"ts":%d}' % T0, "bad_price"),
         (
+            SUBJ.fills("gw1", "mom-v1"),
             b'{"type":"fill","algo":"mom-v1","symbol":"ESZ5","side":"buy","qty":0,'
             b'"price":1,"ts":%d}' % T0,
             "bad_quantity",
         ),
-        (encoder.encode(fill("ghost", "buy", 1, 6000.0, T0)), "unknown_algorithm"),
-        (encoder.encode(quote(6000.0, T0 - 3600 * SEC)), "out_of_order"),
-        (b'{"type":"quote","pad":"' + b"x" * 4096 + b'"}', "oversize"),
+        (
+            SUBJ.fills("gw1", "ghost"),
+            encoder.encode(fill("ghost", "buy", 1, 6000.0, T0)),
+            "unknown_algorithm",
+        ),
+        (md, encoder.encode(fill("mom-v1", "buy", 1, 6000.0, T0)), "wrong_subject"),
+        (md, encoder.encode(quote(6000.0, T0 - 3600 * SEC)), "out_of_order"),
+        (md, b'{"type":"quote","pad":"' + b"x" * 4096 + b'"}', "oversize"),
     ]
 
     async def scenario() -> None:
@@ -196,22 +203,22 @@ def test_bad_input_is_counted_and_dead_lettered_while_good_input_flows(
             await nc.subscribe(SUBJ.dead_letter_all, cb=functools.partial(_append, letters))
             await nc.flush()
             good = 0
-            for i, (payload, _) in enumerate(bad):
-                await publish(nc, SUBJ.market("ESZ5"), quote(6000.0 + i, T0 + i))
+            for i, (subject, payload, _) in enumerate(bad):
+                await publish(nc, md, quote(6000.0 + i, T0 + i))
                 good += 1
-                await publish(nc, SUBJ.market("ESZ5"), payload)
+                await publish(nc, subject, payload)
             await publish(nc, SUBJ.heartbeat("gw1"), b'{"type":"heartbeat"}')
             await nc.flush()
             await until(lambda: len(letters) == len(bad) + 1)
             expected: dict[str, int] = {}
-            for _, reason in bad:
+            for _, _, reason in bad:
                 expected[reason] = expected.get(reason, 0) + 1
             expected["decode"] += 1  # the heartbeat without fields
             assert daemon.stats.rejected == expected
             assert daemon.stats.ingested == good
             assert daemon.stats.dead_lettered == len(bad) + 1
             reasons = sorted(dead_letter_decoder.decode(m.data).reason for m in letters)
-            assert reasons == sorted([r for _, r in bad] + ["decode"])
+            assert reasons == sorted([r for _, _, r in bad] + ["decode"])
             oversize = next(
                 dead_letter_decoder.decode(m.data)
                 for m in letters

@@ -54,6 +54,10 @@ data_dir = "{data_dir}"
 heartbeat_interval = "PT0.1S"
 decision_interval = "PT1S"
 
+[ingest]
+# These tests run event time minutes ahead of the wall clock (a canary in seconds).
+max_future = "PT1H"
+
 [triggers]
 gateway_heartbeat_timeout = "PT1H"
 market_data_timeout = "PT1H"
@@ -79,6 +83,11 @@ def events(minutes: int, crash_at: int | None = None) -> list[bytes]:
         px = 50.0 if crash_at is not None and i >= crash_at * 6 else px + 0.01
         out.append(encoder.encode(Quote(symbol="ES", bid=px, ask=px, ts=T0 + i * 10 * S)))
     return out
+
+
+def subject_of(msg: bytes) -> str:
+    """Where a gateway or feed publishes the event: fills on the algorithm's own gateway subject."""
+    return SUBJ.fills("gw1", ALGO) if b'"type":"fill"' in msg else SUBJ.market("ES")
 
 
 def doc() -> CanaryDeployment:
@@ -153,12 +162,12 @@ def test_live_daemon_makes_the_same_decisions_as_replay(
         await gw.start()
         nc = await nats.connect(server.url)
         try:
-            await nc.publish(SUBJ.market("ES"), feed[0])
+            await nc.publish(subject_of(feed[0]), feed[0])
             await nc.flush()
             await until(lambda: daemon.stats.ingested == 1)
             await daemon.deploy(doc(), "alice")
             for msg in feed[1:]:
-                await nc.publish(SUBJ.market("ES"), msg)
+                await nc.publish(subject_of(msg), msg)
             await nc.flush()
             await until(lambda: daemon.stats.ingested == len(feed))
             await until(lambda: daemon._outcomes.empty())
@@ -268,7 +277,7 @@ def test_sigkill_mid_canary_resumes_exactly(
     async def publish(msgs: list[bytes]) -> None:
         nc = await nats.connect(server.url)
         for m in msgs:
-            await nc.publish(SUBJ.market("ES"), m)
+            await nc.publish(subject_of(m), m)
         await nc.flush()
         await nc.close()
 
@@ -378,7 +387,7 @@ def test_killed_between_storing_a_transition_and_carrying_it_out(
         monkeypatch.delenv("RAMPART_FAILPOINT")
         try:
             await asyncio.to_thread(_wait_up, cfg, proc)
-            await nc.publish(SUBJ.market("ES"), feed[0])
+            await nc.publish(subject_of(feed[0]), feed[0])
             await nc.flush()
             dep = tmp_path / "canary.json"
             dep.write_text(json.dumps(CANARY))
@@ -389,7 +398,7 @@ def test_killed_between_storing_a_transition_and_carrying_it_out(
             assert code == 0
             await until(lambda: gw.algos[ALGO].allocation == 0.01)
             for m in feed[1:]:
-                await nc.publish(SUBJ.market("ES"), m)
+                await nc.publish(subject_of(m), m)
             await nc.flush()
             await asyncio.to_thread(proc.wait, 30)
             assert proc.returncode == -signal.SIGKILL

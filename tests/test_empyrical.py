@@ -219,3 +219,78 @@ def test_max_drawdown_known_curve() -> None:
     assert snap.max_drawdown == pytest.approx(0.25, rel=REL)
     assert snap.drawdown == pytest.approx(0.1, rel=REL)
     assert snap.peak_equity == 130.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Session sampling: one return per trading session that saw events (docs/metrics.md, "Returns").
+
+DAY = 24 * HOUR
+
+
+def trading_days(n: int, holidays: frozenset[int] = frozenset({17, 45, 88, 150, 201})) -> list[int]:
+    """Event times of ``n`` trading-day closes (21:00 UTC): weekdays from T0 (a Tuesday), less
+    a few holidays, as an exchange calendar would."""
+    days: list[int] = []
+    d = 0
+    while len(days) < n:
+        weekday = (1 + d) % 7  # T0 = 2025-11-25 is a Tuesday: 0 = Monday
+        if weekday < 5 and d not in holidays:
+            days.append(T0 + d * DAY + 21 * HOUR)
+        d += 1
+    return days
+
+
+@settings(max_examples=40)
+@given(
+    moves=st.lists(st.floats(-0.03, 0.03), min_size=260, max_size=400),
+    qty=st.floats(0.5, 50.0),
+    window=st.sampled_from([20, 63, 252]),
+)
+def test_session_sharpe_equals_empyrical_on_trading_days(
+    moves: list[float], qty: float, window: int
+) -> None:
+    capital, p0 = 1_000_000.0, 4_000.0
+    config = AlgoConfig("spx", "1", capital, return_sampling="session", sharpe_window=window)
+    assert config.periods_per_year == 252.0, "session sampling annualizes over 252 sessions"
+    engine = Engine()
+    engine.register(config)
+    closes = trading_days(len(moves) + 1)
+    engine.fill("spx", "SPX", qty, p0, 0.0, closes[0])
+    prices = [p0]
+    for ts, m in zip(closes[1:], moves, strict=True):
+        prices.append(prices[-1] * (1.0 + m))
+        engine.mark("SPX", prices[-1], ts)
+    engine.advance(closes[-1] + DAY)  # the next session opens: the last one closes
+    # The equity at each close; the first session's return is measured from the capital.
+    closes_equity = [capital + qty * (p - p0) for p in prices]
+    expected = [e / s - 1.0 for s, e in zip([capital, *closes_equity], closes_equity, strict=False)]
+    expected = [0.0 if abs(r) <= 8 * 2.220446049250313e-16 else r for r in expected]
+    got = engine.returns("spx")
+    assert len(got) == min(window, len(expected)), "weekends and holidays add no return"
+    assert got == pytest.approx(expected[-window:], rel=REL, abs=1e-15)
+    want = empyrical_sharpe(expected[-window:], 0.0, 252.0)
+    sharpe = engine.snapshot("spx").sharpe
+    if want is None:
+        assert sharpe is None
+    else:
+        assert sharpe == pytest.approx(want, rel=1e-8)
+    assert engine.snapshot("spx").returns_count == len(got)
+
+
+def test_interval_sampling_adds_zero_returns_on_closed_days_and_session_sampling_does_not() -> None:
+    closes = trading_days(30)
+    counts = {}
+    for mode in ("interval", "session"):
+        engine = Engine()
+        engine.register(
+            AlgoConfig("a", "1", 1e6, return_sampling=mode, return_interval_ns=DAY)
+        )
+        engine.fill("a", "X", 1.0, 100.0, 0.0, closes[0])
+        for i, ts in enumerate(closes[1:]):
+            engine.mark("X", 100.0 + i, ts)
+        engine.advance(closes[-1] + DAY)
+        counts[mode] = engine.snapshot("a").returns_count
+    calendar_days = (closes[-1] + DAY - closes[0]) // DAY
+    assert counts["session"] == 30
+    assert counts["interval"] == calendar_days  # one per calendar day, closed days as 0
+    assert counts["interval"] > counts["session"]

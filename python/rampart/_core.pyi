@@ -23,7 +23,8 @@ __all__ = [
     "__version__",
 ]
 
-BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency"]
+BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency", "price_band"]
+ReturnSampling = Literal["interval", "session"]
 
 class RampartError(Exception):
     """Root of every error raised by Rampart."""
@@ -64,6 +65,7 @@ class AlgoConfig:
     latency_window_ns: int
     latency_min_samples: int
     return_interval_ns: int
+    return_sampling: ReturnSampling
     sharpe_window: int
     periods_per_year: float
     risk_free_rate: float
@@ -88,6 +90,7 @@ class AlgoConfig:
         latency_window_ns: int = 60_000_000_000,
         latency_min_samples: int = 20,
         return_interval_ns: int = 3_600_000_000_000,
+        return_sampling: ReturnSampling = "interval",
         sharpe_window: int = 720,
         periods_per_year: float | None = None,
         risk_free_rate: float = 0.0,
@@ -167,12 +170,44 @@ class BatchResult:
 
 @final
 class Engine:
-    def __new__(cls, *, time_tolerance_ns: int = 5_000_000_000) -> Self: ...
+    """The per-algorithm risk engine, with its input bounds and clock guards (docs/events.md,
+    "Refusals"): ``max_future_ns`` bounds event time by the wall clock (live), ``max_jump_ns``
+    by the engine clock (replay), ``min_ts_ns``..``max_ts_ns`` is the accepted range."""
+
+    def __new__(
+        cls,
+        *,
+        time_tolerance_ns: int = 5_000_000_000,
+        max_future_ns: int | None = None,
+        max_jump_ns: int | None = None,
+        min_ts_ns: int = 315_532_800_000_000_000,
+        max_ts_ns: int = 7_258_118_400_000_000_000,
+        max_price: float = 1e9,
+        max_quantity: float = 1e12,
+        max_notional: float = 1e13,
+        price_band: float | None = None,
+        price_band_consecutive: int = 3,
+        subject_prefix: str = "rampart",
+    ) -> Self: ...
     @property
     def now(self) -> int | None:
-        """The engine clock: the latest event time seen."""
+        """The engine clock: the latest event time accepted."""
     @property
     def time_tolerance_ns(self) -> int: ...
+    @property
+    def max_future_ns(self) -> int | None: ...
+    @property
+    def wall_clock(self) -> int | None:
+        """The latest wall-clock reading given (``set_wall_clock``, ``ingest_msg``)."""
+    @property
+    def horizon(self) -> int | None:
+        """The latest event time the engine accepts now (``None``: unbounded)."""
+    def set_wall_clock(self, wall_ns: int) -> None:
+        """Live mode: events stamped more than ``max_future_ns`` past this are refused."""
+    def set_gateway(self, algo_id: str, gateway: str) -> None:
+        """The gateway that runs ``algo_id``: ``ingest_msg`` takes its events only from there."""
+    def set_price_band(self, symbol: str, band: float | None) -> None:
+        """Override the default price band of one symbol (``None``: no band)."""
     def register(self, config: AlgoConfig) -> None: ...
     def unregister(self, algo_id: str) -> None: ...
     def algorithms(self) -> list[str]: ...
@@ -198,7 +233,15 @@ class Engine:
         ts: Sequence[int],
     ) -> BatchResult: ...
     def ingest_json(self, data: bytes) -> list[Breach] | None:
-        """Decode and apply one JSON event (format: docs/events.md); raises on bad input."""
+        """Decode and apply one JSON event (format: docs/events.md); raises on bad input.
+
+        No identity check: for trusted sources (replays, tests). Bus messages: ``ingest_msg``."""
+    def ingest_msg(
+        self, subject: str, data: bytes, wall_ns: int | None = None
+    ) -> list[Breach] | None:
+        """Decode one event received on NATS ``subject`` and apply it if the subject may carry
+        it (market data on its own symbol's subject, an algorithm's events only on its own
+        gateway's subjects); ``wall_ns`` first moves the wall clock. Raises on bad input."""
     def ingest_json_batch(self, messages: Sequence[bytes]) -> BatchResult:
         """Decode and apply many JSON events; bad ones are reported in ``errors``, never raised."""
     # --- control ---
@@ -219,16 +262,19 @@ class Engine:
 
         Positions, PnL, fees, peak, drawdowns, session and stage marks, the open return period
         and the return window, trades, the order and latency windows, limit latches and debounce
-        counters, last-seen times; plus the engine clock and every symbol's mark. Raises
-        ``UnknownAlgorithmError``, or ``ConfigError`` if the state holds a non-finite number
-        (only reachable by overflowing prices or quantities), which JSON cannot carry.
+        counters, last-seen times; plus the engine clock and the marks of the algorithm's own
+        symbols. Raises ``UnknownAlgorithmError``, or ``InvalidEventError`` (reason
+        ``overflow``) if the state holds a non-finite number, which the engine never creates.
         """
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, *, max_clock: int | None = None) -> int | None:
         """Register an algorithm from ``checkpoint`` bytes, in exactly the state it was saved in.
 
         The engine clock advances to the checkpoint's if that is later. Symbols this engine has
         no mark for take the saved mark; symbols it has a mark for keep it, and the restored
-        positions are re-marked to it. Raises, with the engine unchanged: ``DecodeError`` (not a
-        checkpoint, another format version, malformed or inconsistent), ``ConfigError`` (the
-        embedded configuration is invalid, or the algorithm is already registered).
+        positions are re-marked to it. A checkpoint clock beyond ``max_clock`` is not trusted:
+        its times are clamped to ``max_clock``, the order windows emptied, the return period and
+        session restarted; that clock is returned (else ``None``). Raises, with the engine
+        unchanged: ``DecodeError`` (not a checkpoint, another format version, malformed or
+        inconsistent), ``ConfigError`` (the embedded configuration is invalid, or the algorithm
+        is already registered).
         """

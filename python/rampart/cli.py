@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,7 +178,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
-    from rampart.protocol import encoder
+    from rampart.protocol import encode_explicit
     from rampart.status import (
         NoDaemonError,
         StatusError,
@@ -210,8 +210,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (NoDaemonError, StatusError) as e:
         print(f"rampart status: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        sys.stdout.write(encoder.encode(reply).decode() + "\n")
+    if args.json:  # non-finite numbers as "inf", "-inf", "nan" (docs/protocol.md)
+        sys.stdout.write(encode_explicit(reply).decode() + "\n")
     else:
         print(format_status(reply))
     return 0
@@ -278,29 +278,34 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from rampart._core import RampartError
     from rampart.config import ConfigFileError, ns
     from rampart.deployment import load_deployment
     from rampart.replay import format_timeline, replay
 
     try:
         doc = load_deployment(args.deployment)
-        configs = None
+        max_jump = msgspec.convert(args.max_jump, timedelta)
+        if max_jump <= timedelta(0):
+            raise ValueError(f"--max-jump must be a positive duration, got {args.max_jump}")
+        engine = None
         interval = 1_000_000_000
-        tolerance = 5_000_000_000
         if args.config:
             config = _load_config(args.config)
-            configs = [a.to_core() for a in config.algorithms]
+            engine = config.engine(max_jump=max_jump)
             interval = ns(config.decision_interval)
-            tolerance = ns(config.ingest.time_tolerance)
         with open(args.events, "rb") as f:
             timeline = replay(
                 doc,
                 f,
-                configs=configs,
+                engine=engine,
                 decision_interval_ns=interval,
-                time_tolerance_ns=tolerance,
+                max_jump_ns=ns(max_jump),
             )
-    except (ValueError, ConfigFileError) as e:
+    except msgspec.ValidationError as e:
+        print(f"rampart replay: --max-jump {args.max_jump!r}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, ConfigFileError, RampartError) as e:
         print(f"rampart replay: {e}", file=sys.stderr)
         return 2
     except OSError as e:
@@ -423,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("events", metavar="EVENTS", help="JSON lines in docs/events.md's format")
     rp.add_argument("-c", "--config", help="daemon configuration: algorithms, limits, intervals")
     rp.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
+    rp.add_argument(
+        "--max-jump",
+        default="P7D",
+        metavar="DURATION",
+        help="largest step of the event clock, ISO 8601 (default P7D); a later event is "
+        "refused as `future`",
+    )
     rp.set_defaults(func=cmd_replay)
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")

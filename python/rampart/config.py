@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
 
-from rampart._core import AlgoConfig, ConfigError, RampartError
+from rampart._core import AlgoConfig, ConfigError, Engine, RampartError
 from rampart.protocol import DEFAULT_PREFIX, Subjects
 from rampart.tokens import is_subject, is_token
 
@@ -64,11 +64,41 @@ class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     jetstream: bool = True
 
 
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The year-2200 ceiling of event time (the core's MAX_TS).
+MAX_TIMESTAMP: Final = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def epoch_ns(t: datetime) -> int:
+    """A timezone-aware datetime as integer nanoseconds since the epoch."""
+    return ns(t - EPOCH)
+
+
 class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the daemon accepts from the bus (docs/events.md, "Refusals")."""
+
     # Larger messages are refused as `oversize` (and dead-lettered, truncated).
     max_payload_bytes: int = 16 * 1024
     # Events further behind the latest event time are refused as `out_of_order`.
     time_tolerance: timedelta = timedelta(seconds=5)
+    # Events stamped further ahead of this host's wall clock are refused as `future`: the event
+    # clock (stage timers, paper periods, windows) never runs ahead of real time by more.
+    max_future: timedelta = timedelta(seconds=5)
+    # Earlier events are refused as `bad_timestamp` (as are negative ones and any after 2200).
+    min_timestamp: datetime = datetime(1980, 1, 1, tzinfo=UTC)
+    # Sanity bounds: larger prices are `bad_price`, quantities `bad_quantity`, fill notionals
+    # (qty x price) and fees `bad_notional` / `bad_fee`.
+    max_price: float = 1e9
+    max_quantity: float = 1e12
+    max_notional: float = 1e13
+    # Price band: a quote or mark moving a symbol's mark by more than this fraction of the last
+    # accepted one is refused (`price_band`) and alerted; after `price_band_consecutive` such
+    # refusals in a row the move is accepted and every holder of the symbol breaches
+    # (`price_band`: a feed that jumps that often has really moved, or is broken). None: off.
+    price_band: float | None = None
+    price_band_consecutive: int = 3
+    # Per-symbol bands, overriding `price_band` (e.g. {"ESZ6" = 0.05}).
+    price_bands: dict[str, float] = {}
     dead_letter: bool = True
     # Dead letters carry at most this many bytes of the original payload.
     dead_letter_payload_limit: int = 4096
@@ -91,6 +121,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     return_interval: timedelta = timedelta(hours=1)
+    # "interval": one return per return_interval of event time (empty periods return 0);
+    # "session": one return per trading session that saw events (docs/metrics.md).
+    return_sampling: Literal["interval", "session"] = "interval"
     sharpe_window: int = 720
     periods_per_year: float | None = None
     risk_free_rate: float = 0.0
@@ -136,6 +169,7 @@ class AlgorithmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             latency_window_ns=ns(m.latency_window),
             latency_min_samples=m.latency_min_samples,
             return_interval_ns=ns(m.return_interval),
+            return_sampling=m.return_sampling,
             sharpe_window=m.sharpe_window,
             periods_per_year=m.periods_per_year,
             risk_free_rate=m.risk_free_rate,
@@ -209,6 +243,29 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def subjects(self) -> Subjects:
         return Subjects(self.subject_prefix)
 
+    def engine(self, *, max_jump: timedelta | None = None) -> Engine:
+        """A core engine with this configuration's input bounds, every algorithm registered and
+        routed to its gateway. ``max_jump`` (replays): the largest step of the event clock."""
+        g = self.ingest
+        engine = Engine(
+            time_tolerance_ns=ns(g.time_tolerance),
+            max_future_ns=ns(g.max_future),
+            max_jump_ns=None if max_jump is None else ns(max_jump),
+            min_ts_ns=epoch_ns(g.min_timestamp),
+            max_price=g.max_price,
+            max_quantity=g.max_quantity,
+            max_notional=g.max_notional,
+            price_band=g.price_band,
+            price_band_consecutive=g.price_band_consecutive,
+            subject_prefix=self.subject_prefix,
+        )
+        for symbol, band in g.price_bands.items():
+            engine.set_price_band(symbol, band)
+        for algo in self.algorithms:
+            engine.register(algo.to_core())
+            engine.set_gateway(algo.id, algo.gateway)
+        return engine
+
 
 class ConfigFileError(RampartError, ValueError):
     """The configuration file is unreadable or invalid; the message says where and why."""
@@ -259,6 +316,37 @@ def _check(cfg: DaemonConfig) -> None:
     ):
         if value <= 0:
             raise ConfigFileError(f"`$.{field}` must be > 0, got {value}")
+    g = cfg.ingest
+    if g.min_timestamp.tzinfo is None:
+        raise ConfigFileError("`$.ingest.min_timestamp` must carry a time zone (e.g. ...Z)")
+    if not EPOCH <= g.min_timestamp < MAX_TIMESTAMP:
+        raise ConfigFileError(
+            f"`$.ingest.min_timestamp` must be between 1970 and 2200, got {g.min_timestamp}"
+        )
+    for field, td in (
+        ("ingest.time_tolerance", g.time_tolerance),
+        ("ingest.max_future", g.max_future),
+    ):
+        if td < timedelta(0):
+            raise ConfigFileError(f"`$.{field}` must not be negative, got {td}")
+    for field, bound in (
+        ("ingest.max_price", g.max_price),
+        ("ingest.max_quantity", g.max_quantity),
+        ("ingest.max_notional", g.max_notional),
+    ):
+        if not (0 < bound < float("inf")):
+            raise ConfigFileError(f"`$.{field}` must be a finite number > 0, got {bound}")
+    bands = {"": g.price_band} if g.price_band is not None else {}
+    for symbol, band in {**bands, **g.price_bands}.items():
+        where = f"ingest.price_bands.{symbol}" if symbol else "ingest.price_band"
+        if not (0 < band < float("inf")):
+            raise ConfigFileError(f"`$.{where}` must be a fraction > 0 (0.2 = 20%), got {band}")
+        if symbol and not is_token(symbol):
+            raise ConfigFileError(f"`$.{where}`: {symbol!r} must be one NATS subject token")
+    if g.price_band_consecutive < 1:
+        raise ConfigFileError(
+            f"`$.ingest.price_band_consecutive` must be >= 1, got {g.price_band_consecutive}"
+        )
     if not 0 <= cfg.embedded.port <= 65535:
         raise ConfigFileError(f"`$.embedded.port` must be in 0..65535, got {cfg.embedded.port}")
 

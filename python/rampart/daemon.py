@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,13 +33,15 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from rampart import __version__, failpoints
-from rampart._core import Breach, Engine, InvalidEventError, RampartError
+from rampart._core import Breach, InvalidEventError, RampartError
 from rampart.config import DaemonConfig, NatsConfig, ns
 from rampart.deployment import Deployment, DeploymentError, decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.guard import Guard
+from rampart.paging import StatusTooLargeError, build_page
 from rampart.protocol import (
     AlgoStatus,
+    AlgoUnavailable,
     BreachEvent,
     ConnectivityEvent,
     ConnectivityState,
@@ -50,13 +54,15 @@ from rampart.protocol import (
     IngestStats,
     SidecarHeartbeat,
     StatusReply,
+    StatusRequest,
     control_request_decoder,
     encoder,
     heartbeat_decoder,
+    status_request_decoder,
 )
 from rampart.rollback import StepOutcome
 from rampart.runner import DeploymentRunner, Outcome, algorithms_of
-from rampart.store import Store, StoreError
+from rampart.store import HaltLatch, Store, StoreError
 from rampart.strategies import TERMINAL, Action, Decision, DeploymentState, Verb
 from rampart.strategies.base import (
     Activate,
@@ -74,9 +80,16 @@ URL_FILE: Final = "nats.url"
 DEPLOYMENT_KEY: Final = "deployment/"
 CHECKPOINT_KEY: Final = "checkpoint/"
 STORE_FILE: Final = "rampart.db"
+# the Throttle key of a checkpoint write that failed as a whole
+ALL_CHECKPOINTS: Final = "*"
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
+# A failure that repeats (a checkpoint, an unreadable status) is logged and alerted once per
+# algorithm in this many seconds.
+REPEAT_EVERY: Final = 60.0
+# Error texts in status replies are cut to this many characters.
+ERROR_CHARS: Final = 500
 
 BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
 ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
@@ -84,6 +97,27 @@ ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 
 class DaemonError(RuntimeError):
     """The daemon cannot start (NATS unreachable, embedded server failed)."""
+
+
+class Throttle:
+    """Lets one event per key through every ``interval`` seconds (for repeated logs, alerts)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def ready(self, key: str) -> bool:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[key] = now
+        return True
+
+    def clear(self, key: str) -> bool:
+        """Forget ``key`` (its next event goes through); True if it had fired."""
+        return self._last.pop(key, None) is not None
 
 
 def _seconds(cfg: NatsConfig) -> dict[str, float]:
@@ -149,11 +183,9 @@ class Daemon:
         self.subjects = config.subjects
         self.wall_clock = wall_clock
         self._servers = list(servers) if servers else list(config.nats.servers)
-        self.engine = Engine(time_tolerance_ns=ns(config.ingest.time_tolerance))
-        self.gateway_of: dict[str, str] = {}
-        for algo in config.algorithms:
-            self.engine.register(algo.to_core())
-            self.gateway_of[algo.id] = algo.gateway
+        # Every algorithm registered, routed to its gateway, with the configured input bounds.
+        self.engine = config.engine()
+        self.gateway_of: dict[str, str] = {a.id: a.gateway for a in config.algorithms}
         self.stats = IngestStats()
         self.slow_consumer_drops = 0
         self.gateways: dict[str, GatewayStatus] = {}
@@ -172,7 +204,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._closing = False
         self._max_payload = config.ingest.max_payload_bytes
-        self._ingest = self.engine.ingest_json
+        self._ingest = self.engine.ingest_msg
         self.capital_of = {a.id: a.capital for a in config.algorithms}
         self.runner = DeploymentRunner(
             self.engine,
@@ -184,6 +216,8 @@ class Daemon:
         self._effects_busy = False
         self.checkpoint_at: int | None = None
         self.deployment_error: str | None = None
+        # Each deployment's state as last stored: what status shows.
+        self.stored_states: dict[str, DeploymentState] = {}
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -225,10 +259,11 @@ class Daemon:
         self.breach_listeners.append(self.guard.on_breaches)
         self.guard.rollback_listeners.append(self._on_rollback)
         self.connectivity_listeners.append(self.guard.on_connectivity)
-        self._restore_checkpoints()
+        untrusted_clocks = self._restore_checkpoints()
         self.deployment_error = await asyncio.to_thread(self._load_deployments)
         # Fail closed: without our state we cannot know what was halted, so halt everything.
         await self.guard.start(halt_all_because=self.store_error or self.deployment_error)
+        await self._report_untrusted_clocks(untrusted_clocks)
         self._spawn(self._outcome_worker(), "deployment-effects")
         self._spawn(self._checkpoint_loop(), "checkpoints")
         await self._reconcile_deployments()
@@ -358,7 +393,8 @@ class Daemon:
             )
             return
         try:
-            breaches = self._ingest(data)
+            # Identity from the subject; event time bounded by this host's clock.
+            breaches = self._ingest(msg.subject, data, self.wall_clock())
         except InvalidEventError as e:
             await self._reject(msg, e.reason, str(e))
             return
@@ -431,11 +467,44 @@ class Daemon:
                 except Exception as e:
                     log.error("could not publish breach of %s: %s", b.algo_id, e)
 
+    @functools.cached_property
+    def configured_gateways(self) -> frozenset[str]:
+        """The gateways of the configured algorithms: the only ones heartbeats are taken from,
+        so ``gateways`` never holds more than these."""
+        return frozenset(a.gateway for a in self.config.algorithms)
+
     async def _on_heartbeat(self, msg: Msg) -> None:
+        """A gateway's heartbeat on ``<p>.hb.<gateway>``. Refused, in this order: ``oversize``
+        (before decoding), ``unknown_gateway`` (the subject names no configured gateway),
+        ``decode``, ``wrong_gateway`` (the body names another gateway than the subject)."""
+        data = msg.data
+        if len(data) > self._max_payload:
+            await self._reject(
+                msg,
+                "oversize",
+                f"heartbeat of {len(data)} bytes exceeds ingest.max_payload_bytes "
+                f"= {self._max_payload}",
+            )
+            return
+        gateway = msg.subject.rpartition(".")[2]
+        if gateway not in self.configured_gateways:
+            await self._reject(
+                msg,
+                "unknown_gateway",
+                f"heartbeat from gateway {gateway!r}, which runs no configured algorithm",
+            )
+            return
         try:
-            hb = heartbeat_decoder.decode(msg.data)
+            hb = heartbeat_decoder.decode(data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
             await self._reject(msg, "decode", f"not a gateway heartbeat: {e}")
+            return
+        if hb.gateway != gateway:
+            await self._reject(
+                msg,
+                "wrong_gateway",
+                f"heartbeat on {msg.subject} names gateway {hb.gateway!r}, not {gateway!r}",
+            )
             return
         self.stats.heartbeats += 1
         first = hb.gateway not in self.gateways
@@ -502,7 +571,8 @@ class Daemon:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def daemon_status(self) -> DaemonStatus:
+    def daemon_status(self, algo_id: str | None = None) -> DaemonStatus:
+        """The daemon's own status; ``algo_id``: its halt latch only (one algorithm's view)."""
         nc = self.nc
         server = nc.connected_url.netloc if nc is not None and nc.connected_url else None
         stats = msgspec.structs.replace(
@@ -512,8 +582,14 @@ class Daemon:
             else dict(self.stats.rejected),
         )
         guard = self.guard
+        halted: list[HaltLatch] = []
+        if guard is not None:
+            if algo_id is None:
+                halted = sorted(guard.halted.values(), key=lambda h: h.algo)
+            elif algo_id in guard.halted:
+                halted = [guard.halted[algo_id]]
         return DaemonStatus(
-            halted=sorted(guard.halted.values(), key=lambda h: h.algo) if guard else [],
+            halted=halted,
             checkpoint_at=self.checkpoint_at,
             rollbacks=list(guard.recent) if guard else [],
             store_error=self.store_error,
@@ -529,21 +605,77 @@ class Daemon:
         )
 
     def algo_status(self, algo_id: str) -> AlgoStatus:
+        """One algorithm's metrics (raises if the core cannot give them)."""
         snap = self.engine.snapshot(algo_id).to_dict()
         snap["gateway"] = self.gateway_of.get(algo_id)
+        snap["halted"] = self.guard is not None and algo_id in self.guard.halted
         return msgspec.convert(snap, AlgoStatus)
 
+    @functools.cached_property
+    def _status_failures(self) -> Throttle:
+        return Throttle(REPEAT_EVERY)
+
+    def _status_entry(self, algo_id: str) -> AlgoStatus | AlgoUnavailable:
+        """One algorithm's metrics, or why they cannot be read: one algorithm's bad state never
+        fails the status of the others."""
+        try:
+            return self.algo_status(algo_id)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"[:ERROR_CHARS]
+            if self._status_failures.ready(algo_id):
+                log.error("status of %s unavailable: %s", algo_id, error)
+            return AlgoUnavailable(
+                algo_id=algo_id, gateway=self.gateway_of.get(algo_id), error=error
+            )
+
+    def _deployments_by_algo(self) -> dict[str, list[DeploymentState]]:
+        """Each algorithm's deployments, as stored: a decision the runner has made but the
+        store does not hold yet is not shown (a crash would lose it)."""
+        by_algo: dict[str, list[DeploymentState]] = {}
+        for dep_id, r in self.runner.deployments.items():
+            state = self.stored_states.get(dep_id)
+            if state is None:
+                continue
+            for a in algorithms_of(r.document):
+                by_algo.setdefault(a, []).append(state)
+        return by_algo
+
     def status(self, algo_id: str | None = None) -> StatusReply:
+        """The whole status in one Struct, for in-process readers (unbounded: the status
+        service sends it in pages, see ``status_page``)."""
         ids = [algo_id] if algo_id is not None else self.engine.algorithms()
-        deployments = [
-            r.state
-            for r in self.runner.deployments.values()
-            if algo_id is None or algo_id in algorithms_of(r.document)
-        ]
+        entries = [self._status_entry(a) for a in ids]
+        by_algo = self._deployments_by_algo()
+        deployments = {d.deployment_id: d for a in ids for d in by_algo.get(a, ())}
         return StatusReply(
-            daemon=self.daemon_status(),
-            algorithms=[self.algo_status(a) for a in ids],
-            deployments=sorted(deployments, key=lambda s: s.deployment_id),
+            daemon=self.daemon_status(algo_id),
+            algorithms=[e for e in entries if isinstance(e, AlgoStatus)],
+            unavailable=[e for e in entries if isinstance(e, AlgoUnavailable)],
+            deployments=[deployments[k] for k in sorted(deployments)],
+            total=len(ids),
+        )
+
+    def status_page(
+        self,
+        algo_id: str | None = None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        """The encoded status reply as the service sends it: a page from ``offset`` that fits
+        in ``max_bytes`` (default: the server's max payload). Raises StatusTooLargeError."""
+        if max_bytes is None:
+            max_bytes = self.nc.max_payload if self.nc is not None else 1024 * 1024
+        ids = [algo_id] if algo_id is not None else self.engine.algorithms()
+        return build_page(
+            self.daemon_status(algo_id),
+            ids,
+            self._status_entry,
+            self._deployments_by_algo(),
+            max_bytes=max_bytes,
+            offset=offset,
+            limit=limit,
         )
 
     async def _start_status_service(self) -> None:
@@ -581,16 +713,37 @@ class Daemon:
         )
 
     async def _status_all(self, req: Request) -> None:
-        await req.respond(encoder.encode(self.status()))
+        try:
+            page = status_request_decoder.decode(req.data) if req.data.strip() else StatusRequest()
+        except msgspec.DecodeError as e:
+            error = (
+                f"bad status request: {e}; send an empty body or "
+                '{"offset": N, "limit": M} (both optional)'
+            )
+            await req.respond_error("400", error, data=encoder.encode(ErrorReply(error=error)))
+            return
+        await self._respond_status(req, None, page.offset, page.limit)
 
     async def _status_one(self, req: Request) -> None:
         algo_id = req.data.decode("utf-8", errors="replace").strip()
         if algo_id not in self.engine:
-            known = ", ".join(self.engine.algorithms()) or "none"
-            error = f"unknown algorithm {algo_id!r}; known: {known}"
+            known = self.engine.algorithms()
+            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if known[20:] else "")
+            error = f"unknown algorithm {algo_id[:200]!r}; known: {listed or 'none'}"
             await req.respond_error("404", error, data=encoder.encode(ErrorReply(error=error)))
             return
-        await req.respond(encoder.encode(self.status(algo_id)))
+        await self._respond_status(req, algo_id, 0, None)
+
+    async def _respond_status(
+        self, req: Request, algo_id: str | None, offset: int, limit: int | None
+    ) -> None:
+        try:
+            data = self.status_page(algo_id, offset=offset, limit=limit)
+        except StatusTooLargeError as e:
+            log.error("status request failed: %s", e)
+            await req.respond_error("500", str(e), data=encoder.encode(ErrorReply(error=str(e))))
+            return
+        await req.respond(data)
 
     # ---- operator control -----------------------------------------------------------------
 
@@ -645,13 +798,57 @@ class Daemon:
 
     def _checkpoints(self) -> list[tuple[str, bytes]]:
         """Every algorithm's core state at this instant (all at once: restore advances the
-        engine clock to the checkpoint's)."""
-        return [(CHECKPOINT_KEY + a, self.engine.checkpoint(a)) for a in self.engine.algorithms()]
+        engine clock to the checkpoint's). One whose state cannot be checkpointed is left out
+        and failed closed (``_checkpoint_failed``); the others are never held back by it."""
+        items = []
+        for a in self.engine.algorithms():
+            try:
+                items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))
+            except Exception as e:
+                self._checkpoint_failed(a, e)
+            else:
+                if self._checkpoint_failures.clear(a):
+                    log.warning("%s: checkpoints work again (it stays halted until released)", a)
+        return items
 
-    def _restore_checkpoints(self) -> None:
+    @functools.cached_property
+    def _checkpoint_failures(self) -> Throttle:
+        return Throttle(REPEAT_EVERY)
+
+    def _checkpoint_failed(self, algo: str, error: Exception) -> None:
+        """Fail closed: halt the algorithm (once: an algorithm already halted is not rolled back
+        again each interval), log and alert (once per REPEAT_EVERY). Its last good checkpoint
+        stays in the store."""
+        reason = f"checkpoint failed: {type(error).__name__}: {error}"[:ERROR_CHARS]
+        guard = self.guard
+        if guard is not None:
+            guard.trigger((algo,), "algo", "checkpoint", reason)
+        if not self._checkpoint_failures.ready(algo):
+            return
+        log.critical("%s: %s; halted (fail closed), its last good checkpoint kept", algo, reason)
+        if guard is not None:
+            self._spawn(
+                guard.alert(
+                    "critical",
+                    f"checkpoints of {algo} failing: halted",
+                    f"{reason}; a restart would resume its metrics from the last good "
+                    "checkpoint. Investigate before releasing it.",
+                    algos=[algo],
+                ),
+                "checkpoint-alert",
+            )
+
+    def _restore_checkpoints(self) -> dict[str, int]:
         """Resume each algorithm's metrics from its last checkpoint, if its configuration is
-        unchanged (a changed configuration starts its metrics afresh, with a warning)."""
+        unchanged (a changed configuration starts its metrics afresh, with a warning).
+
+        A checkpoint whose event clock is further ahead of this host's wall clock than
+        ``ingest.max_future`` is not trusted (a clock dragged forward before, or a wall clock
+        stepped back): its times are reset to the bound (the core's ``restore``). Returns those
+        algorithms with the untrusted clock, to alert and record."""
         assert self.store is not None
+        max_clock = self.wall_clock() + ns(self.config.ingest.max_future)
+        untrusted: dict[str, int] = {}
         for key, data in self.store.items(CHECKPOINT_KEY):
             algo = key.removeprefix(CHECKPOINT_KEY)
             if algo not in self.engine:
@@ -663,10 +860,38 @@ class Daemon:
             before = self.engine.checkpoint(algo)
             self.engine.unregister(algo)
             try:
-                self.engine.restore(data)
+                clock = self.engine.restore(data, max_clock=max_clock)
             except RampartError as e:
                 log.error("%s: checkpoint unreadable (%s); metrics restart", algo, e)
                 self.engine.restore(before)
+                continue
+            if clock is not None:
+                untrusted[algo] = clock
+        return untrusted
+
+    async def _report_untrusted_clocks(self, untrusted: dict[str, int]) -> None:
+        """Alert and audit checkpoints whose clock was reset (see ``_restore_checkpoints``)."""
+        if not untrusted or self.guard is None or self.store is None:
+            return
+        wall = self.wall_clock()
+        detail = "; ".join(
+            f"{algo}: checkpoint clock {_iso(clock)} is {(clock - wall) / 1e9:,.0f} s ahead of "
+            f"the wall clock {_iso(wall)}"
+            for algo, clock in sorted(untrusted.items())
+        )
+        detail += (
+            f" (more than ingest.max_future = {self.config.ingest.max_future}); their event "
+            "times were reset to the bound, order windows emptied, return periods and sessions "
+            "restarted; positions, PnL and peak equity are kept"
+        )
+        log.critical("untrusted event clock in checkpoints: %s", detail)
+        payload = {"algos": sorted(untrusted), "clocks": untrusted, "wall_clock": wall}
+        await asyncio.to_thread(
+            self.store.append_audit, "clock_reset", payload, actor="rampart", ts=wall
+        )
+        await self.guard.alert(
+            "critical", "untrusted event clock reset", detail, algos=sorted(untrusted)
+        )
 
     async def _checkpoint_loop(self) -> None:
         assert self.store is not None
@@ -676,8 +901,29 @@ class Daemon:
             await asyncio.sleep(interval)
             if self.engine.now is None:
                 continue
-            await asyncio.to_thread(_put_all, store, self._checkpoints())
+            try:
+                await asyncio.to_thread(_put_all, store, self._checkpoints())
+            except Exception as e:  # the loop never dies: the next interval tries again
+                self._checkpoints_failed(e)
+                continue
+            if self._checkpoint_failures.clear(ALL_CHECKPOINTS):
+                log.warning("checkpoints are written again")
             self.checkpoint_at = self.wall_clock()
+
+    def _checkpoints_failed(self, error: Exception) -> None:
+        if not self._checkpoint_failures.ready(ALL_CHECKPOINTS):
+            return
+        text = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
+        log.critical("checkpoints could not be written: %s; retrying", text, exc_info=error)
+        if self.guard is not None:
+            alert = self.guard.alert(
+                "emergency",
+                "checkpoints could not be written",
+                f"{text}; retrying every checkpoint_interval. A restart now would resume "
+                "metrics from older checkpoints.",
+                algos=[],
+            )
+            self._spawn(alert, "checkpoint-alert")  # delivery retries; the loop goes on
 
     def _load_deployments(self) -> str | None:
         """Restore every stored deployment; an unreadable one makes the daemon fail closed."""
@@ -688,6 +934,10 @@ class Daemon:
                 self.runner.restore(value)
             except (ValueError, msgspec.DecodeError) as e:
                 problems.append(f"{key}: {e}")
+                continue
+            dep_id = key.removeprefix(DEPLOYMENT_KEY)
+            if dep_id in self.runner.deployments:
+                self.stored_states[dep_id] = self.runner.deployments[dep_id].state
         if problems:
             text = "unreadable deployment state: " + "; ".join(problems)
             log.critical("%s; every algorithm starts HALTED", text)
@@ -749,6 +999,7 @@ class Daemon:
                     store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
         await asyncio.to_thread(write)
+        self.stored_states[dep_id] = outcome.decision.state
         if transitions:
             failpoints.hit("after_persist")  # crash tests: stored, not yet carried out
         if self.guard is not None:
@@ -846,6 +1097,14 @@ def _put_all(store: Store, items: list[tuple[str, bytes]]) -> None:
     with store.transaction():
         for key, value in items:
             store.put(key, value)
+
+
+def _iso(ts: int) -> str:
+    """Nanoseconds since the epoch as an ISO 8601 UTC time (for messages)."""
+    try:
+        return datetime.fromtimestamp(ts / 1e9, tz=UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} ns"
 
 
 def _config_of(checkpoint: bytes) -> dict[str, object] | None:

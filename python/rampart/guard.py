@@ -374,13 +374,21 @@ class Guard:
     async def _watchdog(self) -> None:
         t = self.config.triggers
         interval = t.check_interval.total_seconds()
+        failing = False
         while True:
             await asyncio.sleep(interval)
             now = self.wall_clock()
-            if t.gateway_heartbeat_timeout is not None or t.unhealthy_gateway:
-                self._check_gateways(now)
-            if t.market_data_timeout is not None:
-                self._check_market_data(now, ns(t.market_data_timeout))
+            try:  # the watchdog never dies: a failed check is logged and tried again
+                if t.gateway_heartbeat_timeout is not None or t.unhealthy_gateway:
+                    self._check_gateways(now)
+                if t.market_data_timeout is not None:
+                    self._check_market_data(now, ns(t.market_data_timeout))
+            except Exception:
+                if not failing:
+                    log.exception("staleness check failed; retrying every %.3fs", interval)
+                failing = True
+            else:
+                failing = False
 
     def _check_gateways(self, now: int) -> None:
         t = self.config.triggers
@@ -418,7 +426,12 @@ class Guard:
         for algo in self.algo_config:
             if algo in self.halted or algo in self.in_flight:
                 continue
-            snap = self.engine.snapshot(algo)
+            try:
+                snap = self.engine.snapshot(algo)
+            except Exception as e:  # its limits cannot be watched: fail closed
+                reason = f"metrics unreadable: {type(e).__name__}: {e}"[:500]
+                self.trigger((algo,), "algo", "metrics", reason)
+                continue
             for p in snap.positions:
                 if p.qty == 0:
                     continue

@@ -61,7 +61,10 @@ class DaemonCollector(Collector):
         )
         halts = d.guard.halted if d.guard is not None else {}
         for algo in d.engine.algorithms():
-            s = d.engine.snapshot(algo)
+            try:
+                s = d.engine.snapshot(algo)
+            except Exception:  # status lists it as unavailable; the others are still scraped
+                continue
             values = [algo, s.version, d.gateway_of.get(algo, "")]
             equity.add_metric(values, s.equity)
             drawdown.add_metric(values, s.drawdown)

@@ -8,7 +8,8 @@ Structs here are what publishers (the gateway SDK, the tests, the tools) encode 
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+import math
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -380,6 +381,19 @@ class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
     breached: list[str]
     positions: list[PositionStatus]
     gateway: str | None = None
+    # the algorithm is halted (its latch, with the reason, is in ``DaemonStatus.halted``)
+    halted: bool = False
+    # positions left out because the reply had to fit in one NATS message (open ones are kept
+    # first)
+    positions_omitted: int = 0
+
+
+class AlgoUnavailable(msgspec.Struct, frozen=True, kw_only=True):
+    """An algorithm whose metrics could not be read for this reply, and why."""
+
+    algo_id: str
+    gateway: str | None
+    error: str
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -413,21 +427,76 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     rollbacks: list[RollbackRecord] = []
     store_error: str | None = None
     checkpoint_at: int | None = None
+    # entries left out of a bounded list (``halted``, ``rollbacks``, ``gateways``,
+    # ``connectivity``) so that the reply fits in one NATS message: list name -> count
+    omitted: dict[str, int] = {}
+
+
+class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Optional body of ``<prefix>.status.algorithms``: the page wanted. ``limit``: at most this
+    many algorithms (a page also ends where the next would not fit in one NATS message)."""
+
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    v: int = SCHEMA_VERSION
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply of ``<prefix>.status.algorithms`` (all algorithms) and ``<prefix>.status.algorithm``
-    (request body: the algorithm id; ``algorithms`` then holds that one)."""
+    """Reply of ``<prefix>.status.algorithms`` (a page of the algorithms, from ``offset``) and
+    ``<prefix>.status.algorithm`` (request body: the algorithm id; the page holds that one).
+
+    ``total`` counts the algorithms in all; ``next_offset`` is the offset of the next page, null
+    on the last. An algorithm whose metrics cannot be read is listed in ``unavailable``, and only
+    there. Encode with ``encode_explicit``: non-finite numbers travel as strings.
+    """
 
     daemon: DaemonStatus
     algorithms: list[AlgoStatus]
     deployments: list[DeploymentState] = []
+    unavailable: list[AlgoUnavailable] = []
+    total: int | None = None
+    offset: int = 0
+    next_offset: int | None = None
     v: int = SCHEMA_VERSION
 
 
 class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
     error: str
     v: int = SCHEMA_VERSION
+
+
+# ---- non-finite numbers ----------------------------------------------------------------------
+
+
+def _explicit_float(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    if x != x:
+        return "nan"
+    return "inf" if x > 0 else "-inf"
+
+
+def to_wire(obj: Any) -> Any:
+    """``obj`` as JSON-ready builtins, every non-finite float written out as ``"inf"``,
+    ``"-inf"`` or ``"nan"`` (JSON has no such numbers; msgspec would write ``null``)."""
+    return _explicit(msgspec.to_builtins(obj))
+
+
+def _explicit(obj: Any) -> Any:
+    kind = type(obj)
+    if kind is float:
+        return _explicit_float(obj)
+    if kind is dict:
+        return {k: _explicit(v) for k, v in obj.items()}
+    if kind is list:
+        return [_explicit(v) for v in obj]
+    return obj
+
+
+def encode_explicit(obj: Any) -> bytes:
+    """JSON of ``obj`` with non-finite floats as strings (see ``to_wire``): for status replies,
+    which show whatever the metrics hold, including values that are not finite."""
+    return msgspec.json.encode(to_wire(obj))
 
 
 # ---- codecs, built once --------------------------------------------------------------------
@@ -443,5 +512,7 @@ breach_decoder: Final = msgspec.json.Decoder(BreachEvent)
 alert_decoder: Final = msgspec.json.Decoder(Alert)
 control_request_decoder: Final = msgspec.json.Decoder(ControlRequest)
 control_reply_decoder: Final = msgspec.json.Decoder(ControlReply)
-status_reply_decoder: Final = msgspec.json.Decoder(StatusReply)
+# lax: a float field also accepts the strings "inf", "-inf" and "nan" (encode_explicit's output)
+status_reply_decoder: Final = msgspec.json.Decoder(StatusReply, strict=False)
+status_request_decoder: Final = msgspec.json.Decoder(StatusRequest)
 error_reply_decoder: Final = msgspec.json.Decoder(ErrorReply)

@@ -10,8 +10,8 @@ rollbacks, with the metrics at each decision.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import msgspec
 
@@ -27,6 +27,9 @@ from rampart.deployment import (
 from rampart.runner import DEFAULT_DECISION_INTERVAL_NS, DeploymentRunner, Outcome, algorithms_of
 
 DEFAULT_BLUE_GREEN_CAPITAL = 1_000_000.0
+# The largest step of the event clock a replay accepts by default (`future` beyond): a week
+# covers weekends and holidays of daily data; one absurd timestamp cannot end the replay.
+DEFAULT_MAX_JUMP: Final = timedelta(days=7)
 
 
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,12 +110,18 @@ def replay(
     events: Iterable[bytes],
     *,
     configs: list[AlgoConfig] | None = None,
+    engine: Engine | None = None,
     decision_interval_ns: int = DEFAULT_DECISION_INTERVAL_NS,
     time_tolerance_ns: int = 5_000_000_000,
+    max_jump_ns: int | None = int(DEFAULT_MAX_JUMP.total_seconds()) * 1_000_000_000,
 ) -> list[TimelineEntry]:
-    engine = Engine(time_tolerance_ns=time_tolerance_ns)
-    for cfg in configs if configs is not None else algo_configs_for(doc):
-        engine.register(cfg)
+    """``engine``: one with its algorithms registered (e.g. ``DaemonConfig.engine``); else one
+    is made with ``configs`` (or the deployment's own), ``time_tolerance_ns`` and
+    ``max_jump_ns``."""
+    if engine is None:
+        engine = Engine(time_tolerance_ns=time_tolerance_ns, max_jump_ns=max_jump_ns)
+        for cfg in configs if configs is not None else algo_configs_for(doc):
+            engine.register(cfg)
     capital = {a: engine.snapshot(a).capital for a in engine.algorithms()}
     runner = DeploymentRunner(
         engine, decision_interval_ns=decision_interval_ns, capital_of=capital.__getitem__

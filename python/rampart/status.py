@@ -11,6 +11,7 @@ from typing import Protocol
 
 import msgspec
 import nats
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -22,6 +23,7 @@ from rampart.protocol import (
     ControlRequest,
     ControlVerb,
     StatusReply,
+    StatusRequest,
     Subjects,
     control_reply_decoder,
     encoder,
@@ -62,11 +64,9 @@ def resolve_servers(flag: str | None, config: DaemonConfig) -> list[str]:
     return [url]
 
 
-async def request(servers: list[str], subject: str, payload: bytes, timeout: float) -> Msg:
-    """One request to the daemon; ``NoDaemonError`` if nobody answers, ``StatusError`` if it
-    answers with a services-API error."""
+async def _connect(servers: list[str], timeout: float) -> Client:
     try:
-        nc = await nats.connect(
+        return await nats.connect(
             servers=servers,
             connect_timeout=min(timeout, 5.0),
             allow_reconnect=False,
@@ -74,30 +74,85 @@ async def request(servers: list[str], subject: str, payload: bytes, timeout: flo
         )
     except Exception as e:
         raise NoDaemonError(f"cannot reach NATS at {', '.join(servers)}: {e}") from None
+
+
+async def _request(
+    nc: Client, servers: list[str], subject: str, payload: bytes, timeout: float
+) -> Msg:
     try:
+        msg = await nc.request(subject, payload, timeout=timeout)
+    except (NoRespondersError, NatsTimeoutError):
+        raise NoDaemonError(
+            f"no Rampart daemon answered on {subject} at {', '.join(servers)}"
+        ) from None
+    if msg.headers and "Nats-Service-Error" in msg.headers:
         try:
-            msg = await nc.request(subject, payload, timeout=timeout)
-        except (NoRespondersError, NatsTimeoutError):
-            raise NoDaemonError(
-                f"no Rampart daemon answered on {subject} at {', '.join(servers)}"
-            ) from None
-        if msg.headers and "Nats-Service-Error" in msg.headers:
-            try:
-                detail = error_reply_decoder.decode(msg.data).error
-            except msgspec.DecodeError:
-                detail = msg.headers["Nats-Service-Error"]
-            raise StatusError(detail)
-        return msg
+            detail = error_reply_decoder.decode(msg.data).error
+        except msgspec.DecodeError:
+            detail = msg.headers["Nats-Service-Error"]
+        raise StatusError(detail)
+    return msg
+
+
+async def request(servers: list[str], subject: str, payload: bytes, timeout: float) -> Msg:
+    """One request to the daemon; ``NoDaemonError`` if nobody answers, ``StatusError`` if it
+    answers with a services-API error."""
+    nc = await _connect(servers, timeout)
+    try:
+        return await _request(nc, servers, subject, payload, timeout)
     finally:
         await nc.close()
+
+
+def _decode_status(data: bytes) -> StatusReply:
+    try:
+        return status_reply_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise StatusError(f"the daemon's status reply cannot be read: {e}") from None
 
 
 async def fetch_status(
     servers: list[str], prefix: str, algo: str | None = None, timeout: float = 2.0
 ) -> StatusReply:
-    subject = Subjects(prefix).status("algorithm" if algo else "algorithms")
-    msg = await request(servers, subject, (algo or "").encode(), timeout)
-    return status_reply_decoder.decode(msg.data)
+    """The daemon's status: one algorithm, or every algorithm (every page, merged)."""
+    subjects = Subjects(prefix)
+    nc = await _connect(servers, timeout)
+    try:
+        if algo:
+            msg = await _request(nc, servers, subjects.status("algorithm"), algo.encode(), timeout)
+            return _decode_status(msg.data)
+        subject = subjects.status("algorithms")
+        pages: list[StatusReply] = []
+        offset = 0
+        while True:
+            body = encoder.encode(StatusRequest(offset=offset)) if offset else b""
+            page = _decode_status((await _request(nc, servers, subject, body, timeout)).data)
+            pages.append(page)
+            if page.next_offset is None:
+                return merge_pages(pages)
+            if page.next_offset <= offset:
+                raise StatusError(
+                    f"the daemon's status pages do not advance (offset {offset}, next "
+                    f"{page.next_offset})"
+                )
+            offset = page.next_offset
+    finally:
+        await nc.close()
+
+
+def merge_pages(pages: Sequence[StatusReply]) -> StatusReply:
+    """One reply from a daemon's status pages: the first page's daemon section, every page's
+    algorithms, and each deployment once."""
+    first = pages[0]
+    deployments = {d.deployment_id: d for p in pages for d in p.deployments}
+    return msgspec.structs.replace(
+        first,
+        algorithms=[a for p in pages for a in p.algorithms],
+        unavailable=[u for p in pages for u in p.unavailable],
+        deployments=[deployments[k] for k in sorted(deployments)],
+        offset=0,
+        next_offset=None,
+    )
 
 
 async def control(
@@ -165,6 +220,10 @@ def format_status(reply: StatusReply) -> str:
         lines.append(f"HALTED {h.algo} since {_ts(h.ts)} by {h.actor}: {h.reason}")
     for r in d.rollbacks[:5]:
         lines.append(format_rollback(r))
+    for name, count in sorted(d.omitted.items()):
+        lines.append(f"({count} more {name} not listed: the reply must fit in one NATS message)")
+    for u in reply.unavailable:
+        lines.append(f"UNAVAILABLE {u.algo_id} (gateway {u.gateway or '-'}): {u.error}")
     for dep in reply.deployments:
         flags = "".join(
             f" {flag}" for flag, on in (("PAUSED", dep.paused), ("HALTED", dep.halted)) if on
@@ -189,6 +248,8 @@ def format_status(reply: StatusReply) -> str:
                 f"  {p.symbol:<10} qty {p.qty:>12g}  avg {p.avg_cost:>12.4f}  "
                 f"mark {_opt(p.mark, '.4f'):>12}  unrealized {p.unrealized_pnl:>12,.2f}"
             )
+        if a.positions_omitted:
+            lines.append(f"  ({a.positions_omitted} more positions not listed)")
     return "\n".join(lines)
 
 
@@ -219,6 +280,7 @@ def view_rows(reply: StatusReply) -> list[ViewRow]:
         if d.standby:
             by_algo.setdefault(d.standby, d)
     halted = {h.algo for h in reply.daemon.halted}
+    halted.update(a.algo_id for a in reply.algorithms if a.halted)
     rows = []
     for a in reply.algorithms:
         found = by_algo.get(a.algo_id)
@@ -255,6 +317,7 @@ def status_events(reply: StatusReply) -> list[str]:
     if d.ingest.rejected:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items()))
         events.append(f"refused input: {refused}")
+    events += [f"UNAVAILABLE {u.algo_id}: {u.error}" for u in reply.unavailable]
     return events[-20:]
 
 

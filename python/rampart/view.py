@@ -10,6 +10,7 @@ event-time clock as a string.
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from collections import deque
@@ -85,6 +86,8 @@ def _alloc(v: float | None) -> str:
 
 
 def _money(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)  # "inf", "-inf", "nan": shown as they are
     a = abs(v)
     if a < 1e4:
         return f"{v:,.2f}"

@@ -3,12 +3,14 @@
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AlgoConfig, LimitSpec, DAY_NS};
+use crate::config::{AlgoConfig, LimitSpec, ReturnSampling, DAY_NS};
 use crate::ledger::Position;
 use crate::order_window::{LatencyWindow, RejectWindow};
 use crate::rolling::RollingStats;
 
-/// Which limit tripped.
+/// Which limit tripped. `PriceBand` is the market's, not a limit of the algorithm: a held
+/// symbol's price left its band several times in a row (`Guards::price_band_consecutive`), so
+/// the algorithm's marks cannot be trusted; it never latches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreachKind {
@@ -16,9 +18,11 @@ pub enum BreachKind {
     Drawdown,
     ErrorRate,
     Latency,
+    PriceBand,
 }
 
 impl BreachKind {
+    /// The algorithm's own limits (each with a latch).
     pub const ALL: [BreachKind; 4] = [
         BreachKind::DailyLoss,
         BreachKind::Drawdown,
@@ -32,6 +36,7 @@ impl BreachKind {
             BreachKind::Drawdown => "drawdown",
             BreachKind::ErrorRate => "error_rate",
             BreachKind::Latency => "latency",
+            BreachKind::PriceBand => "price_band",
         }
     }
 
@@ -57,6 +62,9 @@ struct LimitState {
     consecutive: u32,
     latched: bool,
 }
+
+/// A return this close to 0 is rounding (8 ulps of 1), recorded as 0 (docs/metrics.md).
+pub const RETURN_ROUNDING: f64 = 8.0 * f64::EPSILON;
 
 /// Re-sum unrealized PnL from the positions every this many incremental updates (drift guard).
 const UNREALIZED_RESUM_EVERY: u32 = 1024;
@@ -238,19 +246,26 @@ impl AlgoState {
             self.period = period;
             return;
         }
+        let sessions = self.config.return_sampling == ReturnSampling::Session;
         if day > self.day {
             self.day = day;
-            self.session_start_equity = self.equity();
-        }
-        if period > self.period {
             let e = self.equity();
-            if self.period_start_equity > 0.0 {
-                self.returns.push(e / self.period_start_equity - 1.0);
-                self.returns_total += 1;
+            self.session_start_equity = e;
+            if sessions {
+                // One return per session that saw events: this roll closes the last one.
+                self.push_return(e);
+                self.period_start_equity = e;
             }
+        }
+        if !sessions && period > self.period {
+            let e = self.equity();
+            self.push_return(e);
             // the empty periods in between start (and end) at `e`: no return when ruined
             if e > 0.0 {
-                let empty = (period - self.period - 1).min(self.returns.capacity() as i64);
+                let empty = period
+                    .saturating_sub(self.period)
+                    .saturating_sub(1)
+                    .min(self.returns.capacity() as i64);
                 for _ in 0..empty {
                     self.returns.push(0.0);
                     self.returns_total += 1;
@@ -258,6 +273,21 @@ impl AlgoState {
             }
             self.period = period;
             self.period_start_equity = e;
+        }
+    }
+
+    /// The return of the period closing at equity `e`; none when ruined (or if the ratio is not
+    /// finite, which only a period starting at a vanishing equity can produce).
+    fn push_return(&mut self, e: f64) {
+        if self.period_start_equity > 0.0 {
+            let r = e / self.period_start_equity - 1.0;
+            // Within rounding of zero (a cash flow moves the period's start and its end by the
+            // same amount, rounded apart): a flat period, recorded as exactly 0.
+            let r = if r.abs() <= RETURN_ROUNDING { 0.0 } else { r };
+            if r.is_finite() {
+                self.returns.push(r);
+                self.returns_total += 1;
+            }
         }
     }
 
@@ -274,6 +304,62 @@ impl AlgoState {
     pub fn resum_unrealized(&mut self) {
         self.unrealized_updates = 0;
         self.unrealized = self.positions.iter().fold(0.0, |acc, p| acc + p.unrealized);
+    }
+
+    /// Would changing realized PnL, fees and unrealized PnL by these amounts keep every metric
+    /// finite? The error names the first metric that would not be.
+    pub fn check_finite_after(
+        &self,
+        d_realized: f64,
+        d_fees: f64,
+        d_unrealized: f64,
+    ) -> Result<(), &'static str> {
+        let realized = self.realized + d_realized;
+        let fees = self.fees + d_fees;
+        let unrealized = self.unrealized + d_unrealized;
+        let e = self.config.capital + realized - fees + unrealized;
+        let peak = self.peak.max(e);
+        [
+            ("realized PnL", realized),
+            ("fees", fees),
+            ("unrealized PnL", unrealized),
+            ("equity", e),
+            ("peak equity", peak),
+            ("drawdown", peak - e),
+            ("daily PnL", e - self.session_start_equity),
+            ("stage PnL", e - self.stage_mark_equity),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| (!v.is_finite()).then_some(name))
+        .map_or(Ok(()), Err)
+    }
+
+    /// Would `set_capital(capital)` keep every equity reference finite?
+    pub fn capital_change_is_finite(&self, capital: f64) -> bool {
+        let delta = capital - self.config.capital;
+        [
+            delta,
+            self.peak + delta,
+            self.session_start_equity + delta,
+            self.stage_mark_equity + delta,
+            self.period_start_equity + delta,
+            self.equity() + delta,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
+    }
+
+    /// A restored clock that cannot be trusted (ahead of `max_clock`): clamp every time to it,
+    /// empty the order windows (their events are in the future) and restart the return period
+    /// and the session at the next event. Positions, PnL, peak and trades are kept.
+    pub(crate) fn distrust_clock(&mut self, max_clock: i64) {
+        let clamp = |t: Option<i64>| t.map(|t| t.min(max_clock));
+        self.last_fill_ts = clamp(self.last_fill_ts);
+        self.last_order_ts = clamp(self.last_order_ts);
+        self.last_event_ts = clamp(self.last_event_ts);
+        self.rejects.clear();
+        self.latency.clear();
+        self.started = false;
     }
 
     /// A capital change is a cash flow: every equity reference moves with it.

@@ -39,6 +39,34 @@ pub struct Limits {
     pub latency_ns: Option<LimitSpec>,
 }
 
+/// How returns are sampled for the Sharpe ratio (docs/metrics.md, "Returns").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnSampling {
+    /// One return per `return_interval_ns` of event time; periods without events return 0.
+    #[default]
+    Interval,
+    /// One return per trading session (day, from `session_offset_ns`) that saw events, close to
+    /// close; days without events (weekends, holidays) add no return.
+    Session,
+}
+
+impl ReturnSampling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReturnSampling::Interval => "interval",
+            ReturnSampling::Session => "session",
+        }
+    }
+}
+
+/// The largest Sharpe window: 8 bytes a return, so at most 8 MB per algorithm.
+pub const MAX_SHARPE_WINDOW: usize = 1_000_000;
+/// The longest order window (reject rate, ack latency): 16 bytes per order event in the window.
+pub const MAX_ORDER_WINDOW_NS: i64 = 3_600 * SECOND_NS;
+/// The longest return interval (and so the coarsest sampling): one year.
+pub const MAX_RETURN_INTERVAL_NS: i64 = 366 * DAY_NS;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgoConfig {
@@ -52,6 +80,8 @@ pub struct AlgoConfig {
     pub latency_window_ns: i64,
     pub latency_min_samples: u32,
     pub return_interval_ns: i64,
+    #[serde(default)]
+    pub return_sampling: ReturnSampling,
     pub sharpe_window: usize,
     pub periods_per_year: f64,
     /// Annual risk-free rate; the per-period rate is `risk_free_rate / periods_per_year`.
@@ -76,6 +106,7 @@ impl AlgoConfig {
             latency_window_ns: 60 * SECOND_NS,
             latency_min_samples: 20,
             return_interval_ns,
+            return_sampling: ReturnSampling::Interval,
             sharpe_window: 720,
             periods_per_year: default_periods_per_year(return_interval_ns),
             risk_free_rate: 0.0,
@@ -92,9 +123,9 @@ impl AlgoConfig {
         if self.algo_id.trim().is_empty() {
             return bad("algo_id must be a non-empty string".into());
         }
-        if !(self.capital.is_finite() && self.capital > 0.0) {
+        if !(self.capital.is_finite() && self.capital > 0.0 && self.capital <= 1e15) {
             return bad(format!(
-                "capital must be a finite number > 0, got {}",
+                "capital must be a number in (0, 1e15], got {}",
                 self.capital
             ));
         }
@@ -114,7 +145,7 @@ impl AlgoConfig {
             }
         }
         if let Some(s) = &self.limits.latency_ns {
-            if !(s.threshold.is_finite() && s.threshold >= 0.0) {
+            if !(s.threshold.is_finite() && s.threshold >= 0.0 && s.threshold <= 1e18) {
                 return bad(format!("max_latency_ns must be >= 0, got {}", s.threshold));
             }
         }
@@ -131,30 +162,48 @@ impl AlgoConfig {
                 }
             }
         }
-        for (name, v) in [
-            ("error_window_ns", self.error_window_ns),
-            ("latency_window_ns", self.latency_window_ns),
-            ("return_interval_ns", self.return_interval_ns),
+        for (name, v, max, max_text) in [
+            (
+                "error_window_ns",
+                self.error_window_ns,
+                MAX_ORDER_WINDOW_NS,
+                "1 hour",
+            ),
+            (
+                "latency_window_ns",
+                self.latency_window_ns,
+                MAX_ORDER_WINDOW_NS,
+                "1 hour",
+            ),
+            (
+                "return_interval_ns",
+                self.return_interval_ns,
+                MAX_RETURN_INTERVAL_NS,
+                "366 days",
+            ),
         ] {
-            if v <= 0 {
-                return bad(format!("{name} must be > 0 nanoseconds, got {v}"));
+            if !(1..=max).contains(&v) {
+                return bad(format!(
+                    "{name} must be > 0 and at most {max} ns ({max_text}), got {v}"
+                ));
             }
         }
-        if self.sharpe_window < 2 {
+        if !(2..=MAX_SHARPE_WINDOW).contains(&self.sharpe_window) {
             return bad(format!(
-                "sharpe_window must be >= 2 returns, got {}",
+                "sharpe_window must be between 2 and {MAX_SHARPE_WINDOW} returns (8 bytes each), \
+                 got {}",
                 self.sharpe_window
             ));
         }
         if !(self.periods_per_year.is_finite() && self.periods_per_year > 0.0) {
             return bad(format!(
-                "periods_per_year must be > 0, got {}",
+                "periods_per_year must be a finite number > 0, got {}",
                 self.periods_per_year
             ));
         }
-        if !self.risk_free_rate.is_finite() {
+        if !(self.risk_free_rate.is_finite() && self.risk_free_rate.abs() <= 10.0) {
             return bad(format!(
-                "risk_free_rate must be finite, got {}",
+                "risk_free_rate must be an annual rate in [-10, 10], got {}",
                 self.risk_free_rate
             ));
         }
@@ -164,9 +213,12 @@ impl AlgoConfig {
                 self.session_offset_ns
             ));
         }
-        if !(self.confidence_drawdown_ref.is_finite() && self.confidence_drawdown_ref > 0.0) {
+        if !(self.confidence_drawdown_ref.is_finite()
+            && self.confidence_drawdown_ref > 0.0
+            && self.confidence_drawdown_ref <= 1.0)
+        {
             return bad(format!(
-                "confidence_drawdown_ref must be > 0, got {}",
+                "confidence_drawdown_ref must be in (0, 1], got {}",
                 self.confidence_drawdown_ref
             ));
         }
@@ -178,3 +230,6 @@ impl AlgoConfig {
 pub fn default_periods_per_year(return_interval_ns: i64) -> f64 {
     YEAR_NS / return_interval_ns as f64
 }
+
+/// Trading sessions per year, the annualization of `ReturnSampling::Session` by default.
+pub const SESSIONS_PER_YEAR: f64 = 252.0;

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::algo::{AlgoState, Breach, BreachKind};
 use crate::config::{AlgoConfig, SECOND_NS};
 use crate::error::{CoreError, Result};
-use crate::event::{decode_json, Event, OrderEvent};
+use crate::event::{decode_json, Event, OrderEvent, Side};
+use crate::guards::Guards;
+use crate::ledger::Position;
+use crate::subject::Route;
 
 /// The market state of one symbol.
 #[derive(Debug, Clone)]
@@ -22,6 +25,10 @@ struct SymbolState {
     last_quote_ts: Option<i64>,
     /// (algorithm slot, index into its positions) for every algorithm that has traded the symbol.
     holders: Vec<(u32, u32)>,
+    /// The price band of this symbol (a fraction of the last accepted mark), if any.
+    band: Option<f64>,
+    /// Consecutive quotes or marks refused by the price band.
+    band_misses: u32,
 }
 
 /// A position as reported in a snapshot.
@@ -98,7 +105,8 @@ struct CheckpointOut<'a> {
     algo: &'a AlgoState,
     /// The symbol of `algo.positions[i]` (positions hold engine-local symbol ids).
     position_symbols: Vec<&'a str>,
-    /// Every symbol the engine has a mark for, by name (sorted: equal states give equal bytes).
+    /// The marks of the algorithm's position symbols, by name (sorted: equal states give equal
+    /// bytes).
     marks: BTreeMap<&'a str, MarkState>,
 }
 
@@ -194,23 +202,30 @@ pub struct Engine {
     symbols: Vec<SymbolState>,
     symbol_index: FxHashMap<String, u32>,
     now: Option<i64>,
-    time_tolerance_ns: i64,
+    guards: Guards,
+    /// The latest wall-clock reading the caller gave (`set_wall_clock`); live mode bounds event
+    /// time by it.
+    wall: Option<i64>,
+    /// Which gateway runs each algorithm: its fills and order events are accepted only on that
+    /// gateway's subjects (`ingest_msg`).
+    gateway_of: FxHashMap<String, String>,
+    /// The subject prefix `ingest_msg` routes under (`<prefix>.md.<symbol>`, ...).
+    prefix: String,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Engine::new(DEFAULT_TIME_TOLERANCE_NS).expect("default tolerance is valid")
+        Engine::with_guards(Guards::default()).expect("the default guards are valid")
     }
 }
 
-fn check_price(what: &str, p: f64) -> Result<()> {
-    if p.is_finite() && p > 0.0 {
-        Ok(())
-    } else {
-        Err(CoreError::BadPrice(format!(
-            "{what} must be a finite number > 0, got {p}"
-        )))
-    }
+/// What committing a fill will write, computed before anything changes.
+struct FillPlan {
+    position: Position,
+    realized: f64,
+    closed_trade: Option<f64>,
+    delta_unrealized: f64,
+    created: bool,
 }
 
 #[inline]
@@ -219,12 +234,17 @@ fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
 }
 
 impl Engine {
+    /// An engine with the default guards and this out-of-order tolerance.
     pub fn new(time_tolerance_ns: i64) -> Result<Self> {
-        if time_tolerance_ns < 0 {
-            return Err(CoreError::Config(format!(
-                "time_tolerance_ns must be >= 0, got {time_tolerance_ns}"
-            )));
-        }
+        Engine::with_guards(Guards {
+            time_tolerance_ns,
+            ..Guards::default()
+        })
+    }
+
+    /// An engine with these input bounds and clock guards (validated).
+    pub fn with_guards(guards: Guards) -> Result<Self> {
+        guards.validate()?;
         Ok(Engine {
             algos: Vec::new(),
             free_slots: Vec::new(),
@@ -232,17 +252,89 @@ impl Engine {
             symbols: Vec::new(),
             symbol_index: FxHashMap::default(),
             now: None,
-            time_tolerance_ns,
+            guards,
+            wall: None,
+            gateway_of: FxHashMap::default(),
+            prefix: crate::subject::DEFAULT_PREFIX.to_owned(),
         })
     }
 
-    /// The engine clock: the latest event time seen.
+    /// The engine clock: the latest event time accepted.
     pub fn now(&self) -> Option<i64> {
         self.now
     }
 
     pub fn time_tolerance_ns(&self) -> i64 {
-        self.time_tolerance_ns
+        self.guards.time_tolerance_ns
+    }
+
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
+
+    /// Tell the engine the wall clock (live mode): from now on an event stamped more than
+    /// `max_future_ns` ahead of it is refused (`future`). The reading only moves forward.
+    pub fn set_wall_clock(&mut self, wall_ns: i64) {
+        self.wall = Some(self.wall.map_or(wall_ns, |w| w.max(wall_ns)));
+    }
+
+    pub fn wall_clock(&self) -> Option<i64> {
+        self.wall
+    }
+
+    /// The latest event time the engine will accept now, if it is bounded.
+    pub fn horizon(&self) -> Option<i64> {
+        let live = self
+            .guards
+            .max_future_ns
+            .zip(self.wall)
+            .map(|(f, w)| w.saturating_add(f));
+        let replay = self
+            .guards
+            .max_jump_ns
+            .zip(self.now)
+            .map(|(j, n)| n.saturating_add(j));
+        match (live, replay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Set the subject prefix `ingest_msg` routes under (default `rampart`).
+    pub fn set_subject_prefix(&mut self, prefix: &str) -> Result<()> {
+        if !crate::subject::is_subject(prefix) {
+            return Err(CoreError::Config(format!(
+                "subject prefix {prefix:?} must be a NATS subject (tokens without spaces or \
+                 wildcards, separated by dots)"
+            )));
+        }
+        self.prefix = prefix.to_owned();
+        Ok(())
+    }
+
+    /// Record that `gateway` runs `algo_id`: `ingest_msg` accepts the algorithm's fills and order
+    /// events only on that gateway's subjects. The algorithm need not be registered yet.
+    pub fn set_gateway(&mut self, algo_id: &str, gateway: &str) -> Result<()> {
+        if !crate::subject::is_token(gateway) {
+            return Err(CoreError::Config(format!(
+                "gateway {gateway:?} must be one NATS subject token (no spaces, dots or \
+                 wildcards)"
+            )));
+        }
+        self.gateway_of
+            .insert(algo_id.to_owned(), gateway.to_owned());
+        Ok(())
+    }
+
+    /// Set (or clear, with `None`) the price band of one symbol, overriding the default.
+    pub fn set_price_band(&mut self, symbol: &str, band: Option<f64>) -> Result<()> {
+        if let Some(b) = band {
+            crate::guards::check_band(b)?;
+        }
+        let sid = self.symbol_id(symbol) as usize;
+        self.symbols[sid].band = band;
+        self.symbols[sid].band_misses = 0;
+        Ok(())
     }
 
     // ---- registry -------------------------------------------------------------------------
@@ -277,10 +369,10 @@ impl Engine {
 
     /// The algorithm's complete state as a versioned JSON document (docs/metrics.md,
     /// "Checkpoints"): everything `restore` needs to continue exactly where this engine is, plus
-    /// the engine clock and the marks of every symbol the engine has seen.
+    /// the engine clock and the marks of the algorithm's position symbols.
     ///
-    /// Refused (`Config`) only if the state holds a number JSON cannot carry (an infinity or NaN
-    /// from overflowing prices or quantities): the bytes returned always restore.
+    /// Refused (`Overflow`) only if the state holds a number JSON cannot carry (which the engine
+    /// refuses to create): the bytes returned always restore.
     pub fn checkpoint(&self, algo_id: &str) -> Result<Vec<u8>> {
         let slot = self.slot(algo_id)?;
         let algo = self.algo(slot);
@@ -293,10 +385,11 @@ impl Engine {
                 .iter()
                 .map(|p| self.symbols[p.symbol as usize].name.as_str())
                 .collect(),
-            marks: self
-                .symbols
+            marks: algo
+                .positions
                 .iter()
-                .filter_map(|s| {
+                .filter_map(|p| {
+                    let s = &self.symbols[p.symbol as usize];
                     s.mark.map(|mark| {
                         let m = MarkState {
                             mark,
@@ -309,13 +402,13 @@ impl Engine {
         };
         // serde_json would write NaN and infinities as `null`, which does not restore.
         if let Some(field) = algo.non_finite_field() {
-            return Err(CoreError::Config(format!(
-                "the state of {algo_id:?} cannot be checkpointed: `{field}` is not finite (an \
-                 overflow from extreme prices or quantities) and JSON has no form for it"
+            return Err(CoreError::Overflow(format!(
+                "the state of {algo_id:?} cannot be checkpointed: `{field}` is not finite and \
+                 JSON has no form for it"
             )));
         }
         let bytes = serde_json::to_vec(&ck).map_err(|e| {
-            CoreError::Config(format!("the state of {algo_id:?} does not encode: {e}"))
+            CoreError::Overflow(format!("the state of {algo_id:?} does not encode: {e}"))
         })?;
         debug_assert!(
             decode_checkpoint(&bytes).is_ok(),
@@ -331,26 +424,43 @@ impl Engine {
     /// keep it, and the restored positions in them are re-marked to it as a quote would (the
     /// limits are evaluated on the algorithm's next equity change).
     ///
+    /// `max_clock`: the latest event time the caller can trust (live: the wall clock plus
+    /// `max_future_ns`). A checkpoint whose clock is beyond it is not trusted: positions, PnL,
+    /// peak and trades are restored, but every time in it is clamped to `max_clock`, the order
+    /// windows are emptied and the return period and session restart at the next event. The
+    /// untrusted clock is returned so the caller can alert and record it; `None` otherwise.
+    ///
     /// Errors, with no change to the engine: `Decode` (not a checkpoint, another format version,
     /// malformed or inconsistent), `Config` (the embedded configuration is invalid),
     /// `DuplicateAlgorithm` (already registered).
-    pub fn restore(&mut self, data: &[u8]) -> Result<()> {
+    pub fn restore(&mut self, data: &[u8], max_clock: Option<i64>) -> Result<Option<i64>> {
         let CheckpointIn {
             now,
             mut algo,
             position_symbols,
-            marks,
+            mut marks,
             ..
         } = decode_checkpoint(data)?;
         if self.algo_index.contains_key(&algo.config.algo_id) {
             return Err(CoreError::DuplicateAlgorithm(algo.config.algo_id));
         }
         // Nothing below can fail.
-        let clock = marks
+        let mut clock = marks
             .values()
             .filter_map(|m| m.last_quote_ts)
             .chain(algo.last_event_ts)
             .fold(now, max_opt);
+        let untrusted = match (clock, max_clock) {
+            (Some(c), Some(m)) if c > m => Some(c),
+            _ => None,
+        };
+        if let (Some(_), Some(m)) = (untrusted, max_clock) {
+            algo.distrust_clock(m);
+            for mark in marks.values_mut() {
+                mark.last_quote_ts = mark.last_quote_ts.map(|t| t.min(m));
+            }
+            clock = clock.map(|c| c.min(m));
+        }
         if let Some(t) = clock {
             self.now = max_opt(self.now, t);
         }
@@ -384,7 +494,7 @@ impl Engine {
                 .holders
                 .push((slot as u32, pidx as u32));
         }
-        Ok(())
+        Ok(untrusted)
     }
 
     pub fn unregister(&mut self, algo_id: &str) -> Result<()> {
@@ -449,6 +559,8 @@ impl Engine {
             mark: None,
             last_quote_ts: None,
             holders: Vec::new(),
+            band: self.guards.price_band,
+            band_misses: 0,
         });
         self.symbol_index.insert(symbol.to_owned(), id);
         id
@@ -456,18 +568,47 @@ impl Engine {
 
     // ---- time -----------------------------------------------------------------------------
 
+    /// The clock checks, in their documented order: the timestamp is in range (`bad_timestamp`),
+    /// not too far behind the engine clock (`out_of_order`), not too far ahead of the wall clock
+    /// or the engine clock (`future`).
     #[inline]
     fn check_time(&self, ts: i64) -> Result<()> {
-        match self.now {
-            Some(now) if ts < now.saturating_sub(self.time_tolerance_ns) => {
-                Err(CoreError::OutOfOrder {
+        let g = &self.guards;
+        if ts < g.min_ts || ts > g.max_ts {
+            return Err(CoreError::BadTimestamp(format!(
+                "timestamp {ts} is outside the accepted range [{}, {}] (ns since the epoch; \
+                 ingest.min_timestamp and the year-2200 ceiling)",
+                g.min_ts, g.max_ts
+            )));
+        }
+        if let Some(now) = self.now {
+            if ts < now.saturating_sub(g.time_tolerance_ns) {
+                return Err(CoreError::OutOfOrder {
                     ts,
                     now,
-                    tolerance_ns: self.time_tolerance_ns,
-                })
+                    tolerance_ns: g.time_tolerance_ns,
+                });
             }
-            _ => Ok(()),
         }
+        if let (Some(f), Some(wall)) = (g.max_future_ns, self.wall) {
+            if ts > wall.saturating_add(f) {
+                return Err(CoreError::Future(format!(
+                    "timestamp {ts} is {} ns ahead of the wall clock {wall}, more than \
+                     ingest.max_future = {f} ns",
+                    ts - wall
+                )));
+            }
+        }
+        if let (Some(j), Some(now)) = (g.max_jump_ns, self.now) {
+            if ts > now.saturating_add(j) {
+                return Err(CoreError::Future(format!(
+                    "timestamp {ts} jumps {} ns past the engine clock {now}, more than the \
+                     maximum jump of {j} ns",
+                    ts - now
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Move the clock forward (never back) and return the effective time of the event.
@@ -490,6 +631,77 @@ impl Engine {
         Ok(())
     }
 
+    // ---- validation ---------------------------------------------------------------------
+
+    fn check_price(&self, what: &str, p: f64) -> Result<()> {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(CoreError::BadPrice(format!(
+                "{what} must be a finite number > 0, got {p}"
+            )));
+        }
+        if p > self.guards.max_price {
+            return Err(CoreError::BadPrice(format!(
+                "{what} {p} is above ingest.max_price = {}",
+                self.guards.max_price
+            )));
+        }
+        Ok(())
+    }
+
+    /// An unsigned quantity (`> 0`, within the sanity bound) and its notional at `price`.
+    fn check_quantity(&self, qty: f64, price: f64) -> Result<()> {
+        if !(qty.is_finite() && qty > 0.0) {
+            return Err(CoreError::BadQuantity(format!(
+                "fill qty must be a finite number > 0 (the direction is the side), got {qty}"
+            )));
+        }
+        if qty > self.guards.max_quantity {
+            return Err(CoreError::BadQuantity(format!(
+                "fill qty {qty} is above ingest.max_quantity = {}",
+                self.guards.max_quantity
+            )));
+        }
+        let notional = qty * price;
+        if notional > self.guards.max_notional {
+            return Err(CoreError::BadNotional(format!(
+                "fill notional {notional} (qty {qty} x price {price}) is above \
+                 ingest.max_notional = {}",
+                self.guards.max_notional
+            )));
+        }
+        Ok(())
+    }
+
+    /// Would re-marking every holder of `sid` to `price` keep every metric finite?
+    fn check_remark(&self, sid: usize, price: f64, skip_slot: Option<usize>) -> Result<()> {
+        for &(slot, pidx) in &self.symbols[sid].holders {
+            if Some(slot as usize) == skip_slot {
+                continue;
+            }
+            let Some(algo) = self.algos[slot as usize].as_ref() else {
+                continue;
+            };
+            let pos = &algo.positions[pidx as usize];
+            if pos.qty == 0.0 {
+                continue;
+            }
+            let u = pos.qty * (price - pos.avg_cost);
+            let exposure = pos.qty * price;
+            if !(u.is_finite() && exposure.is_finite()) {
+                return Err(self.overflow(&algo.config.algo_id, "unrealized PnL or exposure"));
+            }
+            algo.check_finite_after(0.0, 0.0, u - pos.unrealized)
+                .map_err(|m| self.overflow(&algo.config.algo_id, m))?;
+        }
+        Ok(())
+    }
+
+    fn overflow(&self, algo_id: &str, what: &str) -> CoreError {
+        CoreError::Overflow(format!(
+            "applying the event would make the {what} of {algo_id:?} non-finite; nothing changed"
+        ))
+    }
+
     // ---- market data ----------------------------------------------------------------------
 
     pub fn quote(
@@ -501,29 +713,48 @@ impl Engine {
         out: &mut Vec<Breach>,
     ) -> Result<()> {
         self.check_time(ts)?;
-        check_price("bid", bid)?;
-        check_price("ask", ask)?;
+        self.check_price("bid", bid)?;
+        self.check_price("ask", ask)?;
         if bid > ask {
             return Err(CoreError::BadPrice(format!(
                 "crossed quote for {symbol}: bid {bid} > ask {ask}"
             )));
         }
-        self.apply_mark(symbol, 0.5 * (bid + ask), ts, out);
-        Ok(())
+        // Half of each: the sum of two large prices may overflow, the mid never does.
+        self.apply_mark(symbol, 0.5 * bid + 0.5 * ask, ts, out)
     }
 
     pub fn mark(&mut self, symbol: &str, price: f64, ts: i64, out: &mut Vec<Breach>) -> Result<()> {
         self.check_time(ts)?;
-        check_price("price", price)?;
-        self.apply_mark(symbol, price, ts, out);
-        Ok(())
+        self.check_price("price", price)?;
+        self.apply_mark(symbol, price, ts, out)
     }
 
-    fn apply_mark(&mut self, symbol: &str, price: f64, ts: i64, out: &mut Vec<Breach>) {
+    /// The price band, the overflow check, then the mark (validated: nothing changes on error,
+    /// except the count of consecutive band refusals).
+    fn apply_mark(
+        &mut self,
+        symbol: &str,
+        price: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        let known = self.symbol_index.get(symbol).copied();
+        let band_move = match known {
+            Some(sid) => self.band_verdict(sid as usize, price)?,
+            None => None,
+        };
+        if let Some(sid) = known {
+            self.check_remark(sid as usize, price, None)?;
+        }
         let t = self.tick(ts);
-        let sid = self.symbol_id(symbol) as usize;
+        let sid = match known {
+            Some(sid) => sid as usize,
+            None => self.symbol_id(symbol) as usize,
+        };
         let sym = &mut self.symbols[sid];
         sym.mark = Some(price);
+        sym.band_misses = 0;
         sym.last_quote_ts = max_opt(sym.last_quote_ts, ts);
         for &(slot, pidx) in &sym.holders {
             let Some(algo) = self.algos[slot as usize].as_mut() else {
@@ -536,7 +767,47 @@ impl Engine {
             let delta = algo.positions[pidx as usize].remark(price);
             algo.add_unrealized(delta);
             algo.after_equity_change(t, out);
+            if let Some((moved, band)) = band_move {
+                out.push(Breach {
+                    algo_id: algo.config.algo_id.clone(),
+                    kind: BreachKind::PriceBand,
+                    value: moved,
+                    threshold: band,
+                    ts: t,
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// `Ok(None)`: within the band (or no band). `Err(PriceBand)`: refused, counted.
+    /// `Ok(Some((move, band)))`: the configured number of consecutive refusals is reached; this
+    /// one is accepted (the feed really moved, or is broken: either way the holders must stop),
+    /// and every holder gets a `price_band` breach.
+    fn band_verdict(&mut self, sid: usize, price: f64) -> Result<Option<(f64, f64)>> {
+        let sym = &self.symbols[sid];
+        let (Some(band), Some(last)) = (sym.band, sym.mark) else {
+            return Ok(None);
+        };
+        let moved = (price - last).abs() / last;
+        if moved <= band {
+            return Ok(None);
+        }
+        let misses = sym.band_misses + 1;
+        if misses >= self.guards.price_band_consecutive {
+            return Ok(Some((moved, band)));
+        }
+        let msg = format!(
+            "{} moved {:.4}% from the last accepted mark {last} to {price}, beyond its price \
+             band of {:.4}% ({misses} in a row; at {} the move is accepted and its holders \
+             breach)",
+            sym.name,
+            moved * 100.0,
+            band * 100.0,
+            self.guards.price_band_consecutive
+        );
+        self.symbols[sid].band_misses = misses;
+        Err(CoreError::PriceBand(msg))
     }
 
     // ---- executions and orders --------------------------------------------------------------
@@ -553,24 +824,59 @@ impl Engine {
         ts: i64,
         out: &mut Vec<Breach>,
     ) -> Result<()> {
-        self.check_time(ts)?;
+        let side = if qty < 0.0 { Side::Sell } else { Side::Buy };
+        let unsigned = if qty < 0.0 { -qty } else { qty };
+        self.fill_sided(algo_id, symbol, side, unsigned, price, fee, ts, out)
+    }
+
+    /// Apply a fill of unsigned quantity `qty` (> 0) on `side`. Checks, in the documented
+    /// order: unknown algorithm, time, price, quantity, notional, fee, overflow.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill_sided(
+        &mut self,
+        algo_id: &str,
+        symbol: &str,
+        side: Side,
+        qty: f64,
+        price: f64,
+        fee: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
         let slot = self.slot(algo_id)?;
-        check_price("fill price", price)?;
-        if !(qty.is_finite() && qty != 0.0) {
-            return Err(CoreError::BadQuantity(format!(
-                "fill quantity must be finite and non-zero, got {qty}"
-            )));
-        }
+        self.check_time(ts)?;
+        self.check_price("fill price", price)?;
+        self.check_quantity(qty, price)?;
         if !(fee.is_finite() && fee >= 0.0) {
             return Err(CoreError::BadFee(format!(
                 "fee must be a finite number >= 0, got {fee}"
             )));
         }
-        let t = self.tick(ts);
-        let sid = self.symbol_id(symbol);
+        if fee > self.guards.max_notional {
+            return Err(CoreError::BadFee(format!(
+                "fee {fee} is above ingest.max_notional = {}",
+                self.guards.max_notional
+            )));
+        }
+        let signed = match side {
+            Side::Buy => qty,
+            Side::Sell => -qty,
+        };
         // Until the symbol is quoted, every fill moves its mark to the fill price: the other
         // holders are re-marked too (their limits are evaluated after this algorithm's).
-        let unquoted = self.symbols[sid as usize].last_quote_ts.is_none();
+        let known = self.symbol_index.get(symbol).map(|&s| s as usize);
+        let unquoted = known.map_or(true, |sid| self.symbols[sid].last_quote_ts.is_none());
+        if let (true, Some(sid)) = (unquoted, known) {
+            self.check_remark(sid, price, Some(slot))?;
+        }
+        let mark = match known {
+            Some(sid) if !unquoted => self.symbols[sid].mark.unwrap_or(price),
+            _ => price,
+        };
+        let plan = self.plan_fill(slot, known, signed, price, fee, mark)?;
+        // Nothing below can fail.
+        let t = self.tick(ts);
+        let sid = self.symbol_id(symbol);
         let mut others: Vec<usize> = Vec::new();
         if unquoted {
             let sym = &mut self.symbols[sid as usize];
@@ -590,21 +896,22 @@ impl Engine {
             }
         }
         let sym = &mut self.symbols[sid as usize];
-        let mark = *sym.mark.get_or_insert(price);
+        sym.mark.get_or_insert(price);
         let algo = self.algos[slot].as_mut().expect("indexed slot is live");
         algo.roll(t);
         let (pos, created) = algo.position_mut(sid);
-        let before = pos.unrealized;
-        let outcome = pos.apply_fill(qty, price, fee, mark);
-        let delta = pos.unrealized - before;
+        debug_assert_eq!(created, plan.created);
+        let mut position = plan.position;
+        position.symbol = sid;
+        *pos = position;
         if created {
             let pidx = algo.position_slot(sid).expect("just created") as u32;
             sym.holders.push((slot as u32, pidx));
         }
-        algo.realized += outcome.realized;
+        algo.realized += plan.realized;
         algo.fees += fee;
-        algo.add_unrealized(delta);
-        if let Some(net) = outcome.closed_trade {
+        algo.add_unrealized(plan.delta_unrealized);
+        if let Some(net) = plan.closed_trade {
             algo.trades += 1;
             if net > 0.0 {
                 algo.wins += 1;
@@ -622,6 +929,43 @@ impl Engine {
         Ok(())
     }
 
+    /// The fill applied to a copy of the position, checked finite: what `fill_sided` commits.
+    fn plan_fill(
+        &self,
+        slot: usize,
+        sid: Option<usize>,
+        qty: f64,
+        price: f64,
+        fee: f64,
+        mark: f64,
+    ) -> Result<FillPlan> {
+        let algo = self.algo(slot);
+        let existing = sid.and_then(|s| algo.position_slot(s as u32));
+        let mut position = existing.map_or_else(
+            || Position::new(sid.unwrap_or(0) as u32),
+            |i| algo.positions[i].clone(),
+        );
+        let before = position.unrealized;
+        let outcome = position.apply_fill(qty, price, fee, mark);
+        let delta_unrealized = position.unrealized - before;
+        let id = &algo.config.algo_id;
+        if position.non_finite_field().is_some() || !(position.qty * mark).is_finite() {
+            return Err(self.overflow(id, "position or exposure"));
+        }
+        algo.check_finite_after(outcome.realized, fee, delta_unrealized)
+            .map_err(|m| self.overflow(id, m))?;
+        if outcome.closed_trade.is_some_and(|n| !n.is_finite()) {
+            return Err(self.overflow(id, "trade PnL"));
+        }
+        Ok(FillPlan {
+            position,
+            realized: outcome.realized,
+            closed_trade: outcome.closed_trade,
+            delta_unrealized,
+            created: existing.is_none(),
+        })
+    }
+
     pub fn order(
         &mut self,
         algo_id: &str,
@@ -629,8 +973,8 @@ impl Engine {
         ts: i64,
         out: &mut Vec<Breach>,
     ) -> Result<()> {
-        self.check_time(ts)?;
         let slot = self.slot(algo_id)?;
+        self.check_time(ts)?;
         if let OrderEvent::Acked { latency_ns } = event {
             if latency_ns < 0 {
                 return Err(CoreError::BadLatency(format!(
@@ -679,18 +1023,62 @@ impl Engine {
             Event::Fill {
                 algo,
                 symbol,
+                side,
                 qty,
                 price,
                 fee,
                 ts,
-            } => self.fill(algo, symbol, *qty, *price, *fee, *ts, out),
+            } => self.fill_sided(algo, symbol, *side, *qty, *price, *fee, *ts, out),
             Event::Order { algo, event, ts } => self.order(algo, *event, *ts, out),
         }
     }
 
-    /// Decode one JSON event (docs/events.md) and apply it.
+    /// Decode one JSON event (docs/events.md) and apply it. No identity check: for trusted
+    /// sources (replays, tests). Bus messages go through `ingest_msg`.
     pub fn ingest_json(&mut self, data: &[u8], out: &mut Vec<Breach>) -> Result<()> {
         let event = decode_json(data)?;
+        self.apply(&event, out)
+    }
+
+    /// Decode one event received on NATS subject `subject` and apply it, if the subject may
+    /// carry it: market data only on `<prefix>.md.<symbol>` (its own symbol), an algorithm's fills
+    /// and order events only on `<prefix>.fills|orders.<gateway>.<algo>` of the gateway that runs
+    /// it (`set_gateway`), with the body naming the same algorithm.
+    ///
+    /// Refusal reasons in order: decode, wrong_subject, unknown_algorithm, wrong_gateway, then
+    /// those of the event itself (docs/events.md).
+    pub fn ingest_msg(&mut self, subject: &str, data: &[u8], out: &mut Vec<Breach>) -> Result<()> {
+        let event = decode_json(data)?;
+        let route = Route::parse(&self.prefix, subject)?;
+        match (&route, &event) {
+            (Route::Market { symbol: s }, Event::Quote { symbol, .. })
+            | (Route::Market { symbol: s }, Event::Mark { symbol, .. }) => {
+                if s != symbol {
+                    return Err(CoreError::WrongSubject(format!(
+                        "market data for {symbol:?} on the subject of {s:?} ({subject})"
+                    )));
+                }
+            }
+            (Route::Fills { gateway, algo: a }, Event::Fill { algo, .. })
+            | (Route::Orders { gateway, algo: a }, Event::Order { algo, .. }) => {
+                self.slot(algo)?;
+                let runs = self.gateway_of.get(algo.as_ref()).map(String::as_str);
+                if a != algo || runs != Some(*gateway) {
+                    return Err(CoreError::WrongGateway(format!(
+                        "an event of {algo:?} on {subject}: only the subjects of its own \
+                         gateway ({}) and algorithm may carry it",
+                        runs.unwrap_or("none configured")
+                    )));
+                }
+            }
+            (_, e) => {
+                return Err(CoreError::WrongSubject(format!(
+                    "a {} event may not arrive on {subject} ({})",
+                    e.kind(),
+                    route.carries()
+                )))
+            }
+        }
         self.apply(&event, out)
     }
 
@@ -704,12 +1092,16 @@ impl Engine {
         ts: i64,
         out: &mut Vec<Breach>,
     ) -> Result<()> {
-        self.check_time(ts)?;
         let slot = self.slot(algo_id)?;
+        self.check_time(ts)?;
         if !(capital.is_finite() && capital > 0.0) {
             return Err(CoreError::Config(format!(
                 "capital must be a finite number > 0, got {capital}"
             )));
+        }
+        let algo = self.algo(slot);
+        if !algo.capital_change_is_finite(capital) {
+            return Err(self.overflow(algo_id, "equity references"));
         }
         let t = self.tick(ts);
         let algo = self.algo_mut(slot);
@@ -751,7 +1143,6 @@ impl Engine {
             algo.rejects.expire(t);
             algo.latency.expire(t);
         }
-        algo.resum_unrealized();
         let algo = &*algo;
         let positions = algo
             .positions

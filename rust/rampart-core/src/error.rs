@@ -17,15 +17,32 @@ pub enum CoreError {
         now: i64,
         tolerance_ns: i64,
     },
-    /// A price (or bid/ask pair) is not finite and positive, or bid > ask.
+    /// The timestamp is outside the range Rampart accepts (`Guards::min_ts`..=`Guards::max_ts`).
+    BadTimestamp(String),
+    /// The timestamp is further ahead of the wall clock (live) or of the engine clock (replay)
+    /// than the configured bound: accepting it would drag the event clock into the future.
+    Future(String),
+    /// A price (or bid/ask pair) is not finite and positive, above the sanity bound, or bid > ask.
     BadPrice(String),
     /// A quantity is zero, negative where it must be positive, or not finite.
     BadQuantity(String),
+    /// A fill's notional (|qty| x price) is above the sanity bound.
+    BadNotional(String),
     /// A fee is negative or not finite.
     BadFee(String),
     /// An ack latency is negative.
     BadLatency(String),
-    /// Raw bytes are not a valid event (not JSON, a field missing or of the wrong type).
+    /// A quote or mark moved the symbol's mid further from the last accepted one than its price
+    /// band allows (the run of such quotes is counted; see `Guards::price_band_consecutive`).
+    PriceBand(String),
+    /// Applying the event would make a metric (mark, equity, peak, PnL, exposure) non-finite.
+    Overflow(String),
+    /// The event arrived on a subject that may not carry it (a fill on a market-data subject, a
+    /// symbol other than the subject's).
+    WrongSubject(String),
+    /// The event names an algorithm that the sending gateway does not run.
+    WrongGateway(String),
+    /// Raw bytes are not a valid event (not UTF-8 JSON, a field missing or of the wrong type).
     Decode(String),
 }
 
@@ -37,10 +54,17 @@ impl CoreError {
             CoreError::DuplicateAlgorithm(_) => "duplicate_algorithm",
             CoreError::UnknownAlgorithm(_) => "unknown_algorithm",
             CoreError::OutOfOrder { .. } => "out_of_order",
+            CoreError::BadTimestamp(_) => "bad_timestamp",
+            CoreError::Future(_) => "future",
             CoreError::BadPrice(_) => "bad_price",
             CoreError::BadQuantity(_) => "bad_quantity",
+            CoreError::BadNotional(_) => "bad_notional",
             CoreError::BadFee(_) => "bad_fee",
             CoreError::BadLatency(_) => "bad_latency",
+            CoreError::PriceBand(_) => "price_band",
+            CoreError::Overflow(_) => "overflow",
+            CoreError::WrongSubject(_) => "wrong_subject",
+            CoreError::WrongGateway(_) => "wrong_gateway",
             CoreError::Decode(_) => "decode",
         }
     }
@@ -66,10 +90,17 @@ impl fmt::Display for CoreError {
                 "timestamp {ts} is {} ns behind the engine clock {now}, more than the tolerance of {tolerance_ns} ns",
                 now.saturating_sub(*ts)
             ),
-            CoreError::BadPrice(m)
+            CoreError::BadTimestamp(m)
+            | CoreError::Future(m)
+            | CoreError::BadPrice(m)
             | CoreError::BadQuantity(m)
+            | CoreError::BadNotional(m)
             | CoreError::BadFee(m)
             | CoreError::BadLatency(m)
+            | CoreError::PriceBand(m)
+            | CoreError::Overflow(m)
+            | CoreError::WrongSubject(m)
+            | CoreError::WrongGateway(m)
             | CoreError::Decode(m) => f.write_str(m),
         }
     }

@@ -15,6 +15,13 @@ pub enum OrderEvent {
     Cancelled,
 }
 
+/// The side of a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
 /// One input event. Strings borrow from the decoded buffer where they can.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<'a> {
@@ -32,7 +39,8 @@ pub enum Event<'a> {
     Fill {
         algo: Cow<'a, str>,
         symbol: Cow<'a, str>,
-        /// Signed: > 0 buy, < 0 sell.
+        side: Side,
+        /// As sent: must be > 0 (checked by the engine, in the documented order).
         qty: f64,
         price: f64,
         fee: f64,
@@ -43,6 +51,18 @@ pub enum Event<'a> {
         event: OrderEvent,
         ts: i64,
     },
+}
+
+impl Event<'_> {
+    /// The event's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Quote { .. } => "quote",
+            Event::Mark { .. } => "mark",
+            Event::Fill { .. } => "fill",
+            Event::Order { .. } => "order",
+        }
+    }
 }
 
 /// The union of every event's fields; decoding a flat struct is faster than a tagged enum.
@@ -78,9 +98,12 @@ fn need<T>(v: Option<T>, kind: &str, field: &str) -> Result<T> {
     v.ok_or_else(|| CoreError::Decode(format!("{kind} event: missing field `{field}`")))
 }
 
-/// Decode one JSON event.
+/// Decode one JSON event. The whole message must be UTF-8 (serde skips unknown fields without
+/// looking inside their strings, so this is checked first).
 pub fn decode_json(data: &[u8]) -> Result<Event<'_>> {
-    let raw: RawEvent<'_> = serde_json::from_slice(data)
+    let text = std::str::from_utf8(data)
+        .map_err(|e| CoreError::Decode(format!("not a valid event: not UTF-8: {e}")))?;
+    let raw: RawEvent<'_> = serde_json::from_str(text)
         .map_err(|e| CoreError::Decode(format!("not a valid event: {e}")))?;
     let kind = raw.kind.as_ref();
     let ts = need(raw.ts, kind, "ts")?;
@@ -98,14 +121,9 @@ pub fn decode_json(data: &[u8]) -> Result<Event<'_>> {
         }),
         "fill" => {
             let qty = need(raw.qty, kind, "qty")?;
-            if qty <= 0.0 {
-                return Err(CoreError::BadQuantity(format!(
-                    "fill qty must be > 0 (the direction is in `side`), got {qty}"
-                )));
-            }
-            let signed = match need(raw.side, kind, "side")?.as_ref() {
-                "buy" => qty,
-                "sell" => -qty,
+            let side = match need(raw.side, kind, "side")?.as_ref() {
+                "buy" => Side::Buy,
+                "sell" => Side::Sell,
                 other => {
                     return Err(CoreError::Decode(format!(
                         "fill event: side must be \"buy\" or \"sell\", got {other:?}"
@@ -115,7 +133,8 @@ pub fn decode_json(data: &[u8]) -> Result<Event<'_>> {
             Ok(Event::Fill {
                 algo: need(raw.algo, kind, "algo")?,
                 symbol: need(raw.symbol, kind, "symbol")?,
-                qty: signed,
+                side,
+                qty,
                 price: need(raw.price, kind, "price")?,
                 fee: raw.fee.unwrap_or(0.0),
                 ts,
@@ -172,7 +191,8 @@ mod tests {
             Event::Fill {
                 algo: "a".into(),
                 symbol: "ES".into(),
-                qty: -2.0,
+                side: Side::Sell,
+                qty: 2.0,
                 price: 3.5,
                 fee: 0.0,
                 ts: 7
@@ -216,9 +236,15 @@ mod tests {
         assert_eq!(e.unwrap_err().reason(), "decode");
         let e = decode_json(br#"{"type":"quote","symbol":"ES","bid":"1","ask":1.5,"ts":5}"#);
         assert_eq!(e.unwrap_err().reason(), "decode");
+        // The sign is the engine's to check, after the algorithm and the time (docs/events.md).
         let e = decode_json(
             br#"{"type":"fill","algo":"a","symbol":"ES","side":"buy","qty":-2,"price":3.5,"ts":7}"#,
         );
-        assert_eq!(e.unwrap_err().reason(), "bad_quantity");
+        assert!(matches!(e.unwrap(), Event::Fill { qty, .. } if qty == -2.0));
+        // Invalid UTF-8 anywhere, even inside a field nobody reads, is not an event.
+        let e = decode_json(
+            b"{\"type\":\"mark\",\"symbol\":\"ES\",\"price\":1,\"ts\":1,\"x\":\"\xff\"}",
+        );
+        assert_eq!(e.unwrap_err().reason(), "decode");
     }
 }

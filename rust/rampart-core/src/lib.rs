@@ -9,12 +9,15 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod guards;
 pub mod ledger;
 pub mod order_window;
 pub mod rolling;
+pub mod subject;
 
 pub use algo::{Breach, BreachKind};
-pub use config::{AlgoConfig, LimitSpec, Limits};
+pub use config::{AlgoConfig, LimitSpec, Limits, ReturnSampling};
 pub use engine::{Engine, PositionView, Snapshot, CHECKPOINT_VERSION, DEFAULT_TIME_TOLERANCE_NS};
 pub use error::{CoreError, Result};
-pub use event::{decode_json, Event, OrderEvent};
+pub use event::{decode_json, Event, OrderEvent, Side};
+pub use guards::Guards;

@@ -55,6 +55,13 @@ impl RejectWindow {
         }
     }
 
+    /// Forget every event.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.submitted = 0;
+        self.rejected = 0;
+    }
+
     pub fn submitted(&self) -> u64 {
         self.submitted
     }
@@ -207,6 +214,13 @@ impl LatencyWindow {
         if self.threshold.is_some_and(|thr| v > thr) {
             self.above += 1;
         }
+    }
+
+    /// Forget every sample.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        self.above = 0;
     }
 
     pub fn len(&self) -> u64 {

@@ -23,6 +23,10 @@ pub struct RollingStats {
     /// A bound on the rounding error that removals have left in `m2`.
     #[serde(default)]
     noise: f64,
+    /// How many of the newest values are equal to the newest: when it covers the window, the
+    /// variance is exactly zero, whatever rounding removals left in `m2`.
+    #[serde(skip)]
+    equal_run: usize,
 }
 
 impl RollingStats {
@@ -34,6 +38,7 @@ impl RollingStats {
             m2: 0.0,
             removals_since_refresh: 0,
             noise: 0.0,
+            equal_run: 0,
         }
     }
 
@@ -55,6 +60,8 @@ impl RollingStats {
             self.remove(old);
             self.removals_since_refresh += 1;
         }
+        let same = self.values.back() == Some(&x);
+        self.equal_run = if same { self.equal_run + 1 } else { 1 };
         self.values.push_back(x);
         let n = self.values.len() as f64;
         let d = x - self.mean;
@@ -111,10 +118,17 @@ impl RollingStats {
         self.mean
     }
 
-    /// Sample variance (ddof = 1); `None` with fewer than 2 values.
+    /// Sample variance (ddof = 1); `None` with fewer than 2 values; exactly 0 when every value
+    /// in the window is equal.
     pub fn variance(&self) -> Option<f64> {
         let n = self.values.len();
-        (n >= 2).then(|| self.m2 / (n - 1) as f64)
+        if n < 2 {
+            return None;
+        }
+        if self.equal_run >= n {
+            return Some(0.0);
+        }
+        Some(self.m2 / (n - 1) as f64)
     }
 
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
@@ -153,6 +167,10 @@ impl RollingStats {
             return Err(format!("m2 must be >= 0, got {}", self.m2));
         }
         self.capacity = capacity;
+        self.equal_run = match self.values.back() {
+            Some(&last) => self.values.iter().rev().take_while(|&&v| v == last).count(),
+            None => 0,
+        };
         Ok(())
     }
 }

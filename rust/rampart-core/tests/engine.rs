@@ -466,23 +466,43 @@ fn json_events_drive_the_same_state_as_calls() {
     let mut b = engine(AlgoConfig::new("a", "v1", 1_000.0));
     let mut out = Vec::new();
     let msgs = [
-        r#"{"type":"fill","algo":"a","symbol":"ES","side":"buy","qty":3,"price":10,"fee":0.5,"ts":1}"#,
-        r#"{"type":"quote","symbol":"ES","bid":11,"ask":11.5,"ts":2}"#,
-        r#"{"type":"order","algo":"a","event":"submitted","ts":3}"#,
-        r#"{"type":"order","algo":"a","event":"acked","latency_ns":700,"ts":4}"#,
-        r#"{"type":"mark","symbol":"ES","price":12,"ts":5}"#,
-        r#"{"type":"fill","algo":"a","symbol":"ES","side":"sell","qty":3,"price":12,"ts":6}"#,
+        format!(
+            r#"{{"type":"fill","algo":"a","symbol":"ES","side":"buy","qty":3,"price":10,"fee":0.5,"ts":{}}}"#,
+            T0 + 1
+        ),
+        format!(
+            r#"{{"type":"quote","symbol":"ES","bid":11,"ask":11.5,"ts":{}}}"#,
+            T0 + 2
+        ),
+        format!(
+            r#"{{"type":"order","algo":"a","event":"submitted","ts":{}}}"#,
+            T0 + 3
+        ),
+        format!(
+            r#"{{"type":"order","algo":"a","event":"acked","latency_ns":700,"ts":{}}}"#,
+            T0 + 4
+        ),
+        format!(
+            r#"{{"type":"mark","symbol":"ES","price":12,"ts":{}}}"#,
+            T0 + 5
+        ),
+        format!(
+            r#"{{"type":"fill","algo":"a","symbol":"ES","side":"sell","qty":3,"price":12,"ts":{}}}"#,
+            T0 + 6
+        ),
     ];
     for m in msgs {
         a.ingest_json(m.as_bytes(), &mut out).unwrap();
     }
-    b.fill("a", "ES", 3.0, 10.0, 0.5, 1, &mut out).unwrap();
-    b.quote("ES", 11.0, 11.5, 2, &mut out).unwrap();
-    b.order("a", OrderEvent::Submitted, 3, &mut out).unwrap();
-    b.order("a", OrderEvent::Acked { latency_ns: 700 }, 4, &mut out)
+    b.fill("a", "ES", 3.0, 10.0, 0.5, T0 + 1, &mut out).unwrap();
+    b.quote("ES", 11.0, 11.5, T0 + 2, &mut out).unwrap();
+    b.order("a", OrderEvent::Submitted, T0 + 3, &mut out)
         .unwrap();
-    b.mark("ES", 12.0, 5, &mut out).unwrap();
-    b.fill("a", "ES", -3.0, 12.0, 0.0, 6, &mut out).unwrap();
+    b.order("a", OrderEvent::Acked { latency_ns: 700 }, T0 + 4, &mut out)
+        .unwrap();
+    b.mark("ES", 12.0, T0 + 5, &mut out).unwrap();
+    b.fill("a", "ES", -3.0, 12.0, 0.0, T0 + 6, &mut out)
+        .unwrap();
     let (sa, sb) = (a.snapshot("a").unwrap(), b.snapshot("a").unwrap());
     assert_eq!(sa, sb);
     assert_approx!(sa.realized_pnl, 6.0);

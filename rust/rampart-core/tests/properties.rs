@@ -58,7 +58,7 @@ proptest! {
         let mut mark = [None::<f64>; 3];
         let mut quoted = [false; 3];
         for (i, ev) in events.iter().enumerate() {
-            let ts = 1_000 + 137 * i as i64;
+            let ts = 1_764_028_800_000_000_000 + 137 * i as i64;
             match *ev {
                 Ev::Fill { sym, qty: q, price, fee } => {
                     e.fill("a", SYMS[sym], q, price, fee, ts, &mut out).unwrap();

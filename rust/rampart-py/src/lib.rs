@@ -12,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
 use rampart_core as core;
-use rampart_core::{CoreError, LimitSpec, OrderEvent};
+use rampart_core::{CoreError, Guards, LimitSpec, OrderEvent, ReturnSampling};
 
 create_exception!(
     rampart._core,
@@ -65,10 +65,115 @@ fn exception_for(py: Python<'_>, e: CoreError) -> PyErr {
         CoreError::UnknownAlgorithm(_) => raise(py, &UNKNOWN_ALGORITHM_ERROR, msg),
         CoreError::OutOfOrder { .. } => raise(py, &OUT_OF_ORDER_ERROR, msg),
         CoreError::Decode(_) => raise(py, &DECODE_ERROR, msg),
-        CoreError::BadPrice(_)
+        CoreError::BadTimestamp(_)
+        | CoreError::Future(_)
+        | CoreError::BadPrice(_)
         | CoreError::BadQuantity(_)
+        | CoreError::BadNotional(_)
         | CoreError::BadFee(_)
-        | CoreError::BadLatency(_) => raise(py, &INVALID_EVENT_ERROR, msg),
+        | CoreError::BadLatency(_)
+        | CoreError::PriceBand(_)
+        | CoreError::Overflow(_)
+        | CoreError::WrongSubject(_)
+        | CoreError::WrongGateway(_) => raise(py, &INVALID_EVENT_ERROR, msg),
+    }
+}
+
+// ---- argument conversion --------------------------------------------------------------------
+// What Python passes is converted here, and a value that does not convert is refused with
+// Rampart's exception and reason (never a bare OverflowError, TypeError or UnicodeEncodeError).
+
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    let text = obj
+        .repr()
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "<unprintable>".into());
+    let short: String = text.chars().take(80).collect();
+    let ty = obj
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    format!("{short} ({ty})")
+}
+
+/// An event time: an integer count of ns since the epoch that fits 64 bits (`bad_timestamp`).
+struct Ts(i64);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Ts {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.extract::<i64>().map(Ts).map_err(|_| {
+            to_py_err(
+                obj.py(),
+                CoreError::BadTimestamp(format!(
+                    "a timestamp must be an integer count of ns since the epoch within 64 bits, \
+                     got {}",
+                    describe(&obj)
+                )),
+            )
+        })
+    }
+}
+
+/// An id or symbol: a str that is valid Unicode text (`decode`: no lone surrogates).
+struct Text<'a>(&'a str);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Text<'a> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        <&'a str as FromPyObject<'a, 'py>>::extract(obj)
+            .map(Text)
+            .map_err(|e| {
+                let py = obj.py();
+                to_py_err(
+                    py,
+                    CoreError::Decode(format!(
+                        "an id or symbol must be a str of valid Unicode text, got {}: {}",
+                        describe(&obj),
+                        e.value(py)
+                    )),
+                )
+            })
+    }
+}
+
+/// A number (`decode` when it is not one, or out of the double range).
+struct Num(f64);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Num {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.extract::<f64>().map(Num).map_err(|_| {
+            to_py_err(
+                obj.py(),
+                CoreError::Decode(format!("expected a number, got {}", describe(&obj))),
+            )
+        })
+    }
+}
+
+/// A configuration value of type `T` (`ConfigError` when it does not convert).
+struct Cfg<T>(T);
+
+impl<'a, 'py, T: FromPyObject<'a, 'py>> FromPyObject<'a, 'py> for Cfg<T> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        T::extract(obj).map(Cfg).map_err(|e| {
+            let py = obj.py();
+            to_py_err(
+                py,
+                CoreError::Config(format!(
+                    "{} is not a valid value here: {}",
+                    describe(&obj),
+                    e.into().value(py)
+                )),
+            )
+        })
     }
 }
 
@@ -118,6 +223,7 @@ struct PyAlgoConfig {
     latency_window_ns: i64,
     latency_min_samples: u32,
     return_interval_ns: i64,
+    return_sampling: &'static str,
     sharpe_window: usize,
     periods_per_year: f64,
     risk_free_rate: f64,
@@ -148,6 +254,11 @@ impl PyAlgoConfig {
         c.latency_window_ns = self.latency_window_ns;
         c.latency_min_samples = self.latency_min_samples;
         c.return_interval_ns = self.return_interval_ns;
+        c.return_sampling = if self.return_sampling == "session" {
+            ReturnSampling::Session
+        } else {
+            ReturnSampling::Interval
+        };
         c.sharpe_window = self.sharpe_window;
         c.periods_per_year = self.periods_per_year;
         c.risk_free_rate = self.risk_free_rate;
@@ -162,39 +273,48 @@ impl PyAlgoConfig {
     #[new]
     #[pyo3(signature = (
         algo_id, version, capital, *,
-        max_daily_loss=None, max_drawdown=None, max_error_rate=None, max_latency_ns=None,
-        daily_loss_consecutive=1, drawdown_consecutive=1, error_rate_consecutive=1,
-        latency_consecutive=1,
-        error_window_ns=60_000_000_000, error_min_orders=20,
-        latency_window_ns=60_000_000_000, latency_min_samples=20,
-        return_interval_ns=3_600_000_000_000, sharpe_window=720, periods_per_year=None,
-        risk_free_rate=0.0, session_offset_ns=0, confidence_drawdown_ref=0.10,
-    ))]
+        max_daily_loss=Cfg(None), max_drawdown=Cfg(None), max_error_rate=Cfg(None), max_latency_ns=Cfg(None),
+        daily_loss_consecutive=Cfg(1), drawdown_consecutive=Cfg(1), error_rate_consecutive=Cfg(1),
+        latency_consecutive=Cfg(1),
+        error_window_ns=Cfg(60_000_000_000), error_min_orders=Cfg(20),
+        latency_window_ns=Cfg(60_000_000_000), latency_min_samples=Cfg(20),
+        return_interval_ns=Cfg(3_600_000_000_000), return_sampling=Cfg("interval".to_owned()), sharpe_window=Cfg(720),
+        periods_per_year=Cfg(None), risk_free_rate=Cfg(0.0), session_offset_ns=Cfg(0),
+        confidence_drawdown_ref=Cfg(0.10),
+    ), text_signature = "(algo_id, version, capital, *, max_daily_loss=None, max_drawdown=None, \
+        max_error_rate=None, max_latency_ns=None, daily_loss_consecutive=1, \
+        drawdown_consecutive=1, error_rate_consecutive=1, latency_consecutive=1, \
+        error_window_ns=60000000000, error_min_orders=20, latency_window_ns=60000000000, \
+        latency_min_samples=20, return_interval_ns=3600000000000, return_sampling='interval', \
+        sharpe_window=720, periods_per_year=None, risk_free_rate=0.0, session_offset_ns=0, \
+        confidence_drawdown_ref=0.1)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        algo_id: String,
-        version: String,
-        capital: f64,
-        max_daily_loss: Option<f64>,
-        max_drawdown: Option<f64>,
-        max_error_rate: Option<f64>,
-        max_latency_ns: Option<i64>,
-        daily_loss_consecutive: u32,
-        drawdown_consecutive: u32,
-        error_rate_consecutive: u32,
-        latency_consecutive: u32,
-        error_window_ns: i64,
-        error_min_orders: u32,
-        latency_window_ns: i64,
-        latency_min_samples: u32,
-        return_interval_ns: i64,
-        sharpe_window: usize,
-        periods_per_year: Option<f64>,
-        risk_free_rate: f64,
-        session_offset_ns: i64,
-        confidence_drawdown_ref: f64,
+        algo_id: Cfg<String>,
+        version: Cfg<String>,
+        capital: Cfg<f64>,
+        max_daily_loss: Cfg<Option<f64>>,
+        max_drawdown: Cfg<Option<f64>>,
+        max_error_rate: Cfg<Option<f64>>,
+        max_latency_ns: Cfg<Option<i64>>,
+        daily_loss_consecutive: Cfg<u32>,
+        drawdown_consecutive: Cfg<u32>,
+        error_rate_consecutive: Cfg<u32>,
+        latency_consecutive: Cfg<u32>,
+        error_window_ns: Cfg<i64>,
+        error_min_orders: Cfg<u32>,
+        latency_window_ns: Cfg<i64>,
+        latency_min_samples: Cfg<u32>,
+        return_interval_ns: Cfg<i64>,
+        return_sampling: Cfg<String>,
+        sharpe_window: Cfg<usize>,
+        periods_per_year: Cfg<Option<f64>>,
+        risk_free_rate: Cfg<f64>,
+        session_offset_ns: Cfg<i64>,
+        confidence_drawdown_ref: Cfg<f64>,
     ) -> PyResult<Self> {
+        let max_latency_ns = max_latency_ns.0;
         if max_latency_ns.is_some_and(|v| v < 0) {
             return Err(to_py_err(
                 py,
@@ -204,34 +324,50 @@ impl PyAlgoConfig {
                 )),
             ));
         }
+        let return_sampling = match return_sampling.0.as_str() {
+            "interval" => ReturnSampling::Interval,
+            "session" => ReturnSampling::Session,
+            other => {
+                return Err(to_py_err(
+                    py,
+                    CoreError::Config(format!(
+                        "return_sampling must be \"interval\" or \"session\", got {other:?}"
+                    )),
+                ))
+            }
+        };
+        let return_interval_ns = return_interval_ns.0;
         let cfg = PyAlgoConfig {
-            algo_id,
-            version,
-            capital,
-            max_daily_loss,
-            max_drawdown,
-            max_error_rate,
+            algo_id: algo_id.0,
+            version: version.0,
+            capital: capital.0,
+            max_daily_loss: max_daily_loss.0,
+            max_drawdown: max_drawdown.0,
+            max_error_rate: max_error_rate.0,
             max_latency_ns,
-            daily_loss_consecutive,
-            drawdown_consecutive,
-            error_rate_consecutive,
-            latency_consecutive,
-            error_window_ns,
-            error_min_orders,
-            latency_window_ns,
-            latency_min_samples,
+            daily_loss_consecutive: daily_loss_consecutive.0,
+            drawdown_consecutive: drawdown_consecutive.0,
+            error_rate_consecutive: error_rate_consecutive.0,
+            latency_consecutive: latency_consecutive.0,
+            error_window_ns: error_window_ns.0,
+            error_min_orders: error_min_orders.0,
+            latency_window_ns: latency_window_ns.0,
+            latency_min_samples: latency_min_samples.0,
             return_interval_ns,
-            sharpe_window,
-            periods_per_year: periods_per_year.unwrap_or_else(|| {
-                if return_interval_ns > 0 {
+            return_sampling: return_sampling.as_str(),
+            sharpe_window: sharpe_window.0,
+            periods_per_year: periods_per_year.0.unwrap_or_else(|| {
+                if return_sampling == ReturnSampling::Session {
+                    core::config::SESSIONS_PER_YEAR
+                } else if return_interval_ns > 0 {
                     core::config::default_periods_per_year(return_interval_ns)
                 } else {
                     f64::NAN // rejected by validate() with a message about return_interval_ns
                 }
             }),
-            risk_free_rate,
-            session_offset_ns,
-            confidence_drawdown_ref,
+            risk_free_rate: risk_free_rate.0,
+            session_offset_ns: session_offset_ns.0,
+            confidence_drawdown_ref: confidence_drawdown_ref.0,
         };
         guard(py, || cfg.to_core().validate())?;
         Ok(cfg)
@@ -502,9 +638,47 @@ impl PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (*, time_tolerance_ns=5_000_000_000))]
-    fn new(py: Python<'_>, time_tolerance_ns: i64) -> PyResult<Self> {
-        let inner = guard(py, || core::Engine::new(time_tolerance_ns))?;
+    #[pyo3(signature = (
+        *, time_tolerance_ns=Cfg(5_000_000_000), max_future_ns=Cfg(None), max_jump_ns=Cfg(None),
+        min_ts_ns=Cfg(core::guards::DEFAULT_MIN_TS), max_ts_ns=Cfg(core::guards::MAX_TS),
+        max_price=Cfg(1e9), max_quantity=Cfg(1e12), max_notional=Cfg(1e13), price_band=Cfg(None),
+        price_band_consecutive=Cfg(3), subject_prefix=Cfg("rampart".to_owned()),
+    ), text_signature = "(*, time_tolerance_ns=5000000000, max_future_ns=None, \
+        max_jump_ns=None, min_ts_ns=315532800000000000, max_ts_ns=7258118400000000000, \
+        max_price=1000000000.0, max_quantity=1000000000000.0, max_notional=10000000000000.0, \
+        price_band=None, price_band_consecutive=3, subject_prefix='rampart')")]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        time_tolerance_ns: Cfg<i64>,
+        max_future_ns: Cfg<Option<i64>>,
+        max_jump_ns: Cfg<Option<i64>>,
+        min_ts_ns: Cfg<i64>,
+        max_ts_ns: Cfg<i64>,
+        max_price: Cfg<f64>,
+        max_quantity: Cfg<f64>,
+        max_notional: Cfg<f64>,
+        price_band: Cfg<Option<f64>>,
+        price_band_consecutive: Cfg<u32>,
+        subject_prefix: Cfg<String>,
+    ) -> PyResult<Self> {
+        let guards = Guards {
+            time_tolerance_ns: time_tolerance_ns.0,
+            max_future_ns: max_future_ns.0,
+            max_jump_ns: max_jump_ns.0,
+            min_ts: min_ts_ns.0,
+            max_ts: max_ts_ns.0,
+            max_price: max_price.0,
+            max_quantity: max_quantity.0,
+            max_notional: max_notional.0,
+            price_band: price_band.0,
+            price_band_consecutive: price_band_consecutive.0,
+        };
+        let inner = guard(py, || {
+            let mut e = core::Engine::with_guards(guards)?;
+            e.set_subject_prefix(&subject_prefix.0)?;
+            Ok(e)
+        })?;
         Ok(PyEngine {
             inner,
             out: Vec::with_capacity(8),
@@ -521,20 +695,61 @@ impl PyEngine {
         self.inner.time_tolerance_ns()
     }
 
+    #[getter]
+    fn max_future_ns(&self) -> Option<i64> {
+        self.inner.guards().max_future_ns
+    }
+
+    /// The latest wall-clock reading given (`set_wall_clock`, `ingest_msg`).
+    #[getter]
+    fn wall_clock(&self) -> Option<i64> {
+        self.inner.wall_clock()
+    }
+
+    /// The latest event time the engine accepts now (`None`: unbounded).
+    #[getter]
+    fn horizon(&self) -> Option<i64> {
+        self.inner.horizon()
+    }
+
+    fn set_wall_clock(&mut self, wall_ns: Ts) {
+        self.inner.set_wall_clock(wall_ns.0);
+    }
+
+    fn set_gateway(
+        &mut self,
+        py: Python<'_>,
+        algo_id: Text<'_>,
+        gateway: Text<'_>,
+    ) -> PyResult<()> {
+        guard(py, || self.inner.set_gateway(algo_id.0, gateway.0))
+    }
+
+    fn set_price_band(
+        &mut self,
+        py: Python<'_>,
+        symbol: Text<'_>,
+        band: Cfg<Option<f64>>,
+    ) -> PyResult<()> {
+        guard(py, || self.inner.set_price_band(symbol.0, band.0))
+    }
+
     fn register(&mut self, py: Python<'_>, config: &PyAlgoConfig) -> PyResult<()> {
         guard(py, || self.inner.register(config.to_core()))
     }
 
-    fn unregister(&mut self, py: Python<'_>, algo_id: &str) -> PyResult<()> {
-        guard(py, || self.inner.unregister(algo_id))
+    fn unregister(&mut self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<()> {
+        guard(py, || self.inner.unregister(algo_id.0))
     }
 
     fn algorithms(&self) -> Vec<String> {
         self.inner.algorithms()
     }
 
-    fn __contains__(&self, algo_id: &str) -> bool {
-        self.inner.contains(algo_id)
+    fn __contains__(&self, algo_id: &Bound<'_, PyAny>) -> bool {
+        algo_id
+            .extract::<&str>()
+            .is_ok_and(|id| self.inner.contains(id))
     }
 
     fn __len__(&self) -> usize {
@@ -544,80 +759,91 @@ impl PyEngine {
     fn quote(
         &mut self,
         py: Python<'_>,
-        symbol: &str,
-        bid: f64,
-        ask: f64,
-        ts: i64,
+        symbol: Text<'_>,
+        bid: Num,
+        ask: Num,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
-        self.event(py, |e, out| e.quote(symbol, bid, ask, ts, out))
+        self.event(py, |e, out| e.quote(symbol.0, bid.0, ask.0, ts.0, out))
     }
 
     fn mark(
         &mut self,
         py: Python<'_>,
-        symbol: &str,
-        price: f64,
-        ts: i64,
+        symbol: Text<'_>,
+        price: Num,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
-        self.event(py, |e, out| e.mark(symbol, price, ts, out))
+        self.event(py, |e, out| e.mark(symbol.0, price.0, ts.0, out))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn fill(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        symbol: &str,
-        qty: f64,
-        price: f64,
-        fee: f64,
-        ts: i64,
+        algo_id: Text<'_>,
+        symbol: Text<'_>,
+        qty: Num,
+        price: Num,
+        fee: Num,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
         self.event(py, |e, out| {
-            e.fill(algo_id, symbol, qty, price, fee, ts, out)
+            e.fill(algo_id.0, symbol.0, qty.0, price.0, fee.0, ts.0, out)
         })
     }
 
     fn order_submitted(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        ts: i64,
+        algo_id: Text<'_>,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
         self.event(py, |e, out| {
-            e.order(algo_id, OrderEvent::Submitted, ts, out)
+            e.order(algo_id.0, OrderEvent::Submitted, ts.0, out)
         })
     }
 
     fn order_acked(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        latency_ns: i64,
-        ts: i64,
+        algo_id: Text<'_>,
+        latency_ns: &Bound<'_, PyAny>,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
+        let latency_ns = latency_ns.extract::<i64>().map_err(|_| {
+            to_py_err(
+                py,
+                CoreError::BadLatency(format!(
+                    "ack latency must be an integer count of ns within 64 bits, got {}",
+                    describe(latency_ns)
+                )),
+            )
+        })?;
         self.event(py, |e, out| {
-            e.order(algo_id, OrderEvent::Acked { latency_ns }, ts, out)
+            e.order(algo_id.0, OrderEvent::Acked { latency_ns }, ts.0, out)
         })
     }
 
     fn order_rejected(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        ts: i64,
+        algo_id: Text<'_>,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
-        self.event(py, |e, out| e.order(algo_id, OrderEvent::Rejected, ts, out))
+        self.event(py, |e, out| {
+            e.order(algo_id.0, OrderEvent::Rejected, ts.0, out)
+        })
     }
 
     fn order_cancelled(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        ts: i64,
+        algo_id: Text<'_>,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
         self.event(py, |e, out| {
-            e.order(algo_id, OrderEvent::Cancelled, ts, out)
+            e.order(algo_id.0, OrderEvent::Cancelled, ts.0, out)
         })
     }
 
@@ -648,6 +874,7 @@ impl PyEngine {
         self.batch(py, rows, |e, (s, b, a, t), out| e.quote(s, b, a, t, out))
     }
 
+    /// Decode one JSON event and apply it, with no identity check (replays, tests).
     fn ingest_json(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Option<Vec<PyBreach>>> {
         self.event(py, |e, out| e.ingest_json(data, out))
     }
@@ -677,30 +904,47 @@ impl PyEngine {
         })
     }
 
+    /// Decode one event received on `subject` and apply it if the subject may carry it; with
+    /// `wall_ns`, first move the wall clock to it (live mode: the event may not be further
+    /// ahead of it than `max_future_ns`).
+    #[pyo3(signature = (subject, data, wall_ns=None))]
+    fn ingest_msg(
+        &mut self,
+        py: Python<'_>,
+        subject: Text<'_>,
+        data: &[u8],
+        wall_ns: Option<Ts>,
+    ) -> PyResult<Option<Vec<PyBreach>>> {
+        if let Some(w) = wall_ns {
+            self.inner.set_wall_clock(w.0);
+        }
+        self.event(py, |e, out| e.ingest_msg(subject.0, data, out))
+    }
+
     fn set_capital(
         &mut self,
         py: Python<'_>,
-        algo_id: &str,
-        capital: f64,
-        ts: i64,
+        algo_id: Text<'_>,
+        capital: Num,
+        ts: Ts,
     ) -> PyResult<Option<Vec<PyBreach>>> {
-        self.event(py, |e, out| e.set_capital(algo_id, capital, ts, out))
+        self.event(py, |e, out| e.set_capital(algo_id.0, capital.0, ts.0, out))
     }
 
-    fn mark_stage(&mut self, py: Python<'_>, algo_id: &str) -> PyResult<()> {
-        guard(py, || self.inner.mark_stage(algo_id))
+    fn mark_stage(&mut self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<()> {
+        guard(py, || self.inner.mark_stage(algo_id.0))
     }
 
-    fn reset_breaches(&mut self, py: Python<'_>, algo_id: &str) -> PyResult<()> {
-        guard(py, || self.inner.reset_breaches(algo_id))
+    fn reset_breaches(&mut self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<()> {
+        guard(py, || self.inner.reset_breaches(algo_id.0))
     }
 
-    fn advance(&mut self, py: Python<'_>, ts: i64) -> PyResult<()> {
-        guard(py, || self.inner.advance(ts))
+    fn advance(&mut self, py: Python<'_>, ts: Ts) -> PyResult<()> {
+        guard(py, || self.inner.advance(ts.0))
     }
 
-    fn snapshot(&mut self, py: Python<'_>, algo_id: &str) -> PyResult<PySnapshot> {
-        guard(py, || self.inner.snapshot(algo_id)).map(PySnapshot::from)
+    fn snapshot(&mut self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<PySnapshot> {
+        guard(py, || self.inner.snapshot(algo_id.0)).map(PySnapshot::from)
     }
 
     fn snapshots(&mut self, py: Python<'_>) -> PyResult<Vec<PySnapshot>> {
@@ -710,24 +954,32 @@ impl PyEngine {
             .collect()
     }
 
-    fn last_quote_ts(&self, symbol: &str) -> Option<i64> {
-        self.inner.last_quote_ts(symbol)
+    fn last_quote_ts(&self, symbol: Text<'_>) -> Option<i64> {
+        self.inner.last_quote_ts(symbol.0)
     }
 
     /// The returns in the Sharpe window, oldest first.
-    fn returns(&self, py: Python<'_>, algo_id: &str) -> PyResult<Vec<f64>> {
-        guard(py, || self.inner.returns(algo_id))
+    fn returns(&self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<Vec<f64>> {
+        guard(py, || self.inner.returns(algo_id.0))
     }
 
     /// The algorithm's complete state as a versioned JSON checkpoint (docs/metrics.md).
-    fn checkpoint<'py>(&self, py: Python<'py>, algo_id: &str) -> PyResult<Bound<'py, PyBytes>> {
-        let data = guard(py, || self.inner.checkpoint(algo_id))?;
+    fn checkpoint<'py>(&self, py: Python<'py>, algo_id: Text<'_>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = guard(py, || self.inner.checkpoint(algo_id.0))?;
         Ok(PyBytes::new(py, &data))
     }
 
-    /// Register an algorithm from a checkpoint, in exactly the state it was saved in.
-    fn restore(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        guard(py, || self.inner.restore(data))
+    /// Register an algorithm from a checkpoint, in exactly the state it was saved in. A
+    /// checkpoint clock beyond `max_clock` is not trusted (see the core's `restore`): the
+    /// untrusted clock is returned, else `None`.
+    #[pyo3(signature = (data, *, max_clock=None))]
+    fn restore(
+        &mut self,
+        py: Python<'_>,
+        data: &[u8],
+        max_clock: Option<Ts>,
+    ) -> PyResult<Option<i64>> {
+        guard(py, || self.inner.restore(data, max_clock.map(|t| t.0)))
     }
 
     fn __repr__(&self) -> String {
