@@ -282,9 +282,7 @@ def test_interval_sampling_adds_zero_returns_on_closed_days_and_session_sampling
     counts = {}
     for mode in ("interval", "session"):
         engine = Engine()
-        engine.register(
-            AlgoConfig("a", "1", 1e6, return_sampling=mode, return_interval_ns=DAY)
-        )
+        engine.register(AlgoConfig("a", "1", 1e6, return_sampling=mode, return_interval_ns=DAY))
         engine.fill("a", "X", 1.0, 100.0, 0.0, closes[0])
         for i, ts in enumerate(closes[1:]):
             engine.mark("X", 100.0 + i, ts)

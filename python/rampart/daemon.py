@@ -40,6 +40,7 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.guard import Guard
 from rampart.paging import StatusTooLargeError, build_page
 from rampart.protocol import (
+    AlertSeverity,
     AlgoStatus,
     AlgoUnavailable,
     BreachEvent,
@@ -82,6 +83,18 @@ CHECKPOINT_KEY: Final = "checkpoint/"
 STORE_FILE: Final = "rampart.db"
 # the Throttle key of a checkpoint write that failed as a whole
 ALL_CHECKPOINTS: Final = "*"
+# Refusals that look like a broken or hostile sender, not just noise: each raises an alert (at
+# most one per reason a minute), beside the dead letter.
+ALERTED_REFUSALS: Final[dict[str, AlertSeverity]] = {
+    "future": "warning",
+    "bad_timestamp": "warning",
+    "price_band": "warning",
+    "overflow": "warning",
+    "wrong_subject": "critical",
+    "wrong_gateway": "critical",
+    "unknown_gateway": "critical",
+}
+REFUSAL_ALERT_INTERVAL: Final = 60.0
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
@@ -216,6 +229,7 @@ class Daemon:
         self._effects_busy = False
         self.checkpoint_at: int | None = None
         self.deployment_error: str | None = None
+        self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         # Each deployment's state as last stored: what status shows.
         self.stored_states: dict[str, DeploymentState] = {}
 
@@ -424,6 +438,11 @@ class Daemon:
         rejected[reason] = count
         if count <= LOG_FIRST or count % LOG_EVERY == 0:
             log.warning("refused message on %s (%s, #%d): %s", msg.subject, reason, count, error)
+        severity = ALERTED_REFUSALS.get(reason)
+        if severity is not None and self.guard is not None and self._refusal_alerts.ready(reason):
+            title = f"refused {reason} message on {msg.subject[:200]}"
+            detail = f"{error[:1000]} ({count} refused as {reason} since start)"
+            self._spawn(self.guard.alert(severity, title, detail, algos=[]), "refusal-alert")
         if not self.config.ingest.dead_letter or self.nc is None:
             return
         limit = self.config.ingest.dead_letter_payload_limit
