@@ -22,7 +22,9 @@ from support import until
 
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import CHECKPOINT_KEY, STORE_FILE, Daemon
+from rampart.deployment import decode_deployment
 from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.protocol import Alert, Subjects, alert_decoder
 from rampart.store import Store
 
@@ -346,3 +348,65 @@ def test_a_dragged_clock_in_a_checkpoint_is_reset_alerted_and_recorded_on_restar
             await daemon.close()
 
     asyncio.run(second_run())
+
+
+CANARY_1H = {
+    "deploymentId": "canary-1h",
+    "strategy": "Canary",
+    "algorithmId": "alpha",
+    "environment": "Production",
+    "configuration": {
+        "totalCapital": 100000,
+        "stages": [
+            {"name": "Micro", "allocation": 0.01, "minDuration": "PT1H", "minPnL": 0},
+            {"name": "Full", "allocation": 1.0, "minDuration": "PT1H", "minPnL": 0},
+        ],
+        "autoProgress": True,
+        "rollbackThresholds": {"maxDailyLoss": 0.5, "maxDrawdown": 0.5},
+    },
+}
+
+
+def test_a_future_stamp_cannot_satisfy_a_canary_stage(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A canary with 1-hour stages: a quote stamped an hour (or a year) ahead, then correct
+    quotes, must leave it in its first stage at 1% (only time that really passed counts)."""
+    async def scenario() -> None:
+        async with running(make_config(tmp_path), server.url) as (daemon, nc):
+            gw_nc = await nats.connect(server.url)
+            gw = ReferenceGateway(
+                gw_nc,
+                "gw1",
+                [HostedAlgo("alpha", "ES", Momentum(), active=False)],
+                deadman_timeout=3600,
+            )
+            await gw.start()
+            try:
+                t = now_ns()
+                q = ev(type="quote", symbol="ES", bid=100, ask=100, ts=t)
+                await nc.publish(SUBJ.market("ES"), q)
+                await nc.flush()
+                await until(lambda: daemon.stats.ingested == 1)
+                state = await daemon.deploy(decode_deployment(json.dumps(CANARY_1H)), "alice")
+                assert (state.stage, state.allocation) == (0, 0.01)
+                for ahead in (3_600 * S + 1, YEAR):
+                    far = ev(type="quote", symbol="IDLE", bid=1, ask=1, ts=now_ns() + ahead)
+                    await nc.publish(SUBJ.market("IDLE"), far)
+                for i in range(1, 6):  # correct quotes, each after a decision interval
+                    q = ev(type="quote", symbol="ES", bid=100, ask=100, ts=now_ns() + i * S)
+                    await nc.publish(SUBJ.market("ES"), q)
+                await nc.flush()
+                await until(lambda: daemon.stats.rejected.get("future") == 2)
+                await until(lambda: daemon.stats.ingested == 6)
+                await until(daemon.effects_idle)
+                now = daemon.engine.now
+                assert now is not None and now <= now_ns() + 5 * S
+                stored = daemon.stored_states["canary-1h"]
+                assert (stored.stage, stored.allocation) == (0, 0.01), stored
+                assert daemon.runner.deployments["canary-1h"].state.stage == 0
+            finally:
+                await gw.close()
+                await gw_nc.close()
+
+    asyncio.run(scenario())
