@@ -582,6 +582,7 @@ def _algo_dict(algo_id: str, **extra: object) -> dict[str, object]:
         positions=[],
         gateway="gw1",
         halted=False,
+        control=None,
     )
     fields.update(extra)
     return fields

@@ -213,3 +213,38 @@ def test_alerts_reach_the_webhook(server: EmbeddedNatsServer, tmp_path: Path) ->
     alert = received[0]
     assert alert["type"] == "alert" and alert["algos"] == ["alpha"]
     assert alert["severity"] in ("critical", "emergency") and "rollback" in str(alert["title"])
+
+
+def test_a_failed_rollback_exits_non_zero(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    """No gateway answers: the halt is never acked, so `rampart rollback` says FAILED and exits
+    1 (it printed "rollback FAILED" and exited 0 before)."""
+    text = config_text(tmp_path, free_port()) + '\n[rollback]\nhalt_deadline = "PT0.2S"\n'
+    text += 'cancel_deadline = "PT0.2S"\nallocate_deadline = "PT0.2S"\n'
+    config = parse_config(text.encode())
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "rampart",
+                "rollback",
+                "alpha",
+                "--operator",
+                "alice",
+                "--reason",
+                "test",
+                "--servers",
+                server.url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 1, (out.decode(), err.decode())
+            assert "FAILED" in err.decode()
+        finally:
+            await daemon.close()
+
+    asyncio.run(scenario())

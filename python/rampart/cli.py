@@ -258,6 +258,12 @@ def cmd_control(args: argparse.Namespace) -> int:
     if not reply.ok:
         print(f"rampart {args.verb}: refused: {reply.error}", file=sys.stderr)
         return 1
+    # A rollback whose steps were not all acked is a failure: say so in the exit status too.
+    failed = (
+        args.verb == "rollback"
+        and reply.state is not None
+        and reply.state.get("state") != "succeeded"
+    )
     if args.json:
         sys.stdout.write(encoder.encode(reply).decode() + "\n")
     elif args.verb == "rollback" and reply.state is not None:
@@ -274,6 +280,13 @@ def cmd_control(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{args.verb} {target}: done ({json.dumps(reply.state)})")
+    if failed:
+        print(
+            f"rampart rollback: FAILED: not every step was acked by the gateways; Rampart keeps "
+            f"retrying (see `rampart status {target}`)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -40,10 +40,12 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.guard import Guard
 from rampart.paging import StatusTooLargeError, build_page
 from rampart.protocol import (
+    HEARTBEAT_VERSION,
     AlertSeverity,
     AlgoStatus,
     AlgoUnavailable,
     BreachEvent,
+    CommandKind,
     ConnectivityEvent,
     ConnectivityState,
     ControlReply,
@@ -53,6 +55,7 @@ from rampart.protocol import (
     ErrorReply,
     GatewayStatus,
     IngestStats,
+    Intent,
     SidecarHeartbeat,
     StatusReply,
     StatusRequest,
@@ -61,6 +64,8 @@ from rampart.protocol import (
     heartbeat_decoder,
     status_request_decoder,
 )
+from rampart.reconcile import split_actions
+from rampart.reconciler import INTENT_KEY, Reconciler, ReconcileSettings
 from rampart.rollback import StepOutcome
 from rampart.runner import DeploymentRunner, Outcome, algorithms_of
 from rampart.store import HaltLatch, Store, StoreError
@@ -230,6 +235,7 @@ class Daemon:
         self.checkpoint_at: int | None = None
         self.deployment_error: str | None = None
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
+        self.reconciler: Reconciler | None = None
         # Each deployment's state as last stored: what status shows.
         self.stored_states: dict[str, DeploymentState] = {}
 
@@ -273,14 +279,32 @@ class Daemon:
         self.breach_listeners.append(self.guard.on_breaches)
         self.guard.rollback_listeners.append(self._on_rollback)
         self.connectivity_listeners.append(self.guard.on_connectivity)
+        guard = self.guard
+        self.reconciler = Reconciler(
+            guard.executor,
+            {gw: guard.algos_of_gateway(gw) for gw in sorted(self.configured_gateways)},
+            halted=lambda: guard.halted.keys(),
+            busy=lambda: guard.in_flight,
+            on_adopt=guard.adopt_halts,
+            on_stuck=self._on_stuck,
+            settings=ReconcileSettings(
+                resync_interval=self.config.heartbeat_interval.total_seconds()
+            ),
+            wall_clock=self.wall_clock,
+        )
+        guard.reconciler = self.reconciler
         untrusted_clocks = self._restore_checkpoints()
         self.deployment_error = await asyncio.to_thread(self._load_deployments)
+        intent_error = self._load_intents()
         # Fail closed: without our state we cannot know what was halted, so halt everything.
-        await self.guard.start(halt_all_because=self.store_error or self.deployment_error)
+        await self.guard.start(
+            halt_all_because=self.store_error or self.deployment_error or intent_error
+        )
         await self._report_untrusted_clocks(untrusted_clocks)
         self._spawn(self._outcome_worker(), "deployment-effects")
         self._spawn(self._checkpoint_loop(), "checkpoints")
-        await self._reconcile_deployments()
+        await self._seed_intents()
+        self.reconciler.start()
         await self._subscribe()
         await self._start_status_service()
         if self.config.metrics_port is not None:
@@ -355,6 +379,8 @@ class Daemon:
     async def close(self) -> None:
         """Drain subscriptions, flush, stop tasks and the service, stop an embedded server."""
         self._closing = True
+        if self.reconciler is not None:
+            await self.reconciler.close()
         if self.guard is not None:
             await self.guard.close()
         if self._service is not None:
@@ -525,7 +551,18 @@ class Daemon:
                 f"heartbeat on {msg.subject} names gateway {hb.gateway!r}, not {gateway!r}",
             )
             return
+        if hb.v < HEARTBEAT_VERSION:
+            await self._reject(
+                msg,
+                "unsupported_version",
+                f"gateway {gateway} sends heartbeat version {hb.v}; Rampart needs version "
+                f"{HEARTBEAT_VERSION} (each algorithm's actual state, docs/protocol.md): update "
+                "its gateway SDK",
+            )
+            return
         self.stats.heartbeats += 1
+        if self.reconciler is not None:
+            self.reconciler.on_report(gateway, hb.ts, hb.state)
         first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
             gateway=hb.gateway,
@@ -626,9 +663,14 @@ class Daemon:
     def algo_status(self, algo_id: str) -> AlgoStatus:
         """One algorithm's metrics (raises if the core cannot give them)."""
         snap = self.engine.snapshot(algo_id).to_dict()
-        snap["gateway"] = self.gateway_of.get(algo_id)
+        gateway = self.gateway_of.get(algo_id)
+        snap["gateway"] = gateway
         snap["halted"] = self.guard is not None and algo_id in self.guard.halted
-        return msgspec.convert(snap, AlgoStatus)
+        status = msgspec.convert(snap, AlgoStatus)
+        if self.reconciler is not None and gateway is not None:
+            control = self.reconciler.control_status(algo_id, gateway)
+            status = msgspec.structs.replace(status, control=control)
+        return status
 
     @functools.cached_property
     def _status_failures(self) -> Throttle:
@@ -963,20 +1005,41 @@ class Daemon:
             return text
         return None
 
-    async def _reconcile_deployments(self) -> None:
-        """After a restart, send every running deployment's allocations and versions again
-        (idempotent on the gateways), so they match the stored state exactly."""
-        for dep_id, r in self.runner.deployments.items():
+    def _load_intents(self) -> str | None:
+        """The stored intents; an unreadable one makes the daemon fail closed."""
+        assert self.store is not None and self.reconciler is not None
+        bad = self.reconciler.load(self.store.items(INTENT_KEY))
+        if bad:
+            text = "unreadable intent: " + "; ".join(bad)
+            log.critical("%s; every algorithm starts HALTED", text)
+            return text
+        return None
+
+    async def _seed_intents(self) -> None:
+        """Running deployments stored before intents were (an older Rampart): their state is the
+        intent of their algorithms. Stored first; the reconciler then drives the gateways."""
+        assert self.store is not None and self.reconciler is not None
+        rec, intents = self.reconciler, []
+        for r in self.runner.deployments.values():
             s = r.state
             if s.phase in TERMINAL or s.halted:
                 continue
-            actions: list[Action] = [
-                Activate(algo=s.active, reason="restart: reconcile"),
-                SetAllocation(algo=s.active, allocation=s.allocation, reason="restart: reconcile"),
-            ]
-            if s.standby:
-                actions.append(Standby(algo=s.standby, reason="restart: reconcile"))
-            await self._carry_out(dep_id, actions)
+            if rec.intents.get(s.active) == Intent(algo=s.active):
+                intents.append(rec.wanted(s.active, allocation=s.allocation, active=True))
+                if s.standby:
+                    intents.append(rec.wanted(s.standby, active=False))
+        if intents:
+            await asyncio.to_thread(_put_all, self.store, [rec.item(i) for i in intents])
+            rec.remember(intents)
+
+    async def _on_stuck(self, gateway: str, text: str) -> None:
+        if self.guard is not None:
+            await self.guard.alert(
+                "critical",
+                f"gateway {gateway} does not converge",
+                f"{text}; Rampart keeps sending with backoff (see `rampart status`)",
+                algos=[],
+            )
 
     async def _outcome_worker(self) -> None:
         while True:
@@ -1008,17 +1071,21 @@ class Daemon:
         data = self.runner.dump(dep_id, outcome.decision.state)
         transitions = outcome.decision.transitions
         checkpoints = self._checkpoints()
+        intents = self._intents_of(outcome.decision.actions)
+        items = [Reconciler.item(i) for i in intents]
 
         def write() -> None:
             with store.transaction():
                 store.put(DEPLOYMENT_KEY + dep_id, data)
-                for key, value in checkpoints:
+                for key, value in (*checkpoints, *items):
                     store.put(key, value)
                 for t in transitions:
                     store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
         await asyncio.to_thread(write)
         self.stored_states[dep_id] = outcome.decision.state
+        if self.reconciler is not None:
+            self.reconciler.remember(intents)
         if transitions:
             failpoints.hit("after_persist")  # crash tests: stored, not yet carried out
         if self.guard is not None:
@@ -1035,44 +1102,79 @@ class Daemon:
                 t.reason,
             )
 
+    def _intents_of(self, actions: list[Action]) -> list[Intent]:
+        """The intents a decision's actions set (stored with the decision, before any is sent).
+        A rollback's intents are the guard's (stored with its latch)."""
+        rec = self.reconciler
+        if rec is None:
+            return []
+        wanted: dict[str, Intent] = {}
+        for a in actions:
+            change: dict[str, Any]
+            if isinstance(a, SetAllocation):
+                change = {"allocation": a.allocation}
+            elif isinstance(a, (Activate, Standby, Decommission)):
+                change = {"active": isinstance(a, Activate)}
+            else:
+                continue
+            base = wanted.get(a.algo) or rec.intents.get(a.algo) or Intent(algo=a.algo)
+            wanted[a.algo] = msgspec.structs.replace(base, halted=False, **change)
+        return list(wanted.values())
+
     async def _carry_out(self, dep_id: str, actions: list[Action]) -> None:
+        """Send a decision's commands: reductions (rollbacks, allocations to 0, standbys) first
+        and acked before any increase; if one is not acked, the increases are held (their
+        intents are stored: the reconciler sends them, in order, once the reductions hold)."""
+        guard = self.guard
+        assert guard is not None
+        reductions, increases, notices = split_actions(actions)
+        acked = True
+        for r in reductions:
+            acked = await self._send_action(dep_id, r) and acked
+        if not acked and increases:
+            await guard.alert(
+                "emergency",
+                f"deployment {dep_id}: increases held",
+                "a reduction was not acked, so "
+                + ", ".join(f"{type(i).__name__}({i.algo})" for i in increases)
+                + " waits: the reconciler sends it once the gateway reports the reductions",
+                algos=[i.algo for i in increases],
+            )
+        else:
+            for i in increases:
+                await self._send_action(dep_id, i)
+        for n in notices:
+            if isinstance(n, RequestApproval):
+                title = f"deployment {dep_id} waits for `{n.verb}`"
+                await guard.alert("warning", title, n.reason, algos=[])
+            elif isinstance(n, Complete):
+                await guard.alert("info", f"deployment {dep_id} completed", n.reason, algos=[])
+
+    async def _send_action(self, dep_id: str, a: Action) -> bool:
+        """One command action, now; True when every gateway acked it."""
         guard = self.guard
         assert guard is not None
         ex = guard.executor
-        for a in actions:
-            outcomes: list[StepOutcome] = []
-            if isinstance(a, SetAllocation):
-                outcomes = [await ex.set_allocation(a.algo, a.allocation, a.reason, deadline=1.0)]
-            elif isinstance(a, Activate):
-                outcomes = list(
-                    (await ex.broadcast("activate", [a.algo], a.reason, deadline=1.0)).values()
-                )
-            elif isinstance(a, (Standby, Decommission)):
-                outcomes = list(
-                    (await ex.broadcast("standby", [a.algo], a.reason, deadline=1.0)).values()
-                )
-            elif isinstance(a, RollbackAction):
-                guard.trigger(
-                    a.algos,
-                    "algo",
-                    f"strategy:{a.trigger}",
-                    a.reason,
-                    force=True,
-                    previous=a.previous,
-                )
-            elif isinstance(a, RequestApproval):
-                await guard.alert(
-                    "warning", f"deployment {dep_id} waits for `{a.verb}`", a.reason, algos=[]
-                )
-            elif isinstance(a, Complete):
-                await guard.alert("info", f"deployment {dep_id} completed", a.reason, algos=[])
-            for failed in (o for o in outcomes if not o.ok):
-                await guard.alert(
-                    "emergency",
-                    f"deployment {dep_id}: {type(a).__name__} not acked",
-                    failed.detail,
-                    algos=failed.failed,
-                )
+        outcomes: list[StepOutcome] = []
+        if isinstance(a, SetAllocation):
+            outcomes = [await ex.set_allocation(a.algo, a.allocation, a.reason, deadline=1.0)]
+        elif isinstance(a, (Activate, Standby, Decommission)):
+            kind: CommandKind = "activate" if isinstance(a, Activate) else "standby"
+            outcomes = list((await ex.broadcast(kind, [a.algo], a.reason, deadline=1.0)).values())
+        elif isinstance(a, RollbackAction):
+            task = guard.trigger(
+                a.algos, "algo", f"strategy:{a.trigger}", a.reason, force=True, previous=a.previous
+            )
+            record = await task if task is not None else None
+            return record is not None and record.state == "succeeded"
+        for failed in (o for o in outcomes if not o.ok):
+            await guard.alert(
+                "emergency",
+                f"deployment {dep_id}: {type(a).__name__} not acked",
+                failed.detail,
+                algos=failed.failed,
+            )
+        return all(o.ok for o in outcomes)
 
     async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
         now = self.engine.now if self.engine.now is not None else self.wall_clock()

@@ -18,9 +18,10 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -28,7 +29,14 @@ from nats.js.kv import KeyValue
 from rampart._core import Breach, Engine
 from rampart.audit import encode_record
 from rampart.config import DaemonConfig, ns
-from rampart.protocol import Alert, AlertSeverity, ConnectivityEvent, GatewayStatus, encoder
+from rampart.protocol import (
+    Alert,
+    AlertSeverity,
+    ConnectivityEvent,
+    GatewayStatus,
+    Intent,
+    encoder,
+)
 from rampart.rollback import (
     EpochClock,
     ExecutorSettings,
@@ -38,9 +46,14 @@ from rampart.rollback import (
 )
 from rampart.store import HaltLatch, RollbackRecord, Store
 
+if TYPE_CHECKING:
+    from rampart.reconciler import Reconciler
+
 log = logging.getLogger("rampart.guard")
 
 AUDIT_STREAM: Final = "RAMPART_AUDIT"
+# A watchdog wake-up this much later than planned means Rampart itself was stalled.
+STALL_SECONDS: Final = 0.5
 STATE_BUCKET: Final = "RAMPART_STATE"
 SYSTEM_ACTOR: Final = "rampart"
 
@@ -101,6 +114,13 @@ class Guard:
         self._link_lost = False
         # told of every rollback as it starts: (algorithms, trigger, actor)
         self.rollback_listeners: list[Callable[[tuple[str, ...], str, str], None]] = []
+        # set by the daemon: stores what each algorithm should be, and drives the gateways to it
+        self.reconciler: Reconciler | None = None
+        # rollbacks whose steps were not all acked, until the reconciler converges their algos
+        self.unfinished: dict[str, RollbackRecord] = {}
+        # the watchdog's own stalls (event loop blocked, process stopped): the wall clock when
+        # the latest one ended, so a heartbeat gap that the stall explains is not a gateway's
+        self.stall_ended_at = 0
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -119,6 +139,10 @@ class Guard:
             )
         self.halted = await asyncio.to_thread(self.store.halts)
         self.recent = await asyncio.to_thread(self.store.rollbacks, None, 20)
+        # failed rollbacks of an earlier run: completed once the reconciler converges them
+        self.unfinished = {
+            r.rollback_id: r for r in await asyncio.to_thread(self.store.open_rollbacks)
+        }
         await self._setup_jetstream()
         if self.halted:
             # A halted algorithm stays halted: re-assert it on every start.
@@ -279,21 +303,125 @@ class Guard:
         log.critical("ROLLBACK %s of %s (%s): %s", trigger, ", ".join(algos), actor, reason)
         for a in algos:  # in memory at once (on this thread); on disk while the halt is in flight
             self.halted[a] = HaltLatch(algo=a, reason=reason, actor=actor, ts=ts)
-        latch = self._spawn(asyncio.to_thread(self._latch, algos, reason, actor, ts), "latch")
+        intents = self._rollback_intents(algos, previous)
+        items = [self.reconciler.item(i) for i in intents] if self.reconciler else []
+        latch = self._spawn(
+            asyncio.to_thread(self._latch, algos, reason, actor, ts, items), "latch"
+        )
         try:
             record = await execution
         finally:
             self.in_flight.difference_update(algos)
         await latch
         self.recent = [record, *self.recent[:19]]
+        if record.state != "succeeded":
+            self.unfinished[record.rollback_id] = record
+        if self.reconciler is not None:
+            self.reconciler.remember(intents)
+            self.reconciler.kick(algos)
         self._spawn(self._record(record), "rollback-record")
         return record
 
-    def _latch(self, algos: tuple[str, ...], reason: str, actor: str, ts: int) -> None:
-        """Write halt latches to the store (runs in a worker thread: touches no loop state)."""
+    def _rollback_intents(self, algos: tuple[str, ...], previous: dict[str, str]) -> list[Intent]:
+        """What a rollback wants after the halt: no capital for the rolled-back algorithms, the
+        previous versions active (stored with the latches)."""
+        rec = self.reconciler
+        if rec is None:
+            return []
+        intents = [rec.wanted(a, allocation=0.0) for a in algos]
+        intents += [rec.wanted(p, active=True) for p in previous.values() if p in self.algo_config]
+        return intents
+
+    def _latch(
+        self,
+        algos: tuple[str, ...],
+        reason: str,
+        actor: str,
+        ts: int,
+        intents: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Write halt latches (and the intents that go with them) to the store, in one
+        transaction (runs in a worker thread: touches no loop state)."""
         with self.store.transaction():
             for a in algos:
                 self.store.set_halt(a, halted=True, reason=reason, actor=actor, ts=ts)
+            for key, value in intents:
+                self.store.put(key, value)
+
+    async def adopt_halts(self, gateway: str, halts: list[tuple[str, str]]) -> None:
+        """Halts a gateway made on its own (its dead-man's switch tripped while Rampart was away,
+        or its own risk checks) while Rampart wanted the algorithms running: Rampart latches
+        them too (trigger ``deadman``/``gateway``) and never lifts them by itself; an operator
+        releases them (docs/operations.md, "Dead-man's switch")."""
+        ts = self.wall_clock()
+        todo = [(a, c) for a, c in halts if a not in self.halted]
+        if not todo:
+            return
+        algos = tuple(a for a, _ in todo)
+        reasons = {a: f"halted by gateway {gateway} itself ({c})" for a, c in todo}
+        for a in algos:
+            self.halted[a] = HaltLatch(algo=a, reason=reasons[a], actor=SYSTEM_ACTOR, ts=ts)
+
+        def persist() -> Any:
+            with self.store.transaction():
+                for a in algos:
+                    self.store.set_halt(
+                        a, halted=True, reason=reasons[a], actor=SYSTEM_ACTOR, ts=ts
+                    )
+                return self.store.append_audit(
+                    "adopted_halt",
+                    {"gateway": gateway, "halts": [list(h) for h in todo]},
+                    actor=SYSTEM_ACTOR,
+                    ts=ts,
+                )
+
+        audit = await asyncio.to_thread(persist)
+        log.critical("gateway %s halted %s on its own: latched", gateway, ", ".join(algos))
+        await self._publish_audit(audit.kind, encode_record(audit))
+        await self.alert(
+            "critical",
+            f"gateway {gateway} halted {', '.join(algos)} on its own",
+            "; ".join(f"{a}: {c}" for a, c in todo)
+            + ". Rampart has latched the halt and will not lift it by itself: check the gateway "
+            "and `rampart release` when it is safe",
+            algos=list(algos),
+        )
+
+    async def complete_converged(self) -> None:
+        """A failed rollback whose algorithms the reconciler has since brought to what Rampart
+        wants (halted, no capital, the previous version active) is completed: recorded, audited
+        and alerted, with the time it took."""
+        rec = self.reconciler
+        if rec is None:
+            return
+        for rid, record in list(self.unfinished.items()):
+            if any(a in self.in_flight for a in record.algos) or not all(
+                rec.control_status(a, self.gateway_of(a)).in_sync for a in record.algos
+            ):
+                continue
+            del self.unfinished[rid]
+            finished = self.wall_clock()
+            done = msgspec.structs.replace(record, state="completed", finished_at=finished)
+            self.recent = [done if r.rollback_id == rid else r for r in self.recent]
+            took = (finished - record.started_at) / 1e9
+            await asyncio.to_thread(self._save_completed, done, took)
+            await self.alert(
+                "critical",
+                f"rollback of {', '.join(record.algos)} completed",
+                f"{record.trigger}: the gateways now do what Rampart wants, {took:.1f}s after "
+                "the rollback started (some steps had failed and were retried)",
+                algos=list(record.algos),
+            )
+
+    def _save_completed(self, record: RollbackRecord, took: float) -> None:
+        with self.store.transaction():
+            self.store.save_rollback(record)
+            self.store.append_audit(
+                "rollback_completed",
+                {"rollback_id": record.rollback_id, "algos": record.algos, "seconds": took},
+                actor=SYSTEM_ACTOR,
+                ts=record.finished_at or self.wall_clock(),
+            )
 
     async def _record(self, record: RollbackRecord) -> None:
         """Persist the rollback and its audit record, then publish the audit copy and alert."""
@@ -375,10 +503,21 @@ class Guard:
         t = self.config.triggers
         interval = t.check_interval.total_seconds()
         failing = False
+        loop = asyncio.get_running_loop()
         while True:
+            before = loop.time()
             await asyncio.sleep(interval)
+            lag = loop.time() - before - interval
+            if lag > max(interval, STALL_SECONDS):
+                # Rampart itself was stalled (blocked loop, SIGSTOP): the heartbeats queued
+                # meanwhile are not processed yet. Judge the gateways from now on.
+                log.warning("event loop stalled for %.2fs: gateway heartbeats restart now", lag)
+                self.stall_ended_at = self.wall_clock()
+                await asyncio.sleep(0)  # let queued messages (heartbeats) be processed first
             now = self.wall_clock()
             try:  # the watchdog never dies: a failed check is logged and tried again
+                if self.unfinished:
+                    await self.complete_converged()
                 if t.gateway_heartbeat_timeout is not None or t.unhealthy_gateway:
                     self._check_gateways(now)
                 if t.market_data_timeout is not None:
@@ -398,7 +537,9 @@ class Guard:
             if status is None:
                 continue  # never heard from: nothing to compare against yet
             problem = None
-            if t.gateway_heartbeat_timeout is not None and now - status.received_at > ns(
+            # a gap that Rampart's own stall explains is not the gateway's
+            heard = max(status.received_at, self.stall_ended_at)
+            if t.gateway_heartbeat_timeout is not None and now - heard > ns(
                 t.gateway_heartbeat_timeout
             ):
                 age = (now - status.received_at) / 1e9
@@ -472,6 +613,8 @@ class Guard:
         for a in algos:
             self.halted.pop(a, None)
             self.engine.reset_breaches(a)
+        if self.reconciler is not None:
+            self.reconciler.kick(algos)
         await self._publish_audit(audit.kind, encode_record(audit))
 
     # ---- alerts and audit copies ----------------------------------------------------------------

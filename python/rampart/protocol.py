@@ -166,15 +166,62 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
         return self.market_data and self.order_routing and self.risk_engine
 
 
+# Heartbeats carry each algorithm's actual state since version 2 (docs/protocol.md): Rampart
+# refuses older ones (`unsupported_version`), since it cannot reconcile a gateway it cannot see.
+HEARTBEAT_VERSION: Final = 2
+
+# Why a gateway has an algorithm halted: Rampart's command, its dead-man's switch (Rampart went
+# silent), or its own decision (its risk checks, an operator at the gateway).
+HaltCause = Literal["command", "deadman", "gateway"]
+
+
+class AlgoActual(msgspec.Struct, frozen=True, kw_only=True):
+    """What a gateway is doing with one algorithm, as it reports it in every heartbeat.
+
+    ``allocation`` and ``active`` are ``None`` while unknown (nothing set since the gateway
+    started); ``epochs`` is the highest command epoch applied per dimension (``halt``,
+    ``allocation``, ``activation``)."""
+
+    algo: str
+    halted: bool
+    halt_cause: HaltCause | None = None
+    allocation: float | None = None
+    active: bool | None = None
+    epochs: dict[str, int] = {}
+
+
+class Intent(msgspec.Struct, frozen=True, kw_only=True):
+    """What Rampart wants of one algorithm; stored before anything is sent. ``None``: nothing
+    decided (leave it as the gateway has it). ``halted`` mirrors the algorithm's halt latch."""
+
+    algo: str
+    halted: bool = False
+    allocation: float | None = None
+    active: bool | None = None
+
+
+class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Intent against actual for one algorithm (docs/operations.md, "Reconciliation")."""
+
+    intent: Intent
+    actual: AlgoActual | None = None
+    in_sync: bool = False
+    # What differs, and since when (wall clock, ns); None when in sync.
+    drift: str | None = None
+    drift_since: int | None = None
+
+
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_field="type"):
-    """A gateway's liveness and health. Subject: ``<prefix>.hb.<gateway>``."""
+    """A gateway's liveness, health and the actual state of every algorithm it hosts.
+    Subject: ``<prefix>.hb.<gateway>``."""
 
     gateway: str
     ts: int
     health: Health
     algos: list[str] = []
+    state: list[AlgoActual] = []
     interval_ms: int = 1000
-    v: int = SCHEMA_VERSION
+    v: int = HEARTBEAT_VERSION
 
 
 class SidecarHeartbeat(
@@ -386,6 +433,8 @@ class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
     # positions left out because the reply had to fit in one NATS message (open ones are kept
     # first)
     positions_omitted: int = 0
+    # what Rampart wants of it, what its gateway reports, and what differs
+    control: ControlStatus | None = None
 
 
 class AlgoUnavailable(msgspec.Struct, frozen=True, kw_only=True):

@@ -164,6 +164,9 @@ class RollbackExecutor:
                 await asyncio.sleep(min(0.005, max(remaining, 0.0)))
             except msgspec.DecodeError as e:
                 detail = f"unreadable ack from gateway {gateway}: {e}"
+            except Exception as e:  # NATS down, buffer full, closed: retried, never fatal
+                detail = f"cannot reach gateway {gateway}: {type(e).__name__}: {e}"
+                await asyncio.sleep(min(0.01, max(remaining, 0.0)))
             if not pending:
                 return StepOutcome(True, attempts, self.monotonic() - start, "", [])
             if self.monotonic() >= stop_at:
@@ -320,6 +323,11 @@ class RollbackExecutor:
             outcome = await self.send(gateway, retry, deadline)
             if outcome.ok:
                 log.warning("rollback step %s on %s acked after %d retries", name, gateway, attempt)
+                return
+            if "stale_epoch" in outcome.detail:
+                # a later decision of the same kind was applied: this one is superseded (the
+                # reconciler drives the algorithm to what Rampart wants now)
+                log.warning("rollback step %s on %s superseded: %s", name, gateway, outcome.detail)
                 return
             targets = [t for t in targets if t.algo in outcome.failed]
             if attempt == 1 or attempt % 20 == 0:

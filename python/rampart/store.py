@@ -57,7 +57,8 @@ class HaltLatch(msgspec.Struct, frozen=True, kw_only=True):
 
 StepStatus = Literal["pending", "acked", "failed", "timeout"]
 RollbackScope = Literal["algo", "gateway", "all"]
-RollbackState = Literal["running", "succeeded", "failed"]
+# "completed": failed at first (a step not acked in time), then converged by the reconciler.
+RollbackState = Literal["running", "succeeded", "failed", "completed"]
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -423,7 +424,7 @@ class Store:
         """Rollbacks still running or failed (they need attention after a restart), oldest
         first."""
         rows = self._query(
-            "SELECT rollback_id, body FROM rollbacks WHERE state != 'succeeded' "
+            "SELECT rollback_id, body FROM rollbacks WHERE state NOT IN ('succeeded', 'completed') "
             "ORDER BY started_at, rollback_id"
         )
         return [self._decode_rollback(rid, body) for rid, body in rows]

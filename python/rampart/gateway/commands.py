@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from rampart.protocol import Command, CommandKind, CommandStatus, CommandTarget
+from rampart.protocol import (
+    AlgoActual,
+    Command,
+    CommandKind,
+    CommandStatus,
+    CommandTarget,
+    HaltCause,
+)
 
 # Remember this many command ids for dedup (a retry arrives within seconds; this is hours of them).
 DEDUP_CAPACITY = 100_000
@@ -29,12 +36,27 @@ DIMENSIONS: dict[CommandKind, str] = {
 
 @dataclass
 class AlgoControl:
-    """What the gateway knows about one algorithm's control state."""
+    """What the gateway knows about one algorithm's control state: what it reports to Rampart
+    in every heartbeat (``report``)."""
 
     halted: bool = False
     halt_epoch: int = -1
+    halt_cause: HaltCause | None = None
+    # None while nothing has been set since the gateway started.
+    allocation: float | None = None
+    active: bool | None = None
     # Highest epoch applied per dimension (see DIMENSIONS).
     epochs: dict[str, int] = field(default_factory=dict)
+
+    def report(self, algo: str) -> AlgoActual:
+        return AlgoActual(
+            algo=algo,
+            halted=self.halted,
+            halt_cause=self.halt_cause if self.halted else None,
+            allocation=self.allocation,
+            active=self.active,
+            epochs=dict(self.epochs),
+        )
 
 
 @dataclass
@@ -85,17 +107,33 @@ class CommandBook:
         dim = DIMENSIONS.get(command.kind)
         if dim is not None:
             ctl.epochs[dim] = max(ctl.epochs.get(dim, -1), command.epoch)
-        if command.kind == "halt":
-            ctl.halted = True
-            ctl.halt_epoch = max(ctl.halt_epoch, command.epoch)
-        elif command.kind == "resume":
-            ctl.halted = False
+        match command.kind:
+            case "halt":
+                ctl.halted = True
+                ctl.halt_cause = "command"
+                ctl.halt_epoch = max(ctl.halt_epoch, command.epoch)
+            case "resume":
+                ctl.halted = False
+                ctl.halt_cause = None
+            case "set_allocation":
+                ctl.allocation = target.allocation
+            case "activate":
+                ctl.active = True
+            case "standby":
+                ctl.active = False
 
-    def halt_locally(self, algo: str) -> None:
-        """A halt the gateway decided itself (dead-man's switch): only a later resume lifts it."""
+    def halt_locally(self, algo: str, cause: HaltCause = "deadman") -> None:
+        """A halt the gateway decided itself (its dead-man's switch, or its own risk checks):
+        only a later resume lifts it, and it is reported with its cause."""
         ctl = self.control(algo)
         ctl.halted = True
+        ctl.halt_cause = cause
         ctl.halt_epoch = max(ctl.halt_epoch, ctl.epochs.get("halt", -1))
+
+    def report(self, algo: str) -> AlgoActual:
+        """The algorithm's actual state as this gateway knows it."""
+        ctl = self.algos.get(algo)
+        return ctl.report(algo) if ctl is not None else AlgoActual(algo=algo, halted=False)
 
 
 def refusal_detail(status: CommandStatus, command: Command, target: CommandTarget) -> str:

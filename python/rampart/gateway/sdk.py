@@ -217,11 +217,13 @@ class GatewayAgent:
         interval_ms = int(self.heartbeat_interval * 1000)
         while True:
             if self.nc.is_connected:
+                algos = self.handlers.algorithms()
                 hb = Heartbeat(
                     gateway=self.gateway,
                     ts=self.wall_clock(),
                     health=self.handlers.health(),
-                    algos=self.handlers.algorithms(),
+                    algos=algos,
+                    state=[self.book.report(a) for a in algos],
                     interval_ms=interval_ms,
                 )
                 with contextlib.suppress(Exception):

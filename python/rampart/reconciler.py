@@ -1,0 +1,337 @@
+"""Level-triggered control, the I/O part: one loop per gateway drives its algorithms until what the
+gateway reports equals what Rampart wants (docs/operations.md, "Reconciliation").
+
+The intents are stored before anything is sent (the daemon and the guard write them in the same
+transaction as the decision that made them); each gateway reports its actual state in every
+heartbeat. On every report, every intent change and every ``resync_interval``, the loop plans
+with :func:`rampart.reconcile.plan` and sends what it plans: reductions first, increases only once
+every reduction is acked. A failed send is retried with exponential backoff and jitter, at most
+one batch per gateway at a time; the command id is kept while the command is the same, with a
+fresh ``valid_until`` per attempt. Nothing here gives up, and no error ends a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from rampart.protocol import (
+    AlgoActual,
+    Command,
+    CommandKind,
+    CommandTarget,
+    ControlStatus,
+    Intent,
+)
+from rampart.reconcile import Op, Plan, describe, plan
+from rampart.rollback import RollbackExecutor
+
+log = logging.getLogger("rampart.reconciler")
+
+# Send order within one batch: the reductions' kinds first.
+KIND_ORDER: Final[tuple[CommandKind, ...]] = (
+    "halt",
+    "set_allocation",
+    "standby",
+    "resume",
+    "activate",
+)
+INTENT_KEY: Final = "intent/"
+
+AdoptListener = Callable[[str, list[tuple[str, str]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    # Plan again this often even when nothing happened (a lost heartbeat, a missed kick).
+    resync_interval: float = 1.0
+    # After a failed send: wait base x 2^n (up to max), with +-jitter, before the next.
+    backoff_base: float = 0.1
+    backoff_max: float = 5.0
+    jitter: float = 0.2
+    # How long one attempt of one command may take.
+    deadline: float = 1.0
+    # Drift older than this is alerted (once per episode).
+    converge_timeout: float = 10.0
+
+
+class Reconciler:
+    """``intents`` holds the stored part of each algorithm's intent (allocation, activation); its
+    halt comes from the guard's latches (``halted``)."""
+
+    def __init__(
+        self,
+        executor: RollbackExecutor,
+        gateways: Mapping[str, tuple[str, ...]],
+        *,
+        halted: Callable[[], Iterable[str]],
+        busy: Callable[[], Iterable[str]],
+        on_adopt: AdoptListener,
+        on_stuck: Callable[[str, str], Awaitable[None]],
+        settings: ReconcileSettings | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.executor = executor
+        self.gateways = dict(gateways)
+        self.halted = halted
+        self.busy = busy
+        self.on_adopt = on_adopt
+        self.on_stuck = on_stuck
+        self.settings = settings or ReconcileSettings()
+        self.wall_clock = wall_clock
+        self.intents: dict[str, Intent] = {
+            a: Intent(algo=a) for algos in self.gateways.values() for a in algos
+        }
+        self.actual: dict[str, dict[str, AlgoActual]] = {}
+        self.reported_at: dict[str, int] = {}
+        self.drift_since: dict[str, int] = {}
+        self.sends = 0
+        self.send_failures = 0
+        # acked but not yet in a heartbeat: (the gateway's ack time, the state it implies)
+        self._acked: dict[str, dict[str, tuple[int, AlgoActual]]] = {}
+        self._same: dict[tuple[str, CommandKind], tuple[tuple[Op, ...], str, int]] = {}
+        self._kicks = {gw: asyncio.Event() for gw in self.gateways}
+        self._stuck: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._alerts: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+
+    # ---- intents ------------------------------------------------------------------------------
+
+    def load(self, stored: Iterable[tuple[str, bytes]]) -> list[str]:
+        """Intents from the store (``INTENT_KEY`` items); returns the unreadable ones."""
+        bad = []
+        for key, value in stored:
+            algo = key.removeprefix(INTENT_KEY)
+            try:
+                intent = msgspec.json.decode(value, type=Intent)
+            except msgspec.DecodeError as e:
+                bad.append(f"{key}: {e}")
+                continue
+            if algo in self.intents:
+                self.intents[algo] = msgspec.structs.replace(intent, algo=algo, halted=False)
+        return bad
+
+    def wanted(
+        self, algo: str, *, allocation: float | None = None, active: bool | None = None
+    ) -> Intent:
+        """The stored intent of ``algo`` with these parts changed (``None`` keeps a part).
+        Store it (``item``) before ``remember``-ing it: the loops act on what is remembered."""
+        cur = self.intents.get(algo, Intent(algo=algo))
+        return msgspec.structs.replace(
+            cur,
+            allocation=cur.allocation if allocation is None else allocation,
+            active=cur.active if active is None else active,
+            halted=False,
+        )
+
+    @staticmethod
+    def item(intent: Intent) -> tuple[str, bytes]:
+        """The store item of an intent (its halt lives in the latches)."""
+        return INTENT_KEY + intent.algo, msgspec.json.encode(intent)
+
+    def remember(self, intents: Iterable[Intent]) -> None:
+        """Stored intents: act on them."""
+        changed = []
+        for intent in intents:
+            self.intents[intent.algo] = intent
+            changed.append(intent.algo)
+        self.kick(changed)
+
+    def intent(self, algo: str) -> Intent:
+        base = self.intents.get(algo, Intent(algo=algo))
+        return msgspec.structs.replace(base, halted=algo in set(self.halted()))
+
+    def kick(self, algos: Iterable[str] | None = None) -> None:
+        """Plan again now: for these algorithms' gateways (every gateway with ``None``)."""
+        if algos is None:
+            targets = set(self.gateways)
+        else:
+            wanted = set(algos)
+            targets = {gw for gw, members in self.gateways.items() if wanted & set(members)}
+        for gw in targets:
+            self._kicks[gw].set()
+
+    # ---- reports --------------------------------------------------------------------------------
+
+    def on_report(self, gateway: str, ts: int, state: list[AlgoActual]) -> None:
+        """A heartbeat's actual state: it replaces the previous report, and supersedes the acks
+        the gateway sent before it."""
+        if gateway not in self.gateways:
+            return
+        self.actual[gateway] = {a.algo: a for a in state}
+        self.reported_at[gateway] = self.wall_clock()
+        acked = self._acked.get(gateway)
+        if acked:
+            for algo in [a for a, (at, _) in acked.items() if at <= ts]:
+                del acked[algo]
+        self._kicks[gateway].set()
+
+    def seen(self, gateway: str) -> Mapping[str, AlgoActual]:
+        """The gateway's actual state: its last report, with what it has acked since."""
+        seen = dict(self.actual.get(gateway, {}))
+        for algo, (_, state) in self._acked.get(gateway, {}).items():
+            seen[algo] = state
+        return seen
+
+    def plan_for(self, gateway: str) -> Plan:
+        return plan([self.intent(a) for a in self.gateways[gateway]], self.seen(gateway))
+
+    def control_status(self, algo: str, gateway: str) -> ControlStatus:
+        intent = self.intent(algo)
+        actual = self.seen(gateway).get(algo) if gateway in self.actual else None
+        drift = describe(intent, actual)
+        return ControlStatus(
+            intent=intent,
+            actual=actual,
+            in_sync=drift is None,
+            drift=drift,
+            drift_since=self.drift_since.get(algo) if drift is not None else None,
+        )
+
+    # ---- the loops ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for gw in self.gateways:
+            task = asyncio.ensure_future(self._loop(gw))
+            task.set_name(f"reconcile-{gw}")
+            self._tasks.append(task)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _loop(self, gateway: str) -> None:
+        kick = self._kicks[gateway]
+        s = self.settings
+        backoff = s.backoff_base
+        wait = s.resync_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), timeout=wait)
+            kick.clear()
+            wait = s.resync_interval
+            try:
+                ok = await self._step(gateway)
+            except Exception:  # a bug must not end the loop: log it and go on planning
+                log.exception("reconciling %s failed; trying again", gateway)
+                ok = False
+            if ok is None:
+                backoff = s.backoff_base
+            elif ok:
+                backoff = s.backoff_base
+                wait = 0.0  # plan again at once: the acks may allow the increases
+            else:
+                jitter = 1.0 + s.jitter * (2 * self._rng.random() - 1)
+                wait = backoff * jitter
+                backoff = min(backoff * 2, s.backoff_max)
+
+    async def _step(self, gateway: str) -> bool | None:
+        """One round: ``None`` when nothing was sent, else whether every command was acked."""
+        if gateway not in self.actual:
+            return None  # no report yet: nothing to compare with
+        members = self.gateways[gateway]
+        busy = set(self.busy())
+        if any(a in busy for a in members):
+            return None  # a rollback is on it; it kicks when done
+        p = self.plan_for(gateway)
+        self._track_drift(gateway, p)
+        if p.adopt:
+            await self.on_adopt(gateway, list(p.adopt))
+            return True  # the latches changed the intents: plan again
+        if not p.ops:
+            return None
+        return await self._send(gateway, p.ops)
+
+    def _track_drift(self, gateway: str, p: Plan) -> None:
+        now = self.wall_clock()
+        for algo in self.gateways[gateway]:
+            if algo in p.drift:
+                since = self.drift_since.setdefault(algo, now)
+                age = (now - since) / 1e9
+                if age > self.settings.converge_timeout and algo not in self._stuck:
+                    self._stuck.add(algo)
+                    text = f"{algo}: {p.drift[algo]} for {age:.1f}s"
+                    self._notify(self.on_stuck(gateway, text))
+            else:
+                self.drift_since.pop(algo, None)
+                self._stuck.discard(algo)
+
+    def _notify(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._alerts.add(task)
+        task.add_done_callback(self._alerts.discard)
+
+    async def _send(self, gateway: str, ops: tuple[Op, ...]) -> bool:
+        by_kind: dict[CommandKind, list[Op]] = {}
+        for op in ops:
+            by_kind.setdefault(op.kind, []).append(op)
+        for kind in KIND_ORDER:
+            batch = tuple(by_kind.get(kind, ()))
+            if not batch:
+                continue
+            cmd = self._command(gateway, kind, batch)
+            self.sends += 1
+            outcome = await self.executor.send(gateway, cmd, self.settings.deadline)
+            done = [op for op in batch if op.algo not in outcome.failed]
+            self._apply_acks(gateway, done)
+            if not outcome.ok:
+                self.send_failures += 1
+                if "stale_epoch" in outcome.detail:
+                    self._same.pop((gateway, kind), None)  # a newer decision: new epoch
+                log.warning(
+                    "reconcile %s: %s of %s not acked: %s",
+                    gateway,
+                    kind,
+                    ", ".join(outcome.failed),
+                    outcome.detail,
+                )
+                return False  # nothing further (no increase after a failed reduction)
+            self._same.pop((gateway, kind), None)
+        return True
+
+    def _command(self, gateway: str, kind: CommandKind, batch: tuple[Op, ...]) -> Command:
+        targets = [CommandTarget(algo=op.algo, allocation=op.allocation) for op in batch]
+        cmd = self.executor.command(
+            kind, targets, self.executor.epochs.next(), self.settings.deadline, "reconcile"
+        )
+        same = self._same.get((gateway, kind))
+        if same is not None and same[0] == batch:
+            # the same command again: same id and epoch (applied once), a fresh valid_until
+            cmd = msgspec.structs.replace(cmd, command_id=same[1], epoch=same[2])
+        else:
+            self._same[(gateway, kind)] = (batch, cmd.command_id, cmd.epoch)
+        return cmd
+
+    def _apply_acks(self, gateway: str, done: list[Op]) -> None:
+        if not done:
+            return
+        at = self.wall_clock()
+        acked = self._acked.setdefault(gateway, {})
+        seen = self.seen(gateway)
+        for op in done:
+            cur = seen.get(op.algo) or AlgoActual(algo=op.algo, halted=False)
+            match op.kind:
+                case "halt":
+                    new = msgspec.structs.replace(cur, halted=True, halt_cause="command")
+                case "resume":
+                    new = msgspec.structs.replace(cur, halted=False, halt_cause=None)
+                case "set_allocation":
+                    new = msgspec.structs.replace(cur, allocation=op.allocation)
+                case "activate":
+                    new = msgspec.structs.replace(cur, active=True)
+                case _:
+                    new = msgspec.structs.replace(cur, active=False)
+            acked[op.algo] = (at, new)
