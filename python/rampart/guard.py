@@ -593,18 +593,22 @@ class Guard:
     # ---- operator actions ---------------------------------------------------------------------
 
     async def release(self, algos: tuple[str, ...], actor: str, reason: str) -> None:
-        """Lift halts after a person has looked: resume on the gateways, clear the latches and
-        the core's breach latches, audit it."""
-        outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
-        for gw, outcome in outcomes.items():
-            if not outcome.ok:
-                raise RuntimeError(f"gateway {gw} did not ack the resume: {outcome.detail}")
+        """Lift halts after a person has looked. Stored first (latches cleared, the release's
+        epoch in each intent, an audit record), then the resume is sent; the core's breach
+        latches are reset. If a gateway does not ack, the reconciler keeps resuming what this
+        release lifted (and nothing newer) and this raises to say so."""
         ts = self.wall_clock()
+        epoch = self.executor.epochs.next()
+        rec = self.reconciler
+        intents = [rec.wanted(a, released_epoch=epoch) for a in algos] if rec else []
+        items = [rec.item(i) for i in intents] if rec else []
 
         def persist() -> Any:
             with self.store.transaction():
                 for a in algos:
                     self.store.set_halt(a, halted=False, reason=reason, actor=actor, ts=ts)
+                for key, value in items:
+                    self.store.put(key, value)
                 return self.store.append_audit(
                     "release", {"algos": list(algos), "reason": reason}, actor=actor, ts=ts
                 )
@@ -613,9 +617,16 @@ class Guard:
         for a in algos:
             self.halted.pop(a, None)
             self.engine.reset_breaches(a)
-        if self.reconciler is not None:
-            self.reconciler.kick(algos)
+        if rec is not None:
+            rec.remember(intents)
         await self._publish_audit(audit.kind, encode_record(audit))
+        outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
+        for gw, outcome in outcomes.items():
+            if not outcome.ok:
+                raise RuntimeError(
+                    f"released (stored), but gateway {gw} did not ack the resume yet: "
+                    f"{outcome.detail}; Rampart keeps sending it"
+                )
 
     # ---- alerts and audit copies ----------------------------------------------------------------
 

@@ -192,12 +192,17 @@ class AlgoActual(msgspec.Struct, frozen=True, kw_only=True):
 
 class Intent(msgspec.Struct, frozen=True, kw_only=True):
     """What Rampart wants of one algorithm; stored before anything is sent. ``None``: nothing
-    decided (leave it as the gateway has it). ``halted`` mirrors the algorithm's halt latch."""
+    decided (leave it as the gateway has it). ``halted`` mirrors the algorithm's halt latch.
+
+    ``released_epoch``: the epoch of the operator's last release. A halt the gateway applied
+    with an older epoch is one the release lifted (Rampart resumes it); a newer one Rampart has
+    no latch for (a crash between sending a halt and storing it) is adopted as a latch."""
 
     algo: str
     halted: bool = False
     allocation: float | None = None
     active: bool | None = None
+    released_epoch: int = 0
 
 
 class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,10 +12,12 @@ The rules, per gateway:
   gets capital back).
 - **Nothing is raised on a halted algorithm.** While an algorithm is halted (wanted, or reported
   by the gateway), no allocation increase or activation is planned for it; a resume is planned
-  only when the gateway halted it on Rampart's command and Rampart no longer wants it halted.
-- **A halt the gateway made itself is adopted, never overruled.** An algorithm the gateway
-  reports halted by its dead-man's switch (or its own decision) while Rampart wants it running is
-  returned in ``adopt``: the daemon latches it (trigger ``deadman``) for an operator to release.
+  only for a halt of Rampart's own that an operator's release lifted (the halt's epoch is older
+  than the release's).
+- **A halt Rampart did not lift is adopted, never overruled.** An algorithm the gateway reports
+  halted by its dead-man's switch or its own decision, or by a command of Rampart's that no latch
+  records (a crash between sending a halt and storing it), while Rampart wants it running, is
+  returned in ``adopt``: the daemon latches it for an operator to release.
 """
 
 from __future__ import annotations
@@ -93,11 +95,16 @@ def algo_ops(intent: Intent, actual: AlgoActual) -> tuple[list[Op], list[Op], st
     reductions: list[Op] = []
     increases: list[Op] = []
     adopt: str | None = None
-    gateway_halt = actual.halted and actual.halt_cause not in (None, "command")
     if intent.halted and not actual.halted:
         reductions.append(Op("halt", intent.algo))
-    if not intent.halted and gateway_halt:
-        adopt = actual.halt_cause or "gateway"
+    lifted = False  # a halt Rampart's release lifted, still in place at the gateway
+    if not intent.halted and actual.halted:
+        cause = actual.halt_cause or "gateway"
+        if cause == "command" and actual.epochs.get("halt", -1) < intent.released_epoch:
+            lifted = True
+        else:
+            # the gateway's own halt, or one of Rampart's that no latch records: keep it
+            adopt = cause if cause != "command" else "command without a latch"
     alloc = _allocation_op(intent, actual)
     if alloc is not None:
         (reductions if _is_decrease(alloc, actual) else increases).append(alloc)
@@ -105,12 +112,9 @@ def algo_ops(intent: Intent, actual: AlgoActual) -> tuple[list[Op], list[Op], st
         reductions.append(Op("standby", intent.algo))
     elif intent.active is True and actual.active is not True:
         increases.append(Op("activate", intent.algo))
-    halted = intent.halted or actual.halted
-    if halted:
-        # nothing raised on a halted algorithm; a resume only lifts Rampart's own halt
-        increases = []
-        if not intent.halted and actual.halted and actual.halt_cause == "command":
-            increases = [Op("resume", intent.algo)]
+    if intent.halted or actual.halted:
+        # nothing raised on a halted algorithm; a resume only lifts what a release lifted
+        increases = [Op("resume", intent.algo)] if lifted else []
     return reductions, increases, adopt
 
 

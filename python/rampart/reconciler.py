@@ -95,8 +95,8 @@ class Reconciler:
         self.drift_since: dict[str, int] = {}
         self.sends = 0
         self.send_failures = 0
-        # acked but not yet in a heartbeat: (the gateway's ack time, the state it implies)
-        self._acked: dict[str, dict[str, tuple[int, AlgoActual]]] = {}
+        # acked but not yet in a heartbeat: the state each ack implies
+        self._acked: dict[str, dict[str, AlgoActual]] = {}
         self._same: dict[tuple[str, CommandKind], tuple[tuple[Op, ...], str, int]] = {}
         self._kicks = {gw: asyncio.Event() for gw in self.gateways}
         self._stuck: set[str] = set()
@@ -121,7 +121,12 @@ class Reconciler:
         return bad
 
     def wanted(
-        self, algo: str, *, allocation: float | None = None, active: bool | None = None
+        self,
+        algo: str,
+        *,
+        allocation: float | None = None,
+        active: bool | None = None,
+        released_epoch: int | None = None,
     ) -> Intent:
         """The stored intent of ``algo`` with these parts changed (``None`` keeps a part).
         Store it (``item``) before ``remember``-ing it: the loops act on what is remembered."""
@@ -130,6 +135,7 @@ class Reconciler:
             cur,
             allocation=cur.allocation if allocation is None else allocation,
             active=cur.active if active is None else active,
+            released_epoch=cur.released_epoch if released_epoch is None else released_epoch,
             halted=False,
         )
 
@@ -163,23 +169,20 @@ class Reconciler:
     # ---- reports --------------------------------------------------------------------------------
 
     def on_report(self, gateway: str, ts: int, state: list[AlgoActual]) -> None:
-        """A heartbeat's actual state: it replaces the previous report, and supersedes the acks
-        the gateway sent before it."""
+        """A heartbeat's actual state: it replaces the previous report and every ack received
+        before it (the gateway's word now; one sent just before an ack arrived costs at most a
+        duplicate command, which the gateway applies idempotently)."""
         if gateway not in self.gateways:
             return
         self.actual[gateway] = {a.algo: a for a in state}
         self.reported_at[gateway] = self.wall_clock()
-        acked = self._acked.get(gateway)
-        if acked:
-            for algo in [a for a, (at, _) in acked.items() if at <= ts]:
-                del acked[algo]
+        self._acked.pop(gateway, None)
         self._kicks[gateway].set()
 
     def seen(self, gateway: str) -> Mapping[str, AlgoActual]:
         """The gateway's actual state: its last report, with what it has acked since."""
         seen = dict(self.actual.get(gateway, {}))
-        for algo, (_, state) in self._acked.get(gateway, {}).items():
-            seen[algo] = state
+        seen.update(self._acked.get(gateway, {}))
         return seen
 
     def plan_for(self, gateway: str) -> Plan:
@@ -318,7 +321,6 @@ class Reconciler:
     def _apply_acks(self, gateway: str, done: list[Op]) -> None:
         if not done:
             return
-        at = self.wall_clock()
         acked = self._acked.setdefault(gateway, {})
         seen = self.seen(gateway)
         for op in done:
@@ -334,4 +336,4 @@ class Reconciler:
                     new = msgspec.structs.replace(cur, active=True)
                 case _:
                     new = msgspec.structs.replace(cur, active=False)
-            acked[op.algo] = (at, new)
+            acked[op.algo] = new

@@ -1,0 +1,180 @@
+"""The closed loop end to end (issue 9), with a real nats-server, the daemon and the reference
+gateway: a gateway restarted inside the heartbeat timeout is halted again; a dead-man trip that
+happened while Rampart was away becomes a latch that only an operator lifts; status shows intent,
+actual and drift; a gateway speaking the old heartbeat is refused with a clear reason."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from support import until
+
+from rampart.config import DaemonConfig, parse_config
+from rampart.daemon import Daemon
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import Health, Heartbeat, Subjects, encoder
+
+SUBJ = Subjects()
+
+CONFIG = """
+data_dir = "{data_dir}"
+heartbeat_interval = "PT0.05S"
+
+[triggers]
+check_interval = "PT0.02S"
+gateway_heartbeat_timeout = "PT1H"
+market_data_timeout = "PT1H"
+nats_disconnect = false
+
+[[algorithms]]
+id = "alpha"
+version = "1"
+gateway = "gw1"
+capital = 100000
+
+[[algorithms]]
+id = "beta"
+version = "1"
+gateway = "gw1"
+capital = 100000
+"""
+
+
+def make_config(tmp_path: Path) -> DaemonConfig:
+    return parse_config(CONFIG.format(data_dir=tmp_path / "data").encode())
+
+
+@asynccontextmanager
+async def daemon_up(config: DaemonConfig, url: str) -> AsyncIterator[Daemon]:
+    daemon = Daemon(config, servers=[url])
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.close()
+
+
+@asynccontextmanager
+async def gateway_up(url: str, deadman: float = 3600.0) -> AsyncIterator[ReferenceGateway]:
+    nc = await nats.connect(url)
+    gw = ReferenceGateway(
+        nc,
+        "gw1",
+        [
+            HostedAlgo("alpha", "ES", Momentum(), allocation=0.0, active=True),
+            HostedAlgo("beta", "ES", Momentum(), allocation=0.0, active=True),
+        ],
+        heartbeat_interval=0.05,
+        deadman_timeout=deadman,
+    )
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        await nc.close()
+
+
+def test_a_gateway_restarted_inside_the_heartbeat_timeout_is_halted_again(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with daemon_up(make_config(tmp_path), server.url) as daemon:
+            guard = daemon.guard
+            assert guard is not None
+            async with gateway_up(server.url) as gw:
+                task = guard.trigger(["alpha"], "algo", "manual", "test", "alice", force=True)
+                assert task is not None
+                record = await task
+                assert record is not None and record.state == "succeeded"
+                assert gw.agent.is_halted("alpha")
+            # restarted well inside the 1 h heartbeat timeout: it forgot the halt
+            async with gateway_up(server.url) as gw:
+                await until(lambda: gw.agent.is_halted("alpha"), timeout=10)
+                assert not gw.agent.is_halted("beta")
+                status = daemon.status("alpha").algorithms[0].control
+                await until(lambda: daemon.status("alpha").algorithms[0].control.in_sync)  # type: ignore[union-attr]
+                status = daemon.status("alpha").algorithms[0].control
+                assert status is not None and status.intent.halted and status.actual is not None
+                assert status.actual.halted and status.actual.allocation == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_a_deadman_trip_while_rampart_was_away_becomes_a_latch_only_an_operator_lifts(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+
+    async def scenario() -> None:
+        async with gateway_up(server.url, deadman=0.3) as gw:
+            async with daemon_up(config, server.url) as daemon:
+                await until(lambda: "gw1" in daemon.gateways)
+                await until(lambda: gw.agent.deadman.last_seen is not None)
+            # Rampart is away: the gateway's dead-man's switch halts everything
+            await until(lambda: gw.agent.deadman.tripped, timeout=10)
+            assert gw.agent.is_halted("alpha") and gw.agent.is_halted("beta")
+            nc = await nats.connect(server.url)
+            alerts: list[bytes] = []
+
+            async def on_alert(msg: object) -> None:
+                alerts.append(msg.data)  # type: ignore[attr-defined]
+
+            await nc.subscribe(SUBJ.alert("critical"), cb=on_alert)
+            async with daemon_up(config, server.url) as daemon:
+                guard = daemon.guard
+                assert guard is not None
+                await until(lambda: {"alpha", "beta"} <= set(guard.halted))
+                assert "deadman" in guard.halted["alpha"].reason
+                await until(lambda: any(b"on its own" in a for a in alerts))
+                assert daemon.store is not None
+                assert any(r.kind == "adopted_halt" for r in daemon.store.audit())
+                status = daemon.status("alpha").algorithms[0]
+                assert status.halted
+                # Rampart never lifts it by itself
+                await asyncio.sleep(0.5)
+                assert gw.agent.is_halted("alpha") and gw.agent.deadman.tripped
+                # an operator does
+                await guard.release(("alpha", "beta"), "alice", "gateway checked")
+                await until(lambda: not gw.agent.is_halted("alpha"))
+                assert not gw.agent.deadman.tripped
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_status_shows_intent_actual_and_drift(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with daemon_up(make_config(tmp_path), server.url) as daemon:
+            control = daemon.status("alpha").algorithms[0].control
+            assert control is not None and control.actual is None and not control.in_sync
+            assert control.drift == "not reported by its gateway"
+            async with gateway_up(server.url):
+                await until(lambda: daemon.status("alpha").algorithms[0].control.actual is not None)  # type: ignore[union-attr]
+                control = daemon.status("alpha").algorithms[0].control
+                assert control is not None and control.in_sync and control.drift is None
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_speaking_the_old_heartbeat_is_refused_with_a_clear_reason(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with daemon_up(make_config(tmp_path), server.url) as daemon:
+            nc: Client = await nats.connect(server.url)
+            health = Health(market_data=True, order_routing=True, risk_engine=True)
+            old = Heartbeat(gateway="gw1", ts=1, health=health, v=1)
+            await nc.publish(SUBJ.heartbeat("gw1"), encoder.encode(old))
+            await nc.flush()
+            await until(lambda: daemon.stats.rejected.get("unsupported_version") == 1)
+            assert "gw1" not in daemon.gateways
+            await nc.close()
+
+    asyncio.run(scenario())
