@@ -140,10 +140,15 @@ def test_a_deadman_trip_while_rampart_was_away_becomes_a_latch_only_an_operator_
                 # Rampart never lifts it by itself
                 await asyncio.sleep(0.5)
                 assert gw.agent.is_halted("alpha") and gw.agent.deadman.tripped
-                # an operator does
+                # an operator does, and it holds (not adopted again from a stale report)
                 await guard.release(("alpha", "beta"), "alice", "gateway checked")
                 await until(lambda: not gw.agent.is_halted("alpha"))
                 assert not gw.agent.deadman.tripped
+                await asyncio.sleep(1.0)
+                assert not gw.agent.is_halted("alpha") and not gw.agent.is_halted("beta")
+                assert not guard.halted
+                kinds = [r.kind for r in daemon.store.audit()]
+                assert kinds.count("adopted_halt") == 1, kinds
             await nc.close()
 
     asyncio.run(scenario())
@@ -178,3 +183,52 @@ def test_a_gateway_speaking_the_old_heartbeat_is_refused_with_a_clear_reason(
             await nc.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stage_counts_from_when_the_gateway_applied_it() -> None:
+    """The runner holds a deployment whose algorithms are not in sync, restarting its stage
+    timer, so `minDuration` counts from when the gateway did what was decided."""
+    import json
+
+    from rampart._core import AlgoConfig, Engine
+    from rampart.deployment import decode_deployment
+    from rampart.runner import DeploymentRunner
+
+    s = 1_000_000_000
+    t0 = 1_764_028_800 * s
+    doc = decode_deployment(
+        json.dumps(
+            {
+                "deploymentId": "c",
+                "strategy": "Canary",
+                "algorithmId": "alpha",
+                "environment": "Production",
+                "configuration": {
+                    "totalCapital": 100000,
+                    "stages": [
+                        {"name": "Micro", "allocation": 0.01, "minDuration": "PT1M", "minPnL": 0},
+                        {"name": "Full", "allocation": 1.0, "minDuration": "PT1M", "minPnL": 0},
+                    ],
+                    "autoProgress": True,
+                    "rollbackThresholds": {"maxDailyLoss": 0.5, "maxDrawdown": 0.5},
+                },
+            }
+        )
+    )
+    engine = Engine()
+    engine.register(AlgoConfig("alpha", "1", 100_000.0))
+    in_sync = {"alpha": False}
+    runner = DeploymentRunner(engine, converged=in_sync.__getitem__)
+    runner.deploy(doc, t0, "alice")
+    for i in range(1, 121):  # two minutes while the gateway has not applied the stage
+        engine.mark("ES", 100.0, t0 + i * s)
+        runner.tick(t0 + i * s)
+    state = runner.deployments["c"].state
+    assert state.stage == 0 and state.stage_started_at == t0 + 120 * s
+    in_sync["alpha"] = True
+    for i in range(121, 200):
+        engine.mark("ES", 100.0, t0 + i * s)
+        runner.tick(t0 + i * s)
+    state = runner.deployments["c"].state
+    assert state.stage == 1, "a minute after the gateway applied it, the stage is done"
+    assert state.stage_started_at >= t0 + 180 * s

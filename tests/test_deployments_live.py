@@ -27,6 +27,7 @@ from rampart.replay import format_timeline, replay
 from rampart.store import Store
 
 SUBJ = Subjects()
+GATEWAY_PROC = str(Path(__file__).with_name("gateway_proc.py"))
 S = 1_000_000_000
 # Event time starts at the wall clock: the live daemon judges market-data staleness against it.
 T0 = time.time_ns() // (60 * S) * (60 * S)
@@ -281,6 +282,20 @@ def test_sigkill_mid_canary_resumes_exactly(
         await nc.flush()
         await nc.close()
 
+    # the gateway, in its own process: the canary advances on what it applies
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            GATEWAY_PROC,
+            server.url,
+            "gw1",
+            ALGO,
+            str(tmp_path / "gw.jsonl"),
+            "--deadman",
+            "3600",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     proc = _start(cfg, server.url)
     try:
         _wait_up(cfg, proc)
@@ -313,6 +328,7 @@ def test_sigkill_mid_canary_resumes_exactly(
         ):
             assert time.monotonic() < deadline + 10
         before = status.deployments[0]
+        assert before.stage >= (1 if kill_after >= 13 else 0), "mid-canary, past a stage"
         metrics_before = status.algorithms[0]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -337,6 +353,8 @@ def test_sigkill_mid_canary_resumes_exactly(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        gateway.kill()
+        gateway.wait(30)
 
 
 def test_unreadable_deployment_state_starts_everything_halted(

@@ -372,6 +372,7 @@ def test_a_future_stamp_cannot_satisfy_a_canary_stage(
 ) -> None:
     """A canary with 1-hour stages: a quote stamped an hour (or a year) ahead, then correct
     quotes, must leave it in its first stage at 1% (only time that really passed counts)."""
+
     async def scenario() -> None:
         async with running(make_config(tmp_path), server.url) as (daemon, nc):
             gw_nc = await nats.connect(server.url)

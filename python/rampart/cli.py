@@ -220,7 +220,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
     from rampart.protocol import ControlRequest, encoder
-    from rampart.status import NoDaemonError, StatusError, control, resolve_servers
+    from rampart.status import (
+        NoDaemonError,
+        StatusError,
+        control,
+        resolve_servers,
+        wait_converged,
+    )
 
     operator = args.operator or os.environ.get(ENV_OPERATOR)
     if not operator:
@@ -280,6 +286,24 @@ def cmd_control(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{args.verb} {target}: done ({json.dumps(reply.state)})")
+    st = reply.state or {}
+    algos = [a for a in (st.get("active"), st.get("standby")) if isinstance(a, str) and a]
+    if "phase" in st and algos and args.wait > 0:
+        # the answer says what was decided and stored; the gateway says what it does
+        try:
+            drift = asyncio.run(wait_converged(servers, prefix, algos, args.wait, args.timeout))
+        except (NoDaemonError, StatusError) as e:
+            print(f"rampart {args.verb}: cannot tell whether the gateway applied it: {e}")
+            return 1
+        if drift:
+            text = "; ".join(f"{a}: {d}" for a, d in drift.items())
+            print(
+                f"rampart {args.verb}: accepted and stored, but the gateway has not applied it "
+                f"within {args.wait:g}s ({text}); Rampart keeps sending (see `rampart status`)",
+                file=sys.stderr,
+            )
+            return 3
+        print(f"{args.verb} {target}: applied by the gateway")
     if failed:
         print(
             f"rampart rollback: FAILED: not every step was acked by the gateways; Rampart keeps "
@@ -434,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-s", "--servers", help="comma-separated NATS URLs of the daemon")
         p.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+        if verb in ("rollback", "release"):
+            p.set_defaults(wait=0.0)
+        else:
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=10.0,
+                help="seconds to wait for the gateway to apply a deployment's change; exit 3 "
+                "if it has not (default 10; 0: do not wait)",
+            )
         p.set_defaults(func=cmd_control, verb=verb)
 
     rp = sub.add_parser("replay", help="run a deployment over recorded events (JSON lines)")

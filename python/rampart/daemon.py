@@ -64,7 +64,7 @@ from rampart.protocol import (
     heartbeat_decoder,
     status_request_decoder,
 )
-from rampart.reconcile import split_actions
+from rampart.reconcile import Op, split_actions
 from rampart.reconciler import INTENT_KEY, Reconciler, ReconcileSettings
 from rampart.rollback import StepOutcome
 from rampart.runner import DeploymentRunner, Outcome, algorithms_of
@@ -229,6 +229,7 @@ class Daemon:
             decision_interval_ns=ns(config.decision_interval),
             healthy=self._healthy,
             capital_of=self.capital_of.__getitem__,
+            converged=self._converged,
         )
         self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
         self._effects_busy = False
@@ -284,7 +285,7 @@ class Daemon:
             guard.executor,
             {gw: guard.algos_of_gateway(gw) for gw in sorted(self.configured_gateways)},
             halted=lambda: guard.halted.keys(),
-            busy=lambda: guard.in_flight,
+            busy=lambda: guard.in_flight | guard.releasing,
             on_adopt=guard.adopt_halts,
             on_stuck=self._on_stuck,
             settings=ReconcileSettings(
@@ -627,6 +628,17 @@ class Daemon:
 
     # ---- status -------------------------------------------------------------------------------
 
+    def _gateway_statuses(self) -> list[GatewayStatus]:
+        """Each gateway as last heard, judged now: its heartbeat's age and whether it is alive."""
+        now = self.wall_clock()
+        timeout = self.config.triggers.gateway_heartbeat_timeout
+        out = []
+        for g in sorted(self.gateways.values(), key=lambda g: g.gateway):
+            age = max(now - g.received_at, 0)
+            alive = timeout is None or age <= ns(timeout)
+            out.append(msgspec.structs.replace(g, heartbeat_age_ms=age // 1_000_000, alive=alive))
+        return out
+
     def daemon_status(self, algo_id: str | None = None) -> DaemonStatus:
         """The daemon's own status; ``algo_id``: its halt latch only (one algorithm's view)."""
         nc = self.nc
@@ -656,7 +668,7 @@ class Daemon:
             server=server,
             now=self.engine.now,
             ingest=stats,
-            gateways=sorted(self.gateways.values(), key=lambda g: g.gateway),
+            gateways=self._gateway_statuses(),
             connectivity=list(self.connectivity),
         )
 
@@ -850,6 +862,13 @@ class Daemon:
         await self._control(req, act)
 
     # ---- deployments ------------------------------------------------------------------------
+
+    def _converged(self, algo: str) -> bool:
+        """Does the algorithm's gateway report what Rampart wants of it?"""
+        gateway = self.gateway_of.get(algo)
+        if self.reconciler is None or gateway is None:
+            return False
+        return self.reconciler.control_status(algo, gateway).in_sync
 
     def _healthy(self, algo: str) -> bool:
         status = self.gateways.get(self.gateway_of.get(algo, ""))
@@ -1156,17 +1175,23 @@ class Daemon:
         assert guard is not None
         ex = guard.executor
         outcomes: list[StepOutcome] = []
+        op: Op | None = None
         if isinstance(a, SetAllocation):
             outcomes = [await ex.set_allocation(a.algo, a.allocation, a.reason, deadline=1.0)]
+            op = Op("set_allocation", a.algo, a.allocation)
         elif isinstance(a, (Activate, Standby, Decommission)):
             kind: CommandKind = "activate" if isinstance(a, Activate) else "standby"
             outcomes = list((await ex.broadcast(kind, [a.algo], a.reason, deadline=1.0)).values())
+            op = Op(kind, a.algo)
         elif isinstance(a, RollbackAction):
             task = guard.trigger(
                 a.algos, "algo", f"strategy:{a.trigger}", a.reason, force=True, previous=a.previous
             )
             record = await task if task is not None else None
             return record is not None and record.state == "succeeded"
+        acked = all(o.ok for o in outcomes)
+        if acked and op is not None and self.reconciler is not None:
+            self.reconciler.note_acked([op])
         for failed in (o for o in outcomes if not o.ok):
             await guard.alert(
                 "emergency",
@@ -1174,7 +1199,7 @@ class Daemon:
                 failed.detail,
                 algos=failed.failed,
             )
-        return all(o.ok for o in outcomes)
+        return acked
 
     async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
         now = self.engine.now if self.engine.now is not None else self.wall_clock()

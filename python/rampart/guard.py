@@ -37,6 +37,7 @@ from rampart.protocol import (
     Intent,
     encoder,
 )
+from rampart.reconcile import Op
 from rampart.rollback import (
     EpochClock,
     ExecutorSettings,
@@ -104,6 +105,8 @@ class Guard:
         )
         self.halted: dict[str, HaltLatch] = {}
         self.in_flight: set[str] = set()
+        # algorithms whose release is sending its resume
+        self.releasing: set[str] = set()
         self.recent: list[RollbackRecord] = []
         self.store_error: str | None = None
         self._js: JetStreamContext | None = None
@@ -480,7 +483,10 @@ class Guard:
         alerted = False
         while pending:
             outcomes = await self.executor.broadcast("halt", pending, reason, deadline=1.0)
-            pending = tuple(a for o in outcomes.values() for a in o.failed)
+            # a stale epoch means a newer halt decision was applied: this one is superseded
+            pending = tuple(
+                a for o in outcomes.values() if "stale_epoch" not in o.detail for a in o.failed
+            )
             if pending:
                 if not alerted:
                     alerted = True
@@ -614,13 +620,23 @@ class Guard:
                 )
 
         audit = await asyncio.to_thread(persist)
-        for a in algos:
-            self.halted.pop(a, None)
-            self.engine.reset_breaches(a)
+        # the resume in flight is the release's own: the reconciler keeps out until it is acked
+        # (a breach meanwhile still rolls back: ``in_flight`` is untouched)
+        self.releasing.update(algos)
+        try:
+            for a in algos:
+                self.halted.pop(a, None)
+                self.engine.reset_breaches(a)
+            if rec is not None:
+                rec.remember(intents)
+            await self._publish_audit(audit.kind, encode_record(audit))
+            outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
+        finally:
+            self.releasing.difference_update(algos)
         if rec is not None:
-            rec.remember(intents)
-        await self._publish_audit(audit.kind, encode_record(audit))
-        outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
+            failed = {a for o in outcomes.values() for a in o.failed}
+            rec.note_acked(Op("resume", a) for a in algos if a not in failed)
+            rec.kick(algos)
         for gw, outcome in outcomes.items():
             if not outcome.ok:
                 raise RuntimeError(

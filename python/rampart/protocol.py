@@ -456,6 +456,10 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
     received_at: int
     health: Health
     algos: list[str]
+    # computed when status is asked for: how old the last heartbeat is, and whether that is
+    # within `triggers.gateway_heartbeat_timeout` (a dead gateway never shows as healthy)
+    heartbeat_age_ms: int | None = None
+    alive: bool | None = None
 
 
 class IngestStats(msgspec.Struct, kw_only=True):

@@ -12,8 +12,8 @@ The rules, per gateway:
   gets capital back).
 - **Nothing is raised on a halted algorithm.** While an algorithm is halted (wanted, or reported
   by the gateway), no allocation increase or activation is planned for it; a resume is planned
-  only for a halt of Rampart's own that an operator's release lifted (the halt's epoch is older
-  than the release's).
+  only for a halt that an operator's release lifted (the gateway reports its halt epoch, and it
+  is older than the release's).
 - **A halt Rampart did not lift is adopted, never overruled.** An algorithm the gateway reports
   halted by its dead-man's switch or its own decision, or by a command of Rampart's that no latch
   records (a crash between sending a halt and storing it), while Rampart wants it running, is
@@ -97,13 +97,15 @@ def algo_ops(intent: Intent, actual: AlgoActual) -> tuple[list[Op], list[Op], st
     adopt: str | None = None
     if intent.halted and not actual.halted:
         reductions.append(Op("halt", intent.algo))
-    lifted = False  # a halt Rampart's release lifted, still in place at the gateway
+    lifted = False  # a halt an operator's release lifted, still in place at the gateway
     if not intent.halted and actual.halted:
         cause = actual.halt_cause or "gateway"
-        if cause == "command" and actual.epochs.get("halt", -1) < intent.released_epoch:
+        halt_epoch = actual.epochs.get("halt")
+        if halt_epoch is not None and halt_epoch < intent.released_epoch:
             lifted = True
         else:
-            # the gateway's own halt, or one of Rampart's that no latch records: keep it
+            # the gateway's own halt, or one of Rampart's that no latch records, newer than any
+            # release (or of unknown age): keep it
             adopt = cause if cause != "command" else "command without a latch"
     alloc = _allocation_op(intent, actual)
     if alloc is not None:

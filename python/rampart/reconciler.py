@@ -101,6 +101,7 @@ class Reconciler:
         self._kicks = {gw: asyncio.Event() for gw in self.gateways}
         self._stuck: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._alerts: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
 
@@ -190,7 +191,7 @@ class Reconciler:
 
     def control_status(self, algo: str, gateway: str) -> ControlStatus:
         intent = self.intent(algo)
-        actual = self.seen(gateway).get(algo) if gateway in self.actual else None
+        actual = self.seen(gateway).get(algo)
         drift = describe(intent, actual)
         return ControlStatus(
             intent=intent,
@@ -209,6 +210,7 @@ class Reconciler:
             self._tasks.append(task)
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -221,9 +223,12 @@ class Reconciler:
         s = self.settings
         backoff = s.backoff_base
         wait = s.resync_interval
-        while True:
+        while not self._closed:
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races the event being set, and close() would then wait forever)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(kick.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await kick.wait()
             kick.clear()
             wait = s.resync_interval
             try:
@@ -260,8 +265,13 @@ class Reconciler:
 
     def _track_drift(self, gateway: str, p: Plan) -> None:
         now = self.wall_clock()
+        seen = self.seen(gateway)
         for algo in self.gateways[gateway]:
-            if algo in p.drift:
+            act = seen.get(algo)
+            # what the rules hold back on a halted algorithm (no capital, no activation) is not
+            # a failure to converge
+            held = self.intent(algo).halted and act is not None and act.halted
+            if algo in p.drift and not held:
                 since = self.drift_since.setdefault(algo, now)
                 age = (now - since) / 1e9
                 if age > self.settings.converge_timeout and algo not in self._stuck:
@@ -317,6 +327,17 @@ class Reconciler:
         else:
             self._same[(gateway, kind)] = (batch, cmd.command_id, cmd.epoch)
         return cmd
+
+    def note_acked(self, ops: Iterable[Op]) -> None:
+        """Commands sent by someone else (a deployment's decision, a rollback) that the gateway
+        acked: they count as its actual state until its next report."""
+        by_gateway: dict[str, list[Op]] = {}
+        for op in ops:
+            for gw, members in self.gateways.items():
+                if op.algo in members:
+                    by_gateway.setdefault(gw, []).append(op)
+        for gw, done in by_gateway.items():
+            self._apply_acks(gw, done)
 
     def _apply_acks(self, gateway: str, done: list[Op]) -> None:
         if not done:

@@ -80,6 +80,9 @@ class DeploymentRunner:
     healthy: Callable[[str], bool] = field(default=lambda _algo: True)
     # algorithm id -> its configured capital (what an allocation without a total applies to)
     capital_of: Callable[[str], float] | None = None
+    # algorithm id -> does its gateway report what Rampart wants of it (the reconciler's view;
+    # replays have no gateways: always)
+    converged: Callable[[str], bool] = field(default=lambda _algo: True)
     deployments: dict[str, Running] = field(default_factory=dict)
     next_decision_at: int = 0
 
@@ -155,12 +158,30 @@ class DeploymentRunner:
         for dep_id, r in self.deployments.items():
             if r.state.phase in TERMINAL:
                 continue
+            if not r.state.halted and not all(self.converged(a) for a in algorithms_of(r.document)):
+                # The gateway does not do what was decided yet: the deployment holds, and its
+                # stage and phase count from when it does (not from when it was sent).
+                held = self._hold(r.state, now)
+                if held is not None:
+                    r.state = held
+                    out.append(Outcome(dep_id, Decision(state=held)))
+                continue
             decision = r.machine.step(r.state, self.observe(r), now)
             if decision.actions or decision.transitions or decision.state != r.state:
                 r.state = decision.state
                 self._apply_local(decision)
                 out.append(Outcome(dep_id, decision))
         return out
+
+    @staticmethod
+    def _hold(state: DeploymentState, now: int) -> DeploymentState | None:
+        """The state with its timers restarted at ``now`` (``None``: already there)."""
+        if state.phase_started_at == now and state.stage_started_at in (0, now):
+            return None
+        held = msgspec.structs.replace(state, phase_started_at=now)
+        if state.stage_started_at:
+            held.stage_started_at = now
+        return held
 
     def on_breaches(self, breaches: Iterable[Breach], now: int) -> list[Outcome]:
         """A limit tripped in the core: the deployments trading that algorithm are halted

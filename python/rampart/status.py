@@ -163,6 +163,25 @@ async def control(
     return control_reply_decoder.decode(msg.data)
 
 
+async def wait_converged(
+    servers: list[str], prefix: str, algos: Sequence[str], wait: float, timeout: float = 2.0
+) -> dict[str, str]:
+    """Poll status until every one of ``algos`` is in sync (its gateway does what Rampart
+    wants) or ``wait`` seconds pass; returns the drift of those that are not."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait
+    while True:
+        drift: dict[str, str] = {}
+        for algo in algos:
+            reply = await fetch_status(servers, prefix, algo, timeout)
+            c = reply.algorithms[0].control if reply.algorithms else None
+            if c is None or not c.in_sync:
+                drift[algo] = (c.drift if c is not None else None) or "no report yet"
+        if not drift or loop.time() >= end:
+            return drift
+        await asyncio.sleep(0.1)
+
+
 def _ts(ns: int | None) -> str:
     if ns is None:
         return "-"
@@ -215,6 +234,8 @@ def format_status(reply: StatusReply) -> str:
         lines.append(f"STATE STORE UNREADABLE, everything halted: {d.store_error}")
     for g in d.gateways:
         health = "healthy" if g.health.ok else "UNHEALTHY"
+        if g.alive is False:
+            health = f"DEAD (no heartbeat for {(g.heartbeat_age_ms or 0) / 1000:.1f}s)"
         lines.append(f"gateway {g.gateway}: {health}, last heartbeat {_ts(g.last_heartbeat_ts)}")
     for h in d.halted:
         lines.append(f"HALTED {h.algo} since {_ts(h.ts)} by {h.actor}: {h.reason}")
@@ -235,6 +256,14 @@ def format_status(reply: StatusReply) -> str:
         )
     lines.append("")
     lines.append(format_metrics(reply.algorithms))
+    drifting = [a for a in reply.algorithms if a.control is not None and not a.control.in_sync]
+    for a in drifting[:20]:
+        c = a.control
+        assert c is not None
+        since = f" since {_ts(c.drift_since)}" if c.drift_since else ""
+        lines.append(f"DRIFT {a.algo_id} on {a.gateway or '-'}{since}: {c.drift}")
+    if len(drifting) > 20:
+        lines.append(f"DRIFT ... and {len(drifting) - 20} more (see --json)")
     if len(reply.algorithms) == 1:
         a = reply.algorithms[0]
         lines.append("")

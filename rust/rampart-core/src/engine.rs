@@ -225,7 +225,8 @@ struct FillPlan {
     realized: f64,
     closed_trade: Option<f64>,
     delta_unrealized: f64,
-    created: bool,
+    /// The position's index in the algorithm's positions; `None`: a new position.
+    existing: Option<usize>,
 }
 
 #[inline]
@@ -876,7 +877,10 @@ impl Engine {
         let plan = self.plan_fill(slot, known, signed, price, fee, mark)?;
         // Nothing below can fail.
         let t = self.tick(ts);
-        let sid = self.symbol_id(symbol);
+        let sid = match known {
+            Some(sid) => sid as u32,
+            None => self.symbol_id(symbol),
+        };
         let mut others: Vec<usize> = Vec::new();
         if unquoted {
             let sym = &mut self.symbols[sid as usize];
@@ -899,14 +903,17 @@ impl Engine {
         sym.mark.get_or_insert(price);
         let algo = self.algos[slot].as_mut().expect("indexed slot is live");
         algo.roll(t);
-        let (pos, created) = algo.position_mut(sid);
-        debug_assert_eq!(created, plan.created);
         let mut position = plan.position;
         position.symbol = sid;
-        *pos = position;
-        if created {
-            let pidx = algo.position_slot(sid).expect("just created") as u32;
-            sym.holders.push((slot as u32, pidx));
+        match plan.existing {
+            Some(i) => algo.positions[i] = position,
+            None => {
+                let (pos, created) = algo.position_mut(sid);
+                debug_assert!(created);
+                *pos = position;
+                let pidx = algo.position_slot(sid).expect("just created") as u32;
+                sym.holders.push((slot as u32, pidx));
+            }
         }
         algo.realized += plan.realized;
         algo.fees += fee;
@@ -949,7 +956,7 @@ impl Engine {
         let outcome = position.apply_fill(qty, price, fee, mark);
         let delta_unrealized = position.unrealized - before;
         let id = &algo.config.algo_id;
-        if position.non_finite_field().is_some() || !(position.qty * mark).is_finite() {
+        if !(position.is_finite() && (position.qty * mark).is_finite()) {
             return Err(self.overflow(id, "position or exposure"));
         }
         algo.check_finite_after(outcome.realized, fee, delta_unrealized)
@@ -962,7 +969,7 @@ impl Engine {
             realized: outcome.realized,
             closed_trade: outcome.closed_trade,
             delta_unrealized,
-            created: existing.is_none(),
+            existing,
         })
     }
 

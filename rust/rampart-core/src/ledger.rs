@@ -92,6 +92,21 @@ impl Position {
         self.trade_fees = 0.0;
     }
 
+    /// Every field is finite (branch-free: on the fill path).
+    #[inline]
+    pub(crate) fn is_finite(&self) -> bool {
+        [
+            self.qty,
+            self.avg_cost,
+            self.realized,
+            self.unrealized,
+            self.trade_pnl,
+            self.trade_fees,
+        ]
+        .iter()
+        .fold(true, |ok, v| ok & v.is_finite())
+    }
+
     /// The first field that is NaN or infinite (JSON cannot carry it), if any.
     pub(crate) fn non_finite_field(&self) -> Option<&'static str> {
         [

@@ -1,0 +1,77 @@
+"""A reference gateway in its own process, for fault tests that kill -9 and SIGSTOP from outside.
+
+    python tests/gateway_proc.py URL GATEWAY ALGO[,ALGO...] LOG [--deadman S]
+
+Every command it applies is appended to LOG as a JSON line (wall time, kind, algo, allocation), so
+a test can check afterwards what the gateway really did and in which order. SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import nats
+
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+
+
+class LoggingGateway(ReferenceGateway):
+    log_path: Path
+
+    def _log(self, kind: str, algo: str, allocation: float | None = None) -> None:
+        line = {"t": time.time_ns(), "kind": kind, "algo": algo, "allocation": allocation}
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    async def halt(self, algo: str) -> None:
+        await super().halt(algo)
+        self._log("halt", algo)
+
+    async def resume(self, algo: str) -> None:
+        await super().resume(algo)
+        self._log("resume", algo)
+
+    async def set_allocation(self, algo: str, allocation: float) -> None:
+        await super().set_allocation(algo, allocation)
+        self._log("set_allocation", algo, allocation)
+
+    async def activate(self, algo: str) -> None:
+        await super().activate(algo)
+        self._log("activate", algo)
+
+    async def standby(self, algo: str) -> None:
+        await super().standby(algo)
+        self._log("standby", algo)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("gateway")
+    p.add_argument("algos")
+    p.add_argument("log", type=Path)
+    p.add_argument("--deadman", type=float, default=3.0)
+    args = p.parse_args()
+    nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    algos = [
+        HostedAlgo(a, "ES", Momentum(), allocation=0.0, active=True) for a in args.algos.split(",")
+    ]
+    gw = LoggingGateway(
+        nc, args.gateway, algos, heartbeat_interval=0.05, deadman_timeout=args.deadman
+    )
+    gw.log_path = args.log
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await gw.start()
+    await stop.wait()
+    await gw.close()
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
