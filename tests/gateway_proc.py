@@ -1,6 +1,6 @@
 """A reference gateway in its own process, for fault tests that kill -9 and SIGSTOP from outside.
 
-    python tests/gateway_proc.py URL GATEWAY ALGO[,ALGO...] LOG [--deadman S]
+    python tests/gateway_proc.py URL GATEWAY ALGO[,ALGO...] LOG [--deadman S] [--stop-after-halt A]
 
 Every command it applies is appended to LOG as a JSON line (wall time, kind, algo, allocation), so
 a test can check afterwards what the gateway really did and in which order. SIGTERM stops it.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 
 class LoggingGateway(ReferenceGateway):
     log_path: Path
+    stop_after_halt: str | None = None
 
     def _log(self, kind: str, algo: str, allocation: float | None = None) -> None:
         line = {"t": time.time_ns(), "kind": kind, "algo": algo, "allocation": allocation}
@@ -31,6 +33,9 @@ class LoggingGateway(ReferenceGateway):
     async def halt(self, algo: str) -> None:
         await super().halt(algo)
         self._log("halt", algo)
+        if algo == self.stop_after_halt:
+            self.stop_after_halt = None
+            os.kill(os.getpid(), signal.SIGSTOP)  # stopped right here until the test's SIGCONT
 
     async def resume(self, algo: str) -> None:
         await super().resume(algo)
@@ -56,6 +61,7 @@ async def main() -> None:
     p.add_argument("algos")
     p.add_argument("log", type=Path)
     p.add_argument("--deadman", type=float, default=3.0)
+    p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
     args = p.parse_args()
     nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     algos = [
@@ -65,6 +71,7 @@ async def main() -> None:
         nc, args.gateway, algos, heartbeat_interval=0.05, deadman_timeout=args.deadman
     )
     gw.log_path = args.log
+    gw.stop_after_halt = args.stop_after_halt
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await gw.start()

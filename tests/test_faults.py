@@ -108,7 +108,7 @@ class World:
         )
         await until(self.status_ok, what="the daemon answers status")
 
-    async def start_gateway(self, deadman: float = 30.0) -> None:
+    async def start_gateway(self, deadman: float = 30.0, *extra: str) -> None:
         self.hb = None
         self.gateway = await spawn(
             GATEWAY,
@@ -116,6 +116,7 @@ class World:
             "gw1",
             "alpha,beta",
             str(self.gw_log),
+            *extra,
             "--deadman",
             str(deadman),
             log=self.tmp / "gateway.log",
@@ -178,7 +179,7 @@ async def until(cond: Any, timeout: float = CONVERGE_S, what: str = "") -> None:
 @asynccontextmanager
 async def world(server: EmbeddedNatsServer, tmp: Path, **cfg: str) -> AsyncIterator[World]:
     w = World(server.url, tmp, write_config(tmp, **cfg))
-    w.nc = await nats.connect(server.url)
+    w.nc = await nats.connect(server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
     await w.nc.subscribe(SUBJ.heartbeat("gw1"), cb=w.on_hb)
     try:
         yield w
@@ -287,5 +288,100 @@ def test_a_daemon_stopped_longer_than_the_heartbeat_timeout_rolls_nothing_back(
                 st = await w.algo(algo)
                 assert not st.halted, f"{algo} rolled back after Rampart's own stall"
                 assert not w.actual(algo).halted
+
+    asyncio.run(scenario())
+
+
+def test_nats_server_stopped_and_killed_in_the_middle_of_rollbacks(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The server is frozen (SIGSTOP, 2 s) and then killed (SIGKILL, restarted on its port) right
+    after a rollback's halt reached the gateway, so the rest of the rollback (allocation 0) is
+    lost with it. Once NATS is back, the gateway converges to the stored intent."""
+
+    async def rollback_then(algo: str, fault: Any) -> None:
+        assert w is not None
+        request = asyncio.ensure_future(w.control("rollback", algo, timeout=15))
+        await until(
+            lambda: any(c["kind"] == "halt" and c["algo"] == algo for c in w.commands()),
+            what=f"the halt of {algo} reached the gateway",
+        )
+        await fault()
+        try:
+            await request
+        except Exception:
+            pass  # the answer may be lost with the server
+        await until(
+            lambda: w.hb is not None and w.actual(algo).halted and w.actual(algo).allocation == 0.0,
+            timeout=CONVERGE_S + 5,
+            what=f"{algo} halted with no capital at the gateway after the fault",
+        )
+        await until(lambda: w.converged(algo), what=f"{algo} in sync")
+        st = await w.algo(algo)
+        assert st.halted, "the halt is latched in Rampart"
+        no_increase_while_halted(w.commands(), algo)
+
+    async def freeze() -> None:
+        server.freeze()
+        await asyncio.sleep(2.0)
+        server.thaw()
+
+    async def kill_and_restart() -> None:
+        port = server.port
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(1.0)
+        server.port = port
+        await asyncio.to_thread(server.start)
+
+    w: World | None = None
+
+    async def scenario() -> None:
+        nonlocal w
+        async with world(server, tmp_path) as w:
+            await w.start_gateway()
+            await w.start_daemon()
+            for algo in ("alpha", "beta"):
+                await until(lambda a=algo: w.converged(a), what="in sync before the faults")
+            await rollback_then("alpha", freeze)
+            await rollback_then("beta", kill_and_restart)
+
+    asyncio.run(scenario())
+
+
+def test_a_gateway_stopped_10s_in_the_middle_of_a_rollback(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The gateway stops itself (SIGSTOP) right after applying the halt, for 10 s: the rest of the
+    rollback (allocation 0) expires in its queue. After SIGCONT the reconciler drives it to the
+    stored intent, and the rollback record goes failed -> completed."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            await w.start_gateway(30.0, "--stop-after-halt", "alpha")
+            await w.start_daemon()
+            await until(lambda: w.converged("alpha"), what="in sync before the fault")
+            request = asyncio.ensure_future(w.control("rollback", "alpha", timeout=15))
+            await until(
+                lambda: any(c["kind"] == "halt" for c in w.commands()), what="the halt applied"
+            )
+            await asyncio.sleep(10.0)
+            assert w.gateway is not None
+            w.gateway.send_signal(signal.SIGCONT)
+            reply = await request
+            assert reply.ok and reply.state["state"] == "failed", "not acked in time: failed"
+            await until(
+                lambda: w.actual("alpha").halted and w.actual("alpha").allocation == 0.0,
+                what="halted with no capital after the gateway came back",
+            )
+            await until(lambda: w.converged("alpha"), what="in sync")
+            no_increase_while_halted(w.commands(), "alpha")
+
+            async def completed() -> bool:
+                assert w.nc is not None
+                reply = await w.nc.request(SUBJ.status("algorithm"), b"alpha", timeout=2)
+                recs = status_reply_decoder.decode(reply.data).daemon.rollbacks
+                return any(r.state == "completed" for r in recs)
+
+            await until(completed, what="the rollback record completed")
 
     asyncio.run(scenario())
