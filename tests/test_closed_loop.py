@@ -91,9 +91,8 @@ def test_a_gateway_restarted_inside_the_heartbeat_timeout_is_halted_again(
             async with gateway_up(server.url) as gw:
                 task = guard.trigger(["alpha"], "algo", "manual", "test", "alice", force=True)
                 assert task is not None
-                record = await task
-                assert record is not None and record.state == "succeeded"
-                assert gw.agent.is_halted("alpha")
+                assert await task is not None
+                await until(lambda: gw.agent.is_halted("alpha"))
             # restarted well inside the 1 h heartbeat timeout: it forgot the halt
             async with gateway_up(server.url) as gw:
                 await until(lambda: gw.agent.is_halted("alpha"), timeout=10)
@@ -232,3 +231,46 @@ def test_a_stage_counts_from_when_the_gateway_applied_it() -> None:
     state = runner.deployments["c"].state
     assert state.stage == 1, "a minute after the gateway applied it, the stage is done"
     assert state.stage_started_at >= t0 + 180 * s
+
+
+def test_a_held_deployment_still_rolls_back_on_its_thresholds() -> None:
+    """Holding for the gateway never holds back safety: a canary whose gateway has not applied
+    its stage still rolls back when its own thresholds are crossed."""
+    import json
+
+    from rampart._core import AlgoConfig, Engine
+    from rampart.deployment import decode_deployment
+    from rampart.runner import DeploymentRunner
+    from rampart.strategies.base import RollbackAction
+
+    s = 1_000_000_000
+    t0 = 1_764_028_800 * s
+    doc = decode_deployment(
+        json.dumps(
+            {
+                "deploymentId": "c",
+                "strategy": "Canary",
+                "algorithmId": "alpha",
+                "environment": "Production",
+                "configuration": {
+                    "totalCapital": 100000,
+                    "stages": [
+                        {"name": "Micro", "allocation": 1.0, "minDuration": "PT1H", "minPnL": 0},
+                    ],
+                    "autoProgress": True,
+                    "rollbackThresholds": {"maxDailyLoss": 0.02, "maxDrawdown": 0.05},
+                },
+            }
+        )
+    )
+    engine = Engine()
+    engine.register(AlgoConfig("alpha", "1", 100_000.0))
+    runner = DeploymentRunner(engine, converged=lambda _a: False)
+    runner.deploy(doc, t0, "alice")
+    engine.fill("alpha", "ES", 1_000.0, 100.0, 0.0, t0 + s)
+    engine.mark("ES", 80.0, t0 + 2 * s)  # a 20% loss
+    outcomes = runner.tick(t0 + 2 * s)
+    assert any(isinstance(a, RollbackAction) for o in outcomes for a in o.decision.actions), (
+        outcomes
+    )
+    assert runner.deployments["c"].state.phase == "rolled_back"

@@ -31,7 +31,7 @@ from rampart.strategies import (
     Verb,
     machine_for,
 )
-from rampart.strategies.base import MarkStage, SetAllocation
+from rampart.strategies.base import MarkStage, RollbackAction, SetAllocation
 
 DEFAULT_DECISION_INTERVAL_NS = 1_000_000_000
 
@@ -158,15 +158,17 @@ class DeploymentRunner:
         for dep_id, r in self.deployments.items():
             if r.state.phase in TERMINAL:
                 continue
-            if not r.state.halted and not all(self.converged(a) for a in algorithms_of(r.document)):
-                # The gateway does not do what was decided yet: the deployment holds, and its
-                # stage and phase count from when it does (not from when it was sent).
+            decision = r.machine.step(r.state, self.observe(r), now)
+            settled = all(self.converged(a) for a in algorithms_of(r.document))
+            if not settled and not r.state.halted and not _protects(decision):
+                # The gateway does not do what was decided yet: the deployment holds (its limits
+                # and thresholds still act: a rollback goes through), and its stage and phase
+                # count from when the gateway does, not from when it was sent.
                 held = self._hold(r.state, now)
                 if held is not None:
                     r.state = held
                     out.append(Outcome(dep_id, Decision(state=held)))
                 continue
-            decision = r.machine.step(r.state, self.observe(r), now)
             if decision.actions or decision.transitions or decision.state != r.state:
                 r.state = decision.state
                 self._apply_local(decision)
@@ -242,3 +244,12 @@ class DeploymentRunner:
                     )
                 if base > 0 and self.engine.now is not None:
                     self.engine.set_capital(action.algo, action.allocation * base, self.engine.now)
+
+
+def _protects(decision: Decision) -> bool:
+    """A decision that takes risk away (a rollback, a halt, an end): never held back."""
+    return (
+        decision.state.halted
+        or decision.state.phase in TERMINAL
+        or any(isinstance(a, RollbackAction) for a in decision.actions)
+    )
