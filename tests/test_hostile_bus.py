@@ -20,8 +20,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import until
 
+from rampart.checkpoints import CHECKPOINT_KEY
 from rampart.config import DaemonConfig, parse_config
-from rampart.daemon import CHECKPOINT_KEY, STORE_FILE, Daemon
+from rampart.daemon import STORE_FILE, Daemon
 from rampart.deployment import decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway

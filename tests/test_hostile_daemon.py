@@ -21,10 +21,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import until
 
-import rampart.daemon
+import rampart.checkpoints
 from rampart._core import ConfigError, Engine, RampartError, Snapshot
+from rampart.checkpoints import CHECKPOINT_KEY
 from rampart.config import DaemonConfig, parse_config
-from rampart.daemon import CHECKPOINT_KEY, Daemon
+from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.paging import build_page, fit_daemon
@@ -531,7 +532,7 @@ def test_one_algorithm_whose_checkpoint_fails_does_not_stop_the_others(
 def test_the_checkpoint_loop_survives_a_failing_store(
     server: EmbeddedNatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_put_all = rampart.daemon._put_all
+    real_put_all = rampart.checkpoints.put_all
     calls = [0]
 
     def flaky_put_all(store: Any, items: list[tuple[str, bytes]]) -> None:
@@ -540,7 +541,7 @@ def test_the_checkpoint_loop_survives_a_failing_store(
             raise OSError(28, "No space left on device")
         real_put_all(store, items)
 
-    monkeypatch.setattr(rampart.daemon, "_put_all", flaky_put_all)
+    monkeypatch.setattr(rampart.checkpoints, "put_all", flaky_put_all)
 
     async def scenario() -> None:
         async with running(make_config(tmp_path, [("alpha", "gw1")]), server.url) as (

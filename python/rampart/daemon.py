@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import ssl
 import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,7 +31,8 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from rampart import __version__, failpoints
-from rampart._core import Breach, InvalidEventError, RampartError
+from rampart._core import Breach, InvalidEventError
+from rampart.checkpoints import Checkpointer, put_all
 from rampart.config import DaemonConfig, NatsConfig, ns
 from rampart.deployment import Deployment, DeploymentError, decode_deployment
 from rampart.embedded import EmbeddedNatsServer
@@ -79,15 +78,13 @@ from rampart.strategies.base import (
     SetAllocation,
     Standby,
 )
+from rampart.throttle import ERROR_CHARS, REPEAT_EVERY, Throttle
 
 log = logging.getLogger("rampart.daemon")
 
 URL_FILE: Final = "nats.url"
 DEPLOYMENT_KEY: Final = "deployment/"
-CHECKPOINT_KEY: Final = "checkpoint/"
 STORE_FILE: Final = "rampart.db"
-# the Throttle key of a checkpoint write that failed as a whole
-ALL_CHECKPOINTS: Final = "*"
 # Refusals that look like a broken or hostile sender, not just noise: each raises an alert (at
 # most one per reason a minute), beside the dead letter.
 ALERTED_REFUSALS: Final[dict[str, AlertSeverity]] = {
@@ -103,11 +100,6 @@ REFUSAL_ALERT_INTERVAL: Final = 60.0
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
-# A failure that repeats (a checkpoint, an unreadable status) is logged and alerted once per
-# algorithm in this many seconds.
-REPEAT_EVERY: Final = 60.0
-# Error texts in status replies are cut to this many characters.
-ERROR_CHARS: Final = 500
 
 BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
 ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
@@ -115,27 +107,6 @@ ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 
 class DaemonError(RuntimeError):
     """The daemon cannot start (NATS unreachable, embedded server failed)."""
-
-
-class Throttle:
-    """Lets one event per key through every ``interval`` seconds (for repeated logs, alerts)."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-
-    def ready(self, key: str) -> bool:
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            return False
-        self._last[key] = now
-        return True
-
-    def clear(self, key: str) -> bool:
-        """Forget ``key`` (its next event goes through); True if it had fired."""
-        return self._last.pop(key, None) is not None
 
 
 def _seconds(cfg: NatsConfig) -> dict[str, float]:
@@ -233,7 +204,7 @@ class Daemon:
         )
         self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
         self._effects_busy = False
-        self.checkpoint_at: int | None = None
+        self.checkpointer: Checkpointer | None = None
         self.deployment_error: str | None = None
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.reconciler: Reconciler | None = None
@@ -294,16 +265,24 @@ class Daemon:
             wall_clock=self.wall_clock,
         )
         guard.reconciler = self.reconciler
-        untrusted_clocks = self._restore_checkpoints()
+        self.checkpointer = Checkpointer(
+            self.engine,
+            self.store,
+            self.config,
+            guard=lambda: self.guard,
+            spawn=self._spawn,
+            wall_clock=self.wall_clock,
+        )
+        untrusted_clocks = self.checkpointer.restore()
         self.deployment_error = await asyncio.to_thread(self._load_deployments)
         intent_error = self._load_intents()
         # Fail closed: without our state we cannot know what was halted, so halt everything.
         await self.guard.start(
             halt_all_because=self.store_error or self.deployment_error or intent_error
         )
-        await self._report_untrusted_clocks(untrusted_clocks)
+        await self.checkpointer.report_untrusted(untrusted_clocks)
         self._spawn(self._outcome_worker(), "deployment-effects")
-        self._spawn(self._checkpoint_loop(), "checkpoints")
+        self._spawn(self.checkpointer.loop(), "checkpoints")
         await self._seed_intents()
         self.reconciler.start()
         await self._subscribe()
@@ -628,6 +607,11 @@ class Daemon:
 
     # ---- status -------------------------------------------------------------------------------
 
+    @property
+    def checkpoint_at(self) -> int | None:
+        """When every algorithm's core state was last stored (wall clock, ns)."""
+        return self.checkpointer.checkpoint_at if self.checkpointer is not None else None
+
     def _gateway_statuses(self) -> list[GatewayStatus]:
         """Each gateway as last heard, judged now: its heartbeat's age and whether it is alive."""
         now = self.wall_clock()
@@ -874,137 +858,6 @@ class Daemon:
         status = self.gateways.get(self.gateway_of.get(algo, ""))
         return status is not None and status.health.ok
 
-    # ---- core checkpoints -------------------------------------------------------------------
-
-    def _checkpoints(self) -> list[tuple[str, bytes]]:
-        """Every algorithm's core state at this instant (all at once: restore advances the
-        engine clock to the checkpoint's). One whose state cannot be checkpointed is left out
-        and failed closed (``_checkpoint_failed``); the others are never held back by it."""
-        items = []
-        for a in self.engine.algorithms():
-            try:
-                items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))
-            except Exception as e:
-                self._checkpoint_failed(a, e)
-            else:
-                if self._checkpoint_failures.clear(a):
-                    log.warning("%s: checkpoints work again (it stays halted until released)", a)
-        return items
-
-    @functools.cached_property
-    def _checkpoint_failures(self) -> Throttle:
-        return Throttle(REPEAT_EVERY)
-
-    def _checkpoint_failed(self, algo: str, error: Exception) -> None:
-        """Fail closed: halt the algorithm (once: an algorithm already halted is not rolled back
-        again each interval), log and alert (once per REPEAT_EVERY). Its last good checkpoint
-        stays in the store."""
-        reason = f"checkpoint failed: {type(error).__name__}: {error}"[:ERROR_CHARS]
-        guard = self.guard
-        if guard is not None:
-            guard.trigger((algo,), "algo", "checkpoint", reason)
-        if not self._checkpoint_failures.ready(algo):
-            return
-        log.critical("%s: %s; halted (fail closed), its last good checkpoint kept", algo, reason)
-        if guard is not None:
-            self._spawn(
-                guard.alert(
-                    "critical",
-                    f"checkpoints of {algo} failing: halted",
-                    f"{reason}; a restart would resume its metrics from the last good "
-                    "checkpoint. Investigate before releasing it.",
-                    algos=[algo],
-                ),
-                "checkpoint-alert",
-            )
-
-    def _restore_checkpoints(self) -> dict[str, int]:
-        """Resume each algorithm's metrics from its last checkpoint, if its configuration is
-        unchanged (a changed configuration starts its metrics afresh, with a warning).
-
-        A checkpoint whose event clock is further ahead of this host's wall clock than
-        ``ingest.max_future`` is not trusted (a clock dragged forward before, or a wall clock
-        stepped back): its times are reset to the bound (the core's ``restore``). Returns those
-        algorithms with the untrusted clock, to alert and record."""
-        assert self.store is not None
-        max_clock = self.wall_clock() + ns(self.config.ingest.max_future)
-        untrusted: dict[str, int] = {}
-        for key, data in self.store.items(CHECKPOINT_KEY):
-            algo = key.removeprefix(CHECKPOINT_KEY)
-            if algo not in self.engine:
-                continue
-            fresh = _config_of(self.engine.checkpoint(algo))
-            if _config_of(data) != fresh:
-                log.warning("%s: configuration changed since the checkpoint; metrics restart", algo)
-                continue
-            before = self.engine.checkpoint(algo)
-            self.engine.unregister(algo)
-            try:
-                clock = self.engine.restore(data, max_clock=max_clock)
-            except RampartError as e:
-                log.error("%s: checkpoint unreadable (%s); metrics restart", algo, e)
-                self.engine.restore(before)
-                continue
-            if clock is not None:
-                untrusted[algo] = clock
-        return untrusted
-
-    async def _report_untrusted_clocks(self, untrusted: dict[str, int]) -> None:
-        """Alert and audit checkpoints whose clock was reset (see ``_restore_checkpoints``)."""
-        if not untrusted or self.guard is None or self.store is None:
-            return
-        wall = self.wall_clock()
-        detail = "; ".join(
-            f"{algo}: checkpoint clock {_iso(clock)} is {(clock - wall) / 1e9:,.0f} s ahead of "
-            f"the wall clock {_iso(wall)}"
-            for algo, clock in sorted(untrusted.items())
-        )
-        detail += (
-            f" (more than ingest.max_future = {self.config.ingest.max_future}); their event "
-            "times were reset to the bound, order windows emptied, return periods and sessions "
-            "restarted; positions, PnL and peak equity are kept"
-        )
-        log.critical("untrusted event clock in checkpoints: %s", detail)
-        payload = {"algos": sorted(untrusted), "clocks": untrusted, "wall_clock": wall}
-        await asyncio.to_thread(
-            self.store.append_audit, "clock_reset", payload, actor="rampart", ts=wall
-        )
-        await self.guard.alert(
-            "critical", "untrusted event clock reset", detail, algos=sorted(untrusted)
-        )
-
-    async def _checkpoint_loop(self) -> None:
-        assert self.store is not None
-        store = self.store
-        interval = self.config.checkpoint_interval.total_seconds()
-        while True:
-            await asyncio.sleep(interval)
-            if self.engine.now is None:
-                continue
-            try:
-                await asyncio.to_thread(_put_all, store, self._checkpoints())
-            except Exception as e:  # the loop never dies: the next interval tries again
-                self._checkpoints_failed(e)
-                continue
-            if self._checkpoint_failures.clear(ALL_CHECKPOINTS):
-                log.warning("checkpoints are written again")
-            self.checkpoint_at = self.wall_clock()
-
-    def _checkpoints_failed(self, error: Exception) -> None:
-        if not self._checkpoint_failures.ready(ALL_CHECKPOINTS):
-            return
-        text = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
-        log.critical("checkpoints could not be written: %s; retrying", text, exc_info=error)
-        if self.guard is not None:
-            alert = self.guard.alert(
-                "emergency",
-                "checkpoints could not be written",
-                f"{text}; retrying every checkpoint_interval. A restart now would resume "
-                "metrics from older checkpoints.",
-                algos=[],
-            )
-            self._spawn(alert, "checkpoint-alert")  # delivery retries; the loop goes on
-
     def _load_deployments(self) -> str | None:
         """Restore every stored deployment; an unreadable one makes the daemon fail closed."""
         assert self.store is not None
@@ -1048,7 +901,7 @@ class Daemon:
                 if s.standby:
                     intents.append(rec.wanted(s.standby, active=False))
         if intents:
-            await asyncio.to_thread(_put_all, self.store, [rec.item(i) for i in intents])
+            await asyncio.to_thread(put_all, self.store, [rec.item(i) for i in intents])
             rec.remember(intents)
 
     async def _on_stuck(self, gateway: str, text: str) -> None:
@@ -1089,7 +942,8 @@ class Daemon:
         store, dep_id = self.store, outcome.deployment_id
         data = self.runner.dump(dep_id, outcome.decision.state)
         transitions = outcome.decision.transitions
-        checkpoints = self._checkpoints()
+        assert self.checkpointer is not None
+        checkpoints = self.checkpointer.take()
         intents = self._intents_of(outcome.decision.actions)
         items = [Reconciler.item(i) for i in intents]
 
@@ -1237,27 +1091,3 @@ class Daemon:
             await self._control(req, act)
 
         return handler
-
-
-def _put_all(store: Store, items: list[tuple[str, bytes]]) -> None:
-    with store.transaction():
-        for key, value in items:
-            store.put(key, value)
-
-
-def _iso(ts: int) -> str:
-    """Nanoseconds since the epoch as an ISO 8601 UTC time (for messages)."""
-    try:
-        return datetime.fromtimestamp(ts / 1e9, tz=UTC).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return f"{ts} ns"
-
-
-def _config_of(checkpoint: bytes) -> dict[str, object] | None:
-    """A checkpoint's algorithm configuration, less the capital (deployments move it)."""
-    try:
-        config = dict(json.loads(checkpoint)["algo"]["config"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    config.pop("capital", None)
-    return config

@@ -1,0 +1,208 @@
+"""Every algorithm's core state in the store: written every ``checkpoint_interval`` and with each
+deployment decision, read back into the engine at start (docs/metrics.md, "Checkpoints").
+
+One algorithm whose state cannot be checkpointed is left out and failed closed (halted, alerted);
+the others are never held back by it, and the loop never dies. A checkpoint whose event clock is
+ahead of this host's wall clock by more than ``ingest.max_future`` is not trusted on restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from rampart._core import Engine, RampartError
+from rampart.config import DaemonConfig, ns
+from rampart.store import Store
+from rampart.throttle import ERROR_CHARS, REPEAT_EVERY, Throttle
+
+if TYPE_CHECKING:
+    from rampart.guard import Guard
+
+log = logging.getLogger("rampart.checkpoints")
+
+CHECKPOINT_KEY: Final = "checkpoint/"
+# the Throttle key of a checkpoint write that failed as a whole
+ALL_CHECKPOINTS: Final = "*"
+
+Spawn = Callable[[Awaitable[None], str], None]
+
+
+def put_all(store: Store, items: list[tuple[str, bytes]]) -> None:
+    """Write items in one transaction (runs in a worker thread)."""
+    with store.transaction():
+        for key, value in items:
+            store.put(key, value)
+
+
+class Checkpointer:
+    """Owned by the daemon. ``guard`` is looked up at each use (it exists once NATS is up);
+    ``spawn`` runs an alert without holding anything up."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        config: DaemonConfig,
+        *,
+        guard: Callable[[], Guard | None],
+        spawn: Spawn,
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.config = config
+        self.guard = guard
+        self.spawn = spawn
+        self.wall_clock = wall_clock
+        # when the last periodic checkpoint of every algorithm was stored (wall clock, ns)
+        self.checkpoint_at: int | None = None
+        self._failures = Throttle(REPEAT_EVERY)
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """Every algorithm's core state at this instant (all at once: restore advances the
+        engine clock to the checkpoint's). One whose state cannot be checkpointed is left out
+        and failed closed; the others are never held back by it."""
+        items = []
+        for a in self.engine.algorithms():
+            try:
+                items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))
+            except Exception as e:
+                self._failed(a, e)
+            else:
+                if self._failures.clear(a):
+                    log.warning("%s: checkpoints work again (it stays halted until released)", a)
+        return items
+
+    def _failed(self, algo: str, error: Exception) -> None:
+        """Fail closed: halt the algorithm (once: an algorithm already halted is not rolled back
+        again each interval), log and alert (once per REPEAT_EVERY). Its last good checkpoint
+        stays in the store."""
+        reason = f"checkpoint failed: {type(error).__name__}: {error}"[:ERROR_CHARS]
+        guard = self.guard()
+        if guard is not None:
+            guard.trigger((algo,), "algo", "checkpoint", reason)
+        if not self._failures.ready(algo):
+            return
+        log.critical("%s: %s; halted (fail closed), its last good checkpoint kept", algo, reason)
+        if guard is not None:
+            self.spawn(
+                guard.alert(
+                    "critical",
+                    f"checkpoints of {algo} failing: halted",
+                    f"{reason}; a restart would resume its metrics from the last good "
+                    "checkpoint. Investigate before releasing it.",
+                    algos=[algo],
+                ),
+                "checkpoint-alert",
+            )
+
+    def restore(self) -> dict[str, int]:
+        """Resume each algorithm's metrics from its last checkpoint, if its configuration is
+        unchanged (a changed configuration starts its metrics afresh, with a warning).
+
+        A checkpoint whose event clock is further ahead of this host's wall clock than
+        ``ingest.max_future`` is not trusted (a clock dragged forward before, or a wall clock
+        stepped back): its times are reset to the bound (the core's ``restore``). Returns those
+        algorithms with the untrusted clock, for ``report_untrusted``."""
+        max_clock = self.wall_clock() + ns(self.config.ingest.max_future)
+        untrusted: dict[str, int] = {}
+        for key, data in self.store.items(CHECKPOINT_KEY):
+            algo = key.removeprefix(CHECKPOINT_KEY)
+            if algo not in self.engine:
+                continue
+            fresh = config_of(self.engine.checkpoint(algo))
+            if config_of(data) != fresh:
+                log.warning("%s: configuration changed since the checkpoint; metrics restart", algo)
+                continue
+            before = self.engine.checkpoint(algo)
+            self.engine.unregister(algo)
+            try:
+                clock = self.engine.restore(data, max_clock=max_clock)
+            except RampartError as e:
+                log.error("%s: checkpoint unreadable (%s); metrics restart", algo, e)
+                self.engine.restore(before)
+                continue
+            if clock is not None:
+                untrusted[algo] = clock
+        return untrusted
+
+    async def report_untrusted(self, untrusted: dict[str, int]) -> None:
+        """Alert and audit checkpoints whose clock was reset (see ``restore``)."""
+        guard = self.guard()
+        if not untrusted or guard is None:
+            return
+        wall = self.wall_clock()
+        detail = "; ".join(
+            f"{algo}: checkpoint clock {_iso(clock)} is {(clock - wall) / 1e9:,.0f} s ahead of "
+            f"the wall clock {_iso(wall)}"
+            for algo, clock in sorted(untrusted.items())
+        )
+        detail += (
+            f" (more than ingest.max_future = {self.config.ingest.max_future}); their event "
+            "times were reset to the bound, order windows emptied, return periods and sessions "
+            "restarted; positions, PnL and peak equity are kept"
+        )
+        log.critical("untrusted event clock in checkpoints: %s", detail)
+        payload = {"algos": sorted(untrusted), "clocks": untrusted, "wall_clock": wall}
+        await asyncio.to_thread(
+            self.store.append_audit, "clock_reset", payload, actor="rampart", ts=wall
+        )
+        await guard.alert(
+            "critical", "untrusted event clock reset", detail, algos=sorted(untrusted)
+        )
+
+    async def loop(self) -> None:
+        """Every ``checkpoint_interval``, once the engine has seen an event."""
+        interval = self.config.checkpoint_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            if self.engine.now is None:
+                continue
+            try:
+                await asyncio.to_thread(put_all, self.store, self.take())
+            except Exception as e:  # the loop never dies: the next interval tries again
+                self._loop_failed(e)
+                continue
+            if self._failures.clear(ALL_CHECKPOINTS):
+                log.warning("checkpoints are written again")
+            self.checkpoint_at = self.wall_clock()
+
+    def _loop_failed(self, error: Exception) -> None:
+        if not self._failures.ready(ALL_CHECKPOINTS):
+            return
+        text = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
+        log.critical("checkpoints could not be written: %s; retrying", text, exc_info=error)
+        guard = self.guard()
+        if guard is not None:
+            alert = guard.alert(
+                "emergency",
+                "checkpoints could not be written",
+                f"{text}; retrying every checkpoint_interval. A restart now would resume "
+                "metrics from older checkpoints.",
+                algos=[],
+            )
+            self.spawn(alert, "checkpoint-alert")  # delivery retries; the loop goes on
+
+
+def _iso(ts: int) -> str:
+    """Nanoseconds since the epoch as an ISO 8601 UTC time (for messages)."""
+    try:
+        return datetime.fromtimestamp(ts / 1e9, tz=UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} ns"
+
+
+def config_of(checkpoint: bytes) -> dict[str, object] | None:
+    """A checkpoint's algorithm configuration, less the capital (deployments move it)."""
+    try:
+        config = dict(json.loads(checkpoint)["algo"]["config"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    config.pop("capital", None)
+    return config
