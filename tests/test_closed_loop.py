@@ -274,3 +274,38 @@ def test_a_held_deployment_still_rolls_back_on_its_thresholds() -> None:
         outcomes
     )
     assert runner.deployments["c"].state.phase == "rolled_back"
+
+
+def test_a_gateway_hosting_1000_algorithms_is_heard_with_the_default_limits(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A v2 heartbeat carries every hosted algorithm's state (~200 KB for 1,000): the default
+    heartbeat limit must let it through, or Rampart would never see the gateway."""
+    from rampart.protocol import AlgoActual
+
+    async def scenario() -> None:
+        async with daemon_up(make_config(tmp_path), server.url) as daemon:
+            nc = await nats.connect(server.url)
+            health = Health(market_data=True, order_routing=True, risk_engine=True)
+            names = [f"momentum-eu-{i:04d}.v2.1.0" for i in range(1000)]
+            state = [
+                AlgoActual(
+                    algo=a,
+                    halted=False,
+                    allocation=0.25,
+                    active=True,
+                    epochs={"halt": 1796192910618415735, "allocation": 1796192910618415736},
+                )
+                for a in names
+            ]
+            hb = encoder.encode(
+                Heartbeat(gateway="gw1", ts=1, health=health, algos=names, state=state)
+            )
+            assert len(hb) > 150_000
+            await nc.publish(SUBJ.heartbeat("gw1"), hb)
+            await nc.flush()
+            await until(lambda: daemon.stats.heartbeats == 1)
+            assert "gw1" in daemon.gateways and not daemon.stats.rejected
+            await nc.close()
+
+    asyncio.run(scenario())

@@ -57,6 +57,7 @@ checkpoint_interval = "PT0.05S"
 
 [ingest]
 max_payload_bytes = 2048
+max_heartbeat_bytes = 2048
 
 [triggers]
 check_interval = "PT0.02S"

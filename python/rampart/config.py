@@ -79,6 +79,10 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # Larger messages are refused as `oversize` (and dead-lettered, truncated).
     max_payload_bytes: int = 16 * 1024
+    # Larger gateway heartbeats are refused as `oversize`. A heartbeat carries every hosted
+    # algorithm's actual state (~110-220 bytes each), so 1,000 algorithms take ~200 KB; the
+    # default is NATS's own default max_payload. Only configured gateways are heard at all.
+    max_heartbeat_bytes: int = 1024 * 1024
     # Events further behind the latest event time are refused as `out_of_order`.
     time_tolerance: timedelta = timedelta(seconds=5)
     # Events stamped further ahead of this host's wall clock are refused as `future`: the event
@@ -311,6 +315,7 @@ def _check(cfg: DaemonConfig) -> None:
             )
     for field, value in (
         ("ingest.max_payload_bytes", cfg.ingest.max_payload_bytes),
+        ("ingest.max_heartbeat_bytes", cfg.ingest.max_heartbeat_bytes),
         ("ingest.pending_msgs_limit", cfg.ingest.pending_msgs_limit),
         ("nats.max_outstanding_pings", cfg.nats.max_outstanding_pings),
     ):

@@ -503,12 +503,12 @@ class Daemon:
         (before decoding), ``unknown_gateway`` (the subject names no configured gateway),
         ``decode``, ``wrong_gateway`` (the body names another gateway than the subject)."""
         data = msg.data
-        if len(data) > self._max_payload:
+        limit = self.config.ingest.max_heartbeat_bytes
+        if len(data) > limit:
             await self._reject(
                 msg,
                 "oversize",
-                f"heartbeat of {len(data)} bytes exceeds ingest.max_payload_bytes "
-                f"= {self._max_payload}",
+                f"heartbeat of {len(data)} bytes exceeds ingest.max_heartbeat_bytes = {limit}",
             )
             return
         gateway = msg.subject.rpartition(".")[2]
