@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -72,7 +72,7 @@ class Reconciler:
         executor: RollbackExecutor,
         gateways: Mapping[str, tuple[str, ...]],
         *,
-        halted: Callable[[], Iterable[str]],
+        halted: Callable[[], Collection[str]],
         busy: Callable[[], Iterable[str]],
         on_adopt: AdoptListener,
         on_stuck: Callable[[str, str], Awaitable[None]],
@@ -155,7 +155,8 @@ class Reconciler:
 
     def intent(self, algo: str) -> Intent:
         base = self.intents.get(algo, Intent(algo=algo))
-        return msgspec.structs.replace(base, halted=algo in set(self.halted()))
+        # membership in the latches' own view: O(1), never a copy per algorithm
+        return msgspec.structs.replace(base, halted=algo in self.halted())
 
     def kick(self, algos: Iterable[str] | None = None) -> None:
         """Plan again now: for these algorithms' gateways (every gateway with ``None``)."""

@@ -38,6 +38,8 @@ from rampart.store import RollbackRecord, StepRecord
 
 log = logging.getLogger("rampart.rollback")
 
+# Answers a gateway gives again to the same command: resending it cannot help.
+FINAL_REFUSALS: Final = frozenset({"stale_epoch", "expired", "refused"})
 # The seed's targets, in milliseconds.
 TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")
@@ -156,6 +158,15 @@ class RollbackExecutor:
                 reply = await self.nc.request(subject, payload, timeout=timeout)
                 ack = command_ack_decoder.decode(reply.data)
                 pending, detail = _unacked(ack.results, pending)
+                final = {r.status for r in ack.results if r.algo in pending}
+                if pending and final <= FINAL_REFUSALS:
+                    # the gateway answered and will answer the same to the same command: a
+                    # superseded epoch, an expiry, an invalid target. Report it, do not resend.
+                    return StepOutcome(
+                        False, attempts, self.monotonic() - start, detail, sorted(pending)
+                    )
+                if pending:  # an error at the gateway: pause before trying again
+                    await asyncio.sleep(min(0.01, max(remaining, 0.0)))
             except (TimeoutError, NatsTimeoutError):
                 detail = f"no ack from gateway {gateway} within {timeout * 1000:.0f} ms"
             except NoRespondersError:
@@ -324,9 +335,10 @@ class RollbackExecutor:
             if outcome.ok:
                 log.warning("rollback step %s on %s acked after %d retries", name, gateway, attempt)
                 return
-            if "stale_epoch" in outcome.detail:
-                # a later decision of the same kind was applied: this one is superseded (the
-                # reconciler drives the algorithm to what Rampart wants now)
+            if "stale_epoch" in outcome.detail or "expired" in outcome.detail:
+                # a later decision of the same kind was applied, or the gateway could not take it
+                # in time: this one is superseded (the reconciler drives the algorithm to what
+                # Rampart wants now, with fresh commands)
                 log.warning("rollback step %s on %s superseded: %s", name, gateway, outcome.detail)
                 return
             targets = [t for t in targets if t.algo in outcome.failed]
