@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import nats
 from nats.aio.client import Client
 from support import until
@@ -18,7 +19,7 @@ from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
-from rampart.protocol import Health, Heartbeat, Subjects, encoder
+from rampart.protocol import AlgoActual, Health, Heartbeat, Subjects, encoder
 
 SUBJ = Subjects()
 
@@ -178,7 +179,56 @@ def test_a_gateway_speaking_the_old_heartbeat_is_refused_with_a_clear_reason(
             await nc.publish(SUBJ.heartbeat("gw1"), encoder.encode(old))
             await nc.flush()
             await until(lambda: daemon.stats.rejected.get("unsupported_version") == 1)
+            # one without a version at all is as old as it gets
+            bare = msgspec.json.encode(
+                {"type": "heartbeat", "gateway": "gw1", "ts": 1, "health": health}
+            )
+            await nc.publish(SUBJ.heartbeat("gw1"), bare)
+            await nc.flush()
+            await until(lambda: daemon.stats.rejected.get("unsupported_version") == 2)
             assert "gw1" not in daemon.gateways
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_heartbeat_state_is_read_when_it_changes_and_checked_when_it_is_read(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The daemon decodes a heartbeat's state only when it differs from the gateway's last one:
+    a repeat changes nothing, a change is seen at once, a malformed state is refused."""
+
+    async def scenario() -> None:
+        async with daemon_up(make_config(tmp_path), server.url) as daemon:
+            rec = daemon.reconciler
+            assert rec is not None
+            nc: Client = await nats.connect(server.url)
+            health = Health(market_data=True, order_routing=True, risk_engine=True)
+
+            async def beat(state: list[AlgoActual], ts: int) -> None:
+                hb = Heartbeat(gateway="gw1", ts=ts, health=health, state=state)
+                await nc.publish(SUBJ.heartbeat("gw1"), encoder.encode(hb))
+                await nc.flush()
+
+            running = [AlgoActual(algo=a, halted=False) for a in ("alpha", "beta")]
+            await beat(running, 1)
+            await until(lambda: daemon.stats.heartbeats == 1)
+            first = rec.actual["gw1"]
+            await beat(running, 2)
+            await until(lambda: daemon.stats.heartbeats == 2)
+            assert rec.actual["gw1"] is first  # the same report: not decoded again
+            halted = [AlgoActual(algo="alpha", halted=True, halt_cause="gateway"), running[1]]
+            await beat(halted, 3)
+            await until(lambda: daemon.stats.heartbeats == 3)
+            assert rec.actual["gw1"]["alpha"].halted
+            bad = msgspec.json.encode(
+                {"type": "heartbeat", "gateway": "gw1", "ts": 4, "health": health, "v": 2,
+                 "state": [{"algo": "alpha", "halted": "maybe"}]}
+            )  # fmt: skip
+            await nc.publish(SUBJ.heartbeat("gw1"), bad)
+            await nc.flush()
+            await until(lambda: daemon.stats.rejected.get("decode") == 1)
+            assert daemon.stats.heartbeats == 3 and rec.actual["gw1"]["alpha"].halted
             await nc.close()
 
     asyncio.run(scenario())
@@ -281,7 +331,6 @@ def test_a_gateway_hosting_1000_algorithms_is_heard_with_the_default_limits(
 ) -> None:
     """A v2 heartbeat carries every hosted algorithm's state (~200 KB for 1,000): the default
     heartbeat limit must let it through, or Rampart would never see the gateway."""
-    from rampart.protocol import AlgoActual
 
     async def scenario() -> None:
         async with daemon_up(make_config(tmp_path), server.url) as daemon:

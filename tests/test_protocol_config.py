@@ -87,6 +87,14 @@ def test_json_config_is_accepted() -> None:
     assert cfg == DaemonConfig(name="r1")
 
 
+def test_reconcile_settings_come_from_the_config() -> None:
+    from rampart.reconciler import reconcile_settings
+
+    cfg = parse_config(b"heartbeat_interval = 'PT0.5S'\n[reconcile]\nconverge_timeout = 'PT30S'")
+    s = reconcile_settings(cfg)
+    assert (s.converge_timeout, s.resync_interval, s.deadline) == (30.0, 0.5, 1.0)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -110,6 +118,8 @@ def test_json_config_is_accepted() -> None:
         ("subject_prefix = 'a b'", "$.subject_prefix"),
         ("[ingest]\nmax_payload_bytes = 0", "$.ingest.max_payload_bytes"),
         ("[embedded]\nport = 70000", "$.embedded.port"),
+        ("[reconcile]\nconverge_timeout = 'PT0S'", "$.reconcile.converge_timeout` must be > 0"),
+        ("[reconcile]\nbackoff_max = 'PT0.01S'", "$.reconcile.backoff_max"),
         ("name = [", "Invalid"),
     ],
 )

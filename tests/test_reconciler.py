@@ -369,3 +369,80 @@ async def _until(cond: Any, timeout: float = 2.0) -> None:
         if loop.time() > end:
             pytest.fail("condition not met in time")
         await asyncio.sleep(0.001)
+
+
+# ---- the memoized plan -------------------------------------------------------------------------
+
+intents_st = st.builds(
+    Intent,
+    algo=st.sampled_from(ALGOS),
+    allocation=st.none() | st.sampled_from([0.0, 0.5, 1.0]),
+    active=st.none() | st.booleans(),
+    released_epoch=st.integers(0, 3),
+)
+actuals_st = st.builds(
+    AlgoActual,
+    algo=st.sampled_from(ALGOS),
+    halted=st.booleans(),
+    halt_cause=st.none() | st.sampled_from(["command", "deadman", "gateway"]),
+    allocation=st.none() | st.sampled_from([0.0, 0.5, 1.0]),
+    active=st.none() | st.booleans(),
+    epochs=st.dictionaries(st.sampled_from(["halt", "allocation"]), st.integers(0, 3)),
+)
+changes = st.one_of(
+    st.tuples(st.just("intent"), intents_st),
+    st.tuples(st.just("latch"), st.sampled_from(ALGOS)),
+    st.tuples(st.just("report"), st.lists(actuals_st, max_size=3)),
+    st.tuples(st.just("same report"), st.none()),
+    st.tuples(
+        st.just("ack"),
+        st.builds(
+            Op,
+            kind=st.sampled_from(["halt", "resume", "set_allocation", "activate", "standby"]),
+            algo=st.sampled_from(ALGOS),
+            allocation=st.sampled_from([0.0, 1.0]),
+        ),
+    ),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(changes, max_size=25))
+def test_the_memoized_plan_is_always_the_plan_of_what_is_known_now(
+    seq: list[tuple[str, Any]],
+) -> None:
+    """``plan_for`` re-plans only the algorithms whose inputs changed: after any sequence of
+    stored intents, latches, reports (new and repeated) and acks, it equals the pure planner's
+    plan of the current intents and actual state."""
+
+    async def scenario() -> None:
+        halted: set[str] = set()
+
+        async def ignore(gateway: str, arg: Any) -> None:
+            pass
+
+        rec = Reconciler(
+            cast(RollbackExecutor, None),
+            {"gw": ALGOS},
+            halted=lambda: halted,
+            busy=lambda: (),
+            on_adopt=ignore,
+            on_stuck=ignore,
+        )
+        rec.on_report("gw", 0, [])
+        for kind, arg in seq:
+            match kind:
+                case "intent":
+                    rec.remember([arg])
+                case "latch":
+                    halted.symmetric_difference_update({arg})
+                case "report":
+                    rec.on_report("gw", 0, arg)
+                case "same report":
+                    rec.on_report("gw", 0, None)
+                case _:
+                    rec.note_acked([arg])
+            fresh = plan([rec.intent(a) for a in ALGOS], rec.seen("gw"))
+            assert rec.plan_for("gw") == fresh
+
+    asyncio.run(scenario())

@@ -210,6 +210,21 @@ class RollbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retry_interval: timedelta = timedelta(milliseconds=500)
 
 
+class ReconcileConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The reconciler: how it drives each gateway to Rampart's intent (docs/operations.md,
+    "Reconciliation"). It plans on every gateway report, every intent change and every
+    ``heartbeat_interval``."""
+
+    # An algorithm whose drift is older than this raises one critical alert per episode, and a
+    # deployment that waits for its gateway this long holds and says so.
+    converge_timeout: timedelta = timedelta(seconds=10)
+    # How long one attempt of one command may take before it counts as not acked.
+    command_timeout: timedelta = timedelta(seconds=1)
+    # After a failed send the next waits backoff_base x 2^n, at most backoff_max, +-20% jitter.
+    backoff_base: timedelta = timedelta(milliseconds=100)
+    backoff_max: timedelta = timedelta(seconds=5)
+
+
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Alerts go to ``<prefix>.alert.<severity>``, and to ``webhook_url`` (JSON POST) if set."""
 
@@ -240,6 +255,7 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ingest: IngestConfig = IngestConfig()
     triggers: TriggersConfig = TriggersConfig()
     rollback: RollbackConfig = RollbackConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     alerts: AlertsConfig = AlertsConfig()
     algorithms: list[AlgorithmConfig] = []
 
@@ -351,6 +367,20 @@ def _check(cfg: DaemonConfig) -> None:
     if g.price_band_consecutive < 1:
         raise ConfigFileError(
             f"`$.ingest.price_band_consecutive` must be >= 1, got {g.price_band_consecutive}"
+        )
+    r = cfg.reconcile
+    for field, td in (
+        ("reconcile.converge_timeout", r.converge_timeout),
+        ("reconcile.command_timeout", r.command_timeout),
+        ("reconcile.backoff_base", r.backoff_base),
+        ("reconcile.backoff_max", r.backoff_max),
+    ):
+        if td <= timedelta(0):
+            raise ConfigFileError(f"`$.{field}` must be > 0, got {td}")
+    if r.backoff_max < r.backoff_base:
+        raise ConfigFileError(
+            f"`$.reconcile.backoff_max` ({r.backoff_max}) must be >= "
+            f"`$.reconcile.backoff_base` ({r.backoff_base})"
         )
     if not 0 <= cfg.embedded.port <= 65535:
         raise ConfigFileError(f"`$.embedded.port` must be in 0..65535, got {cfg.embedded.port}")

@@ -60,11 +60,12 @@ from rampart.protocol import (
     StatusRequest,
     control_request_decoder,
     encoder,
-    heartbeat_decoder,
+    heartbeat_frame_decoder,
+    state_decoder,
     status_request_decoder,
 )
 from rampart.reconcile import Op, split_actions
-from rampart.reconciler import INTENT_KEY, Reconciler, ReconcileSettings
+from rampart.reconciler import INTENT_KEY, Reconciler, reconcile_settings
 from rampart.rollback import StepOutcome
 from rampart.runner import DeploymentRunner, Outcome, algorithms_of
 from rampart.store import HaltLatch, Store, StoreError
@@ -178,6 +179,8 @@ class Daemon:
         self.stats = IngestStats()
         self.slow_consumer_drops = 0
         self.gateways: dict[str, GatewayStatus] = {}
+        # each gateway's last reported state, raw (HeartbeatFrame)
+        self._last_state: dict[str, msgspec.Raw] = {}
         self.connectivity: deque[ConnectivityEvent] = deque(maxlen=50)
         self.breach_listeners: list[BreachListener] = []
         self.connectivity_listeners: list[ConnectivityListener] = []
@@ -259,9 +262,7 @@ class Daemon:
             busy=lambda: guard.in_flight | guard.releasing,
             on_adopt=guard.adopt_halts,
             on_stuck=self._on_stuck,
-            settings=ReconcileSettings(
-                resync_interval=self.config.heartbeat_interval.total_seconds()
-            ),
+            settings=reconcile_settings(self.config),
             wall_clock=self.wall_clock,
         )
         guard.reconciler = self.reconciler
@@ -520,7 +521,7 @@ class Daemon:
             )
             return
         try:
-            hb = heartbeat_decoder.decode(data)
+            hb = heartbeat_frame_decoder.decode(data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
             await self._reject(msg, "decode", f"not a gateway heartbeat: {e}")
             return
@@ -540,9 +541,18 @@ class Daemon:
                 "its gateway SDK",
             )
             return
-        self.stats.heartbeats += 1
         if self.reconciler is not None:
-            self.reconciler.on_report(gateway, hb.ts, hb.state)
+            # the state is decoded only when it changed (see HeartbeatFrame)
+            state = None
+            if hb.state != self._last_state.get(gateway):
+                try:
+                    state = state_decoder.decode(hb.state)
+                except msgspec.DecodeError as e:
+                    await self._reject(msg, "decode", f"heartbeat state: {e}")
+                    return
+                self._last_state[gateway] = hb.state
+            self.reconciler.on_report(gateway, hb.ts, state)
+        self.stats.heartbeats += 1
         first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
             gateway=hb.gateway,

@@ -141,27 +141,53 @@ def describe(intent: Intent, actual: AlgoActual | None) -> str | None:
     return "; ".join(parts) or None
 
 
-def plan(intents: Iterable[Intent], actual: Mapping[str, AlgoActual]) -> Plan:
-    """The commands that bring one gateway's algorithms to ``intents``, given its last report."""
+@dataclass(frozen=True)
+class AlgoPlan:
+    """One algorithm's part of a plan: what differs, and the commands that close it."""
+
+    drift: str | None = None
+    reductions: tuple[Op, ...] = ()
+    increases: tuple[Op, ...] = ()
+    adopt: str | None = None
+
+
+IN_SYNC = AlgoPlan()
+
+
+def plan_algo(intent: Intent, actual: AlgoActual | None) -> AlgoPlan:
+    """One algorithm's part of :func:`plan` (``IN_SYNC`` when nothing differs)."""
+    text = describe(intent, actual)
+    if actual is None:
+        return IN_SYNC if text is None else AlgoPlan(drift=text)
+    r, i, cause = algo_ops(intent, actual)
+    if text is None and not r and not i and cause is None:
+        return IN_SYNC
+    return AlgoPlan(text, tuple(r), tuple(i), cause)
+
+
+def combine(parts: Iterable[tuple[str, AlgoPlan]]) -> Plan:
+    """One gateway's plan from its algorithms' parts, ``(algo, part)``."""
     reductions: list[Op] = []
     increases: list[Op] = []
     adopt: list[tuple[str, str]] = []
     drift: dict[str, str] = {}
-    for intent in intents:
-        act = actual.get(intent.algo)
-        text = describe(intent, act)
-        if text is not None:
-            drift[intent.algo] = text
-        if act is None:
+    for algo, part in parts:
+        if part is IN_SYNC:
             continue
-        r, i, cause = algo_ops(intent, act)
-        reductions.extend(r)
-        increases.extend(i)
-        if cause is not None:
-            adopt.append((intent.algo, cause))
+        if part.drift is not None:
+            drift[algo] = part.drift
+        reductions.extend(part.reductions)
+        increases.extend(part.increases)
+        if part.adopt is not None:
+            adopt.append((algo, part.adopt))
     if reductions:
         return Plan(tuple(reductions), (), tuple(increases), tuple(adopt), drift)
     return Plan((), tuple(increases), (), tuple(adopt), drift)
+
+
+def plan(intents: Iterable[Intent], actual: Mapping[str, AlgoActual]) -> Plan:
+    """The commands that bring one gateway's algorithms to ``intents``, given its last report."""
+    return combine((i.algo, plan_algo(i, actual.get(i.algo))) for i in intents)
 
 
 Reduction = RollbackAction | SetAllocation | Standby | Decommission

@@ -23,6 +23,7 @@ from typing import Final
 
 import msgspec
 
+from rampart.config import DaemonConfig
 from rampart.protocol import (
     AlgoActual,
     Command,
@@ -31,7 +32,7 @@ from rampart.protocol import (
     ControlStatus,
     Intent,
 )
-from rampart.reconcile import Op, Plan, describe, plan
+from rampart.reconcile import AlgoPlan, Op, Plan, combine, describe, plan_algo
 from rampart.rollback import RollbackExecutor
 
 log = logging.getLogger("rampart.reconciler")
@@ -63,6 +64,17 @@ class ReconcileSettings:
     converge_timeout: float = 10.0
 
 
+def reconcile_settings(config: DaemonConfig) -> ReconcileSettings:
+    r = config.reconcile
+    return ReconcileSettings(
+        resync_interval=config.heartbeat_interval.total_seconds(),
+        backoff_base=r.backoff_base.total_seconds(),
+        backoff_max=r.backoff_max.total_seconds(),
+        deadline=r.command_timeout.total_seconds(),
+        converge_timeout=r.converge_timeout.total_seconds(),
+    )
+
+
 class Reconciler:
     """``intents`` holds the stored part of each algorithm's intent (allocation, activation); its
     halt comes from the guard's latches (``halted``)."""
@@ -87,9 +99,8 @@ class Reconciler:
         self.on_stuck = on_stuck
         self.settings = settings or ReconcileSettings()
         self.wall_clock = wall_clock
-        self.intents: dict[str, Intent] = {
-            a: Intent(algo=a) for algos in self.gateways.values() for a in algos
-        }
+        self.gateway_of = {a: gw for gw, algos in self.gateways.items() for a in algos}
+        self.intents: dict[str, Intent] = {a: Intent(algo=a) for a in self.gateway_of}
         self.actual: dict[str, dict[str, AlgoActual]] = {}
         self.reported_at: dict[str, int] = {}
         self.drift_since: dict[str, int] = {}
@@ -98,6 +109,9 @@ class Reconciler:
         # acked but not yet in a heartbeat: the state each ack implies
         self._acked: dict[str, dict[str, AlgoActual]] = {}
         self._same: dict[tuple[str, CommandKind], tuple[tuple[Op, ...], str, int]] = {}
+        # per algorithm: the inputs of its last plan (stored intent, halted, actual, all by
+        # identity) and the plan; a pass re-plans only the algorithms whose inputs changed
+        self._memo: dict[str, tuple[Intent | None, bool, AlgoActual | None, AlgoPlan]] = {}
         self._kicks = {gw: asyncio.Event() for gw in self.gateways}
         self._stuck: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,36 +177,66 @@ class Reconciler:
         if algos is None:
             targets = set(self.gateways)
         else:
-            wanted = set(algos)
-            targets = {gw for gw, members in self.gateways.items() if wanted & set(members)}
+            targets = {gw for a in algos if (gw := self.gateway_of.get(a)) is not None}
         for gw in targets:
             self._kicks[gw].set()
 
     # ---- reports --------------------------------------------------------------------------------
 
-    def on_report(self, gateway: str, ts: int, state: list[AlgoActual]) -> None:
-        """A heartbeat's actual state: it replaces the previous report and every ack received
-        before it (the gateway's word now; one sent just before an ack arrived costs at most a
-        duplicate command, which the gateway applies idempotently)."""
+    def on_report(self, gateway: str, ts: int, state: list[AlgoActual] | None) -> None:
+        """A heartbeat's actual state (``None``: the same as the previous report's): it
+        replaces the previous report and every ack received before it (the gateway's word now;
+        one sent just before an ack arrived costs at most a duplicate command, which the
+        gateway applies idempotently). An unchanged report changes no plan: the loop's resync
+        covers it."""
         if gateway not in self.gateways:
             return
-        self.actual[gateway] = {a.algo: a for a in state}
         self.reported_at[gateway] = self.wall_clock()
-        self._acked.pop(gateway, None)
-        self._kicks[gateway].set()
+        changed = self._acked.pop(gateway, None) is not None
+        if state is not None or gateway not in self.actual:
+            self.actual[gateway] = {a.algo: a for a in state or ()}
+            changed = True
+        if changed:
+            self._kicks[gateway].set()
 
     def seen(self, gateway: str) -> Mapping[str, AlgoActual]:
         """The gateway's actual state: its last report, with what it has acked since."""
+        acked = self._acked.get(gateway)
+        if not acked:
+            return self.actual.get(gateway, {})
         seen = dict(self.actual.get(gateway, {}))
-        seen.update(self._acked.get(gateway, {}))
+        seen.update(acked)
         return seen
 
+    def seen_one(self, gateway: str, algo: str) -> AlgoActual | None:
+        acked = self._acked.get(gateway)
+        if acked and algo in acked:
+            return acked[algo]
+        return self.actual.get(gateway, {}).get(algo)
+
     def plan_for(self, gateway: str) -> Plan:
-        return plan([self.intent(a) for a in self.gateways[gateway]], self.seen(gateway))
+        """The gateway's plan. Each algorithm is planned again only when its stored intent,
+        its latch or its actual state is another object than at its last plan (reports and
+        acks replace objects, never change them): a pass over 1,000 algorithms in sync costs
+        a lookup each, not a plan each."""
+        seen = self.seen(gateway)
+        halted = self.halted()
+        memo = self._memo
+        parts: list[tuple[str, AlgoPlan]] = []
+        for algo in self.gateways[gateway]:
+            base = self.intents.get(algo)
+            h = algo in halted
+            act = seen.get(algo)
+            m = memo.get(algo)
+            if m is None or m[0] is not base or m[1] != h or m[2] is not act:
+                intent = msgspec.structs.replace(base or Intent(algo=algo), halted=h)
+                m = memo[algo] = (base, h, act, plan_algo(intent, act))
+            parts.append((algo, m[3]))
+        return combine(parts)
 
     def control_status(self, algo: str, gateway: str) -> ControlStatus:
         intent = self.intent(algo)
-        actual = self.seen(gateway).get(algo)
+        actual = self.seen_one(gateway, algo)
         drift = describe(intent, actual)
         return ControlStatus(
             intent=intent,
@@ -251,9 +295,7 @@ class Reconciler:
         """One round: ``None`` when nothing was sent, else whether every command was acked."""
         if gateway not in self.actual:
             return None  # no report yet: nothing to compare with
-        members = self.gateways[gateway]
-        busy = set(self.busy())
-        if any(a in busy for a in members):
+        if any(self.gateway_of.get(a) == gateway for a in self.busy()):
             return None  # a rollback is on it; it kicks when done
         p = self.plan_for(gateway)
         self._track_drift(gateway, p)
@@ -266,22 +308,24 @@ class Reconciler:
 
     def _track_drift(self, gateway: str, p: Plan) -> None:
         now = self.wall_clock()
-        seen = self.seen(gateway)
-        for algo in self.gateways[gateway]:
-            act = seen.get(algo)
+        halted = self.halted()
+        drifting: set[str] = set()
+        for algo, text in p.drift.items():
+            act = self.seen_one(gateway, algo)
             # what the rules hold back on a halted algorithm (no capital, no activation) is not
             # a failure to converge
-            held = self.intent(algo).halted and act is not None and act.halted
-            if algo in p.drift and not held:
-                since = self.drift_since.setdefault(algo, now)
-                age = (now - since) / 1e9
-                if age > self.settings.converge_timeout and algo not in self._stuck:
-                    self._stuck.add(algo)
-                    text = f"{algo}: {p.drift[algo]} for {age:.1f}s"
-                    self._notify(self.on_stuck(gateway, text))
-            else:
-                self.drift_since.pop(algo, None)
-                self._stuck.discard(algo)
+            if algo in halted and act is not None and act.halted:
+                continue
+            drifting.add(algo)
+            since = self.drift_since.setdefault(algo, now)
+            age = (now - since) / 1e9
+            if age > self.settings.converge_timeout and algo not in self._stuck:
+                self._stuck.add(algo)
+                self._notify(self.on_stuck(gateway, f"{algo}: {text} for {age:.1f}s"))
+        gw_of = self.gateway_of
+        for algo in [a for a in self.drift_since if a not in drifting and gw_of[a] == gateway]:
+            del self.drift_since[algo]
+            self._stuck.discard(algo)
 
     def _notify(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -334,9 +378,9 @@ class Reconciler:
         acked: they count as its actual state until its next report."""
         by_gateway: dict[str, list[Op]] = {}
         for op in ops:
-            for gw, members in self.gateways.items():
-                if op.algo in members:
-                    by_gateway.setdefault(gw, []).append(op)
+            gw = self.gateway_of.get(op.algo)
+            if gw is not None:
+                by_gateway.setdefault(gw, []).append(op)
         for gw, done in by_gateway.items():
             self._apply_acks(gw, done)
 
@@ -344,9 +388,8 @@ class Reconciler:
         if not done:
             return
         acked = self._acked.setdefault(gateway, {})
-        seen = self.seen(gateway)
         for op in done:
-            cur = seen.get(op.algo) or AlgoActual(algo=op.algo, halted=False)
+            cur = self.seen_one(gateway, op.algo) or AlgoActual(algo=op.algo, halted=False)
             match op.kind:
                 case "halt":
                     new = msgspec.structs.replace(cur, halted=True, halt_cause="command")
