@@ -56,8 +56,9 @@ from nats.errors import SlowConsumerError
 
 from rampart._core import Engine
 from rampart.config import DaemonConfig, ns, parse_config
-from rampart.daemon import Daemon, connect_options
+from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
+from rampart.nats_connection import connect_options
 from rampart.protocol import Fill, OrderEvent, Quote, Subjects, encoder
 
 GATEWAY = "gw1"

@@ -379,6 +379,8 @@ async def tick_to_halt(
         if gw_nc is not None:
             await gw_nc.close()
         if started:
+            if os.environ.get("RAMPART_BENCH_DEBUG") and daemon.reconciler is not None:
+                print("reconciler sends", daemon.reconciler.sends, file=sys.stderr)
             await daemon.close()
     return [t2h, to_breach, to_send, to_rx, to_handler, halt_step, cancel_step, total], extra
 

@@ -62,7 +62,9 @@ async def daemon_up(config: DaemonConfig, url: str) -> AsyncIterator[Daemon]:
 
 
 @asynccontextmanager
-async def gateway_up(url: str, deadman: float = 3600.0) -> AsyncIterator[ReferenceGateway]:
+async def gateway_up(
+    url: str, deadman: float = 3600.0, heartbeat: float = 0.05
+) -> AsyncIterator[ReferenceGateway]:
     nc = await nats.connect(url)
     gw = ReferenceGateway(
         nc,
@@ -71,7 +73,7 @@ async def gateway_up(url: str, deadman: float = 3600.0) -> AsyncIterator[Referen
             HostedAlgo("alpha", "ES", Momentum(), allocation=0.0, active=True),
             HostedAlgo("beta", "ES", Momentum(), allocation=0.0, active=True),
         ],
-        heartbeat_interval=0.05,
+        heartbeat_interval=heartbeat,
         deadman_timeout=deadman,
     )
     await gw.start()
@@ -103,6 +105,32 @@ def test_a_gateway_restarted_inside_the_heartbeat_timeout_is_halted_again(
                 status = daemon.status("alpha").algorithms[0].control
                 assert status is not None and status.intent.halted and status.actual is not None
                 assert status.actual.halted and status.actual.allocation == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_what_a_rollback_had_acked_is_not_sent_again(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The rollback's acked steps count as the gateway's state until its next report: the
+    reconciler, planning at once after the rollback, finds nothing to send (it used to send
+    the halt, allocation and activation a second time, on the halt's hot path)."""
+
+    async def scenario() -> None:
+        # heartbeats far apart: the plan after the rollback cannot have a fresh report
+        cfg = CONFIG.format(data_dir=tmp_path / "data").replace('"PT0.05S"', '"PT1S"', 1)
+        async with daemon_up(parse_config(cfg.encode()), server.url) as daemon:
+            guard, rec = daemon.guard, daemon.reconciler
+            assert guard is not None and rec is not None
+            async with gateway_up(server.url, heartbeat=2.0) as gw:
+                await until(lambda: "gw1" in rec.actual)
+                task = guard.trigger(["alpha"], "algo", "manual", "test", "alice", force=True)
+                assert task is not None
+                record = await task
+                assert record is not None and record.state == "succeeded"
+                await until(lambda: rec.control_status("alpha", "gw1").in_sync)
+                await asyncio.sleep(0.2)  # the loop's plans after the rollback
+                assert rec.sends == 0 and gw.agent.is_halted("alpha")
 
     asyncio.run(scenario())
 

@@ -171,8 +171,7 @@ def test_live_daemon_makes_the_same_decisions_as_replay(
                 await nc.publish(subject_of(msg), msg)
             await nc.flush()
             await until(lambda: daemon.stats.ingested == len(feed))
-            await until(lambda: daemon._outcomes.empty())
-            await asyncio.sleep(0)  # let the worker finish the last batch
+            await until(daemon.effects_idle)
             store = daemon.store
             assert store is not None
             await until(

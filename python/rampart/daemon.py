@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import ssl
 import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import nats
@@ -26,65 +25,44 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
-from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import Service
 
-from rampart import __version__, failpoints
+from rampart import __version__
 from rampart._core import Breach, InvalidEventError
-from rampart.checkpoints import Checkpointer, put_all
-from rampart.config import DaemonConfig, NatsConfig, ns
-from rampart.deployment import Deployment, DeploymentError, decode_deployment
+from rampart.checkpoints import Checkpointer
+from rampart.config import DaemonConfig, ns
+from rampart.deployment import Deployment
+from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
 from rampart.guard import Guard
-from rampart.paging import StatusTooLargeError, build_page
+from rampart.nats_connection import URL_FILE, connect_options
 from rampart.protocol import (
     HEARTBEAT_VERSION,
     AlertSeverity,
-    AlgoStatus,
-    AlgoUnavailable,
     BreachEvent,
-    CommandKind,
     ConnectivityEvent,
     ConnectivityState,
-    ControlReply,
-    ControlRequest,
     DaemonStatus,
     DeadLetter,
-    ErrorReply,
     GatewayStatus,
     IngestStats,
-    Intent,
     SidecarHeartbeat,
     StatusReply,
-    StatusRequest,
-    control_request_decoder,
     encoder,
     heartbeat_frame_decoder,
     state_decoder,
-    status_request_decoder,
 )
-from rampart.reconcile import Op, split_actions
-from rampart.reconciler import INTENT_KEY, Reconciler, reconcile_settings
-from rampart.rollback import StepOutcome
-from rampart.runner import DeploymentRunner, Outcome, algorithms_of
-from rampart.store import HaltLatch, Store, StoreError
-from rampart.strategies import TERMINAL, Action, Decision, DeploymentState, Verb
-from rampart.strategies.base import (
-    Activate,
-    Complete,
-    Decommission,
-    RequestApproval,
-    RollbackAction,
-    SetAllocation,
-    Standby,
-)
-from rampart.throttle import ERROR_CHARS, REPEAT_EVERY, Throttle
+from rampart.reconciler import Reconciler, reconcile_settings
+from rampart.runner import DeploymentRunner, Outcome
+from rampart.service import DaemonService
+from rampart.status_builder import StatusBuilder
+from rampart.store import Store, StoreError
+from rampart.strategies import Decision, DeploymentState, Verb
+from rampart.throttle import Throttle
+
+__all__ = ["DEPLOYMENT_KEY", "STORE_FILE", "URL_FILE", "Daemon", "DaemonError"]
 
 log = logging.getLogger("rampart.daemon")
 
-URL_FILE: Final = "nats.url"
-DEPLOYMENT_KEY: Final = "deployment/"
 STORE_FILE: Final = "rampart.db"
 # Refusals that look like a broken or hostile sender, not just noise: each raises an alert (at
 # most one per reason a minute), beside the dead letter.
@@ -108,55 +86,6 @@ ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 
 class DaemonError(RuntimeError):
     """The daemon cannot start (NATS unreachable, embedded server failed)."""
-
-
-def _seconds(cfg: NatsConfig) -> dict[str, float]:
-    return {
-        "connect_timeout": cfg.connect_timeout.total_seconds(),
-        "ping_interval": cfg.ping_interval.total_seconds(),
-        "reconnect_time_wait": cfg.reconnect_time_wait.total_seconds(),
-    }
-
-
-def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
-    if cfg.tls is None:
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.tls.ca_file)
-    ctx.check_hostname = cfg.tls.verify_hostname
-    if cfg.tls.cert_file:
-        ctx.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
-    return ctx
-
-
-def connect_options(cfg: NatsConfig, servers: list[str]) -> dict[str, Any]:
-    """nats-py connect() options for a risk process.
-
-    A dead link is noticed within ``ping_interval x (max_outstanding_pings + 1)``; reconnects are
-    retried forever; ``pending_size=0`` disables the reconnect buffer, so nothing published while
-    disconnected is replayed later (a stale command must never arrive late).
-    """
-    opts: dict[str, Any] = {
-        "servers": servers,
-        "name": cfg.name,
-        "max_outstanding_pings": cfg.max_outstanding_pings,
-        "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
-        "pending_size": 0,
-        **_seconds(cfg),
-    }
-    if cfg.user is not None:
-        opts["user"] = cfg.user
-        opts["password"] = cfg.password
-    if cfg.token is not None:
-        opts["token"] = cfg.token
-    if cfg.nkeys_seed is not None:
-        opts["nkeys_seed"] = cfg.nkeys_seed
-    if cfg.credentials is not None:
-        opts["user_credentials"] = cfg.credentials
-    tls = _tls_context(cfg)
-    if tls is not None:
-        opts["tls"] = tls
-    return opts
 
 
 class Daemon:
@@ -191,7 +120,6 @@ class Daemon:
         self.guard: Guard | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
-        self._service: Service | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._closing = False
@@ -205,14 +133,13 @@ class Daemon:
             capital_of=self.capital_of.__getitem__,
             converged=self._converged,
         )
-        self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
-        self._effects_busy = False
         self.checkpointer: Checkpointer | None = None
         self.deployment_error: str | None = None
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.reconciler: Reconciler | None = None
-        # Each deployment's state as last stored: what status shows.
-        self.stored_states: dict[str, DeploymentState] = {}
+        self.effects: DeploymentEffects | None = None
+        self.service: DaemonService | None = None
+        self.status_builder = StatusBuilder(self)
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -275,19 +202,25 @@ class Daemon:
             wall_clock=self.wall_clock,
         )
         untrusted_clocks = self.checkpointer.restore()
-        self.deployment_error = await asyncio.to_thread(self._load_deployments)
-        intent_error = self._load_intents()
+        effects = self.effects = DeploymentEffects(
+            self.runner, self.store, guard, self.reconciler, self.checkpointer, now=self._now
+        )
+        self.deployment_error = await asyncio.to_thread(effects.load_deployments)
+        intent_error = effects.load_intents()
         # Fail closed: without our state we cannot know what was halted, so halt everything.
         await self.guard.start(
             halt_all_because=self.store_error or self.deployment_error or intent_error
         )
         await self.checkpointer.report_untrusted(untrusted_clocks)
-        self._spawn(self._outcome_worker(), "deployment-effects")
+        self._spawn(effects.worker(), "deployment-effects")
         self._spawn(self.checkpointer.loop(), "checkpoints")
-        await self._seed_intents()
+        await effects.seed_intents()
         self.reconciler.start()
         await self._subscribe()
-        await self._start_status_service()
+        self.service = DaemonService(
+            self.nc, self.config, self.status_builder, self.engine, guard, effects
+        )
+        await self.service.start()
         if self.config.metrics_port is not None:
             from rampart.prom import serve_metrics
 
@@ -364,10 +297,9 @@ class Daemon:
             await self.reconciler.close()
         if self.guard is not None:
             await self.guard.close()
-        if self._service is not None:
+        if self.service is not None:
             with contextlib.suppress(Exception):
-                await self._service.stop()
-            self._service = None
+                await self.service.stop()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -436,8 +368,8 @@ class Daemon:
             self._queue(self.runner.on_rollback(algos, f"{actor}:{trigger}", now))
 
     def _queue(self, outcomes: list[Outcome]) -> None:
-        if outcomes:
-            self._outcomes.put_nowait(outcomes)
+        if outcomes and self.effects is not None:
+            self.effects.queue(outcomes)
 
     async def _reject(self, msg: Msg, reason: str, error: str) -> None:
         rejected = self.stats.rejected
@@ -615,247 +547,7 @@ class Daemon:
                     await self.nc.publish(subject, encoder.encode(hb))
             await asyncio.sleep(interval)
 
-    # ---- status -------------------------------------------------------------------------------
-
-    @property
-    def checkpoint_at(self) -> int | None:
-        """When every algorithm's core state was last stored (wall clock, ns)."""
-        return self.checkpointer.checkpoint_at if self.checkpointer is not None else None
-
-    def _gateway_statuses(self) -> list[GatewayStatus]:
-        """Each gateway as last heard, judged now: its heartbeat's age and whether it is alive."""
-        now = self.wall_clock()
-        timeout = self.config.triggers.gateway_heartbeat_timeout
-        out = []
-        for g in sorted(self.gateways.values(), key=lambda g: g.gateway):
-            age = max(now - g.received_at, 0)
-            alive = timeout is None or age <= ns(timeout)
-            out.append(msgspec.structs.replace(g, heartbeat_age_ms=age // 1_000_000, alive=alive))
-        return out
-
-    def daemon_status(self, algo_id: str | None = None) -> DaemonStatus:
-        """The daemon's own status; ``algo_id``: its halt latch only (one algorithm's view)."""
-        nc = self.nc
-        server = nc.connected_url.netloc if nc is not None and nc.connected_url else None
-        stats = msgspec.structs.replace(
-            self.stats,
-            rejected={**self.stats.rejected, "slow_consumer": self.slow_consumer_drops}
-            if self.slow_consumer_drops
-            else dict(self.stats.rejected),
-        )
-        guard = self.guard
-        halted: list[HaltLatch] = []
-        if guard is not None:
-            if algo_id is None:
-                halted = sorted(guard.halted.values(), key=lambda h: h.algo)
-            elif algo_id in guard.halted:
-                halted = [guard.halted[algo_id]]
-        return DaemonStatus(
-            halted=halted,
-            checkpoint_at=self.checkpoint_at,
-            rollbacks=list(guard.recent) if guard else [],
-            store_error=self.store_error,
-            name=self.config.name,
-            version=__version__,
-            started_at=self.started_at,
-            connected=bool(nc is not None and nc.is_connected),
-            server=server,
-            now=self.engine.now,
-            ingest=stats,
-            gateways=self._gateway_statuses(),
-            connectivity=list(self.connectivity),
-        )
-
-    def algo_status(self, algo_id: str) -> AlgoStatus:
-        """One algorithm's metrics (raises if the core cannot give them)."""
-        snap = self.engine.snapshot(algo_id).to_dict()
-        gateway = self.gateway_of.get(algo_id)
-        snap["gateway"] = gateway
-        snap["halted"] = self.guard is not None and algo_id in self.guard.halted
-        status = msgspec.convert(snap, AlgoStatus)
-        if self.reconciler is not None and gateway is not None:
-            control = self.reconciler.control_status(algo_id, gateway)
-            status = msgspec.structs.replace(status, control=control)
-        return status
-
-    @functools.cached_property
-    def _status_failures(self) -> Throttle:
-        return Throttle(REPEAT_EVERY)
-
-    def _status_entry(self, algo_id: str) -> AlgoStatus | AlgoUnavailable:
-        """One algorithm's metrics, or why they cannot be read: one algorithm's bad state never
-        fails the status of the others."""
-        try:
-            return self.algo_status(algo_id)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"[:ERROR_CHARS]
-            if self._status_failures.ready(algo_id):
-                log.error("status of %s unavailable: %s", algo_id, error)
-            return AlgoUnavailable(
-                algo_id=algo_id, gateway=self.gateway_of.get(algo_id), error=error
-            )
-
-    def _deployments_by_algo(self) -> dict[str, list[DeploymentState]]:
-        """Each algorithm's deployments, as stored: a decision the runner has made but the
-        store does not hold yet is not shown (a crash would lose it)."""
-        by_algo: dict[str, list[DeploymentState]] = {}
-        for dep_id, r in self.runner.deployments.items():
-            state = self.stored_states.get(dep_id)
-            if state is None:
-                continue
-            for a in algorithms_of(r.document):
-                by_algo.setdefault(a, []).append(state)
-        return by_algo
-
-    def status(self, algo_id: str | None = None) -> StatusReply:
-        """The whole status in one Struct, for in-process readers (unbounded: the status
-        service sends it in pages, see ``status_page``)."""
-        ids = [algo_id] if algo_id is not None else self.engine.algorithms()
-        entries = [self._status_entry(a) for a in ids]
-        by_algo = self._deployments_by_algo()
-        deployments = {d.deployment_id: d for a in ids for d in by_algo.get(a, ())}
-        return StatusReply(
-            daemon=self.daemon_status(algo_id),
-            algorithms=[e for e in entries if isinstance(e, AlgoStatus)],
-            unavailable=[e for e in entries if isinstance(e, AlgoUnavailable)],
-            deployments=[deployments[k] for k in sorted(deployments)],
-            total=len(ids),
-        )
-
-    def status_page(
-        self,
-        algo_id: str | None = None,
-        *,
-        offset: int = 0,
-        limit: int | None = None,
-        max_bytes: int | None = None,
-    ) -> bytes:
-        """The encoded status reply as the service sends it: a page from ``offset`` that fits
-        in ``max_bytes`` (default: the server's max payload). Raises StatusTooLargeError."""
-        if max_bytes is None:
-            max_bytes = self.nc.max_payload if self.nc is not None else 1024 * 1024
-        ids = [algo_id] if algo_id is not None else self.engine.algorithms()
-        return build_page(
-            self.daemon_status(algo_id),
-            ids,
-            self._status_entry,
-            self._deployments_by_algo(),
-            max_bytes=max_bytes,
-            offset=offset,
-            limit=limit,
-        )
-
-    async def _start_status_service(self) -> None:
-        assert self.nc is not None
-        self._service = await add_service(
-            self.nc,
-            name=self.config.name,
-            version=__version__,
-            description="Rampart risk sidecar: algorithm metrics and deployment status",
-            metadata={"prefix": self.subjects.prefix},
-        )
-        await self._service.add_endpoint(
-            name="algorithms",
-            subject=self.subjects.status("algorithms"),
-            handler=self._status_all,
-        )
-        await self._service.add_endpoint(
-            name="algorithm",
-            subject=self.subjects.status("algorithm"),
-            handler=self._status_one,
-        )
-        await self._service.add_endpoint(
-            name="rollback", subject=self.subjects.control("rollback"), handler=self._ctl_rollback
-        )
-        await self._service.add_endpoint(
-            name="deploy", subject=self.subjects.control("deploy"), handler=self._ctl_deploy
-        )
-        verbs: tuple[Verb, ...] = ("approve", "promote", "pause", "resume", "abort", "halt")
-        for verb in verbs:
-            await self._service.add_endpoint(
-                name=verb, subject=self.subjects.control(verb), handler=self._ctl_verb(verb)
-            )
-        await self._service.add_endpoint(
-            name="release", subject=self.subjects.control("release"), handler=self._ctl_release
-        )
-
-    async def _status_all(self, req: Request) -> None:
-        try:
-            page = status_request_decoder.decode(req.data) if req.data.strip() else StatusRequest()
-        except msgspec.DecodeError as e:
-            error = (
-                f"bad status request: {e}; send an empty body or "
-                '{"offset": N, "limit": M} (both optional)'
-            )
-            await req.respond_error("400", error, data=encoder.encode(ErrorReply(error=error)))
-            return
-        await self._respond_status(req, None, page.offset, page.limit)
-
-    async def _status_one(self, req: Request) -> None:
-        algo_id = req.data.decode("utf-8", errors="replace").strip()
-        if algo_id not in self.engine:
-            known = self.engine.algorithms()
-            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if known[20:] else "")
-            error = f"unknown algorithm {algo_id[:200]!r}; known: {listed or 'none'}"
-            await req.respond_error("404", error, data=encoder.encode(ErrorReply(error=error)))
-            return
-        await self._respond_status(req, algo_id, 0, None)
-
-    async def _respond_status(
-        self, req: Request, algo_id: str | None, offset: int, limit: int | None
-    ) -> None:
-        try:
-            data = self.status_page(algo_id, offset=offset, limit=limit)
-        except StatusTooLargeError as e:
-            log.error("status request failed: %s", e)
-            await req.respond_error("500", str(e), data=encoder.encode(ErrorReply(error=str(e))))
-            return
-        await req.respond(data)
-
-    # ---- operator control -----------------------------------------------------------------
-
-    async def _control(
-        self, req: Request, act: Callable[[ControlRequest, Guard], Awaitable[dict[str, Any]]]
-    ) -> None:
-        try:
-            ctl = control_request_decoder.decode(req.data)
-            if not ctl.operator.strip():
-                raise ValueError("`operator` must name who is acting")
-            if self.guard is None:
-                raise RuntimeError("the daemon is not ready")
-            state = await act(ctl, self.guard)
-        except (msgspec.DecodeError, ValueError, KeyError, RuntimeError, DeploymentError) as e:
-            error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
-            return
-        await req.respond(encoder.encode(ControlReply(ok=True, state=state)))
-
-    async def _ctl_rollback(self, req: Request) -> None:
-        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
-            scope, algos = guard.resolve(ctl.target)
-            reason = ctl.reason or "manual intervention"
-            log.critical("manual rollback of %s by %s: %s", ctl.target, ctl.operator, reason)
-            task = guard.trigger(algos, scope, "manual", reason, ctl.operator, force=True)
-            if task is None:
-                raise RuntimeError(f"{ctl.target}: a rollback is already running")
-            record = await task
-            if record is None:
-                raise RuntimeError("the rollback did not run")
-            return msgspec.to_builtins(record)  # type: ignore[no-any-return]
-
-        await self._control(req, act)
-
-    async def _ctl_release(self, req: Request) -> None:
-        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
-            _, algos = guard.resolve(ctl.target)
-            if not ctl.reason.strip():
-                raise ValueError("`reason` must say why it is safe to resume")
-            await guard.release(algos, ctl.operator, ctl.reason)
-            return {"resumed": list(algos), "halted": sorted(guard.halted)}
-
-        await self._control(req, act)
-
-    # ---- deployments ------------------------------------------------------------------------
+    # ---- what the runner asks of the live state ---------------------------------------------
 
     def _converged(self, algo: str) -> bool:
         """Does the algorithm's gateway report what Rampart wants of it?"""
@@ -868,52 +560,6 @@ class Daemon:
         status = self.gateways.get(self.gateway_of.get(algo, ""))
         return status is not None and status.health.ok
 
-    def _load_deployments(self) -> str | None:
-        """Restore every stored deployment; an unreadable one makes the daemon fail closed."""
-        assert self.store is not None
-        problems = []
-        for key, value in self.store.items(DEPLOYMENT_KEY):
-            try:
-                self.runner.restore(value)
-            except (ValueError, msgspec.DecodeError) as e:
-                problems.append(f"{key}: {e}")
-                continue
-            dep_id = key.removeprefix(DEPLOYMENT_KEY)
-            if dep_id in self.runner.deployments:
-                self.stored_states[dep_id] = self.runner.deployments[dep_id].state
-        if problems:
-            text = "unreadable deployment state: " + "; ".join(problems)
-            log.critical("%s; every algorithm starts HALTED", text)
-            return text
-        return None
-
-    def _load_intents(self) -> str | None:
-        """The stored intents; an unreadable one makes the daemon fail closed."""
-        assert self.store is not None and self.reconciler is not None
-        bad = self.reconciler.load(self.store.items(INTENT_KEY))
-        if bad:
-            text = "unreadable intent: " + "; ".join(bad)
-            log.critical("%s; every algorithm starts HALTED", text)
-            return text
-        return None
-
-    async def _seed_intents(self) -> None:
-        """Running deployments stored before intents were (an older Rampart): their state is the
-        intent of their algorithms. Stored first; the reconciler then drives the gateways."""
-        assert self.store is not None and self.reconciler is not None
-        rec, intents = self.reconciler, []
-        for r in self.runner.deployments.values():
-            s = r.state
-            if s.phase in TERMINAL or s.halted:
-                continue
-            if rec.intents.get(s.active) == Intent(algo=s.active):
-                intents.append(rec.wanted(s.active, allocation=s.allocation, active=True))
-                if s.standby:
-                    intents.append(rec.wanted(s.standby, active=False))
-        if intents:
-            await asyncio.to_thread(put_all, self.store, [rec.item(i) for i in intents])
-            rec.remember(intents)
-
     async def _on_stuck(self, gateway: str, text: str) -> None:
         if self.guard is not None:
             await self.guard.alert(
@@ -923,181 +569,46 @@ class Daemon:
                 algos=[],
             )
 
-    async def _outcome_worker(self) -> None:
-        while True:
-            outcomes = await self._outcomes.get()
-            self._effects_busy = True
-            try:
-                for outcome in outcomes:
-                    try:
-                        await self._persist(outcome)
-                        await self._carry_out(outcome.deployment_id, outcome.decision.actions)
-                    except Exception:
-                        log.exception("deployment %s: effects failed", outcome.deployment_id)
-            finally:
-                self._effects_busy = False
+    # ---- in-process access (the demo, tests, benchmarks) --------------------------------------
+
+    def _now(self) -> int:
+        return self.engine.now if self.engine.now is not None else self.wall_clock()
+
+    def _effects(self) -> DeploymentEffects:
+        if self.effects is None:
+            raise RuntimeError("the daemon is not started")
+        return self.effects
+
+    async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
+        return await self._effects().deploy(doc, actor)
+
+    async def command(self, deployment_id: str, verb: Verb, actor: str) -> Decision:
+        return await self._effects().command(deployment_id, verb, actor)
 
     def effects_idle(self) -> bool:
         """No deployment decision or rollback is being carried out or waiting to be."""
-        guard = self.guard
-        return (
-            self._outcomes.empty()
-            and not self._effects_busy
-            and (guard is None or not guard.in_flight)
-        )
+        return self.effects is None or self.effects.idle()
 
-    async def _persist(self, outcome: Outcome) -> None:
-        """The new state and every transition (an audit record each), in one transaction."""
-        assert self.store is not None
-        store, dep_id = self.store, outcome.deployment_id
-        data = self.runner.dump(dep_id, outcome.decision.state)
-        transitions = outcome.decision.transitions
-        assert self.checkpointer is not None
-        checkpoints = self.checkpointer.take()
-        intents = self._intents_of(outcome.decision.actions)
-        items = [Reconciler.item(i) for i in intents]
+    @property
+    def stored_states(self) -> dict[str, DeploymentState]:
+        return self.effects.stored_states if self.effects is not None else {}
 
-        def write() -> None:
-            with store.transaction():
-                store.put(DEPLOYMENT_KEY + dep_id, data)
-                for key, value in (*checkpoints, *items):
-                    store.put(key, value)
-                for t in transitions:
-                    store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
+    @property
+    def checkpoint_at(self) -> int | None:
+        return self.status_builder.checkpoint_at
 
-        await asyncio.to_thread(write)
-        self.stored_states[dep_id] = outcome.decision.state
-        if self.reconciler is not None:
-            self.reconciler.remember(intents)
-        if transitions:
-            failpoints.hit("after_persist")  # crash tests: stored, not yet carried out
-        if self.guard is not None:
-            await self.guard.mirror_state(f"deployment.{dep_id}", data)
-        for t in transitions:
-            log.info(
-                "deployment %s: %s/%d -> %s/%d by %s: %s",
-                dep_id,
-                t.from_phase,
-                t.from_stage,
-                t.to_phase,
-                t.to_stage,
-                t.actor,
-                t.reason,
-            )
+    def daemon_status(self, algo_id: str | None = None) -> DaemonStatus:
+        return self.status_builder.daemon_status(algo_id)
 
-    def _intents_of(self, actions: list[Action]) -> list[Intent]:
-        """The intents a decision's actions set (stored with the decision, before any is sent).
-        A rollback's intents are the guard's (stored with its latch)."""
-        rec = self.reconciler
-        if rec is None:
-            return []
-        wanted: dict[str, Intent] = {}
-        for a in actions:
-            change: dict[str, Any]
-            if isinstance(a, SetAllocation):
-                change = {"allocation": a.allocation}
-            elif isinstance(a, (Activate, Standby, Decommission)):
-                change = {"active": isinstance(a, Activate)}
-            else:
-                continue
-            base = wanted.get(a.algo) or rec.intents.get(a.algo) or Intent(algo=a.algo)
-            wanted[a.algo] = msgspec.structs.replace(base, halted=False, **change)
-        return list(wanted.values())
+    def status(self, algo_id: str | None = None) -> StatusReply:
+        return self.status_builder.status(algo_id)
 
-    async def _carry_out(self, dep_id: str, actions: list[Action]) -> None:
-        """Send a decision's commands: reductions (rollbacks, allocations to 0, standbys) first
-        and acked before any increase; if one is not acked, the increases are held (their
-        intents are stored: the reconciler sends them, in order, once the reductions hold)."""
-        guard = self.guard
-        assert guard is not None
-        reductions, increases, notices = split_actions(actions)
-        acked = True
-        for r in reductions:
-            acked = await self._send_action(dep_id, r) and acked
-        if not acked and increases:
-            await guard.alert(
-                "emergency",
-                f"deployment {dep_id}: increases held",
-                "a reduction was not acked, so "
-                + ", ".join(f"{type(i).__name__}({i.algo})" for i in increases)
-                + " waits: the reconciler sends it once the gateway reports the reductions",
-                algos=[i.algo for i in increases],
-            )
-        else:
-            for i in increases:
-                await self._send_action(dep_id, i)
-        for n in notices:
-            if isinstance(n, RequestApproval):
-                title = f"deployment {dep_id} waits for `{n.verb}`"
-                await guard.alert("warning", title, n.reason, algos=[])
-            elif isinstance(n, Complete):
-                await guard.alert("info", f"deployment {dep_id} completed", n.reason, algos=[])
-
-    async def _send_action(self, dep_id: str, a: Action) -> bool:
-        """One command action, now; True when every gateway acked it."""
-        guard = self.guard
-        assert guard is not None
-        ex = guard.executor
-        outcomes: list[StepOutcome] = []
-        op: Op | None = None
-        if isinstance(a, SetAllocation):
-            outcomes = [await ex.set_allocation(a.algo, a.allocation, a.reason, deadline=1.0)]
-            op = Op("set_allocation", a.algo, a.allocation)
-        elif isinstance(a, (Activate, Standby, Decommission)):
-            kind: CommandKind = "activate" if isinstance(a, Activate) else "standby"
-            outcomes = list((await ex.broadcast(kind, [a.algo], a.reason, deadline=1.0)).values())
-            op = Op(kind, a.algo)
-        elif isinstance(a, RollbackAction):
-            task = guard.trigger(
-                a.algos, "algo", f"strategy:{a.trigger}", a.reason, force=True, previous=a.previous
-            )
-            record = await task if task is not None else None
-            return record is not None and record.state == "succeeded"
-        acked = all(o.ok for o in outcomes)
-        if acked and op is not None and self.reconciler is not None:
-            self.reconciler.note_acked([op])
-        for failed in (o for o in outcomes if not o.ok):
-            await guard.alert(
-                "emergency",
-                f"deployment {dep_id}: {type(a).__name__} not acked",
-                failed.detail,
-                algos=failed.failed,
-            )
-        return acked
-
-    async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
-        now = self.engine.now if self.engine.now is not None else self.wall_clock()
-        outcome = self.runner.deploy(doc, now, actor)
-        await self._persist(outcome)
-        await self._carry_out(outcome.deployment_id, outcome.decision.actions)
-        return outcome.decision.state
-
-    async def command(self, deployment_id: str, verb: Verb, actor: str) -> Decision:
-        now = self.engine.now if self.engine.now is not None else self.wall_clock()
-        outcome = self.runner.command(deployment_id, verb, actor, now)
-        if outcome.decision.refused is None:
-            await self._persist(outcome)
-            await self._carry_out(deployment_id, outcome.decision.actions)
-        return outcome.decision
-
-    async def _ctl_deploy(self, req: Request) -> None:
-        async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
-            if ctl.document is None:
-                raise ValueError("`document` must hold the deployment document")
-            doc = decode_deployment(msgspec.json.encode(ctl.document))
-            state = await self.deploy(doc, ctl.operator)
-            return msgspec.to_builtins(state)  # type: ignore[no-any-return]
-
-        await self._control(req, act)
-
-    def _ctl_verb(self, verb: Verb) -> Callable[[Request], Awaitable[None]]:
-        async def handler(req: Request) -> None:
-            async def act(ctl: ControlRequest, guard: Guard) -> dict[str, Any]:
-                decision = await self.command(ctl.target, verb, ctl.operator)
-                if decision.refused is not None:
-                    raise RuntimeError(f"{verb} refused: {decision.refused}")
-                return msgspec.to_builtins(decision.state)  # type: ignore[no-any-return]
-
-            await self._control(req, act)
-
-        return handler
+    def status_page(
+        self,
+        algo_id: str | None = None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        return self.status_builder.page(algo_id, offset=offset, limit=limit, max_bytes=max_bytes)

@@ -71,6 +71,8 @@ def executor_settings(config: DaemonConfig) -> ExecutorSettings:
             "activate": r.activate_deadline.total_seconds(),
         },
         retry_interval=r.retry_interval.total_seconds(),
+        # halt, allocation and activation: the reconciler's (see ExecutorSettings)
+        retried_steps=("cancel", "flatten"),
     )
 
 
@@ -321,6 +323,9 @@ class Guard:
             self.unfinished[record.rollback_id] = record
         if self.reconciler is not None:
             self.reconciler.remember(intents)
+            # what the gateways acked is their state until their next report: nothing is sent
+            # again that they have already done
+            self.reconciler.note_acked(_acked_ops(record, algos, previous))
             self.reconciler.kick(algos)
         self._spawn(self._record(record), "rollback-record")
         return record
@@ -392,15 +397,19 @@ class Guard:
 
     async def complete_converged(self) -> None:
         """A failed rollback whose algorithms the reconciler has since brought to what Rampart
-        wants (halted, no capital, the previous version active) is completed: recorded, audited
-        and alerted, with the time it took."""
+        wants (halted, no capital, the configured previous version active) and whose cancel
+        and flatten the executor has had acked is completed: recorded, audited and alerted,
+        with the time it took."""
         rec = self.reconciler
         if rec is None:
             return
         for rid, record in list(self.unfinished.items()):
-            if any(a in self.in_flight for a in record.algos) or not all(
-                rec.control_status(a, self.gateway_of(a)).in_sync for a in record.algos
-            ):
+            if any(a in self.in_flight for a in record.algos) or self.executor.retrying_for(rid):
+                continue  # still being carried out: a cancel or flatten not acked yet
+            # the rolled-back algorithms halted with no capital, their previous versions active
+            previous = (self.algo_config[a].previous_version for a in record.algos)
+            check = [*record.algos, *(p for p in previous if p in self.algo_config)]
+            if not all(rec.control_status(a, self.gateway_of(a)).in_sync for a in check):
                 continue
             del self.unfinished[rid]
             finished = self.wall_clock()
@@ -704,6 +713,22 @@ class Guard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         log.error("alert webhook gave up: %s", json.loads(data).get("title"))
+
+
+def _acked_ops(
+    record: RollbackRecord, algos: tuple[str, ...], previous: dict[str, str]
+) -> list[Op]:
+    """The commands a rollback's acked steps applied (a step is acked only if every gateway
+    acked it)."""
+    acked = {s.name for s in record.steps if s.status == "acked"}
+    ops: list[Op] = []
+    if "halt" in acked:
+        ops += [Op("halt", a) for a in algos]
+    if "allocate" in acked:
+        ops += [Op("set_allocation", a, 0.0) for a in algos]
+    if "activate" in acked:
+        ops += [Op("activate", p) for p in previous.values()]
+    return ops
 
 
 def _failed(record: RollbackRecord) -> str:

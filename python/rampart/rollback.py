@@ -99,6 +99,10 @@ class ExecutorSettings:
     )
     # Pause between background retries of a failed step.
     retry_interval: float = 0.5
+    # The steps retried in the background. The daemon retries only cancel and flatten: its
+    # reconciler drives halt, allocation and activation from the stored intents until the
+    # gateway reports them, and two senders of one dimension would only race their epochs.
+    retried_steps: tuple[str, ...] = STEP_NAMES
 
 
 class RollbackExecutor:
@@ -123,6 +127,7 @@ class RollbackExecutor:
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self._retries: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     # ---- one command, one gateway --------------------------------------------------------
 
@@ -256,7 +261,7 @@ class RollbackExecutor:
             target_ms=dict(TARGET_MS),
         )
         if not ok:
-            self._retry_failed(req, epoch, why, per_gateway)
+            self._retry_failed(record.rollback_id, req, epoch, why, per_gateway)
         return record
 
     async def _gateway_rollback(
@@ -301,6 +306,7 @@ class RollbackExecutor:
 
     def _retry_failed(
         self,
+        rollback_id: str,
         req: RollbackRequest,
         epoch: int,
         why: str,
@@ -313,11 +319,11 @@ class RollbackExecutor:
         gateways = sorted(set(by_gateway) | set(prev_gw))
         for gw, steps in zip(gateways, per_gateway, strict=True):
             for name, (outcome, cmd) in steps.items():
-                if not outcome.ok:
+                if not outcome.ok and name in self.settings.retried_steps:
                     task = asyncio.ensure_future(
                         self._retry(gw, name, cmd, outcome.failed, epoch, why)
                     )
-                    task.set_name(f"retry-{name}-{gw}")
+                    task.set_name(f"retry-{name}-{gw}-{rollback_id}")
                     self._retries.add(task)
                     task.add_done_callback(self._retries.discard)
 
@@ -327,7 +333,7 @@ class RollbackExecutor:
         targets = [t for t in cmd.targets if t.algo in failed]
         deadline = self.settings.step_deadline[name]
         attempt = 0
-        while True:
+        while not self._closing:  # (a cancellation nats-py swallowed still ends the loop)
             await asyncio.sleep(self.settings.retry_interval)
             attempt += 1
             retry = self.command(cmd.kind, targets, epoch, deadline, why)
@@ -355,14 +361,22 @@ class RollbackExecutor:
     def retrying(self) -> int:
         return len(self._retries)
 
+    def retrying_for(self, rollback_id: str) -> bool:
+        """Is a step of this rollback still being retried (not acked yet)?"""
+        return any(t.get_name().endswith(f"-{rollback_id}") for t in self._retries)
+
     async def cancel_retries(self) -> None:
-        for task in list(self._retries):
+        """Stop every background retry (on shutdown). Bounded: a retry whose cancellation was
+        swallowed inside a request (``wait_for`` on Python 3.11) ends at its next turn, and one
+        that does not within 2 s is left behind with a warning rather than hanging shutdown."""
+        self._closing = True
+        tasks = list(self._retries)
+        for task in tasks:
             task.cancel()
-        for task in list(self._retries):
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            if pending:
+                log.warning("%d rollback retries did not stop in 2 s", len(pending))
 
 
 def _group(algos: Iterable[str], gateway_of: Callable[[str], str]) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.config import DaemonConfig
-from rampart.daemon import URL_FILE
+from rampart.nats_connection import URL_FILE
 from rampart.protocol import (
     ControlReply,
     ControlRequest,

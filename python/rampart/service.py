@@ -1,0 +1,178 @@
+"""The daemon's request/reply surface on the NATS services API (``$SRV`` discovery): status
+(``<prefix>.status.algorithms`` paged, ``<prefix>.status.algorithm``) and the operator verbs
+(``<prefix>.control.<verb>``: rollback, release, deploy and the deployment verbs). Each request
+is decoded and checked here, then handed to the guard or the deployments' effects; every reply
+says ok or why not (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from rampart import __version__
+from rampart._core import Engine
+from rampart.config import DaemonConfig
+from rampart.deployment import DeploymentError, decode_deployment
+from rampart.effects import DeploymentEffects
+from rampart.guard import Guard
+from rampart.paging import StatusTooLargeError
+from rampart.protocol import (
+    ControlReply,
+    ControlRequest,
+    ErrorReply,
+    StatusRequest,
+    control_request_decoder,
+    encoder,
+    status_request_decoder,
+)
+from rampart.status_builder import StatusBuilder
+from rampart.strategies import Verb
+
+log = logging.getLogger("rampart.service")
+
+DEPLOYMENT_VERBS: tuple[Verb, ...] = ("approve", "promote", "pause", "resume", "abort", "halt")
+
+Act = Callable[[ControlRequest], Awaitable[dict[str, Any]]]
+
+
+class DaemonService:
+    def __init__(
+        self,
+        nc: Client,
+        config: DaemonConfig,
+        status: StatusBuilder,
+        engine: Engine,
+        guard: Guard,
+        effects: DeploymentEffects,
+    ) -> None:
+        self.nc = nc
+        self.config = config
+        self.subjects = config.subjects
+        self.status = status
+        self.engine = engine
+        self.guard = guard
+        self.effects = effects
+        self._service: Service | None = None
+
+    async def start(self) -> None:
+        svc = self._service = await add_service(
+            self.nc,
+            name=self.config.name,
+            version=__version__,
+            description="Rampart risk sidecar: algorithm metrics and deployment status",
+            metadata={"prefix": self.subjects.prefix},
+        )
+        s = self.subjects
+        await svc.add_endpoint(
+            name="algorithms", subject=s.status("algorithms"), handler=self._status_all
+        )
+        await svc.add_endpoint(name="algorithm", subject=s.status("algorithm"), handler=self._one)
+        endpoints: dict[str, Act] = {
+            "rollback": self._rollback,
+            "deploy": self._deploy,
+            **{verb: self._verb(verb) for verb in DEPLOYMENT_VERBS},
+            "release": self._release,
+        }
+        for name, act in endpoints.items():
+            await svc.add_endpoint(name=name, subject=s.control(name), handler=self._control(act))
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            service, self._service = self._service, None
+            await service.stop()
+
+    # ---- status ---------------------------------------------------------------------------------
+
+    async def _status_all(self, req: Request) -> None:
+        try:
+            page = status_request_decoder.decode(req.data) if req.data.strip() else StatusRequest()
+        except msgspec.DecodeError as e:
+            error = (
+                f"bad status request: {e}; send an empty body or "
+                '{"offset": N, "limit": M} (both optional)'
+            )
+            await req.respond_error("400", error, data=encoder.encode(ErrorReply(error=error)))
+            return
+        await self._respond_status(req, None, page.offset, page.limit)
+
+    async def _one(self, req: Request) -> None:
+        algo_id = req.data.decode("utf-8", errors="replace").strip()
+        if algo_id not in self.engine:
+            known = self.engine.algorithms()
+            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if known[20:] else "")
+            error = f"unknown algorithm {algo_id[:200]!r}; known: {listed or 'none'}"
+            await req.respond_error("404", error, data=encoder.encode(ErrorReply(error=error)))
+            return
+        await self._respond_status(req, algo_id, 0, None)
+
+    async def _respond_status(
+        self, req: Request, algo_id: str | None, offset: int, limit: int | None
+    ) -> None:
+        try:
+            data = self.status.page(algo_id, offset=offset, limit=limit)
+        except StatusTooLargeError as e:
+            log.error("status request failed: %s", e)
+            await req.respond_error("500", str(e), data=encoder.encode(ErrorReply(error=str(e))))
+            return
+        await req.respond(data)
+
+    # ---- operator control -----------------------------------------------------------------------
+
+    def _control(self, act: Act) -> Callable[[Request], Awaitable[None]]:
+        async def handler(req: Request) -> None:
+            try:
+                ctl = control_request_decoder.decode(req.data)
+                if not ctl.operator.strip():
+                    raise ValueError("`operator` must name who is acting")
+                state = await act(ctl)
+            except (msgspec.DecodeError, ValueError, KeyError, RuntimeError, DeploymentError) as e:
+                error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                return
+            await req.respond(encoder.encode(ControlReply(ok=True, state=state)))
+
+        return handler
+
+    async def _rollback(self, ctl: ControlRequest) -> dict[str, Any]:
+        guard = self.guard
+        scope, algos = guard.resolve(ctl.target)
+        reason = ctl.reason or "manual intervention"
+        log.critical("manual rollback of %s by %s: %s", ctl.target, ctl.operator, reason)
+        task = guard.trigger(algos, scope, "manual", reason, ctl.operator, force=True)
+        if task is None:
+            raise RuntimeError(f"{ctl.target}: a rollback is already running")
+        record = await task
+        if record is None:
+            raise RuntimeError("the rollback did not run")
+        return msgspec.to_builtins(record)  # type: ignore[no-any-return]
+
+    async def _release(self, ctl: ControlRequest) -> dict[str, Any]:
+        guard = self.guard
+        _, algos = guard.resolve(ctl.target)
+        if not ctl.reason.strip():
+            raise ValueError("`reason` must say why it is safe to resume")
+        await guard.release(algos, ctl.operator, ctl.reason)
+        return {"resumed": list(algos), "halted": sorted(guard.halted)}
+
+    async def _deploy(self, ctl: ControlRequest) -> dict[str, Any]:
+        if ctl.document is None:
+            raise ValueError("`document` must hold the deployment document")
+        doc = decode_deployment(msgspec.json.encode(ctl.document))
+        state = await self.effects.deploy(doc, ctl.operator)
+        return msgspec.to_builtins(state)  # type: ignore[no-any-return]
+
+    def _verb(self, verb: Verb) -> Act:
+        async def act(ctl: ControlRequest) -> dict[str, Any]:
+            decision = await self.effects.command(ctl.target, verb, ctl.operator)
+            if decision.refused is not None:
+                raise RuntimeError(f"{verb} refused: {decision.refused}")
+            return msgspec.to_builtins(decision.state)  # type: ignore[no-any-return]
+
+        return act
