@@ -26,6 +26,7 @@ from rampart._core import ConfigError, Engine, RampartError, Snapshot
 from rampart.checkpoints import CHECKPOINT_KEY
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
+from rampart.deployment import decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.paging import build_page, fit_daemon
@@ -530,7 +531,7 @@ def test_one_algorithm_whose_checkpoint_fails_does_not_stop_the_others(
     asyncio.run(scenario())
 
 
-def test_the_checkpoint_loop_survives_a_failing_store(
+def test_a_checkpoint_that_cannot_be_written_fails_rampart_closed(
     server: EmbeddedNatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_put_all = rampart.checkpoints.put_all
@@ -552,15 +553,38 @@ def test_the_checkpoint_loop_survives_a_failing_store(
             alerts = await collect(nc, "rampart.alert.>")
             await nc.publish(SUBJ.fills("gw1", "alpha"), fill("alpha", 1, 100.0))
             await nc.flush()
+            # the first failure halts everything, alerts and shows in status
+            await until(lambda: daemon.failed is not None)
+            guard = daemon.guard
+            assert guard is not None
+            await until(lambda: "alpha" in guard.halted)
+            assert "No space left" in (daemon.status().daemon.store_error or "")
+            await until(lambda: any(b"failed closed" in m.data for m in alerts))
+            failed = [alert_decoder.decode(m.data) for m in alerts if b"failed closed" in m.data]
+            assert failed[0].severity == "emergency" and "No space left" in failed[0].detail
+            # the loop itself goes on: checkpoints are written again once the store is back
             await until(lambda: daemon.checkpoint_at is not None)
-            assert calls[0] == 6
             assert daemon.store is not None
             assert daemon.store.get(CHECKPOINT_KEY + "alpha") is not None
-            await until(lambda: len(alerts) >= 1)
-            (alert,) = [alert_decoder.decode(m.data) for m in alerts]
-            assert alert.severity == "emergency" and "No space left" in alert.detail
+            # and nothing is decided meanwhile: a deploy is refused with the reason
+            with pytest.raises(RuntimeError, match="failed closed"):
+                await daemon.deploy(decode_deployment(json.dumps(CANARY_DOC)), "alice")
 
     asyncio.run(scenario())
+
+
+CANARY_DOC = {
+    "deploymentId": "canary-fc",
+    "strategy": "Canary",
+    "algorithmId": "alpha",
+    "environment": "Production",
+    "configuration": {
+        "totalCapital": 100000,
+        "stages": [{"name": "Full", "allocation": 1.0, "minDuration": "PT1H", "minPnL": 0}],
+        "autoProgress": True,
+        "rollbackThresholds": {"maxDailyLoss": 0.5, "maxDrawdown": 0.5},
+    },
+}
 
 
 # ---- helpers for the pure paging tests -----------------------------------------------------------

@@ -408,3 +408,23 @@ def test_sigkill_mid_sequence_leaves_a_consistent_store(db: Path) -> None:
     assert result.count >= acked
     assert {r.payload["algo"] for r in records} == set(halts)
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
+
+
+def test_a_write_the_store_cannot_make_is_reported_once_and_raised(store: Store) -> None:
+    """Every failed write reaches ``on_write_failure`` (the daemon fails closed on it), once per
+    top-level transaction; an error of the caller's own is not a store failure."""
+    failures: list[StoreError] = []
+    store.on_write_failure = failures.append
+    with pytest.raises(ValueError), store.transaction():
+        raise ValueError("the caller's own error")
+    assert failures == []
+    store._db().execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
+    with pytest.raises(StoreError, match="check disk space"):
+        store.put("k", b"v")
+    with pytest.raises(StoreError), store.transaction():
+        store.put("a", b"1")
+        store.put("b", b"2")
+    assert len(failures) == 2 and all("readonly" in str(f) for f in failures)
+    store._db().execute("PRAGMA query_only = OFF")
+    store.put("k", b"v")
+    assert store.get("k") == b"v" and len(failures) == 2

@@ -237,11 +237,14 @@ class Engine:
 
         No identity check: for trusted sources (replays, tests). Bus messages: ``ingest_msg``."""
     def ingest_msg(
-        self, subject: str, data: bytes, wall_ns: int | None = None
+        self, subject: str, data: bytes, wall_ns: int | None = None, *, durable: bool = False
     ) -> list[Breach] | None:
         """Decode one event received on NATS ``subject`` and apply it if the subject may carry
         it (market data on its own symbol's subject, an algorithm's events only on its own
-        gateway's subjects); ``wall_ns`` first moves the wall clock. Raises on bad input."""
+        gateway's subjects); ``wall_ns`` first moves the wall clock. ``durable``: a fill or
+        order event from the durable events stream; one that is late (behind the event clock
+        by more than the tolerance) is applied at the clock's time instead of refused as
+        ``out_of_order``, and market data is refused. Raises on bad input."""
     def ingest_json_batch(self, messages: Sequence[bytes]) -> BatchResult:
         """Decode and apply many JSON events; bad ones are reported in ``errors``, never raised."""
     # --- control ---

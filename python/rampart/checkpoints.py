@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rampart.checkpoints")
 
 CHECKPOINT_KEY: Final = "checkpoint/"
+# the events stream's cursor (rampart.event_stream): the last sequence applied, decimal text
+CURSOR_KEY: Final = "ingest/events_seq"
 # the Throttle key of a checkpoint write that failed as a whole
 ALL_CHECKPOINTS: Final = "*"
 
@@ -52,6 +54,8 @@ class Checkpointer:
         *,
         guard: Callable[[], Guard | None],
         spawn: Spawn,
+        cursor: Callable[[], int | None] = lambda: None,
+        on_failure: Callable[[str], None] = lambda _reason: None,
         wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.engine = engine
@@ -59,6 +63,12 @@ class Checkpointer:
         self.config = config
         self.guard = guard
         self.spawn = spawn
+        # the events stream's cursor (event_stream.py): stored with every checkpoint, in the
+        # same transaction, so that state and cursor always agree
+        self.cursor = cursor
+        # a checkpoint write that failed: the daemon fails closed
+        self.on_failure = on_failure
+        self._stored_cursor: int | None = None
         self.wall_clock = wall_clock
         # when the last periodic checkpoint of every algorithm was stored (wall clock, ns)
         self.checkpoint_at: int | None = None
@@ -66,9 +76,12 @@ class Checkpointer:
 
     def take(self) -> list[tuple[str, bytes]]:
         """Every algorithm's core state at this instant (all at once: restore advances the
-        engine clock to the checkpoint's). One whose state cannot be checkpointed is left out
-        and failed closed; the others are never held back by it."""
+        engine clock to the checkpoint's), with the events cursor. One whose state cannot be
+        checkpointed is left out and failed closed; the others are never held back by it."""
         items = []
+        cursor = self.cursor()
+        if cursor is not None:
+            items.append((CURSOR_KEY, str(cursor).encode()))
         for a in self.engine.algorithms():
             try:
                 items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))
@@ -162,10 +175,12 @@ class Checkpointer:
         interval = self.config.checkpoint_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
-            if self.engine.now is None:
+            cursor = self.cursor()
+            if self.engine.now is None and cursor == self._stored_cursor:
                 continue
             try:
                 await asyncio.to_thread(put_all, self.store, self.take())
+                self._stored_cursor = cursor
             except Exception as e:  # the loop never dies: the next interval tries again
                 self._loop_failed(e)
                 continue
@@ -174,9 +189,10 @@ class Checkpointer:
             self.checkpoint_at = self.wall_clock()
 
     def _loop_failed(self, error: Exception) -> None:
+        text = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
+        self.on_failure(f"checkpoints could not be written: {text}")
         if not self._failures.ready(ALL_CHECKPOINTS):
             return
-        text = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
         log.critical("checkpoints could not be written: %s; retrying", text, exc_info=error)
         guard = self.guard()
         if guard is not None:

@@ -7,6 +7,7 @@ problem. The reference is docs/configuration.md.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -225,6 +226,34 @@ class ReconcileConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backoff_max: timedelta = timedelta(seconds=5)
 
 
+class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fills and order events travel on a JetStream stream (docs/operations.md, "What is
+    durable"): Rampart creates it, or checks an existing one, at start, and applies each event
+    exactly once across its own crashes. Market data stays on core NATS."""
+
+    # false: fills and order events on core NATS, at most once (what a crash or an outage of
+    # Rampart loses is lost for good; for tests and benchmarks, never for money).
+    durable: bool = True
+    # The stream's name (default: the subject prefix's tokens joined by "_", then "_events").
+    stream: str | None = None
+    # How long events are kept: how long Rampart may be down and still catch up. Older ones
+    # are gone, and a Rampart that missed them starts with every algorithm halted.
+    max_age: timedelta = timedelta(days=7)
+    # The stream's size limit. When it is full, new events are refused (the gateways' outboxes
+    # keep them and retry), never old ones dropped.
+    max_bytes: int = 8 * 1024**3
+    # A retry of an event (same Nats-Msg-Id) within this window is stored once.
+    duplicate_window: timedelta = timedelta(minutes=2)
+    # Replicas on a JetStream cluster (1 on the embedded server; 3 recommended in production).
+    replicas: int = 1
+    # At start, ingest waits this long at most for the stream to be caught up before taking
+    # market data (quotes newer than the missed fills would make them look out of order).
+    catch_up_timeout: timedelta = timedelta(seconds=30)
+
+    def stream_name(self, prefix: str) -> str:
+        return self.stream or prefix.replace(".", "_") + "_events"
+
+
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Alerts go to ``<prefix>.alert.<severity>``, and to ``webhook_url`` (JSON POST) if set."""
 
@@ -256,6 +285,7 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     triggers: TriggersConfig = TriggersConfig()
     rollback: RollbackConfig = RollbackConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    events: EventsConfig = EventsConfig()
     alerts: AlertsConfig = AlertsConfig()
     algorithms: list[AlgorithmConfig] = []
 
@@ -368,6 +398,28 @@ def _check(cfg: DaemonConfig) -> None:
         raise ConfigFileError(
             f"`$.ingest.price_band_consecutive` must be >= 1, got {g.price_band_consecutive}"
         )
+    ev = cfg.events
+    if ev.stream is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ev.stream):
+        raise ConfigFileError(
+            f"`$.events.stream` {ev.stream!r} must be 1-64 letters, digits, '-' or '_'"
+        )
+    if ev.max_age < timedelta(hours=1):
+        raise ConfigFileError(
+            f"`$.events.max_age` must be at least PT1H (how long Rampart may be down), got "
+            f"{ev.max_age}"
+        )
+    if ev.duplicate_window < timedelta(seconds=10) or ev.duplicate_window > ev.max_age:
+        raise ConfigFileError(
+            "`$.events.duplicate_window` must be between PT10S and `events.max_age`, got "
+            f"{ev.duplicate_window}"
+        )
+    if ev.max_bytes < 1024**2 or not 1 <= ev.replicas <= 5:
+        raise ConfigFileError(
+            f"`$.events`: max_bytes must be >= 1 MiB and replicas 1..5, got {ev.max_bytes} "
+            f"and {ev.replicas}"
+        )
+    if ev.catch_up_timeout <= timedelta(0):
+        raise ConfigFileError(f"`$.events.catch_up_timeout` must be > 0, got {ev.catch_up_timeout}")
     r = cfg.reconcile
     for field, td in (
         ("reconcile.converge_timeout", r.converge_timeout),

@@ -25,14 +25,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from rampart import __version__
 from rampart._core import Breach, InvalidEventError
-from rampart.checkpoints import Checkpointer
+from rampart.checkpoints import CURSOR_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
 from rampart.deployment import Deployment
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
+from rampart.event_stream import EventStreamError, ensure_stream, start_cursor
 from rampart.guard import Guard
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.protocol import (
@@ -80,6 +82,9 @@ REFUSAL_ALERT_INTERVAL: Final = 60.0
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
 
+# Tasks that must run as long as the daemon: one that ends or dies fails the daemon closed.
+SUPERVISED: Final = frozenset({"deployment-effects", "checkpoints", "sidecar-heartbeat"})
+
 BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
 ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 
@@ -117,6 +122,8 @@ class Daemon:
         self.embedded: EmbeddedNatsServer | None = None
         self.store: Store | None = None
         self.store_error: str | None = None
+        # Why Rampart failed closed (``fail_closed``), None while it has not.
+        self.failed: str | None = None
         self.guard: Guard | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
@@ -140,6 +147,9 @@ class Daemon:
         self.effects: DeploymentEffects | None = None
         self.service: DaemonService | None = None
         self.status_builder = StatusBuilder(self)
+        # the events stream (None: fills on core NATS) and whether ingest has caught up with it
+        self._events_stream: str | None = None
+        self._caught_up = asyncio.Event()
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -155,6 +165,12 @@ class Daemon:
         self.started_at = self.wall_clock()
         Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = await asyncio.to_thread(self._open_store)
+        loop = asyncio.get_running_loop()
+
+        def store_failed(e: StoreError) -> None:  # on the writing thread
+            loop.call_soon_threadsafe(self.fail_closed, f"the state store cannot be written: {e}")
+
+        self.store.on_write_failure = store_failed
         if not self._servers:
             await self._start_embedded()
         try:
@@ -199,24 +215,36 @@ class Daemon:
             self.config,
             guard=lambda: self.guard,
             spawn=self._spawn,
+            cursor=lambda: self.stats.events_seq,
+            on_failure=self.fail_closed,
             wall_clock=self.wall_clock,
         )
         untrusted_clocks = self.checkpointer.restore()
+        events_lost = await self._open_events() if self.config.events.durable else None
         effects = self.effects = DeploymentEffects(
-            self.runner, self.store, guard, self.reconciler, self.checkpointer, now=self._now
+            self.runner,
+            self.store,
+            guard,
+            self.reconciler,
+            self.checkpointer,
+            now=self._now,
+            failed=lambda: self.failed,
         )
         self.deployment_error = await asyncio.to_thread(effects.load_deployments)
         intent_error = effects.load_intents()
         # Fail closed: without our state we cannot know what was halted, so halt everything.
         await self.guard.start(
-            halt_all_because=self.store_error or self.deployment_error or intent_error
+            halt_all_because=self.store_error
+            or self.deployment_error
+            or intent_error
+            or events_lost
         )
         await self.checkpointer.report_untrusted(untrusted_clocks)
         self._spawn(effects.worker(), "deployment-effects")
         self._spawn(self.checkpointer.loop(), "checkpoints")
         await effects.seed_intents()
         self.reconciler.start()
-        await self._subscribe()
+        await self._subscribe_events()
         self.service = DaemonService(
             self.nc, self.config, self.status_builder, self.engine, guard, effects
         )
@@ -225,7 +253,10 @@ class Daemon:
             from rampart.prom import serve_metrics
 
             serve_metrics(self, self.config.metrics_port, self.config.metrics_host)
+        # heartbeats (the gateways' dead-man's switch) and status while the events stream is
+        # caught up: Rampart applies fills and judges breaches meanwhile
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
+        await self._subscribe_market_data()
         await self.nc.flush()
         log.info(
             "rampart %s up: %d algorithms, NATS %s, prefix %r",
@@ -267,16 +298,91 @@ class Daemon:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
 
-    async def _subscribe(self) -> None:
+    async def _open_events(self) -> str | None:
+        """Create or check the events stream and find where to resume; returns why Rampart
+        must start halted (events lost), else ``None``. Raises DaemonError when the stream
+        cannot be used safely."""
+        assert self.nc is not None and self.store is not None
+        js = self.nc.jetstream(timeout=2.0)
+        try:
+            stream = await ensure_stream(
+                js, self.config.events, self.subjects, self.config.ingest.max_payload_bytes
+            )
+        except EventStreamError as e:
+            raise DaemonError(str(e)) from e
+        raw = await asyncio.to_thread(self.store.get, CURSOR_KEY)
+        stored = int(raw) if raw is not None else None
+        cursor, lost = start_cursor(stored, stream)
+        if cursor != stored:
+            await asyncio.to_thread(put_all, self.store, [(CURSOR_KEY, str(cursor).encode())])
+        self.stats.events_seq = cursor
+        self._events_stream = stream.name
+        if stream.last_seq <= cursor:
+            self._caught_up.set()
+        log.info(
+            "events stream %s: resuming after sequence %d (%d waiting)",
+            stream.name,
+            cursor,
+            max(stream.last_seq - cursor, 0),
+        )
+        if lost:
+            log.critical("%s; every algorithm starts HALTED", lost)
+        return lost
+
+    async def _subscribe_events(self) -> None:
+        """Gateway heartbeats, and the events stream from the cursor on (or fills and order
+        events on core NATS, with ``[events] durable = false``)."""
         assert self.nc is not None
         s = self.subjects
         limit = self.config.ingest.pending_msgs_limit
-        for subject in (s.market_all, s.fills_all, s.orders_all):
-            sub = await self.nc.subscribe(
-                subject, cb=self._on_event, pending_msgs_limit=limit, pending_bytes_limit=-1
-            )
-            self._subs.append(sub)
         self._subs.append(await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+        if self._events_stream is None:
+            for subject in (s.fills_all, s.orders_all):
+                sub = await self.nc.subscribe(
+                    subject, cb=self._on_event, pending_msgs_limit=limit, pending_bytes_limit=-1
+                )
+                self._subs.append(sub)
+        else:
+            cursor = self.stats.events_seq or 0
+            js = self.nc.jetstream(timeout=2.0)
+            events = await js.subscribe(
+                "",
+                stream=self._events_stream,
+                cb=self._on_stream_event,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    filter_subjects=[s.fills_all, s.orders_all],
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=cursor + 1,
+                ),
+                pending_msgs_limit=limit,
+                pending_bytes_limit=-1,
+            )
+            self._subs.append(events)
+
+    async def _subscribe_market_data(self) -> None:
+        """Market data, once the events stream is caught up (quotes newer than the fills still
+        waiting would make them look late), or after ``events.catch_up_timeout``."""
+        assert self.nc is not None
+        if self._events_stream is not None:
+            wait = self.config.events.catch_up_timeout.total_seconds()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._caught_up.wait()
+            except TimeoutError:
+                log.warning(
+                    "events stream not caught up after %.0fs (%d waiting): taking market data "
+                    "anyway",
+                    wait,
+                    self.stats.events_behind,
+                )
+        sub = await self.nc.subscribe(
+            self.subjects.market_all,
+            cb=self._on_event,
+            pending_msgs_limit=self.config.ingest.pending_msgs_limit,
+            pending_bytes_limit=-1,
+        )
+        self._subs.append(sub)
 
     def request_stop(self) -> None:
         """Ask ``run()`` to shut down (safe from a signal handler)."""
@@ -330,14 +436,64 @@ class Daemon:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+        if task.cancelled() or self._closing:
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("task %s failed", task.get_name(), exc_info=error)
+            self.fail_closed(f"task {task.get_name()} died: {type(error).__name__}: {error}")
+        elif task.get_name() in SUPERVISED:
+            self.fail_closed(f"task {task.get_name()} ended")
+
+    def fail_closed(self, reason: str) -> None:
+        """A fault Rampart cannot rule out (a store it cannot write, a task that died): halt
+        every algorithm it governs (the halts are sent even if they cannot be stored), alert,
+        show it in status, and refuse deploys and stage advances until a restart, which
+        re-reads the store and the gateways and resumes nothing by itself."""
+        if self.failed is not None or self._closing:
+            return
+        self.failed = reason
+        self.store_error = self.store_error or reason
+        log.critical("FAIL CLOSED: %s; halting every algorithm", reason)
+        guard = self.guard
+        if guard is None:
+            return
+        guard.trigger(tuple(self.gateway_of), "all", "fail_closed", reason, force=True)
+        detail = (
+            f"{reason}. Every algorithm is being halted; deploys and stage advances are "
+            "refused. Fix the cause, then restart Rampart: it comes back halted and an operator "
+            "releases what is safe."
+        )
+        self._spawn(
+            guard.alert("emergency", "Rampart failed closed", detail, algos=[]), "fail-alert"
+        )
 
     # ---- ingest (hot path) ----------------------------------------------------------------
 
-    async def _on_event(self, msg: Msg) -> None:
+    async def _on_stream_event(self, msg: Msg) -> None:
+        """A fill or order event from the events stream: applied once, in stream order; the
+        cursor moves with it, before anything awaits (a checkpoint taken meanwhile must hold
+        the event and the cursor together, or neither)."""
+        md = msg.metadata
+        seq = md.sequence.stream
+        stats = self.stats
+        if stats.events_seq is not None and seq <= stats.events_seq:
+            return  # delivered again (the ordered consumer re-created itself): applied already
+        stats.events_behind = md.num_pending
+        if md.num_pending == 0:
+            self._caught_up.set()
+        await self._on_event(msg, seq)
+
+    def _ingest_durable(self, subject: str, data: bytes, wall: int) -> list[Breach] | None:
+        return self.engine.ingest_msg(subject, data, wall, durable=True)
+
+    async def _on_event(self, msg: Msg, seq: int | None = None) -> None:
+        """Market data from core NATS; fills and order events from the events stream with
+        their sequence ``seq`` (or from core NATS with ``[events] durable = false``)."""
         data = msg.data
         if len(data) > self._max_payload:
+            if seq is not None:
+                self.stats.events_seq = seq
             await self._reject(
                 msg,
                 "oversize",
@@ -347,15 +503,20 @@ class Daemon:
             return
         try:
             # Identity from the subject; event time bounded by this host's clock.
-            breaches = self._ingest(msg.subject, data, self.wall_clock())
+            ingest = self._ingest if seq is None else self._ingest_durable
+            breaches = ingest(msg.subject, data, self.wall_clock())
         except InvalidEventError as e:
+            if seq is not None:
+                self.stats.events_seq = seq
             await self._reject(msg, e.reason, str(e))
             return
+        if seq is not None:
+            self.stats.events_seq = seq
         self.stats.ingested += 1
         if breaches is not None:
             await self._on_breaches(breaches)
         runner = self.runner
-        if runner.deployments:
+        if runner.deployments and self.failed is None:
             now = self.engine.now
             if breaches is not None and now is not None:
                 self._queue(runner.on_breaches(breaches, now))
@@ -368,7 +529,7 @@ class Daemon:
             self._queue(self.runner.on_rollback(algos, f"{actor}:{trigger}", now))
 
     def _queue(self, outcomes: list[Outcome]) -> None:
-        if outcomes and self.effects is not None:
+        if outcomes and self.effects is not None and self.failed is None:
             self.effects.queue(outcomes)
 
     async def _reject(self, msg: Msg, reason: str, error: str) -> None:

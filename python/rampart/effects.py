@@ -53,6 +53,7 @@ class DeploymentEffects:
         checkpointer: Checkpointer,
         *,
         now: Callable[[], int],
+        failed: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -60,6 +61,7 @@ class DeploymentEffects:
         self.reconciler = reconciler
         self.checkpointer = checkpointer
         self.now = now
+        self.failed = failed
         self.stored_states: dict[str, DeploymentState] = {}
         self._outcomes: asyncio.Queue[list[Outcome]] = asyncio.Queue()
         self._busy = False
@@ -120,6 +122,8 @@ class DeploymentEffects:
     async def worker(self) -> None:
         while True:
             outcomes = await self._outcomes.get()
+            if self.failed() is not None:
+                continue  # failed closed: nothing more is decided (the guard halts everything)
             self._busy = True
             try:
                 for outcome in outcomes:
@@ -137,13 +141,23 @@ class DeploymentEffects:
 
     # ---- operator verbs -----------------------------------------------------------------------
 
+    def _refuse_if_failed(self) -> None:
+        reason = self.failed()
+        if reason is not None:
+            raise RuntimeError(
+                f"refused: Rampart failed closed ({reason}); every algorithm is halted: fix the "
+                "cause and restart Rampart"
+            )
+
     async def deploy(self, doc: Deployment, actor: str) -> DeploymentState:
+        self._refuse_if_failed()
         outcome = self.runner.deploy(doc, self.now(), actor)
         await self.persist(outcome)
         await self.carry_out(outcome.deployment_id, outcome.decision.actions)
         return outcome.decision.state
 
     async def command(self, deployment_id: str, verb: Verb, actor: str) -> Decision:
+        self._refuse_if_failed()
         outcome = self.runner.command(deployment_id, verb, actor, self.now())
         if outcome.decision.refused is None:
             await self.persist(outcome)

@@ -484,6 +484,11 @@ class IngestStats(msgspec.Struct, kw_only=True):
     heartbeats: int = 0
     dead_lettered: int = 0
     dead_letter_failures: int = 0
+    # The durable events stream (docs/operations.md, "What is durable"): the sequence of the
+    # last fill or order event applied (None when events are not durable), and how many were
+    # waiting behind it when it arrived.
+    events_seq: int | None = None
+    events_behind: int = 0
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):

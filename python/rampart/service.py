@@ -33,6 +33,7 @@ from rampart.protocol import (
     status_request_decoder,
 )
 from rampart.status_builder import StatusBuilder
+from rampart.store import StoreError
 from rampart.strategies import Verb
 
 log = logging.getLogger("rampart.service")
@@ -134,6 +135,15 @@ class DaemonService:
                 state = await act(ctl)
             except (msgspec.DecodeError, ValueError, KeyError, RuntimeError, DeploymentError) as e:
                 error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                return
+            except StoreError as e:  # not stored, so not done (Rampart fails closed on it)
+                error = f"not done: {e}"
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                return
+            except Exception as e:  # a bug: the operator still gets an answer, and the log
+                log.exception("control request failed")
+                error = f"internal error: {type(e).__name__}: {e}"
                 await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
                 return
             await req.respond(encoder.encode(ControlReply(ok=True, state=state)))

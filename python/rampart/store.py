@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -161,6 +161,8 @@ class Store:
         self.readonly = readonly
         self._lock = threading.RLock()
         self._depth = 0
+        # Called (on the writing thread) with every write that fails: the daemon fails closed.
+        self.on_write_failure: Callable[[StoreError], None] | None = None
         self._conn: sqlite3.Connection | None = self._open(create=create and not readonly)
 
     # -- opening ---------------------------------------------------------------------------
@@ -298,8 +300,21 @@ class Store:
         """Make every write inside the block atomic and durable together.
 
         Commits (and fsyncs) on normal exit; any exception rolls everything back and propagates.
-        Blocks nest (savepoints). Writes outside a block are each their own transaction.
+        Blocks nest (savepoints). Writes outside a block are each their own transaction. A
+        write the store could not make is reported to ``on_write_failure`` as well.
         """
+        with self._lock:
+            top = self._depth == 0
+            try:
+                with self._written():
+                    yield
+            except StoreError as e:
+                if top and self.on_write_failure is not None and not self.readonly:
+                    self.on_write_failure(e)
+                raise
+
+    @contextmanager
+    def _written(self) -> Iterator[None]:
         with self._lock:
             conn = self._db()
             depth = self._depth

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from rampart.gateway.outbox import Outbox
 from rampart.gateway.paper import PaperVenue, VenueEvent
 from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
 from rampart.gateway.slippage import FixedBps, Side
@@ -79,6 +80,7 @@ class ReferenceGateway(GatewayHandlers):
         heartbeat_interval: float = 1.0,
         deadman_timeout: float = 3.0,
         seed: int = 0,
+        durable: bool = True,
     ) -> None:
         self.nc = nc
         self.gateway = gateway
@@ -98,13 +100,20 @@ class ReferenceGateway(GatewayHandlers):
         self.blocked_orders = 0
         self.events_published = 0
         self._sub: Subscription | None = None
+        # fills and order events onto Rampart's events stream, each once (``durable=False``:
+        # core NATS, at most once, for a Rampart with ``[events] durable = false``)
+        self.outbox = Outbox(nc, gateway, subjects=self.subjects) if durable else None
 
     async def start(self) -> None:
+        if self.outbox is not None:
+            self.outbox.start()
         self._sub = await self.nc.subscribe(self.subjects.market_all, cb=self._on_market)
         await self.agent.start()
 
     async def close(self) -> None:
         await self.agent.close()
+        if self.outbox is not None:
+            await self.outbox.close(timeout=2.0)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -157,11 +166,17 @@ class ReferenceGateway(GatewayHandlers):
 
     async def _publish(self, events: list[VenueEvent]) -> None:
         for ev in events:
-            if isinstance(ev, Fill):
-                subject = self.subjects.fills(self.gateway, ev.algo)
+            if self.outbox is not None:
+                if isinstance(ev, Fill):
+                    self.outbox.fill(ev)
+                else:
+                    self.outbox.order(ev)
             else:
-                subject = self.subjects.orders(self.gateway, ev.algo)
-            await self.nc.publish(subject, encoder.encode(ev))
+                if isinstance(ev, Fill):
+                    subject = self.subjects.fills(self.gateway, ev.algo)
+                else:
+                    subject = self.subjects.orders(self.gateway, ev.algo)
+                await self.nc.publish(subject, encoder.encode(ev))
             self.events_published += 1
 
     # ---- Rampart's commands -------------------------------------------------------------------

@@ -211,6 +211,9 @@ pub struct Engine {
     gateway_of: FxHashMap<String, String>,
     /// The subject prefix `ingest_msg` routes under (`<prefix>.md.<symbol>`, ...).
     prefix: String,
+    /// Set only while `ingest_durable` applies an event: a durable event behind the clock is
+    /// applied at the clock's time instead of refused as `out_of_order`.
+    late_ok: bool,
 }
 
 impl Default for Engine {
@@ -256,6 +259,7 @@ impl Engine {
             guards,
             wall: None,
             gateway_of: FxHashMap::default(),
+            late_ok: false,
             prefix: crate::subject::DEFAULT_PREFIX.to_owned(),
         })
     }
@@ -582,7 +586,7 @@ impl Engine {
                 g.min_ts, g.max_ts
             )));
         }
-        if let Some(now) = self.now {
+        if let (Some(now), false) = (self.now, self.late_ok) {
             if ts < now.saturating_sub(g.time_tolerance_ns) {
                 return Err(CoreError::OutOfOrder {
                     ts,
@@ -1055,6 +1059,11 @@ impl Engine {
     /// Refusal reasons in order: decode, wrong_subject, unknown_algorithm, wrong_gateway, then
     /// those of the event itself (docs/events.md).
     pub fn ingest_msg(&mut self, subject: &str, data: &[u8], out: &mut Vec<Breach>) -> Result<()> {
+        self.late_ok = false; // (whatever a panic inside ingest_durable left behind)
+        self.route_and_apply(subject, data, out)
+    }
+
+    fn route_and_apply(&mut self, subject: &str, data: &[u8], out: &mut Vec<Breach>) -> Result<()> {
         let event = decode_json(data)?;
         let route = Route::parse(&self.prefix, subject)?;
         match (&route, &event) {
@@ -1087,6 +1096,38 @@ impl Engine {
             }
         }
         self.apply(&event, out)
+    }
+
+    /// `ingest_msg` for a fill or order event from the durable events stream: the gateway's
+    /// record of what happened, delivered late when it was buffered (an outage) or replayed (a
+    /// restart). One older than the clock by more than the tolerance is applied at the clock's
+    /// time rather than refused as `out_of_order`: refusing it would lose it for good. Every
+    /// other check stands; market data is refused (`wrong_subject`).
+    pub fn ingest_durable(
+        &mut self,
+        subject: &str,
+        data: &[u8],
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        match Route::parse(&self.prefix, subject) {
+            Ok(Route::Fills { .. }) | Ok(Route::Orders { .. }) => {}
+            Ok(route) => {
+                // decode first, as ingest_msg does: the same reason for the same bytes
+                decode_json(data)?;
+                return Err(CoreError::WrongSubject(format!(
+                    "only fills and order events are durable, not {subject} ({})",
+                    route.carries()
+                )));
+            }
+            Err(e) => {
+                decode_json(data)?;
+                return Err(e);
+            }
+        }
+        self.late_ok = true;
+        let result = self.route_and_apply(subject, data, out);
+        self.late_ok = false;
+        result
     }
 
     // ---- control --------------------------------------------------------------------------

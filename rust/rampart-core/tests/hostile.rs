@@ -457,3 +457,46 @@ fn session_sampling_adds_one_return_per_session_with_events() {
     }
     assert_eq!(e.snapshot("s").unwrap().returns_count, 4);
 }
+
+#[test]
+fn a_late_durable_fill_is_applied_at_the_clock_and_a_late_live_one_refused() {
+    let mut e = live();
+    e.set_wall_clock(T0 + 600 * SECOND_NS);
+    let mut out = Vec::new();
+    let quote = msg(format!(
+        r#"{{"type":"quote","symbol":"ES","bid":100,"ask":100,"ts":{}}}"#,
+        T0 + 600 * SECOND_NS
+    ));
+    e.ingest_msg("rampart.md.ES", &quote, &mut out).unwrap();
+    // a fill the gateway's outbox held through a 10-minute outage
+    let late = msg(format!(
+        r#"{{"type":"fill","algo":"a","symbol":"ES","side":"buy","qty":3,"price":99,"ts":{T0}}}"#
+    ));
+    refused(&mut e, "out_of_order", |e| {
+        e.ingest_msg("rampart.fills.gw1.a", &late, &mut Vec::new())
+    });
+    e.ingest_durable("rampart.fills.gw1.a", &late, &mut out)
+        .unwrap();
+    let snap = e.snapshot("a").unwrap();
+    assert_eq!(snap.fills, 1);
+    assert_eq!(snap.positions[0].qty, 3.0);
+    assert_eq!(
+        e.now(),
+        Some(T0 + 600 * SECOND_NS),
+        "the clock never goes back"
+    );
+    // the late pass is for that one event: the next live one is judged as before
+    refused(&mut e, "out_of_order", |e| {
+        e.ingest_msg("rampart.fills.gw1.a", &late, &mut Vec::new())
+    });
+    // every other check stands on the durable path, and market data is not durable
+    refused(&mut e, "wrong_gateway", |e| {
+        e.ingest_durable("rampart.fills.gw2.a", &late, &mut Vec::new())
+    });
+    refused(&mut e, "wrong_subject", |e| {
+        e.ingest_durable("rampart.md.ES", &quote, &mut Vec::new())
+    });
+    refused(&mut e, "decode", |e| {
+        e.ingest_durable("rampart.md.ES", b"{", &mut Vec::new())
+    });
+}

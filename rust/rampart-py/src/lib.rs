@@ -906,19 +906,25 @@ impl PyEngine {
 
     /// Decode one event received on `subject` and apply it if the subject may carry it; with
     /// `wall_ns`, first move the wall clock to it (live mode: the event may not be further
-    /// ahead of it than `max_future_ns`).
-    #[pyo3(signature = (subject, data, wall_ns=None))]
+    /// ahead of it than `max_future_ns`). `durable`: a fill or order event from the durable
+    /// events stream, applied at the clock's time when it is late rather than refused.
+    #[pyo3(signature = (subject, data, wall_ns=None, *, durable=false))]
     fn ingest_msg(
         &mut self,
         py: Python<'_>,
         subject: Text<'_>,
         data: &[u8],
         wall_ns: Option<Ts>,
+        durable: bool,
     ) -> PyResult<Option<Vec<PyBreach>>> {
         if let Some(w) = wall_ns {
             self.inner.set_wall_clock(w.0);
         }
-        self.event(py, |e, out| e.ingest_msg(subject.0, data, out))
+        if durable {
+            self.event(py, |e, out| e.ingest_durable(subject.0, data, out))
+        } else {
+            self.event(py, |e, out| e.ingest_msg(subject.0, data, out))
+        }
     }
 
     fn set_capital(

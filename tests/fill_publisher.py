@@ -1,0 +1,82 @@
+"""A gateway that only trades: it emits fills at a steady rate through the SDK's ``Outbox``, in
+its own process, so fault tests can kill -9 Rampart around it.
+
+    python tests/fill_publisher.py URL GATEWAY ALGO[,ALGO...] LEDGER [--rate N]
+
+Every fill it emits is appended to LEDGER as a JSON line (its Nats-Msg-Id and the fill) before it
+is handed to the outbox. On SIGTERM it stops emitting, waits until the outbox has every fill
+acked by the stream, and writes ``LEDGER.done`` with its counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+import nats
+
+from rampart.gateway.outbox import Outbox
+from rampart.protocol import Fill
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("gateway")
+    p.add_argument("algos")
+    p.add_argument("ledger", type=Path)
+    p.add_argument("--rate", type=float, default=200.0, help="fills per second")
+    args = p.parse_args()
+    nc = await nats.connect(
+        args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, connect_timeout=2
+    )
+    outbox = Outbox(nc, args.gateway, ack_timeout=1.0, retry_interval=0.1)
+    outbox.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    rng = random.Random()
+    algos = args.algos.split(",")
+    price = {a: 100.0 for a in algos}
+    emitted = 0
+    with args.ledger.open("a") as ledger:
+        while not stop.is_set():
+            algo = rng.choice(algos)
+            price[algo] = max(1.0, price[algo] * (1 + rng.gauss(0, 0.002)))
+            fill = Fill(
+                algo=algo,
+                symbol=f"SYM-{algo}",
+                side=rng.choice(["buy", "sell"]),
+                qty=float(rng.randint(1, 5)),
+                price=round(price[algo], 4),
+                fee=0.25,
+                ts=time.time_ns(),
+            )
+            msg_id = f"{args.gateway}.{outbox.boot}.{emitted + 1}"
+            line = {"id": msg_id, "fill": msgspec.to_builtins(fill)}
+            ledger.write(json.dumps(line) + "\n")
+            ledger.flush()
+            outbox.fill(fill, msg_id)
+            emitted += 1
+            await asyncio.sleep(1 / args.rate)
+    delivered = await outbox.flush(timeout=60)
+    done = {
+        "emitted": emitted,
+        "published": outbox.published,
+        "duplicates": outbox.duplicates,
+        "failures": outbox.failures,
+        "pending": outbox.pending,
+        "delivered": delivered,
+    }
+    Path(str(args.ledger) + ".done").write_text(json.dumps(done))
+    await outbox.close()
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,227 @@
+"""A store that cannot be written fails Rampart closed (issue 10), tested from outside: the daemon
+and a gateway run as their own processes, the daemon's data_dir on a small tmpfs that the test
+fills up mid-run. Rampart must halt every algorithm at the gateway, say so in status, refuse
+deploys, and after the space is freed and it restarts, come back halted, resuming nothing by
+itself. Needs root (to mount the tmpfs): skipped otherwise, with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from test_faults import GATEWAY, no_increase_while_halted, spawn, until
+
+from rampart.embedded import EmbeddedNatsServer
+from rampart.protocol import (
+    ControlRequest,
+    Subjects,
+    control_reply_decoder,
+    encoder,
+    heartbeat_decoder,
+    status_reply_decoder,
+)
+
+SUBJ = Subjects()
+
+CONFIG = """
+data_dir = "{data_dir}"
+heartbeat_interval = "PT0.1S"
+checkpoint_interval = "PT0.1S"
+
+[triggers]
+gateway_heartbeat_timeout = "PT1H"
+market_data_timeout = "PT1H"
+nats_disconnect = false
+
+[[algorithms]]
+id = "alpha"
+version = "1"
+gateway = "gw1"
+capital = 100000
+
+[[algorithms]]
+id = "beta"
+version = "1"
+gateway = "gw1"
+capital = 100000
+"""
+
+DEPLOY = {
+    "deploymentId": "after-the-fault",
+    "strategy": "Canary",
+    "algorithmId": "alpha",
+    "environment": "Production",
+    "configuration": {
+        "totalCapital": 100000,
+        "stages": [{"name": "Full", "allocation": 1.0, "minDuration": "PT1H", "minPnL": 0}],
+        "autoProgress": True,
+        "rollbackThresholds": {"maxDailyLoss": 0.5, "maxDrawdown": 0.5},
+    },
+}
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (the full-disk test runs as root in CI)")
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(path: Path) -> Path:
+    """Write a file until the disk is full; returns it (delete it to free the space)."""
+    ballast = path / "ballast"
+    with contextlib.suppress(OSError), ballast.open("wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    return ballast
+
+
+class World:
+    """A daemon and a gateway process; what the test sees of them over NATS."""
+
+    def __init__(self, nc: Any, cfg: Path, url: str, tmp: Path) -> None:
+        self.nc, self.tmp = nc, tmp
+        self.run = ("-m", "rampart", "run", "--config", str(cfg), "--servers", url)
+        self.hb: list[Any] = []
+        self.gw_log = tmp / "gateway-commands.jsonl"
+
+    async def on_hb(self, msg: Any) -> None:
+        self.hb[:] = [heartbeat_decoder.decode(msg.data)]
+
+    async def status(self) -> Any:
+        try:
+            reply = await self.nc.request(SUBJ.status("algorithms"), b"", timeout=1)
+        except Exception:
+            return None
+        return status_reply_decoder.decode(reply.data)
+
+    def halted_at_gateway(self) -> bool:
+        return bool(self.hb) and all(s.halted for s in self.hb[0].state)
+
+    async def deploy(self, dep_id: str) -> Any:
+        doc = {**DEPLOY, "deploymentId": dep_id}
+        req = ControlRequest(operator="alice", target=dep_id, document=doc)
+        reply = await self.nc.request(SUBJ.control("deploy"), encoder.encode(req), timeout=10)
+        return control_reply_decoder.decode(reply.data)
+
+    async def restart(self, daemon: Any) -> Any:
+        daemon.send_signal(signal.SIGKILL)
+        await daemon.wait()
+        daemon = await spawn(*self.run, log=self.tmp / "daemon.log")
+        await until(self.status, what="the daemon answers status after the restart")
+        return daemon
+
+
+async def with_world(server: EmbeddedNatsServer, tmp: Path, disk: Path, body: Any) -> None:
+    cfg = tmp / "rampart.toml"
+    cfg.write_text(CONFIG.format(data_dir=disk / "data"))
+    nc = await nats.connect(server.url)
+    w = World(nc, cfg, server.url, tmp)
+    await nc.subscribe(SUBJ.heartbeat("gw1"), cb=w.on_hb)
+    gateway = await spawn(
+        GATEWAY, server.url, "gw1", "alpha,beta", str(w.gw_log), "--deadman", "3600",
+        log=tmp / "gateway.log",
+    )  # fmt: skip
+    procs = [gateway, await spawn(*w.run, log=tmp / "daemon.log")]
+    try:
+        await until(w.status, what="the daemon answers status")
+        await until(lambda: bool(w.hb), what="the gateway's heartbeat")
+        assert not w.halted_at_gateway()
+        procs[1] = await body(w, procs[1])
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+        await nc.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_store_that_cannot_grow_halts_everything_and_a_restart_stays_halted(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """From outside, the running daemon's file-size limit drops to 1 byte (``prlimit``): every
+    write that extends a file now fails with EFBIG, as on a full disk, at once and every time.
+    Rampart fails closed: halts everything at the gateway, says why in status, refuses deploys;
+    restarted without the limit, it comes back halted and resumes nothing by itself."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    async def body(w: World, daemon: Any) -> Any:
+        subprocess.run(["prlimit", f"--pid={daemon.pid}", "--fsize=1"], check=True)
+        await until(w.halted_at_gateway, timeout=30, what="halted once writes fail")
+        st = await w.status()
+        assert st is not None and "cannot be written" in (st.daemon.store_error or ""), st
+        reply = await w.deploy("after-the-fault")
+        assert not reply.ok and "failed closed" in (reply.error or ""), reply
+        daemon = await w.restart(daemon)  # the operator fixed the disk
+
+        async def halted_in_rampart() -> bool:
+            st = await w.status()
+            return st is not None and {h.algo for h in st.daemon.halted} == {"alpha", "beta"}
+
+        await until(halted_in_rampart, what="Rampart knows both are halted")
+        await asyncio.sleep(1.0)  # a few reconcile rounds: nothing resumes by itself
+        assert w.halted_at_gateway()
+        for algo in ("alpha", "beta"):
+            no_increase_while_halted(_commands(w.gw_log), algo)
+        return daemon
+
+    asyncio.run(with_world(server, tmp_path, disk, body))
+
+
+@pytest.mark.timeout(300)
+def test_a_disk_that_fills_mid_run_loses_nothing_rampart_acknowledged(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A full disk does not fail SQLite at once (the WAL reuses its space): Rampart goes on
+    while its writes fit and fails closed at the first that does not. Either way, every deploy
+    it acknowledged is stored (there after a restart), and none it refused is."""
+    with small_disk(tmp_path / "disk", "16m") as disk:
+
+        async def body(w: World, daemon: Any) -> Any:
+            ballast = fill_up(disk)
+            acked: list[str] = []
+            refused: list[str] = []
+            for i in range(40):
+                dep_id = f"full-{i}"
+                reply = await w.deploy(dep_id)
+                (acked if reply.ok else refused).append(dep_id)
+            ballast.unlink()
+            daemon = await w.restart(daemon)
+            st = await w.status()
+            stored = {d.deployment_id for d in st.deployments}
+            assert set(acked) <= stored, f"acknowledged but lost: {set(acked) - stored}"
+            assert not (set(refused) & stored), f"refused but stored: {set(refused) & stored}"
+            print(f"{len(acked)} deploys acknowledged on the full disk, {len(refused)} refused")
+            return daemon
+
+        asyncio.run(with_world(server, tmp_path, disk, body))
+
+
+def _commands(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
