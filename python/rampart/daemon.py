@@ -3,7 +3,9 @@
 It connects to NATS (or starts an embedded nats-server), feeds market data, fills and order events
 straight from the message bytes into the Rust core, dead-letters bad input with its reason, tracks
 gateway heartbeats, publishes its own heartbeat and every breach, and serves status on the NATS
-services API. Everything it starts, it stops in ``close()``.
+services API. Everything it starts, it stops in ``close()``. One daemon per ``data_dir``: it holds
+an exclusive lock on ``<data_dir>/rampart.lock`` from the start of ``start()`` to the end of
+``close()``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rampart import __version__
 from rampart._core import Breach, InvalidEventError
 from rampart.checkpoints import CURSOR_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
+from rampart.datalock import DataDirLock, DataDirLocked
 from rampart.deployment import Deployment
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
@@ -90,7 +93,8 @@ ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 
 
 class DaemonError(RuntimeError):
-    """The daemon cannot start (NATS unreachable, embedded server failed)."""
+    """The daemon cannot start (NATS unreachable, embedded server failed, another daemon holds
+    the data directory)."""
 
 
 class Daemon:
@@ -150,6 +154,7 @@ class Daemon:
         # the events stream (None: fills on core NATS) and whether ingest has caught up with it
         self._events_stream: str | None = None
         self._caught_up = asyncio.Event()
+        self.data_lock = DataDirLock(config.data_dir)
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -162,8 +167,22 @@ class Daemon:
         return list(self._servers)
 
     async def start(self) -> None:
-        self.started_at = self.wall_clock()
+        """Start everything; on failure, stop what was started (``close()``) and raise."""
         Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        # One writer per data_dir, before anything else (the store, the embedded server and its
+        # nats.url): a second daemon stops here, naming the first's PID.
+        try:
+            self.data_lock.acquire()
+        except DataDirLocked as e:
+            raise DaemonError(str(e)) from e
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        self.started_at = self.wall_clock()
         self.store = await asyncio.to_thread(self._open_store)
         loop = asyncio.get_running_loop()
 
@@ -182,7 +201,6 @@ class Daemon:
                 closed_cb=self._on_closed,
             )
         except Exception as e:
-            await self._stop_embedded()
             raise DaemonError(
                 f"cannot connect to NATS at {', '.join(self._servers)}: {e or type(e).__name__}"
             ) from e
@@ -283,6 +301,9 @@ class Daemon:
             host=emb.host, port=emb.port, jetstream=emb.jetstream, store_dir=data_dir / "nats"
         )
         try:
+            # In a worker thread, not to block the loop: the fork itself happens on the embedded
+            # module's own long-lived thread, so that the server's parent-death signal comes
+            # when this process dies, not when the worker thread ends (see embedded._Spawner).
             url = await asyncio.to_thread(self.embedded.start)
         except Exception as e:
             self.embedded = None
@@ -422,6 +443,7 @@ class Daemon:
         await self._stop_embedded()
         if self.store is not None:
             self.store.close()
+        self.data_lock.release()  # last: the next daemon may start now
         log.info(
             "rampart stopped: %d events ingested, %d rejected",
             self.stats.ingested,
