@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +18,19 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from support import until
 
+from rampart.audit import GENESIS_HASH, AuditHead, audit_verify_main
+from rampart.durability import (
+    HeadFileError,
+    HeadMirror,
+    MirroredHead,
+    behind,
+    decode_head,
+    head_path,
+    read_head_file,
+    write_head_file,
+)
 from rampart.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -428,3 +443,217 @@ def test_a_write_the_store_cannot_make_is_reported_once_and_raised(store: Store)
     store._db().execute("PRAGMA query_only = OFF")
     store.put("k", b"v")
     assert store.get("k") == b"v" and len(failures) == 2
+
+
+# ---- WAL checkpoints: the main file alone holds the state --------------------------------------
+
+
+def main_file_alone(db: Path, where: Path) -> Path:
+    """A copy of the main file without its -wal (what a naive backup, or a lost -wal, leaves)."""
+    where.mkdir(exist_ok=True)
+    copy = where / f"copy-{len(list(where.iterdir()))}.db"
+    shutil.copyfile(db, copy)
+    return copy
+
+
+def test_checkpoint_puts_committed_state_in_the_main_file(db: Path, tmp_path: Path) -> None:
+    with Store(db) as store:
+        store.set_halt("a", halted=True, reason="r", actor="op", ts=1)
+        rec = store.append_audit("halt", {"algo": "a"}, actor="op", ts=1)
+        assert Path(f"{db}-wal").stat().st_size > 0
+        with Store(main_file_alone(db, tmp_path / "alone"), readonly=True) as copy:
+            assert copy.committed_head is None  # it was all in the WAL
+            assert copy.halts() == {}
+        result = store.checkpoint()
+        assert result.complete and result.log_frames > 0
+        with Store(main_file_alone(db, tmp_path / "alone"), readonly=True) as copy:
+            assert copy.audit() == [rec]
+            assert copy.is_halted("a")
+            assert copy.verify_audit().ok
+
+
+def test_checkpoint_inside_a_transaction_does_nothing(store: Store) -> None:
+    with store.transaction():
+        store.put("k", b"v")
+        assert store.checkpoint().busy
+    assert store.checkpoint().complete
+
+
+def test_close_checkpoints_even_beside_a_reader(db: Path, tmp_path: Path) -> None:
+    store = Store(db)
+    rec = store.append_audit("x", {}, actor="t", ts=1)
+    with Store(db, readonly=True) as reader:
+        assert reader.audit() == [rec]
+        store.close()
+        with Store(main_file_alone(db, tmp_path / "alone"), readonly=True) as copy:
+            assert copy.audit() == [rec]
+        assert reader.verify_audit().ok
+
+
+def test_memory_mapped_io_is_off(store: Store, db: Path) -> None:
+    with Store(db, readonly=True) as reader:
+        for s in (store, reader):
+            assert s._db().execute("PRAGMA mmap_size").fetchone()[0] == 0
+
+
+def test_an_empty_database_is_never_initialised_over_a_missing_wal(tmp_path: Path) -> None:
+    # A WAL-mode database none of whose pages were ever checkpointed: without its -wal the main
+    # file is the 4 KiB header page alone (what issue 10 found).
+    db = tmp_path / "rampart.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    before = db.read_bytes()
+    assert len(before) == 4096
+    for kwargs in ({"create": False}, {"readonly": True}):
+        with pytest.raises(StoreError, match="holds no Rampart state") as exc:
+            Store(db, **kwargs)
+        assert f"{db}-wal" in str(exc.value) and "restore" in str(exc.value)
+        assert "migrate" not in str(exc.value)
+    assert db.read_bytes() == before  # nothing written over it
+    Store(db).close()  # a first start may create the store
+
+
+# ---- the committed audit head and its mirrors ---------------------------------------------------
+
+
+def test_committed_head_moves_only_after_a_commit_that_appended(db: Path) -> None:
+    seen: list[AuditHead] = []
+    with Store(db) as store:
+        store.head_listener = seen.append
+        assert store.committed_head is None
+        with store.transaction():
+            rec = store.append_audit("a", {}, actor="t", ts=1)
+            assert store.committed_head is None and seen == []  # never ahead of the commit
+        first = AuditHead(seq=1, hash=rec.hash)
+        assert store.committed_head == first and seen == [first]
+        with pytest.raises(Boom), store.transaction():
+            store.append_audit("b", {}, actor="t", ts=2)
+            raise Boom
+        with store.transaction():
+            with pytest.raises(Boom), store.transaction():
+                store.append_audit("inner", {}, actor="t", ts=3)
+                raise Boom
+            store.put("k", b"v")
+        store.put("k2", b"v")
+        assert store.committed_head == first and seen == [first]
+        with store.transaction():
+            store.append_audit("c", {}, actor="t", ts=4)
+            rec = store.append_audit("d", {}, actor="t", ts=5)
+        last = AuditHead(seq=3, hash=rec.hash)
+        assert store.committed_head == last and seen == [first, last]  # once per commit
+    with Store(db) as store, Store(db, readonly=True) as reader:
+        assert store.committed_head == reader.committed_head == last
+
+
+def test_head_file_round_trip(tmp_path: Path) -> None:
+    path = head_path(tmp_path / "rampart.db")
+    assert path == tmp_path / "rampart.head"
+    assert read_head_file(path) is None
+    head = MirroredHead(store_id="abc", generation=2, seq=7, hash="f" * 64, written_at=5)
+    write_head_file(path, head)
+    assert read_head_file(path) == head
+    assert json.loads(path.read_text())["seq"] == 7  # plain JSON, readable by people and tools
+    write_head_file(path, msgspec.structs.replace(head, seq=8))
+    assert read_head_file(path) == msgspec.structs.replace(head, seq=8)
+    assert [p.name for p in tmp_path.iterdir()] == ["rampart.head"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", b'{"seq": -1, "hash": "x"}', b'{"hash": "x"}', b'{"seq": 1, "hash": 2}'],
+)
+def test_unreadable_head_file_raises(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "rampart.head"
+    path.write_bytes(content)
+    with pytest.raises(HeadFileError, match="unreadable"):
+        read_head_file(path)
+
+
+def test_behind_compares_generation_sequence_and_hash(store: Store) -> None:
+    def mirror(seq: int, digest: str, generation: int = 0) -> MirroredHead:
+        return MirroredHead(seq=seq, hash=digest, generation=generation)
+
+    assert behind(store, mirror(0, GENESIS_HASH), "M") is None  # both new
+    assert "ends at seq 0" in (behind(store, mirror(1, "a" * 64), "M") or "")
+    r1 = store.append_audit("a", {}, actor="t", ts=1)
+    r2 = store.append_audit("b", {}, actor="t", ts=2)
+    assert behind(store, mirror(2, r2.hash), "M") is None  # the same head
+    assert behind(store, mirror(1, r1.hash), "M") is None  # the mirror lags: fine
+    text = behind(store, mirror(5, "a" * 64), "the head file")
+    assert text is not None
+    assert "ends at seq 2 but the head file records seq 5" in text
+    assert "3 audit records behind" in text
+    assert "another history" in (behind(store, mirror(2, "b" * 64), "M") or "")
+    assert "another history from there on" in (behind(store, mirror(1, "c" * 64), "M") or "")
+    with store.transaction():
+        store.set_generation(1)
+    # a mirror written before a restore or an accepted rollback is older than the store
+    assert behind(store, mirror(9, "a" * 64, generation=0), "M") is None
+    text = behind(store, mirror(2, r2.hash, generation=2), "M")
+    assert text is not None and "M is of generation 2 but the store of generation 1" in text
+
+
+def test_identity_is_given_once_and_kept_by_a_copy(db: Path, tmp_path: Path) -> None:
+    with Store(db) as store:
+        assert store.identity().store_id is None and store.identity().generation == 0
+        ident = store.ensure_identity()
+        assert ident.store_id and store.ensure_identity() == ident
+        copy = tmp_path / "copy.db"
+        conn = sqlite3.connect(copy)
+        store.backup_into(conn)
+        conn.close()
+    with Store(copy) as other:
+        assert other.identity() == ident
+
+
+def test_head_mirror_writes_what_was_committed(db: Path) -> None:
+    sent: list[MirroredHead] = []
+
+    async def kv_put(data: bytes) -> None:
+        sent.append(decode_head(data))
+
+    async def scenario() -> None:
+        with Store(db) as store:
+            ident = store.ensure_identity()
+            mirror = HeadMirror(store, head_path(db), kv_put=kv_put, wall_clock=lambda: 42)
+            store.head_listener = mirror.wake
+            task = asyncio.create_task(mirror.run())
+            try:  # a store without a head file gets one at once
+                await until(lambda: read_head_file(head_path(db)) is not None)
+                first = read_head_file(head_path(db))
+                assert first == MirroredHead(
+                    store_id=ident.store_id, seq=0, hash=GENESIS_HASH, written_at=42
+                )
+                rec = await asyncio.to_thread(store.append_audit, "x", {}, actor="t", ts=1)
+                await until(lambda: len(sent) == 2)
+                head = read_head_file(head_path(db))
+                assert head is not None and (head.seq, head.hash) == (1, rec.hash)
+                assert sent == [first, head]
+                assert not mirror.write_file()  # nothing new: nothing written
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(scenario())
+
+
+def test_audit_verify_reports_a_store_behind_its_head_file(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(db) as store:
+        for i in range(3):
+            rec = store.append_audit("x", {"i": i}, actor="t", ts=i)
+    write_head_file(head_path(db), MirroredHead(seq=3, hash=rec.hash))
+    assert audit_verify_main(str(db)) == 0
+    assert "audit log OK" in capsys.readouterr().out
+    write_head_file(head_path(db), MirroredHead(seq=5, hash="e" * 64))
+    assert audit_verify_main(str(db)) == 1
+    out = capsys.readouterr().out
+    assert "BEHIND ITS HEAD FILE" in out and "2 audit records behind" in out
+    assert "rampart restore" in out and "migrate" not in out
+    assert audit_verify_main(str(db), json_out=True) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and "2 audit records behind" in report["behind"]
+    assert report["mirror"]["seq"] == 5

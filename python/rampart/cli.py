@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -122,17 +123,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
     from rampart.daemon import Daemon, DaemonError
 
+    accept = None
+    if args.accept_store_rollback:
+        accept = args.operator or os.environ.get(ENV_OPERATOR)
+        if not accept:
+            print(
+                "rampart run: --accept-store-rollback is recorded in the audit log: say who you "
+                f"are with --operator NAME (or ${ENV_OPERATOR})",
+                file=sys.stderr,
+            )
+            return 2
     try:
         config = _load_config(args.config)
     except ConfigFileError as e:
         print(f"rampart run: invalid configuration: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_json)
+    # A fatal signal (SIGBUS from a memory-mapped file that vanished, SIGSEGV) leaves a traceback
+    # on stderr instead of nothing.
+    faulthandler.enable()
     servers = [s.strip() for s in args.servers.split(",")] if args.servers else None
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
 
     async def main() -> int:
-        daemon = Daemon(config, servers=servers)
+        daemon = Daemon(
+            config,
+            servers=servers,
+            accept_store_rollback=accept,
+            config_path=args.config or os.environ.get(ENV_CONFIG) or None,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)
@@ -358,19 +377,108 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from rampart.audit import audit_verify_main
+def _store_path(args: argparse.Namespace, verb: str) -> str | None:
+    """``--db``, else ``<data_dir>/rampart.db`` of the configuration (None: printed why)."""
     from rampart.daemon import STORE_FILE
 
-    db = args.db
+    if args.db is not None:
+        return str(args.db)
+    try:
+        config = _load_config(args.config)
+    except ValueError as e:
+        print(f"rampart {verb}: invalid configuration: {e}", file=sys.stderr)
+        return None
+    return str(Path(config.data_dir) / STORE_FILE)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from rampart.audit import audit_verify_main
+
+    db = _store_path(args, "audit verify")
     if db is None:
-        try:
-            config = _load_config(args.config)
-        except ValueError as e:
-            print(f"rampart audit verify: invalid configuration: {e}", file=sys.stderr)
-            return 2
-        db = str(Path(config.data_dir) / STORE_FILE)
+        return 2
     return audit_verify_main(db, json_out=args.json)
+
+
+def _head_text(head: object) -> str:
+    from rampart.audit import AuditHead
+
+    if isinstance(head, AuditHead):
+        return f"audit head seq {head.seq} hash {head.hash}"
+    return "no audit records"
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from rampart.backup import BackupError, backup
+    from rampart.store import StoreError
+
+    db = _store_path(args, "backup")
+    if db is None:
+        return 2
+    try:
+        result = backup(db, args.dest)
+    except (BackupError, StoreError, OSError) as e:
+        print(f"rampart backup: FAILED: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        ident = result.identity
+        print(
+            f"backup {result.path}: {result.records} audit records verified, "
+            f"{_head_text(result.head)}, store {ident.store_id or '-'} generation "
+            f"{ident.generation}, {result.size} bytes (from {db})"
+        )
+    if result.warning:
+        print(f"rampart backup: WARNING: {result.warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from rampart.backup import BackupError, restore
+    from rampart.datalock import DataDirLocked
+    from rampart.store import StoreError
+
+    operator = args.operator or os.environ.get(ENV_OPERATOR)
+    if not operator:
+        print(
+            f"rampart restore: say who you are with --operator NAME (or ${ENV_OPERATOR})",
+            file=sys.stderr,
+        )
+        return 2
+    db = _store_path(args, "restore")
+    if db is None:
+        return 2
+    try:
+        result = restore(args.source, db, operator=operator, reason=args.reason or "")
+    except DataDirLocked as e:
+        print(
+            f"rampart restore: refused: {e.data_dir} is in use by a Rampart daemon "
+            f"(PID {e.holder}): stop the daemon first",
+            file=sys.stderr,
+        )
+        return 1
+    except (BackupError, StoreError, OSError) as e:
+        print(f"rampart restore: refused: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    print(
+        f"restored {result.source} to {result.db}: {_head_text(result.head)}, generation "
+        f"{result.identity.generation}"
+    )
+    if result.replaced:
+        print(
+            f"the store it replaced ({_head_text(result.replaced_head)}) is kept as "
+            f"{', '.join(result.replaced)}"
+        )
+    print(
+        "the head file now names the restored store; the daemon's next start writes the restore "
+        "to the audit log. Start the daemon, then check `rampart status` and release what should "
+        "trade"
+    )
+    return 0
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -409,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", help=config_help)
     run.add_argument("-s", "--servers", help=servers_help)
+    run.add_argument(
+        "--accept-store-rollback",
+        action="store_true",
+        help="start on a state store that is behind its mirrored audit head (committed state "
+        "lost), recording who accepted it in the audit log; needs --operator",
+    )
+    run.add_argument("--operator", help=f"who accepts (default: ${ENV_OPERATOR})")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser(
@@ -491,6 +606,26 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("-c", "--config", help=config_help)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=cmd_audit_verify)
+
+    bk = sub.add_parser(
+        "backup", help="a consistent, verified copy of the state store (safe while it runs)"
+    )
+    bk.add_argument("dest", metavar="DEST", help="file to write, or a directory to write into")
+    bk.add_argument("--db", help="state store path (default: <data_dir>/rampart.db)")
+    bk.add_argument("-c", "--config", help=config_help)
+    bk.add_argument("--json", action="store_true", help="print the result as JSON")
+    bk.set_defaults(func=cmd_backup)
+
+    rs = sub.add_parser(
+        "restore", help="put a backup in place of the state store (the daemon must be stopped)"
+    )
+    rs.add_argument("source", metavar="BACKUP", help="a file written by `rampart backup`")
+    rs.add_argument("--db", help="state store path (default: <data_dir>/rampart.db)")
+    rs.add_argument("-c", "--config", help=config_help)
+    rs.add_argument("--operator", help=f"who is restoring (default: ${ENV_OPERATOR})")
+    rs.add_argument("--reason", help="why (recorded in the audit log)")
+    rs.add_argument("--json", action="store_true", help="print the result as JSON")
+    rs.set_defaults(func=cmd_restore)
     return parser
 
 

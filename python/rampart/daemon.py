@@ -35,10 +35,21 @@ from rampart.checkpoints import CURSOR_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
 from rampart.datalock import DataDirLock, DataDirLocked
 from rampart.deployment import Deployment
+from rampart.durability import (
+    RESTORED_KEY,
+    HeadFileError,
+    HeadMirror,
+    MirroredHead,
+    behind,
+    decode_head,
+    head_path,
+    kv_key,
+    read_head_file,
+)
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, start_cursor
-from rampart.guard import Guard
+from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.protocol import (
     HEARTBEAT_VERSION,
@@ -62,6 +73,7 @@ from rampart.service import DaemonService
 from rampart.status_builder import StatusBuilder
 from rampart.store import Store, StoreError
 from rampart.strategies import Decision, DeploymentState, Verb
+from rampart.tasks import stop_tasks
 from rampart.throttle import Throttle
 
 __all__ = ["DEPLOYMENT_KEY", "STORE_FILE", "URL_FILE", "Daemon", "DaemonError"]
@@ -106,8 +118,14 @@ class Daemon:
         *,
         servers: list[str] | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
+        accept_store_rollback: str | None = None,
+        config_path: str | None = None,
     ) -> None:
+        """``accept_store_rollback``: the operator who accepts running on a store that is behind
+        its mirror (recorded in the audit log); ``config_path``: named in recovery advice."""
         self.config = config
+        self.accept_store_rollback = accept_store_rollback
+        self.config_path = config_path
         self.subjects = config.subjects
         self.wall_clock = wall_clock
         self._servers = list(servers) if servers else list(config.nats.servers)
@@ -128,6 +146,10 @@ class Daemon:
         self.store_error: str | None = None
         # Why Rampart failed closed (``fail_closed``), None while it has not.
         self.failed: str | None = None
+        # the store's audit head, mirrored beside it and in JetStream KV (not for a fallback store)
+        self.head_mirror: HeadMirror | None = None
+        self._file_head: MirroredHead | None = None
+        self._head_file_error: str | None = None
         self.guard: Guard | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
@@ -165,6 +187,14 @@ class Daemon:
     @property
     def servers(self) -> list[str]:
         return list(self._servers)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config.data_dir) / STORE_FILE
+
+    @property
+    def kv_head_key(self) -> str:
+        return kv_key(self.config.subject_prefix, self.config.name)
 
     async def start(self) -> None:
         """Start everything; on failure, stop what was started (``close()``) and raise."""
@@ -204,6 +234,7 @@ class Daemon:
             raise DaemonError(
                 f"cannot connect to NATS at {', '.join(self._servers)}: {e or type(e).__name__}"
             ) from e
+        await self._check_mirrors()
         self.guard = Guard(
             self.config,
             self.engine,
@@ -257,6 +288,16 @@ class Daemon:
             or intent_error
             or events_lost
         )
+        if self.store_error is None:  # a fallback store is never mirrored
+            mirror = self.head_mirror = HeadMirror(
+                self.store,
+                head_path(self.store_path),
+                kv_put=self._mirror_kv,
+                wall_clock=self.wall_clock,
+            )
+            self.store.head_listener = mirror.wake
+            self._spawn(mirror.run(), "head-mirror")
+        self._spawn(self._wal_checkpoints(), "wal-checkpoint")
         await self.checkpointer.report_untrusted(untrusted_clocks)
         self._spawn(effects.worker(), "deployment-effects")
         self._spawn(self.checkpointer.loop(), "checkpoints")
@@ -285,14 +326,200 @@ class Daemon:
         )
 
     def _open_store(self) -> Store:
-        path = Path(self.config.data_dir) / STORE_FILE
+        path = self.store_path
         try:
-            return Store(path)
+            self._file_head = read_head_file(head_path(path))
+        except HeadFileError as e:
+            self._head_file_error = str(e)
+        # The head file says the store held records: never create (or initialise) it anew.
+        must_exist = self._head_file_error is not None or (
+            self._file_head is not None and self._file_head.seq > 0
+        )
+        try:
+            return Store(path, create=not must_exist or self.accept_store_rollback is not None)
         except StoreError as e:
-            self.store_error = str(e)
-            log.critical("%s; every algorithm starts HALTED until it is fixed", e)
-            fallback = Path(tempfile.mkdtemp(prefix="rampart-unsafe-")) / STORE_FILE
-            return Store(fallback)
+            if must_exist and self._head_file_error is None:
+                assert self._file_head is not None
+                self._fail_closed(
+                    self._refusal(
+                        [
+                            f"{e}, but the head file {head_path(path)} records audit seq "
+                            f"{self._file_head.seq} as committed"
+                        ]
+                    )
+                )
+            else:
+                self._fail_closed(str(e))
+            return self._fallback_store()
+
+    def _fail_closed(self, error: str) -> None:
+        self.store_error = error
+        log.critical("%s; every algorithm starts HALTED until it is fixed", error)
+
+    @staticmethod
+    def _fallback_store() -> Store:
+        return Store(Path(tempfile.mkdtemp(prefix="rampart-unsafe-")) / STORE_FILE)
+
+    def _recovery(self) -> str:
+        cfg = f" --config {self.config_path}" if self.config_path else ""
+        return (
+            "To recover, stop this daemon, then either restore the newest backup: "
+            f"`rampart restore BACKUP.db{cfg} --operator NAME`, or accept the loss and run on "
+            f"the store as it is (written to the audit log): `rampart run{cfg} "
+            "--accept-store-rollback --operator NAME`"
+        )
+
+    def _refusal(self, problems: list[str]) -> str:
+        return (
+            f"state store {self.store_path} is behind its mirror: {'; '.join(problems)}. "
+            "Committed state is missing from the store (a lost rampart.db-wal file, or an older "
+            "copy of rampart.db put back); the store is left as it is. " + self._recovery()
+        )
+
+    # ---- the store against its mirrors ----------------------------------------------------------
+
+    async def _check_mirrors(self) -> None:
+        """Refuse a store behind its mirrored head (fail closed on a fallback store), unless an
+        operator accepts it; audit a restore; give the store an id. Runs once NATS is up (the
+        JetStream KV copy of the head) and before anything uses the store."""
+        store = self.store
+        if self.store_error is not None or store is None:
+            return
+        kv_head = await self._read_kv_head(store)
+        problems = await asyncio.to_thread(self._mirror_problems, store, kv_head)
+        if problems and self.accept_store_rollback is None:
+            self._fail_closed(self._refusal([text for text, _, _ in problems]))
+            await asyncio.to_thread(store.close)
+            self.store = await asyncio.to_thread(self._fallback_store)
+            return
+        await asyncio.to_thread(self._settle_store, store, problems)
+
+    async def _read_kv_head(self, store: Store) -> MirroredHead | None:
+        """This store's head in JetStream KV, if JetStream and the key are there."""
+        if self.nc is None:
+            return None
+        try:
+            js = self.nc.jetstream(timeout=1.0)
+            kv = await js.key_value(STATE_BUCKET)
+            entry = await kv.get(self.kv_head_key)
+        except Exception as e:  # no JetStream, no bucket, no key: nothing to compare with
+            log.debug("no audit head in JetStream KV (%s)", e)
+            return None
+        if entry.value is None:
+            return None
+        try:
+            head = decode_head(entry.value)
+        except msgspec.DecodeError as e:
+            log.warning("audit head in JetStream KV %s is unreadable (%s); ignored", entry.key, e)
+            return None
+        store_id = (await asyncio.to_thread(store.identity)).store_id
+        if head.store_id != store_id:
+            log.warning(
+                "the JetStream KV mirror %s names another store (id %s, audit seq %d), not this "
+                "one (id %s): this store is new or was replaced. If this daemon lost its data "
+                "directory, stop it and restore a backup (`rampart restore`)",
+                self.kv_head_key,
+                head.store_id,
+                head.seq,
+                store_id,
+            )
+            return None
+        return head
+
+    def _mirror_problems(
+        self, store: Store, kv_head: MirroredHead | None
+    ) -> list[tuple[str, str, MirroredHead | None]]:
+        """(what is wrong, which mirror, its head) for each mirror the store is behind."""
+        problems: list[tuple[str, str, MirroredHead | None]] = []
+        if self._head_file_error is not None:
+            problems.append((self._head_file_error, "head_file", None))
+        hp = head_path(self.store_path)
+        if self._file_head is not None:
+            text = behind(store, self._file_head, f"the head file {hp}")
+            if text is not None:
+                problems.append((text, "head_file", self._file_head))
+        if kv_head is not None:
+            where = f"the JetStream KV mirror ({STATE_BUCKET} {self.kv_head_key})"
+            text = behind(store, kv_head, where)
+            if text is not None:
+                problems.append((text, "jetstream_kv", kv_head))
+        return problems
+
+    def _settle_store(
+        self, store: Store, problems: list[tuple[str, str, MirroredHead | None]]
+    ) -> None:
+        """Give the store an id; record an accepted rollback (a new generation) and a restore."""
+        identity = store.ensure_identity()
+        now = self.wall_clock()
+        if problems:
+            operator = self.accept_store_rollback
+            assert operator is not None
+            heads = [h for _, _, h in problems if h is not None]
+            generation = 1 + max([identity.generation, *(h.generation for h in heads)])
+            head = store.committed_head
+            payload = {
+                "store_head": msgspec.to_builtins(head),
+                "generation": generation,
+                "mirrors": [
+                    {"mirror": which, "problem": text, "head": msgspec.to_builtins(h)}
+                    for text, which, h in problems
+                ],
+            }
+            with store.transaction():
+                store.set_generation(generation)
+                store.append_audit("store_rollback_accepted", payload, actor=operator, ts=now)
+            log.warning(
+                "%s accepted running on a store behind its mirror (now generation %d): %s",
+                operator,
+                generation,
+                "; ".join(text for text, _, _ in problems),
+            )
+        elif self.accept_store_rollback is not None:
+            log.info("--accept-store-rollback: the store is not behind its mirror; nothing to do")
+        marker = store.get(RESTORED_KEY)
+        if marker is not None:
+            try:
+                note: dict[str, object] = msgspec.json.decode(marker, type=dict[str, object])
+            except msgspec.DecodeError:
+                note = {"note": marker.decode(errors="replace")}
+            actor = note.get("operator")
+            with store.transaction():
+                store.append_audit(
+                    "store_restored",
+                    note,
+                    actor=actor if isinstance(actor, str) and actor else SYSTEM_ACTOR,
+                    ts=now,
+                )
+                store.delete(RESTORED_KEY)
+            log.warning("the store was restored from a backup: %s", note.get("source"))
+        store.checkpoint()  # the id, generation and records above into the main file now
+
+    async def _mirror_kv(self, data: bytes) -> None:
+        if self.guard is not None:
+            await self.guard.mirror_state(self.kv_head_key, data)
+
+    async def _wal_checkpoints(self) -> None:
+        """Copy the WAL into the main file every ``wal_checkpoint_interval`` (PASSIVE: never
+        waits for a reader; what it could not copy goes next time). The loop never dies."""
+        interval = self.config.wal_checkpoint_interval.total_seconds()
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            store = self.store
+            if store is None or store.closed:
+                continue
+            try:
+                result = await asyncio.to_thread(store.checkpoint)
+            except StoreError as e:
+                if not failing:
+                    log.error("WAL checkpoint failed (%s); retrying every %.3gs", e, interval)
+                failing = True
+                continue
+            if failing:
+                log.warning("WAL checkpoints work again")
+            failing = False
+            if not result.complete:
+                log.debug("WAL checkpoint incomplete (a reader): %s", result)
 
     async def _start_embedded(self) -> None:
         emb = self.config.embedded
@@ -427,11 +654,11 @@ class Daemon:
         if self.service is not None:
             with contextlib.suppress(Exception):
                 await self.service.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(list(self._tasks), "daemon")
+        if self.head_mirror is not None and self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):  # the head file is written again below
+                async with asyncio.timeout(5):
+                    await self.head_mirror.flush()  # file and JetStream KV, while NATS is up
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()  # processes what is buffered, flushes, closes
@@ -442,7 +669,12 @@ class Daemon:
         self._subs.clear()
         await self._stop_embedded()
         if self.store is not None:
-            self.store.close()
+            self.store.close()  # checkpoints the WAL into the main file
+        if self.head_mirror is not None:
+            try:  # the final head, after the last commit
+                self.head_mirror.write_file()
+            except OSError as e:
+                log.error("cannot write the head file %s: %s", self.head_mirror.path, e)
         self.data_lock.release()  # last: the next daemon may start now
         log.info(
             "rampart stopped: %d events ingested, %d rejected",

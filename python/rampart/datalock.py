@@ -20,6 +20,7 @@ class DataDirLocked(RuntimeError):
     """Another process holds the data directory."""
 
     def __init__(self, data_dir: Path, holder: int | None) -> None:
+        self.data_dir = data_dir
         self.holder = holder
         who = f"PID {holder}" if holder is not None else "a process whose PID it did not write"
         super().__init__(
@@ -32,9 +33,10 @@ class DataDirLocked(RuntimeError):
 class DataDirLock:
     """``acquire()`` takes the lock or raises ``DataDirLocked``; ``release()`` gives it back."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], role: str = "daemon") -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / LOCK_FILE
+        self.role = role  # who takes it (the daemon, `rampart restore`), for messages
         self._fd: int | None = None
 
     @property
@@ -79,3 +81,17 @@ def _holder(fd: int) -> int | None:
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.01)
+
+
+class HeldDataDir:
+    """``with HeldDataDir(data_dir, role):`` the lock for a block (``rampart restore``)."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], role: str) -> None:
+        self.lock = DataDirLock(data_dir, role)
+
+    def __enter__(self) -> DataDirLock:
+        self.lock.acquire()
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

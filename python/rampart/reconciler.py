@@ -34,6 +34,7 @@ from rampart.protocol import (
 )
 from rampart.reconcile import AlgoPlan, Op, Plan, combine, describe, plan_algo
 from rampart.rollback import RollbackExecutor
+from rampart.tasks import stop_tasks
 
 log = logging.getLogger("rampart.reconciler")
 
@@ -256,11 +257,7 @@ class Reconciler:
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks, "reconciler")
         self._tasks.clear()
 
     async def _loop(self, gateway: str) -> None:

@@ -231,7 +231,7 @@ def format_status(reply: StatusReply) -> str:
         f"{d.ingest.dead_lettered}, breaches {d.ingest.breaches}",
     ]
     if d.store_error:
-        lines.append(f"STATE STORE UNREADABLE, everything halted: {d.store_error}")
+        lines.append(f"STATE STORE PROBLEM, everything halted: {d.store_error}")
     for g in d.gateways:
         health = "healthy" if g.health.ok else "UNHEALTHY"
         if g.alive is False:

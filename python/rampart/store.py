@@ -1,14 +1,19 @@
 """The sidecar's durable store: one SQLite file, the source of truth for its own state.
 
 WAL journal with ``synchronous=FULL``: every write has been committed and fsynced when the call
-returns. The file holds the halted latches, rollback records, a small key/value table for other
+returns. Committed pages live in the write-ahead log (``<file>-wal``) until a checkpoint copies
+them into the main file: :meth:`Store.checkpoint` (the daemon runs it on a timer), at open, and
+:meth:`Store.close`. Memory-mapped I/O of the database file is off (``mmap_size=0``): a file
+truncated or made unreadable under a mapping kills the process with SIGBUS instead of raising an
+error. The file holds the halted latches, rollback records, a small key/value table for other
 durable state, and the audit chain (:mod:`rampart.audit`) with its head row, so one
 :meth:`Store.transaction` can store a state change together with its audit record.
 
 Opening checks the file (SQLite header, ``PRAGMA quick_check``, application id, schema version)
-and creates or migrates the schema. Anything wrong raises :class:`StoreError`, whose message says
-what to fix; the daemon then starts with every algorithm halted (fail closed). Runtime database
-errors (disk full, I/O errors) raise StoreError too.
+and creates or migrates the schema (``create=False``: only an existing, initialised store).
+Anything wrong raises :class:`StoreError`, whose message says what to fix; the daemon then starts
+with every algorithm halted (fail closed). Runtime database errors (disk full, I/O errors) raise
+StoreError too.
 
 One connection, guarded by a lock: calls may come from any thread (``asyncio.to_thread``) and are
 short. Never ``await`` inside :meth:`Store.transaction`: the lock is re-entrant per thread, so
@@ -20,6 +25,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +46,12 @@ from rampart.audit import (
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x52414D50  # "RAMP", in the SQLite header of every Rampart store
+# The store's identity and generation (see StoreIdentity), in the kv table.
+STORE_ID_KEY: Final = "store/id"
+GENERATION_KEY: Final = "store/generation"
+# Busy timeout (ms) of the checkpoint at close: a reader (`rampart audit verify`, `rampart backup`)
+# may hold the log for this long before the close gives up on truncating it.
+CLOSE_CHECKPOINT_BUSY_MS: Final = 1000
 
 
 class StoreError(Exception):
@@ -88,6 +100,29 @@ class RollbackRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _rollback_decoder: Final = msgspec.json.Decoder(RollbackRecord)
+
+
+class StoreIdentity(msgspec.Struct, frozen=True, kw_only=True):
+    """Which store this is: ``store_id`` is random, given once (a backup or a restored copy keeps
+    it); ``generation`` counts the deliberate steps back in time (a restore, an accepted rollback),
+    so a head mirrored before one of them is recognised as older than the store."""
+
+    store_id: str | None
+    generation: int
+
+
+class CheckpointResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``PRAGMA wal_checkpoint``: ``busy`` when a reader kept it from finishing; ``log_frames``
+    in the WAL, ``checkpointed`` of them now in the main file (both -1 when not in WAL mode)."""
+
+    busy: bool
+    log_frames: int
+    checkpointed: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.busy and self.checkpointed == self.log_frames
+
 
 # _MIGRATIONS[n] takes a store from schema n to n + 1.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -163,6 +198,12 @@ class Store:
         self._depth = 0
         # Called (on the writing thread) with every write that fails: the daemon fails closed.
         self.on_write_failure: Callable[[StoreError], None] | None = None
+        # The audit head appended by the open transaction, and the last one committed.
+        self._pending_head: AuditHead | None = None
+        self._committed_head: AuditHead | None = None
+        # Called (on the committing thread, under the store's lock) with the new audit head after
+        # every commit that appended to the audit log. Must be quick and must not use the store.
+        self.head_listener: Callable[[AuditHead], None] | None = None
         self._conn: sqlite3.Connection | None = self._open(create=create and not readonly)
 
     # -- opening ---------------------------------------------------------------------------
@@ -172,7 +213,7 @@ class Store:
 
     def _open(self, *, create: bool) -> sqlite3.Connection:
         restore = (
-            "restore it from a backup or move it aside to start empty "
+            "restore it from a backup (`rampart restore BACKUP`) or move it aside to start empty "
             "(the daemon keeps every algorithm halted until then)"
         )
         if self.path.is_dir():
@@ -181,7 +222,9 @@ class Store:
             if self.path.stat().st_size == 0:
                 raise self._fail("the file is empty (truncated?)", restore)
         elif not create:
-            raise self._fail("no such file", "check the path (or let the daemon create it)")
+            raise self._fail(
+                "no such file", "check the path, or restore a backup (`rampart restore BACKUP`)"
+            )
         target = f"{self.path.absolute().as_uri()}?mode=ro" if self.readonly else str(self.path)
         try:
             conn = sqlite3.connect(
@@ -194,13 +237,18 @@ class Store:
         except sqlite3.Error as exc:
             raise self._fail(f"cannot open ({exc})", "check the directory and permissions") from exc
         try:
-            self._prepare(conn, restore)
+            self._prepare(conn, restore, create=create)
+            with self._errors("reading the audit head"):
+                self._committed_head = self._audit_head(conn)
+            if not self.readonly:
+                # what a crash left in the WAL goes to the main file now
+                self._checkpoint(conn, "PASSIVE")
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _prepare(self, conn: sqlite3.Connection, restore: str) -> None:
+    def _prepare(self, conn: sqlite3.Connection, restore: str, *, create: bool) -> None:
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -222,12 +270,29 @@ class Store:
                     "is an SQLite database but not a Rampart state store",
                     "point the store at another path",
                 )
+            if self.readonly or not create:
+                # An empty database: never written, or (WAL mode) every page of it is in a
+                # write-ahead log that is not there. Never "migrate" it: that writes an empty
+                # store over whatever the missing log held.
+                raise self._fail(
+                    "holds no Rampart state (an empty SQLite database)",
+                    f"if a daemon ran on it, its state was in the write-ahead log {self.path}-wal, "
+                    "which is missing: put that file back beside it, or restore a backup "
+                    "(`rampart restore BACKUP`); do not start a daemon on this file",
+                )
         try:
+            conn.execute("PRAGMA mmap_size=0")
+            # Not `locking_mode=EXCLUSIVE`, although it would keep the WAL index in heap memory
+            # instead of the memory-mapped -shm file: it locks every other connection out, and
+            # `rampart audit verify`, `rampart backup` and `rampart restore` (which checks that
+            # no one uses the store) open the store beside the running daemon.
             if self.readonly:
-                if version != SCHEMA_VERSION:
+                if version < SCHEMA_VERSION:
                     raise self._fail(
-                        f"schema version {version}, expected {SCHEMA_VERSION}",
-                        "open it once with the daemon to migrate it",
+                        f"schema version {version} is older than this Rampart's ({SCHEMA_VERSION})",
+                        "verify it with the Rampart release that wrote it; to upgrade it, "
+                        "back it up (`rampart backup`), then start this release's daemon on it "
+                        "(the upgrade keeps every record)",
                     )
             else:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -263,10 +328,22 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Checkpoint the WAL into the main file (TRUNCATE: the -wal file is emptied) and close.
+
+        A reader that holds the log longer than CLOSE_CHECKPOINT_BUSY_MS leaves part of it in the
+        -wal file, which stays valid; SQLite checkpoints it at the next open.
+        """
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+                conn, self._conn = self._conn, None
+                try:
+                    if not self.readonly and not conn.in_transaction:
+                        conn.execute(f"PRAGMA busy_timeout={CLOSE_CHECKPOINT_BUSY_MS}")
+                        self._checkpoint(conn, "TRUNCATE")
+                except (sqlite3.Error, StoreError):
+                    pass  # committed data is safe in the WAL either way
+                finally:
+                    conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -282,6 +359,69 @@ class Store:
         if self._conn is None:
             raise StoreError(f"state store {self.path}: used after close(); open a new Store")
         return self._conn
+
+    def checkpoint(self, mode: Literal["PASSIVE", "TRUNCATE"] = "PASSIVE") -> CheckpointResult:
+        """Copy committed pages from the WAL into the main file, so that the main file alone holds
+        the state as of now (a lost -wal file then loses nothing committed before).
+
+        PASSIVE never waits: it copies what no reader still needs and reports ``busy`` for the
+        rest (the next call copies it). TRUNCATE waits for readers (the busy timeout) and empties
+        the -wal file. Inside a transaction nothing is done (``busy``).
+        """
+        with self._lock:
+            conn = self._db()
+            if self._depth or conn.in_transaction:
+                return CheckpointResult(busy=True, log_frames=-1, checkpointed=-1)
+            return self._checkpoint(conn, mode)
+
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> CheckpointResult:
+        if self.readonly:
+            raise self._fail("checkpoint refused", "this store is open read-only")
+        with self._errors("checkpointing the WAL"):
+            busy, log_frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return CheckpointResult(busy=bool(busy), log_frames=log_frames, checkpointed=done)
+
+    @property
+    def committed_head(self) -> AuditHead | None:
+        """The audit head as of the last commit of this Store (or as opened): never ahead of what
+        is durable. Thread-safe."""
+        return self._committed_head
+
+    def backup_into(self, target: sqlite3.Connection) -> None:
+        """Copy the whole database into ``target`` with SQLite's online backup API, in one step:
+        one read transaction, so the copy is one consistent state even while another process
+        writes (safe beside the running daemon)."""
+        with self._lock, self._errors("copying the database"):
+            self._db().backup(target, pages=-1)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def identity(self) -> StoreIdentity:
+        """The store's id (None until :meth:`ensure_identity`) and generation (0 until set)."""
+        store_id = self.get(STORE_ID_KEY)
+        generation = self.get(GENERATION_KEY)
+        try:
+            gen = int(generation) if generation is not None else 0
+        except ValueError as exc:
+            raise self._fail(
+                f"{GENERATION_KEY} is unreadable ({generation!r})", "restore a backup"
+            ) from exc
+        return StoreIdentity(
+            store_id=store_id.decode(errors="replace") if store_id is not None else None,
+            generation=gen,
+        )
+
+    def ensure_identity(self) -> StoreIdentity:
+        """Give the store a random id if it has none (a new store, or one from before ids)."""
+        with self.transaction():
+            if self.get(STORE_ID_KEY) is None:
+                self.put(STORE_ID_KEY, uuid.uuid4().hex.encode())
+            return self.identity()
+
+    def set_generation(self, generation: int) -> None:
+        """Record a deliberate step back in time (use inside the transaction that audits it)."""
+        _check_int(generation=generation)
+        self.put(GENERATION_KEY, str(generation).encode())
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -322,20 +462,32 @@ class Store:
             with self._errors("starting a transaction"):
                 conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
             self._depth = depth + 1
+            pending = self._pending_head
             try:
                 yield
             except BaseException:
                 self._depth = depth
+                self._pending_head = pending
                 self._rollback(conn, savepoint if depth else None)
                 raise
             self._depth = depth
             try:
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except sqlite3.Error as exc:
+                self._pending_head = pending
                 self._rollback(conn, savepoint if depth else None)
                 raise self._fail(
                     f"commit failed ({exc})", "check disk space and the file system"
                 ) from exc
+            if depth == 0 and self._pending_head is not None:
+                head, self._pending_head = self._pending_head, None
+                self._committed_head = head
+                listener = self.head_listener
+                if listener is not None:
+                    try:
+                        listener(head)
+                    except Exception:  # committed: the caller must not see a failure
+                        pass
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection, savepoint: str | None) -> None:
@@ -515,12 +667,20 @@ class Store:
                 "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
                 (rec.seq, rec.hash),
             )
+            self._pending_head = AuditHead(seq=rec.seq, hash=rec.hash)
         return rec
 
     def audit_head(self) -> AuditHead | None:
         """The newest record's ``(seq, hash)`` as recorded by the head row."""
         with self._lock, self._errors("reading the audit head"):
             return self._audit_head(self._db())
+
+    def audit_hash(self, seq: int) -> str | None:
+        """The stored hash of record ``seq`` (None: no such record)."""
+        rows = self._query("SELECT CAST(hash AS BLOB) FROM audit WHERE seq = ?", (seq,))
+        if not rows or not isinstance(rows[0][0], bytes):
+            return None
+        return bytes(rows[0][0]).decode(errors="replace")
 
     @staticmethod
     def _audit_head(conn: sqlite3.Connection) -> AuditHead | None:

@@ -1,0 +1,267 @@
+"""What keeps the state store honest from outside its own file (issue 10).
+
+SQLite keeps committed pages in the write-ahead log (``rampart.db-wal``) until a checkpoint; a lost
+or forgotten -wal file, or an older copy of ``rampart.db`` put back, opens as a perfectly valid
+store that has silently lost state. So the audit head (the newest record's seq and hash, with the
+store's id and generation) is mirrored outside the file, after every commit that appends to the
+audit log:
+
+* the **head file** beside the store (``<data_dir>/rampart.head``), replaced atomically (temporary
+  file, fsync, rename, fsync of the directory); it may lag the store, never lead it;
+* the **JetStream KV** bucket ``RAMPART_STATE`` (key ``audit.head.<prefix>.<name>``), when there.
+
+At start the daemon compares the store with both (:func:`behind`): a store behind its mirror is
+refused (every algorithm halted) until it is restored (``rampart restore``) or the loss is accepted
+(``rampart run --accept-store-rollback``). The store's *generation* counts those deliberate steps
+back, so a mirror written before one of them is recognised as older than the store.
+
+Also here: the data directory lock a running daemon holds (``rampart restore`` refuses while it
+is held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import re
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+
+from rampart.audit import GENESIS_HASH, AuditHead
+from rampart.store import Store, StoreError, StoreIdentity
+
+log = logging.getLogger("rampart.durability")
+
+HEAD_SUFFIX: Final = ".head"
+# A pending restore, in the restored store's kv table: the next start audits it and removes it.
+RESTORED_KEY: Final = "store/restored"
+HEAD_FORMAT: Final = "rampart-audit-head"
+
+_KV_KEY_CHARS: Final = re.compile(r"[^-/_=.a-zA-Z0-9]")
+_tmp_counter = itertools.count()
+
+
+class HeadFileError(StoreError):
+    """The head file exists but cannot be read or written; the message says what to do."""
+
+
+class MirroredHead(msgspec.Struct, frozen=True, kw_only=True):
+    """The audit head of a store as mirrored outside it. ``seq`` 0 (hash 64 zeros): no record
+    yet. ``written_at``: wall clock ns of the write (information only)."""
+
+    format: Literal["rampart-audit-head"] = HEAD_FORMAT
+    store_id: str | None = None
+    generation: int = 0
+    seq: int
+    hash: str
+    written_at: int = 0
+
+    def key(self) -> tuple[str | None, int, int, str]:
+        return (self.store_id, self.generation, self.seq, self.hash)
+
+
+_head_decoder: Final = msgspec.json.Decoder(MirroredHead)
+
+
+def head_path(db: str | os.PathLike[str]) -> Path:
+    """The head file of the store at ``db``: ``rampart.db`` -> ``rampart.head``."""
+    return Path(db).with_suffix(HEAD_SUFFIX)
+
+
+def kv_key(prefix: str, name: str) -> str:
+    """The JetStream KV key of a daemon's mirrored head (one per subject prefix and name)."""
+    return _KV_KEY_CHARS.sub("_", f"audit.head.{prefix}.{name}")
+
+
+def mirrored(identity: StoreIdentity, head: AuditHead | None, written_at: int) -> MirroredHead:
+    return MirroredHead(
+        store_id=identity.store_id,
+        generation=identity.generation,
+        seq=head.seq if head else 0,
+        hash=head.hash if head else GENESIS_HASH,
+        written_at=written_at,
+    )
+
+
+def decode_head(data: bytes) -> MirroredHead:
+    """Raises msgspec.DecodeError (ValidationError) when ``data`` is not a mirrored head."""
+    head = _head_decoder.decode(data)
+    if head.seq < 0 or head.generation < 0:
+        raise msgspec.ValidationError("seq and generation must be >= 0")
+    return head
+
+
+def encode_head(head: MirroredHead) -> bytes:
+    return msgspec.json.encode(head) + b"\n"
+
+
+def read_head_file(path: Path) -> MirroredHead | None:
+    """The head file at ``path``; None when there is none. Raises HeadFileError when it is
+    there but unreadable (never guessed around: it is the evidence)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HeadFileError(
+            f"head file {path}: cannot read ({exc.strerror}); check its permissions"
+        ) from exc
+    try:
+        return decode_head(data)
+    except msgspec.DecodeError as exc:
+        raise HeadFileError(
+            f"head file {path} is unreadable ({exc}); the store cannot be checked against it: "
+            "restore it from the backup of the data directory, or, if the store is known to be "
+            "complete, run `rampart audit verify` and start with --accept-store-rollback"
+        ) from exc
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: a temporary file beside it, fsync, rename, fsync of the
+    directory. A crash leaves the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_head_file(path: Path, head: MirroredHead) -> None:
+    write_atomically(path, encode_head(head))
+
+
+def _short(digest: str) -> str:
+    return digest[:12]
+
+
+def behind(store: Store, mirror: MirroredHead, where: str) -> str | None:
+    """Why ``store`` is behind (or beside) ``mirror``, or None when it is not.
+
+    * a mirror of an older generation predates a restore or an accepted rollback: ignored;
+    * a mirror of a newer generation: the store is a copy from before one of them;
+    * a mirror further along than the store's head: records committed and then lost;
+    * a mirror whose record the store holds with another hash: another history.
+    """
+    identity = store.identity()
+    if mirror.generation < identity.generation:
+        return None
+    if mirror.generation > identity.generation:
+        return (
+            f"{where} is of generation {mirror.generation} but the store of generation "
+            f"{identity.generation}: the store is a copy from before a restore or an accepted "
+            "rollback"
+        )
+    head = store.audit_head()
+    seq = head.seq if head else 0
+    if mirror.seq > seq:
+        return (
+            f"the store's audit log ends at seq {seq} but {where} records seq {mirror.seq} "
+            f"(hash {_short(mirror.hash)}...) as committed: the store is {mirror.seq - seq} "
+            f"audit record{'s' if mirror.seq - seq != 1 else ''} behind"
+        )
+    if mirror.seq == 0:
+        return None
+    stored = store.audit_hash(mirror.seq)
+    if stored == mirror.hash:
+        return None
+    have = f"hash {_short(stored)}..." if stored is not None else "no such record"
+    return (
+        f"the store's record seq {mirror.seq} has {have} but {where} records hash "
+        f"{_short(mirror.hash)}...: the store holds another history"
+        + (" from there on" if mirror.seq < seq else "")
+    )
+
+
+class HeadMirror:
+    """Keeps the store's committed audit head in the head file and in JetStream KV (created on
+    the event loop; :meth:`wake` from any thread, it is the store's ``head_listener``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        path: Path,
+        *,
+        kv_put: Callable[[bytes], Awaitable[None]] | None,
+        wall_clock: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.path = path
+        self.identity = store.identity()
+        self.kv_put = kv_put
+        self.wall_clock = wall_clock
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._file_lock = threading.Lock()
+        self._file_written: MirroredHead | None = None
+        self._kv_written: MirroredHead | None = None
+        self._failing = False
+
+    def current(self) -> MirroredHead:
+        return mirrored(self.identity, self.store.committed_head, self.wall_clock())
+
+    def wake(self, _head: AuditHead | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: close() writes the file
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def write_file(self) -> bool:
+        """Write the head file if the committed head moved on (never back). Blocking."""
+        with self._file_lock:
+            head = self.current()
+            last = self._file_written
+            if last is not None and (
+                head.key() == last.key()
+                or (head.generation, head.seq) < (last.generation, last.seq)
+            ):
+                return False
+            write_head_file(self.path, head)
+            self._file_written = head
+            return True
+
+    async def flush(self) -> None:
+        """Mirror the committed head now (the file first, then JetStream KV)."""
+        try:
+            await asyncio.to_thread(self.write_file)
+        except OSError as exc:
+            if not self._failing:
+                log.error("cannot write the head file %s (%s); retrying", self.path, exc)
+            self._failing = True
+            self._loop.call_later(1.0, self.wake)
+        else:
+            if self._failing:
+                log.warning("head file %s written again", self.path)
+            self._failing = False
+        head = self._file_written
+        if self.kv_put is not None and head is not None and head != self._kv_written:
+            self._kv_written = head
+            await self.kv_put(encode_head(head))
+
+    async def run(self) -> None:
+        """Mirror at start, then after every commit that appended to the audit log (coalesced:
+        one write at a time, each with the newest head)."""
+        self._wake.set()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
