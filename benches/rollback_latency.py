@@ -2,7 +2,8 @@
 algorithms on one gateway, over a real nats-server on 127.0.0.1.
 
 Run: ``.venv/bin/python benches/rollback_latency.py [--t2h-iterations 1000]
-[--sizes 1:1000,100:200,1000:50] [--gateway both] [--open-orders 1] [--json PATH]``
+[--sizes 1:1000,100:200,1000:50] [--gateway both] [--open-orders 1] [--events core|durable]
+[--json PATH]``
 
 baselines: bare nats-py on the same server: one hop (publish -> callback on another connection)
    and one request -> reply round trip; the floor under every step below.
@@ -41,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import inspect
 import json
 import logging
 import math
@@ -233,8 +235,19 @@ class TimedGateway(ReferenceGateway):
         await super().halt(algo)
 
 
-def t2h_config(data_dir: Path, algos: list[str]) -> DaemonConfig:
+# Since issue 10 fills travel on a JetStream stream (``[events] durable = true``, the default);
+# ``--events core`` takes them from core NATS as before, so the halt path can be compared with
+# a tree from before issue 10 (which has no ``[events]``) on the same transport.
+HAS_EVENTS = "events" in DaemonConfig.__struct_fields__
+GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).parameters
+
+
+def t2h_config(data_dir: Path, algos: list[str], events: str) -> DaemonConfig:
     text = CONFIG.format(data_dir=data_dir)
+    if HAS_EVENTS:
+        text += f"\n[events]\ndurable = {'true' if events == 'durable' else 'false'}\n"
+    elif events == "durable":
+        raise SystemExit("--events durable: this tree has no durable events stream")
     text += "".join(ALGO.format(id=a, gateway=GATEWAY) for a in algos)
     return parse_config(text.encode())
 
@@ -254,7 +267,7 @@ async def tick_to_halt(
     n_total = max(args.t2h_algos, args.t2h_warmup + args.t2h_iterations)
     algos = [f"t2h-{i:05d}" for i in range(n_total)]
     symbol = {a: f"S{i:05d}" for i, a in enumerate(algos)}
-    config = t2h_config(workdir / "t2h", algos)
+    config = t2h_config(workdir / "t2h", algos, args.events)
     daemon = Daemon(config, servers=[url])
     gw_nc: Client | None = None
     feed: Client | None = None
@@ -313,6 +326,7 @@ async def tick_to_halt(
             GATEWAY,
             [HostedAlgo(a, symbol[a], Momentum(), allocation=1.0, active=False) for a in algos],
             deadman_timeout=3600.0,
+            **({"durable": args.events == "durable"} if GATEWAY_HAS_DURABLE else {}),
         )
         await gateway.start()
         feed = await nats.connect(url, name="bench-feed")
@@ -709,6 +723,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "t2h_warmup": args.t2h_warmup,
         "sizes": args.sizes,
         "open_orders": args.open_orders,
+        "events": args.events,
     }
     return result
 
@@ -716,6 +731,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--t2h-iterations", type=int, default=1000, help="0: skip tick-to-halt")
+    p.add_argument(
+        "--events",
+        choices=("core", "durable"),
+        default="core",
+        help="part a: fills from core NATS (as before issue 10) or from the durable events stream",
+    )
     p.add_argument("--t2h-warmup", type=int, default=20)
     p.add_argument("--baseline-iterations", type=int, default=1000, help="0: skip")
     p.add_argument(

@@ -121,15 +121,28 @@ def test_kill_9_at_32_moments_while_fills_flow_loses_and_doubles_nothing(
     ledger = tmp_path / "ledger.jsonl"
     rng = random.Random()
 
+    procs: list[asyncio.subprocess.Process] = []
+
     async def scenario() -> None:
+        try:
+            await body()
+        finally:  # whatever failed: no process outlives the test
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+
+    async def body() -> None:
         nc = await nats.connect(server.url)
         run = ("-m", "rampart", "run", "--config", str(cfg_path), "--servers", server.url)
         daemon = await spawn(*run, log=tmp_path / "daemon.log")
+        procs.append(daemon)
         await until(lambda: statuses(nc), what="the daemon answers status")
         publisher = await spawn(
             PUBLISHER, server.url, "gw1", "alpha,beta", str(ledger), "--rate", "300",
             log=tmp_path / "publisher.log",
         )  # fmt: skip
+        procs.append(publisher)
         kills_while_catching_up = 0
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # up (possibly still catching up)
@@ -137,6 +150,7 @@ def test_kill_9_at_32_moments_while_fills_flow_loses_and_doubles_nothing(
             await daemon.wait()
             await asyncio.sleep(rng.uniform(0.0, 0.3))  # down: fills keep arriving
             daemon = await spawn(*run, log=tmp_path / "daemon.log")
+            procs.append(daemon)
             if rng.random() < 0.5:  # sometimes kill it again before it answers status
                 kills_while_catching_up += 1
                 continue

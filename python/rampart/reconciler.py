@@ -32,7 +32,7 @@ from rampart.protocol import (
     ControlStatus,
     Intent,
 )
-from rampart.reconcile import AlgoPlan, Op, Plan, combine, describe, plan_algo
+from rampart.reconcile import IN_SYNC, AlgoPlan, Op, Plan, combine, describe, plan_algo
 from rampart.rollback import RollbackExecutor
 from rampart.tasks import stop_tasks
 
@@ -113,6 +113,13 @@ class Reconciler:
         # per algorithm: the inputs of its last plan (stored intent, halted, actual, all by
         # identity) and the plan; a pass re-plans only the algorithms whose inputs changed
         self._memo: dict[str, tuple[Intent | None, bool, AlgoActual | None, AlgoPlan]] = {}
+        # per gateway: its algorithms' parts that are not in sync (what a plan is made of), the
+        # algorithms to plan again at the next pass (None: all of them), and when the next full
+        # pass is due (a full pass every resync_interval catches any change nobody kicked for)
+        self._parts: dict[str, dict[str, AlgoPlan]] = {gw: {} for gw in self.gateways}
+        self._dirty: dict[str, set[str] | None] = dict.fromkeys(self.gateways)
+        self._next_full: dict[str, float] = dict.fromkeys(self.gateways, 0.0)
+        self._order = {a: i for algos in self.gateways.values() for i, a in enumerate(algos)}
         self._kicks = {gw: asyncio.Event() for gw in self.gateways}
         self._stuck: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -177,10 +184,22 @@ class Reconciler:
         """Plan again now: for these algorithms' gateways (every gateway with ``None``)."""
         if algos is None:
             targets = set(self.gateways)
+            for gw in targets:
+                self._dirty[gw] = None
         else:
-            targets = {gw for a in algos if (gw := self.gateway_of.get(a)) is not None}
+            targets = set()
+            for a in algos:
+                owner = self.gateway_of.get(a)
+                if owner is not None:
+                    targets.add(owner)
+                    self._mark(owner, (a,))
         for gw in targets:
             self._kicks[gw].set()
+
+    def _mark(self, gateway: str, algos: Iterable[str]) -> None:
+        dirty = self._dirty[gateway]
+        if dirty is not None:
+            dirty.update(algos)
 
     # ---- reports --------------------------------------------------------------------------------
 
@@ -193,9 +212,13 @@ class Reconciler:
         if gateway not in self.gateways:
             return
         self.reported_at[gateway] = self.wall_clock()
-        changed = self._acked.pop(gateway, None) is not None
+        acked = self._acked.pop(gateway, None)
+        changed = acked is not None
+        if acked:
+            self._mark(gateway, acked)
         if state is not None or gateway not in self.actual:
             self.actual[gateway] = {a.algo: a for a in state or ()}
+            self._dirty[gateway] = None
             changed = True
         if changed:
             self._kicks[gateway].set()
@@ -215,16 +238,22 @@ class Reconciler:
             return acked[algo]
         return self.actual.get(gateway, {}).get(algo)
 
-    def plan_for(self, gateway: str) -> Plan:
-        """The gateway's plan. Each algorithm is planned again only when its stored intent,
-        its latch or its actual state is another object than at its last plan (reports and
-        acks replace objects, never change them): a pass over 1,000 algorithms in sync costs
-        a lookup each, not a plan each."""
+    def plan_for(self, gateway: str, *, full: bool = True) -> Plan:
+        """The gateway's plan. ``full``: look at every algorithm; otherwise only at those
+        marked since the last pass (by ``kick``, ``remember``, a changed report or an ack):
+        the caller promises that nothing else changed (the guard kicks for every latch it sets
+        or lifts). Either way an algorithm is planned again only when its stored intent, its
+        latch or its actual state is another object than at its last plan (reports and acks
+        replace objects, never change them), so a pass costs a lookup per algorithm looked at,
+        and the plan is made of the parts not in sync."""
+        dirty = self._dirty[gateway]
+        self._dirty[gateway] = set()
+        looked = self.gateways[gateway] if full or dirty is None else dirty
         seen = self.seen(gateway)
         halted = self.halted()
         memo = self._memo
-        parts: list[tuple[str, AlgoPlan]] = []
-        for algo in self.gateways[gateway]:
+        parts = self._parts[gateway]
+        for algo in looked:
             base = self.intents.get(algo)
             h = algo in halted
             act = seen.get(algo)
@@ -232,8 +261,12 @@ class Reconciler:
             if m is None or m[0] is not base or m[1] != h or m[2] is not act:
                 intent = msgspec.structs.replace(base or Intent(algo=algo), halted=h)
                 m = memo[algo] = (base, h, act, plan_algo(intent, act))
-            parts.append((algo, m[3]))
-        return combine(parts)
+            if m[3] is IN_SYNC:
+                parts.pop(algo, None)
+            else:
+                parts[algo] = m[3]
+        order = self._order
+        return combine(sorted(parts.items(), key=lambda kv: order[kv[0]]))
 
     def control_status(self, algo: str, gateway: str) -> ControlStatus:
         intent = self.intent(algo)
@@ -294,10 +327,16 @@ class Reconciler:
             return None  # no report yet: nothing to compare with
         if any(self.gateway_of.get(a) == gateway for a in self.busy()):
             return None  # a rollback is on it; it kicks when done
-        p = self.plan_for(gateway)
+        now = time.monotonic()
+        full = now >= self._next_full[gateway]
+        if full:
+            self._next_full[gateway] = now + self.settings.resync_interval
+        p = self.plan_for(gateway, full=full)
         self._track_drift(gateway, p)
         if p.adopt:
+            adopted = [a for a, _ in p.adopt]
             await self.on_adopt(gateway, list(p.adopt))
+            self._mark(gateway, adopted)  # their latches changed: plan them again
             return True  # the latches changed the intents: plan again
         if not p.ops:
             return None
@@ -385,6 +424,7 @@ class Reconciler:
         if not done:
             return
         acked = self._acked.setdefault(gateway, {})
+        self._mark(gateway, (op.algo for op in done))
         for op in done:
             cur = self.seen_one(gateway, op.algo) or AlgoActual(algo=op.algo, halted=False)
             match op.kind:

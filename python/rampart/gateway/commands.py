@@ -64,6 +64,8 @@ class CommandBook:
     """Per-gateway command state. ``algos`` holds every algorithm a command has touched."""
 
     algos: dict[str, AlgoControl] = field(default_factory=dict)
+    # Bumped by every change a report would show (a heartbeat re-encodes its state only then).
+    version: int = 0
     # command id -> algorithms it has been applied to (a retry of those is a duplicate)
     _applied: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
 
@@ -97,6 +99,7 @@ class CommandBook:
         return None
 
     def applied(self, command: Command, target: CommandTarget) -> None:
+        self.version += 1
         done = self._applied.get(command.command_id)
         if done is None:
             done = self._applied[command.command_id] = set()
@@ -125,6 +128,7 @@ class CommandBook:
     def halt_locally(self, algo: str, cause: HaltCause = "deadman") -> None:
         """A halt the gateway decided itself (its dead-man's switch, or its own risk checks):
         only a later resume lifts it, and it is reported with its cause."""
+        self.version += 1
         ctl = self.control(algo)
         ctl.halted = True
         ctl.halt_cause = cause

@@ -21,12 +21,13 @@ from nats.aio.subscription import Subscription
 
 from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
 from rampart.protocol import (
+    HEARTBEAT_VERSION,
     Command,
     CommandAck,
     CommandTarget,
     ErrorReply,
     Health,
-    Heartbeat,
+    HeartbeatFrame,
     Subjects,
     TargetResult,
     command_decoder,
@@ -215,16 +216,22 @@ class GatewayAgent:
     async def _heartbeat_loop(self) -> None:
         subject = self.subjects.heartbeat(self.gateway)
         interval_ms = int(self.heartbeat_interval * 1000)
+        cached: tuple[int, list[str], msgspec.Raw] | None = None
         while True:
             if self.nc.is_connected:
                 algos = self.handlers.algorithms()
-                hb = Heartbeat(
+                # the state of every algorithm, encoded again only when it changed
+                if cached is None or cached[0] != self.book.version or cached[1] != algos:
+                    state = [self.book.report(a) for a in algos]
+                    cached = (self.book.version, list(algos), msgspec.Raw(encoder.encode(state)))
+                hb = HeartbeatFrame(
                     gateway=self.gateway,
                     ts=self.wall_clock(),
                     health=self.handlers.health(),
                     algos=algos,
-                    state=[self.book.report(a) for a in algos],
+                    state=cached[2],
                     interval_ms=interval_ms,
+                    v=HEARTBEAT_VERSION,
                 )
                 with contextlib.suppress(Exception):
                     await self.nc.publish(subject, encoder.encode(hb))
