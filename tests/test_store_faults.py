@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -162,7 +163,7 @@ async def with_world(server: EmbeddedNatsServer, tmp: Path, disk: Path, body: An
 def test_a_store_that_cannot_grow_halts_everything_and_a_restart_stays_halted(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
-    """From outside, the running daemon's file-size limit drops to 1 byte (``prlimit``): every
+    """From outside, the running daemon's file-size limit drops to 1 byte (``prlimit(2)``): every
     write that extends a file now fails with EFBIG, as on a full disk, at once and every time.
     Rampart fails closed: halts everything at the gateway, says why in status, refuses deploys;
     restarted without the limit, it comes back halted and resumes nothing by itself."""
@@ -170,7 +171,7 @@ def test_a_store_that_cannot_grow_halts_everything_and_a_restart_stays_halted(
     disk.mkdir()
 
     async def body(w: World, daemon: Any) -> Any:
-        subprocess.run(["prlimit", f"--pid={daemon.pid}", "--fsize=1"], check=True)
+        resource.prlimit(daemon.pid, resource.RLIMIT_FSIZE, (1, 1))  # prlimit(2), from outside
         await until(w.halted_at_gateway, timeout=30, what="halted once writes fail")
         st = await w.status()
         assert st is not None and "cannot be written" in (st.daemon.store_error or ""), st
