@@ -21,7 +21,6 @@ from rampart.audit import (
     MAX_PROBLEMS,
     AuditHead,
     AuditRecord,
-    audit_verify_main,
     canonical_payload,
     decode_record,
     encode_record,
@@ -30,6 +29,7 @@ from rampart.audit import (
     verify,
     verify_against,
 )
+from rampart.durability import audit_verify_main
 from rampart.store import Store, StoreError
 
 # ---- the hash rule ------------------------------------------------------------------------

@@ -20,11 +20,12 @@ import msgspec
 import pytest
 from support import until
 
-from rampart.audit import GENESIS_HASH, AuditHead, audit_verify_main
+from rampart.audit import GENESIS_HASH, AuditHead
 from rampart.durability import (
     HeadFileError,
     HeadMirror,
     MirroredHead,
+    audit_verify_main,
     behind,
     decode_head,
     head_path,

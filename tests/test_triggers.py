@@ -17,9 +17,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import until
 
-from rampart.audit import audit_verify_main
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import STORE_FILE, Daemon
+from rampart.durability import audit_verify_main
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.protocol import (

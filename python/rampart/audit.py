@@ -6,13 +6,12 @@ prev_hash]`` written by msgspec with sorted object keys and no whitespace (docs/
 byte-level rules so another language can verify). The records live in the daemon's SQLite store
 (:mod:`rampart.store`), next to a head row ``(seq, hash)`` written in the same transaction, and are
 published to a JetStream stream; :func:`verify` checks one chain, :func:`verify_against` compares
-two copies, and :func:`audit_verify_main` is ``rampart audit verify``.
+two copies (``rampart audit verify`` is :func:`rampart.durability.audit_verify_main`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
@@ -309,76 +308,3 @@ def verify_against(
         )
     last = mine.get(local_end)
     return problems.result(compared, AuditHead(seq=last.seq, hash=last.hash) if last else None)
-
-
-# ---- rampart audit verify ------------------------------------------------------------------
-
-
-def audit_verify_main(db_path: str, *, json_out: bool = False) -> int:
-    """``rampart audit verify``: check the audit chain of the store at ``db_path``.
-
-    Opens the database read-only (safe while the daemon runs: the check reads one consistent
-    snapshot) and compares it with the head file beside it (``rampart.head``, the audit head the
-    daemon mirrors after every commit): a store whose chain is intact but that ends before that
-    head has lost committed records (a lost ``-wal`` file, an older copy put back). Prints a
-    summary naming the first bad seq and why, or a JSON object with ``json_out``. Returns 0 when
-    the chain verifies and the store is not behind its head file, 1 when it has been tampered
-    with or is behind, 2 when the database cannot be read.
-    """
-    from rampart.durability import HeadFileError, behind, head_path, read_head_file
-    from rampart.store import Store, StoreError
-
-    hp = head_path(db_path)
-    mirror_note = None
-    try:
-        mirror = read_head_file(hp)
-    except HeadFileError as exc:
-        mirror, mirror_note = None, str(exc)
-    mirror_json = msgspec.to_builtins(mirror) if mirror is not None else None
-    lag = None
-    try:
-        with Store(db_path, readonly=True) as store:
-            result = store.verify_audit()
-            if mirror is not None:
-                lag = behind(store, mirror, f"the head file {hp}")
-    except StoreError as exc:
-        error = str(exc)
-        if mirror is not None and mirror.seq > 0:
-            error += (
-                f" (the head file {hp} records audit seq {mirror.seq} as committed to this store)"
-            )
-        if json_out:
-            report = {"path": db_path, "ok": False, "error": error, "mirror": mirror_json}
-            print(msgspec.json.encode(report).decode())
-        else:
-            print(f"audit log UNREADABLE: {error}", file=sys.stderr)
-        return 2
-    if lag is not None:
-        lag = (
-            f"{lag}: committed records are missing from this store (a lost {db_path}-wal file, "
-            "or an older copy put back). Do not start the daemon on it as it is: restore the "
-            "newest backup (`rampart restore BACKUP --operator NAME`), or accept the loss "
-            "(`rampart run --accept-store-rollback --operator NAME`, recorded in the audit log)"
-        )
-        result = msgspec.structs.replace(result, ok=False, problems=[*result.problems, lag])
-    if json_out:
-        report = {
-            "path": db_path,
-            **msgspec.structs.asdict(result),
-            "mirror": mirror_json,
-            "behind": lag,
-        }
-        print(msgspec.json.encode(report).decode())
-    elif result.ok:
-        tip = f", head seq {result.last.seq} hash {result.last.hash}" if result.last else ""
-        print(f"audit log OK: {db_path}: {result.count} records verified{tip}")
-    elif lag is not None and len(result.problems) == 1:
-        print(f"audit log BEHIND ITS HEAD FILE: {db_path}: {result.count} records verified; {lag}")
-    else:
-        print(f"audit log TAMPERED: {db_path}: first bad record {result.problems[0]}")
-        print(f"{result.count} records checked; problems:")
-        for problem in result.problems:
-            print(f"  {problem}")
-    if mirror_note is not None and not json_out:
-        print(f"note: {mirror_note}", file=sys.stderr)
-    return 0 if result.ok else 1

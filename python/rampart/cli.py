@@ -392,7 +392,7 @@ def _store_path(args: argparse.Namespace, verb: str) -> str | None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from rampart.audit import audit_verify_main
+    from rampart.durability import audit_verify_main
 
     db = _store_path(args, "audit verify")
     if db is None:

@@ -8,14 +8,28 @@ allocation and deployment stage, breaches, and rollbacks with their step duratio
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from rampart.daemon import Daemon
+from rampart._core import Engine
+from rampart.guard import Guard
+from rampart.protocol import IngestStats
+from rampart.runner import DeploymentRunner
+
+
+class Scraped(Protocol):
+    """The daemon's parts the collector reads at each scrape."""
+
+    stats: IngestStats
+    slow_consumer_drops: int
+    guard: Guard | None
+    engine: Engine
+    gateway_of: dict[str, str]
+    runner: DeploymentRunner
+
 
 PHASE_CODES = {
     "paper": 0,
@@ -33,7 +47,7 @@ PHASE_CODES = {
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Scraped) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -111,7 +125,7 @@ class DaemonCollector(Collector):
         yield from (rollbacks, steps)
 
 
-def serve_metrics(daemon: Daemon, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
+def serve_metrics(daemon: Scraped, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
     """Expose the daemon's metrics on ``http://host:port/metrics``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
