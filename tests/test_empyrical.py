@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 
 import empyrical  # type: ignore[import-untyped]
 import numpy as np
@@ -27,6 +28,12 @@ T0 = 1_764_028_800_000_000_000  # 2025-11-25 00:00 UTC: a multiple of every inte
 HOUR = 3_600 * 10**9
 YEAR = 365 * 24 * HOUR
 REL = 1e-9
+RETURN_ROUNDING = 8 * sys.float_info.epsilon  # docs/metrics.md: |r| <= 8·ε is recorded as 0
+
+
+def recorded(r: float) -> float:
+    """The return the core records for a period that returned ``r`` (docs/metrics.md, "Returns")."""
+    return 0.0 if abs(r) <= RETURN_ROUNDING else r
 
 
 def empyrical_sharpe(returns: list[float], rf: float, n: float) -> float | None:
@@ -57,25 +64,35 @@ def run_one_mark_per_period(
     for price, gap in zip(prices[1:], gaps, strict=True):
         period += 1 + gap
         engine.mark("X", price, T0 + period * interval + interval // 2)
-        returns.append(end / start - 1.0)  # the mark closes the open period first...
+        returns.append(recorded(end / start - 1.0))  # the mark closes the open period first...
         returns.extend([0.0] * gap)  # ...and the empty ones after it
         start, end = end, equity(capital, 0.0, qty, p0, price)
     engine.advance(T0 + (period + 1) * interval)
-    returns.append(end / start - 1.0)
+    returns.append(recorded(end / start - 1.0))
     return engine, returns
 
 
-def well_conditioned(returns: list[float], window: int) -> bool:
-    """Sharpe is a ratio of mean and spread. When the window's spread is tiny against the returns
-    that passed through it since the core last recomputed its sums (the last ``2W``: the doc keeps
-    the window "incrementally (Welford with removal)", recomputed every ``W`` removals), no two
-    float implementations agree to 1e-9. The property tests against the reference cover that
-    regime with an explicit rounding allowance; here we keep to well-conditioned series."""
+def well_conditioned(returns: list[float], window: int, rf_per_period: float) -> bool:
+    """Sharpe is a ratio of mean and spread ``s``; when ``s`` is tiny against the numbers that
+    went into it, no two float implementations agree to 1e-9. Two such numbers here:
+
+    - the returns that passed through the window since the core last recomputed its sums (the
+      last ``2W``: the doc keeps the window "incrementally (Welford with removal)", recomputed
+      every ``W`` removals), largest magnitude ``M``. Each removal rounds the sum of squares by
+      about ε·M², a relative Sharpe error of about c·ε·(M/s)² (c up to 0.42 in a targeted search):
+      ``s >= 1e-3·M`` keeps it below c·2.2e-10, 1e-9 up to c = 4.5;
+    - the per-period risk-free rate: empyrical subtracts it from every return before taking the
+      spread, each difference rounded by up to ε/2·|rf/N|, a relative error of about ε·|rf/N|/s:
+      ``s >= 1e-6·rf/N`` keeps it below 2.2e-10.
+
+    The property tests against the reference cover that regime with an explicit rounding
+    allowance; here we keep to well-conditioned series."""
     last = returns[-window:]
     if len(last) < 2:
         return True
     spread = statistics.stdev(last)
-    return spread == 0 or spread >= 1e-4 * max(abs(r) for r in returns[-2 * window :])
+    scale = max(abs(r) for r in returns[-2 * window :])
+    return spread == 0 or (spread >= 1e-3 * scale and spread >= 1e-6 * abs(rf_per_period))
 
 
 price_steps = st.lists(st.floats(-0.03, 0.03), min_size=1, max_size=60)
@@ -118,8 +135,8 @@ def test_sharpe_equals_empyrical(
     )
     engine, returns = run_one_mark_per_period(config, qty, prices, gap_choices[: len(steps)])
     expected_window = returns[-window:]
-    assume(well_conditioned(returns, window))
     n = YEAR / interval if periods_per_year is None else periods_per_year
+    assume(well_conditioned(returns, window, rf / n))
     snap = engine.snapshot("algo")
     assert snap.returns_count == len(expected_window)
     want = empyrical_sharpe(expected_window, rf, n)
@@ -162,6 +179,27 @@ def test_sharpe_is_undefined_like_empyrical() -> None:
     assert returns[-4:] == [0.0] * 4
     assert engine.snapshot("algo").sharpe is None
     assert empyrical_sharpe(returns[-4:], 0.0, 8760.0) is None
+
+
+@pytest.mark.parametrize("ulps", [8, 9])
+def test_sharpe_at_the_return_rounding_threshold(ulps: int) -> None:
+    """A period returning exactly 8 ulps is recorded as 0 (so ``[0, 0]`` has no Sharpe), 9 ulps is
+    a return (``[0, r]`` has Sharpe sqrt(N / 2) whatever r). Found by test_sharpe_equals_empyrical
+    (capital 431767, price 20 -> 20·(1 + 3.94e-11): a return of exactly 8·ε), while its expected
+    series missed the rule: empyrical then saw ``[0, 8·ε]`` and gave 66.18 = sqrt(8760 / 2)."""
+    capital, p0 = 2.0**14, 20.0
+    eps = sys.float_info.epsilon
+    config = AlgoConfig("algo", "1.0.0", capital, sharpe_window=2)
+    price = p0 + ulps * eps * capital  # exact: the equity is C·(1 + ulps·ε), a float
+    engine, returns = run_one_mark_per_period(config, 1.0, [p0, price], [0])
+    assert engine.returns("algo") == returns == [0.0, 0.0 if ulps == 8 else ulps * eps]
+    want = empyrical_sharpe(returns, 0.0, 8760.0)
+    if ulps == 8:
+        assert want is None
+        assert engine.snapshot("algo").sharpe is None
+    else:
+        assert want == pytest.approx(math.sqrt(8760 / 2), rel=1e-12)
+        assert engine.snapshot("algo").sharpe == pytest.approx(want, rel=REL)
 
 
 @settings(max_examples=80)
@@ -264,7 +302,7 @@ def test_session_sharpe_equals_empyrical_on_trading_days(
     # The equity at each close; the first session's return is measured from the capital.
     closes_equity = [capital + qty * (p - p0) for p in prices]
     expected = [e / s - 1.0 for s, e in zip([capital, *closes_equity], closes_equity, strict=False)]
-    expected = [0.0 if abs(r) <= 8 * 2.220446049250313e-16 else r for r in expected]
+    expected = [recorded(r) for r in expected]
     got = engine.returns("spx")
     assert len(got) == min(window, len(expected)), "weekends and holidays add no return"
     assert got == pytest.approx(expected[-window:], rel=REL, abs=1e-15)
