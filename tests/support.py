@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -14,3 +17,27 @@ async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met within the timeout")
         await asyncio.sleep(0.005)
+
+
+async def eventually(cond: Callable[[], Any], timeout: float, what: str = "") -> None:
+    """Wait (bounded) until ``cond()`` is true; ``cond`` may return an awaitable (a status
+    request over NATS, say). The fault tests' wait, with what was awaited in the failure."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        ok = cond()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok:
+            return
+        if loop.time() > end:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
+    """``python ARGS...`` as its own process, its stderr appended to ``log``."""
+    with log.open("ab") as f:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
+        )

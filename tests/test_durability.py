@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from support import eventually
 
 from rampart.backup import BackupError, restore
 from rampart.durability import read_head_file
@@ -143,18 +144,8 @@ class World:
         return target
 
 
-async def until(cond: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        ok = cond()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+async def until(cond: Any, timeout: float = TIMEOUT, what: str = "") -> None:
+    await eventually(cond, timeout, what)
 
 
 @asynccontextmanager

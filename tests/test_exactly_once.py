@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +21,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from support import eventually, spawn
 
 from rampart.config import parse_config
 from rampart.embedded import EmbeddedNatsServer
@@ -55,25 +55,8 @@ capital = 100000000
 """
 
 
-async def spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as f:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
-        )
-
-
 async def until(cond: Any, timeout: float = 30.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        ok = cond()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+    await eventually(cond, timeout, what)
 
 
 async def statuses(nc: Client) -> dict[str, AlgoStatus] | None:

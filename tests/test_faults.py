@@ -19,6 +19,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from support import eventually, spawn
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
@@ -66,13 +67,6 @@ def write_config(tmp: Path, hb_timeout: str = "PT1H") -> Path:
     cfg = tmp / "rampart.toml"
     cfg.write_text(CONFIG.format(data_dir=tmp / "data", hb_timeout=hb_timeout))
     return cfg
-
-
-async def spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as f:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
-        )
 
 
 async def kill(proc: asyncio.subprocess.Process, sig: int = signal.SIGKILL) -> None:
@@ -163,17 +157,7 @@ class World:
 
 
 async def until(cond: Any, timeout: float = CONVERGE_S, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        ok = cond()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+    await eventually(cond, timeout, what)
 
 
 @asynccontextmanager

@@ -19,7 +19,8 @@ from typing import Any
 
 import nats
 import pytest
-from test_faults import GATEWAY, no_increase_while_halted, spawn, until
+from support import spawn
+from test_faults import GATEWAY, no_increase_while_halted, until
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (

@@ -736,18 +736,18 @@ class Daemon:
         stats.events_behind = md.num_pending
         if md.num_pending == 0:
             self._caught_up.set()
-        await self._on_event(msg, seq)
+        # _on_event ingests (or refuses) before its first await: no checkpoint can come between
+        stats.events_seq = seq
+        await self._on_event(msg, durable=True)
 
     def _ingest_durable(self, subject: str, data: bytes, wall: int) -> list[Breach] | None:
         return self.engine.ingest_msg(subject, data, wall, durable=True)
 
-    async def _on_event(self, msg: Msg, seq: int | None = None) -> None:
-        """Market data from core NATS; fills and order events from the events stream with
-        their sequence ``seq`` (or from core NATS with ``[events] durable = false``)."""
+    async def _on_event(self, msg: Msg, *, durable: bool = False) -> None:
+        """Market data from core NATS; fills and order events from the events stream
+        (``durable``), or from core NATS with ``[events] durable = false``."""
         data = msg.data
         if len(data) > self._max_payload:
-            if seq is not None:
-                self.stats.events_seq = seq
             await self._reject(
                 msg,
                 "oversize",
@@ -757,15 +757,11 @@ class Daemon:
             return
         try:
             # Identity from the subject; event time bounded by this host's clock.
-            ingest = self._ingest if seq is None else self._ingest_durable
+            ingest = self._ingest_durable if durable else self._ingest
             breaches = ingest(msg.subject, data, self.wall_clock())
         except InvalidEventError as e:
-            if seq is not None:
-                self.stats.events_seq = seq
             await self._reject(msg, e.reason, str(e))
             return
-        if seq is not None:
-            self.stats.events_seq = seq
         self.stats.ingested += 1
         if breaches is not None:
             await self._on_breaches(breaches)
