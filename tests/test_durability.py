@@ -314,6 +314,9 @@ def test_backups_taken_while_the_daemon_writes_are_consistent(
             seen = []
             try:
                 for i in range(4):
+                    if i:  # the writer has appended since the last backup (not left to timing)
+                        grown = w.head_seq()
+                        await until(lambda g=grown: w.head_seq() > g, what="the log grew")
                     dest = tmp_path / f"backup-{i}.db"
                     code, out, err = await cli(
                         "backup", str(dest), "--config", str(w.cfg), "--json"
