@@ -4,8 +4,10 @@ its own process, so fault tests can kill -9 Rampart around it.
     python tests/fill_publisher.py URL GATEWAY ALGO[,ALGO...] LEDGER [--rate N]
 
 Every fill it emits is appended to LEDGER as a JSON line (its Nats-Msg-Id and the fill) before it
-is handed to the outbox. On SIGTERM it stops emitting, waits until the outbox has every fill
-acked by the stream, and writes ``LEDGER.done`` with its counters.
+is handed to the outbox. Every 0.1 s it sends a heartbeat with its positions, as of its outbox's
+last event (docs/protocol.md, "Positions"), for Rampart to compare with its own. On SIGTERM it
+stops emitting, waits until the outbox has every fill acked by the stream, and writes
+``LEDGER.done`` with its counters; it goes on sending heartbeats until a second SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,9 +22,41 @@ from pathlib import Path
 
 import msgspec
 import nats
+from nats.aio.client import Client
 
 from rampart.gateway.outbox import Outbox
-from rampart.protocol import Fill
+from rampart.protocol import (
+    HEARTBEAT_VERSION,
+    Fill,
+    Health,
+    HeartbeatFrame,
+    PositionFrame,
+    Subjects,
+    encoder,
+)
+
+
+async def heartbeats(
+    nc: Client, gateway: str, outbox: Outbox, positions: dict[str, dict[str, float]]
+) -> None:
+    subject = Subjects().heartbeat(gateway)
+    while True:
+        # positions and the outbox's last event in one step: no fill is put between them
+        report = PositionFrame(
+            algos=msgspec.Raw(encoder.encode(positions)), events=outbox.last_event
+        )
+        hb = HeartbeatFrame(
+            gateway=gateway,
+            ts=time.time_ns(),
+            health=Health(market_data=True, order_routing=True, risk_engine=True),
+            algos=sorted(positions),
+            interval_ms=100,
+            positions=report,
+            v=HEARTBEAT_VERSION,
+        )
+        if nc.is_connected:
+            await nc.publish(subject, encoder.encode(hb))
+        await asyncio.sleep(0.1)
 
 
 async def main() -> None:
@@ -43,6 +77,8 @@ async def main() -> None:
     rng = random.Random()
     algos = args.algos.split(",")
     price = {a: 100.0 for a in algos}
+    positions: dict[str, dict[str, float]] = {a: {} for a in algos}
+    beating = asyncio.ensure_future(heartbeats(nc, args.gateway, outbox, positions))
     emitted = 0
     with args.ledger.open("a") as ledger:
         while not stop.is_set():
@@ -61,6 +97,9 @@ async def main() -> None:
             line = {"id": msg_id, "fill": msgspec.to_builtins(fill)}
             ledger.write(json.dumps(line) + "\n")
             ledger.flush()
+            held = positions[algo]
+            signed = fill.qty if fill.side == "buy" else -fill.qty
+            held[fill.symbol] = held.get(fill.symbol, 0.0) + signed
             outbox.fill(fill, msg_id)
             emitted += 1
             await asyncio.sleep(1 / args.rate)
@@ -73,7 +112,13 @@ async def main() -> None:
         "pending": outbox.pending,
         "delivered": delivered,
     }
-    Path(str(args.ledger) + ".done").write_text(json.dumps(done))
+    tmp = Path(str(args.ledger) + ".done.tmp")
+    tmp.write_text(json.dumps(done))
+    tmp.rename(str(args.ledger) + ".done")  # whole, or not there
+    # heartbeats go on (positions final) until a second SIGTERM
+    stop.clear()
+    await stop.wait()
+    beating.cancel()
     await outbox.close()
     await nc.close()
 

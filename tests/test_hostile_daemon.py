@@ -609,6 +609,7 @@ def _algo_dict(algo_id: str, **extra: object) -> dict[str, object]:
         gateway="gw1",
         halted=False,
         control=None,
+        position_check=None,
     )
     fields.update(extra)
     return fields

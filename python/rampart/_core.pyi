@@ -259,6 +259,14 @@ class Engine:
     def last_quote_ts(self, symbol: str) -> int | None: ...
     def returns(self, algo_id: str) -> list[float]:
         """The returns in the Sharpe window, oldest first."""
+    def position_drift(
+        self, gateway: str, report: bytes, tolerance: float
+    ) -> list[tuple[str, str, float, float]]:
+        """``gateway``'s position report (JSON object: algorithm -> symbol -> quantity) against
+        the core's positions of the algorithms it runs (an algorithm left out holds nothing;
+        one the core does not know is skipped): ``(algo, symbol, ours, theirs)`` for each
+        symbol whose quantities differ by more than ``tolerance``, sorted. Raises
+        ``InvalidEventError`` (``decode``, ``wrong_gateway``) for a report it cannot take."""
     # --- checkpoints ---
     def checkpoint(self, algo_id: str) -> bytes:
         """The algorithm's complete state as a versioned JSON checkpoint (docs/metrics.md).

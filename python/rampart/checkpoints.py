@@ -29,6 +29,8 @@ log = logging.getLogger("rampart.checkpoints")
 CHECKPOINT_KEY: Final = "checkpoint/"
 # the events stream's cursor (rampart.event_stream): the last sequence applied, decimal text
 CURSOR_KEY: Final = "ingest/events_seq"
+# each gateway's last durable event the core has applied (position_watch.py), JSON
+GATEWAY_EVENTS_KEY: Final = "ingest/gateway_events"
 # the Throttle key of a checkpoint write that failed as a whole
 ALL_CHECKPOINTS: Final = "*"
 
@@ -55,6 +57,7 @@ class Checkpointer:
         guard: Callable[[], Guard | None],
         spawn: Spawn,
         cursor: Callable[[], int | None] = lambda: None,
+        gateway_events: Callable[[], dict[str, str]] = dict,
         on_failure: Callable[[str], None] = lambda _reason: None,
         wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -66,6 +69,7 @@ class Checkpointer:
         # the events stream's cursor (event_stream.py): stored with every checkpoint, in the
         # same transaction, so that state and cursor always agree
         self.cursor = cursor
+        self.gateway_events = gateway_events
         # a checkpoint write that failed: the daemon fails closed
         self.on_failure = on_failure
         self._stored_cursor: int | None = None
@@ -76,12 +80,14 @@ class Checkpointer:
 
     def take(self) -> list[tuple[str, bytes]]:
         """Every algorithm's core state at this instant (all at once: restore advances the
-        engine clock to the checkpoint's), with the events cursor. One whose state cannot be
+        engine clock to the checkpoint's), with the events cursor and each gateway's last
+        applied event. One whose state cannot be
         checkpointed is left out and failed closed; the others are never held back by it."""
         items = []
         cursor = self.cursor()
         if cursor is not None:
             items.append((CURSOR_KEY, str(cursor).encode()))
+            items.append((GATEWAY_EVENTS_KEY, json.dumps(self.gateway_events()).encode()))
         for a in self.engine.algorithms():
             try:
                 items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))

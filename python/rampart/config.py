@@ -11,7 +11,7 @@ import re
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -196,6 +196,12 @@ class TriggersConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # After Rampart's own NATS link was lost (gateways' dead-man's switches may have halted
     # everything meanwhile): roll back every algorithm once the link is back.
     nats_disconnect: bool = True
+    # An algorithm whose positions differ from its gateway's report (docs/operations.md,
+    # "Positions") for this long: roll it back (trigger position_drift). Drift is shown and
+    # alerted at once; None: shown and alerted only.
+    position_drift: timedelta | None = timedelta(seconds=5)
+    # Quantities closer than this (in lots, per symbol) are equal.
+    position_tolerance: Annotated[float, msgspec.Meta(ge=0)] = 1e-6
 
 
 class RollbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -31,7 +31,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from rampart import __version__
 from rampart._core import Breach, InvalidEventError
-from rampart.checkpoints import CURSOR_KEY, Checkpointer, put_all
+from rampart.checkpoints import CURSOR_KEY, GATEWAY_EVENTS_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
 from rampart.datalock import DataDirLock, DataDirLocked
 from rampart.deployment import Deployment
@@ -49,8 +49,10 @@ from rampart.durability import (
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, start_cursor
+from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
 from rampart.nats_connection import URL_FILE, connect_options
+from rampart.position_watch import Finding, PositionWatch
 from rampart.protocol import (
     HEARTBEAT_VERSION,
     AlertSeverity,
@@ -68,6 +70,7 @@ from rampart.protocol import (
     state_decoder,
 )
 from rampart.reconciler import Reconciler, reconcile_settings
+from rampart.rollback import Scope
 from rampart.runner import DeploymentRunner, Outcome
 from rampart.service import DaemonService
 from rampart.status_builder import StatusBuilder
@@ -157,6 +160,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._closing = False
         self._max_payload = config.ingest.max_payload_bytes
+        self._events_prefix_len = len(config.subject_prefix) + 1
         self._ingest = self.engine.ingest_msg
         self.capital_of = {a.id: a.capital for a in config.algorithms}
         self.runner = DeploymentRunner(
@@ -170,6 +174,7 @@ class Daemon:
         self.deployment_error: str | None = None
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.reconciler: Reconciler | None = None
+        self.position_watch: PositionWatch | None = None
         self.effects: DeploymentEffects | None = None
         self.service: DaemonService | None = None
         self.status_builder = StatusBuilder(self)
@@ -258,6 +263,14 @@ class Daemon:
             wall_clock=self.wall_clock,
         )
         guard.reconciler = self.reconciler
+        t = self.config.triggers
+        watch = self.position_watch = PositionWatch(
+            self.engine,
+            {gw: guard.algos_of_gateway(gw) for gw in sorted(self.configured_gateways)},
+            tolerance=t.position_tolerance,
+            drift_after_ns=None if t.position_drift is None else ns(t.position_drift),
+            caught_up=lambda: self._caught_up.is_set() and self.stats.events_behind == 0,
+        )
         self.checkpointer = Checkpointer(
             self.engine,
             self.store,
@@ -265,6 +278,7 @@ class Daemon:
             guard=lambda: self.guard,
             spawn=self._spawn,
             cursor=lambda: self.stats.events_seq,
+            gateway_events=watch.applied,
             on_failure=self.fail_closed,
             wall_clock=self.wall_clock,
         )
@@ -564,6 +578,9 @@ class Daemon:
         if cursor != stored:
             await asyncio.to_thread(put_all, self.store, [(CURSOR_KEY, str(cursor).encode())])
         self.stats.events_seq = cursor
+        applied = await asyncio.to_thread(self.store.get, GATEWAY_EVENTS_KEY)
+        if applied is not None and cursor == stored and self.position_watch is not None:
+            self.position_watch.restore(msgspec.json.decode(applied, type=dict[str, str]))
         self._events_stream = stream.name
         if stream.last_seq <= cursor:
             self._caught_up.set()
@@ -738,7 +755,24 @@ class Daemon:
             self._caught_up.set()
         # _on_event ingests (or refuses) before its first await: no checkpoint can come between
         stats.events_seq = seq
+        watch = self.position_watch
+        if watch is None or not msg.headers:
+            await self._on_event(msg, durable=True)
+            return
+        # which of its gateway's events the core holds, moved with the cursor (a refused event
+        # counts: the gateway's positions hold it, Rampart's do not, and that is drift)
+        # <prefix>.fills|orders.<gateway>.<algo> (an algorithm id may hold dots)
+        gateway = msg.subject[self._events_prefix_len :].split(".", 2)[1]
+        waiting = watch.on_event(gateway, msg.headers.get(EVENT_SEQ))
         await self._on_event(msg, durable=True)
+        if waiting is not None:
+            try:
+                found = watch.compare(gateway, waiting, self.wall_clock())
+            except InvalidEventError as e:  # a malformed report that waited for its event
+                self.stats.rejected[e.reason] = self.stats.rejected.get(e.reason, 0) + 1
+                log.error("position report of %s refused: %s", gateway, e)
+                return
+            self._on_positions(found)
 
     def _ingest_durable(self, subject: str, data: bytes, wall: int) -> list[Breach] | None:
         return self.engine.ingest_msg(subject, data, wall, durable=True)
@@ -895,6 +929,15 @@ class Daemon:
                     return
                 self._last_state[gateway] = hb.state
             self.reconciler.on_report(gateway, hb.ts, state)
+        watch = self.position_watch
+        if watch is not None:
+            now = self.wall_clock()
+            try:
+                found = watch.on_report(gateway, hb.positions, now) if hb.positions else []
+            except InvalidEventError as e:
+                await self._reject(msg, e.reason, f"position report: {e}")
+                return
+            self._on_positions(found + watch.check(now))
         self.stats.heartbeats += 1
         first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
@@ -906,6 +949,28 @@ class Daemon:
         )
         if first and self.guard is not None:
             self.guard.on_gateway_seen(hb.gateway)
+
+    def _on_positions(self, findings: list[Finding]) -> None:
+        """Drift alerted, its end noted, a lasting one rolled back (position_watch.py)."""
+        guard = self.guard
+        for f in findings:
+            if f.kind == "breach":
+                log.critical("position drift: %s", f.detail)
+                if guard is not None:
+                    scope: Scope = "gateway" if len(f.algos) > 1 else "algo"
+                    guard.trigger(f.algos, scope, "position_drift", f.detail)
+            elif f.kind == "drift":
+                log.error("position drift: %s", f.detail)
+                if guard is not None:
+                    alert = guard.alert("critical", "position drift", f.detail, algos=list(f.algos))
+                    self._spawn(alert, "drift-alert")
+            else:
+                log.warning("position drift over: %s", f.detail)
+                if guard is not None:
+                    alert = guard.alert(
+                        "info", "position drift over", f.detail, algos=list(f.algos)
+                    )
+                    self._spawn(alert, "drift-alert")
 
     # ---- connectivity ---------------------------------------------------------------------
 

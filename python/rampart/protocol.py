@@ -216,6 +216,25 @@ class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):
     drift_since: int | None = None
 
 
+class PositionReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A gateway's positions: algorithm -> symbol -> signed quantity (docs/protocol.md,
+    "Positions"). ``events``: the id of the last durable event the gateway had published when
+    it took them (its outbox's ``<boot>.<n>``, ``n`` = 0 before the first); Rampart compares
+    the report once it has applied exactly that event. ``None``: events on core NATS, compared
+    on arrival."""
+
+    algos: dict[str, dict[str, float]]
+    events: str | None = None
+
+
+class PositionFrame(msgspec.Struct, frozen=True, kw_only=True):
+    """How Rampart reads a :class:`PositionReport`: the positions stay raw JSON, for the core
+    to compare in one call."""
+
+    algos: msgspec.Raw
+    events: str | None = None
+
+
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_field="type"):
     """A gateway's liveness, health and the actual state of every algorithm it hosts.
     Subject: ``<prefix>.hb.<gateway>``."""
@@ -226,6 +245,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_
     algos: list[str] = []
     state: list[AlgoActual] = []
     interval_ms: int = 1000
+    positions: PositionReport | None = None
     v: int = HEARTBEAT_VERSION
 
 
@@ -241,6 +261,7 @@ class HeartbeatFrame(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat",
     algos: list[str] = []
     state: msgspec.Raw = msgspec.Raw(b"[]")
     interval_ms: int = 1000
+    positions: PositionFrame | None = None
     v: int = 0
 
 
@@ -408,6 +429,25 @@ class PositionStatus(msgspec.Struct, frozen=True, kw_only=True):
     realized_pnl: float
 
 
+class SymbolDrift(msgspec.Struct, frozen=True, kw_only=True):
+    """A symbol whose quantity at the gateway differs from Rampart's."""
+
+    symbol: str
+    rampart: float
+    gateway: float
+
+
+class PositionCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """An algorithm's positions against its gateway's report (docs/operations.md,
+    "Positions"). ``checked_at``: when they were last compared (wall clock, ns); ``drift``:
+    the symbols that differed then, since ``drift_since``."""
+
+    checked_at: int | None = None
+    in_sync: bool = False
+    drift: list[SymbolDrift] = []
+    drift_since: int | None = None
+
+
 class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Every metric of one algorithm: the core's ``Snapshot.to_dict()``, plus its gateway."""
 
@@ -455,6 +495,8 @@ class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
     positions_omitted: int = 0
     # what Rampart wants of it, what its gateway reports, and what differs
     control: ControlStatus | None = None
+    # its positions against its gateway's (None: the gateway reports no positions)
+    position_check: PositionCheck | None = None
 
 
 class AlgoUnavailable(msgspec.Struct, frozen=True, kw_only=True):

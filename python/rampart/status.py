@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.config import DaemonConfig
 from rampart.nats_connection import URL_FILE
+from rampart.position_watch import describe
 from rampart.protocol import (
     ControlReply,
     ControlRequest,
@@ -264,6 +265,16 @@ def format_status(reply: StatusReply) -> str:
         lines.append(f"DRIFT {a.algo_id} on {a.gateway or '-'}{since}: {c.drift}")
     if len(drifting) > 20:
         lines.append(f"DRIFT ... and {len(drifting) - 20} more (see --json)")
+    off = [a for a in reply.algorithms if a.position_check and not a.position_check.in_sync]
+    for a in off[:20]:
+        check = a.position_check
+        assert check is not None
+        since = f" since {_ts(check.drift_since)}" if check.drift_since else ""
+        lines.append(
+            f"POSITION DRIFT {a.algo_id} on {a.gateway or '-'}{since}: {describe(check.drift)}"
+        )
+    if len(off) > 20:
+        lines.append(f"POSITION DRIFT ... and {len(off) - 20} more (see --json)")
     if len(reply.algorithms) == 1:
         a = reply.algorithms[0]
         lines.append("")

@@ -22,6 +22,7 @@ from rampart.config import DaemonConfig, ns
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
 from rampart.paging import build_page
+from rampart.position_watch import PositionWatch
 from rampart.protocol import (
     AlgoStatus,
     AlgoUnavailable,
@@ -54,6 +55,7 @@ class StatusSource(Protocol):
     guard: Guard | None
     checkpointer: Checkpointer | None
     reconciler: Reconciler | None
+    position_watch: PositionWatch | None
     runner: DeploymentRunner
     effects: DeploymentEffects | None
     store_error: str | None
@@ -128,6 +130,10 @@ class StatusBuilder:
         if d.reconciler is not None and gateway is not None:
             control = d.reconciler.control_status(algo_id, gateway)
             status = msgspec.structs.replace(status, control=control)
+        if d.position_watch is not None:
+            check = d.position_watch.status(algo_id)
+            if check is not None:
+                status = msgspec.structs.replace(status, position_check=check)
         return status
 
     @functools.cached_property

@@ -28,6 +28,9 @@ from rampart.protocol import Fill, OrderEvent, Subjects, encoder
 log = logging.getLogger("rampart.gateway.outbox")
 
 MSG_ID: Final = "Nats-Msg-Id"
+# the event's place in this outbox, ``<boot>.<n>``: what a position report is "as of"
+# (docs/protocol.md, "Positions")
+EVENT_SEQ: Final = "Rampart-Seq"
 
 
 class OutboxFullError(RuntimeError):
@@ -40,6 +43,7 @@ class Pending:
     subject: str
     data: bytes
     msg_id: str
+    seq: str
 
 
 class Outbox:
@@ -78,6 +82,12 @@ class Outbox:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def last_event(self) -> str:
+        """The id of the last event put, ``<boot>.<n>`` (``n`` = 0 before the first): a position
+        report taken now is as of this event."""
+        return f"{self.boot}.{self._seq}"
+
     def fill(self, fill: Fill, msg_id: str | None = None) -> None:
         self.put(self.subjects.fills(self.gateway, fill.algo), encoder.encode(fill), msg_id)
 
@@ -91,9 +101,8 @@ class Outbox:
                 "stop trading until they are delivered"
             )
         self._seq += 1
-        self._queue.append(
-            Pending(subject, data, msg_id or f"{self.gateway}.{self.boot}.{self._seq}")
-        )
+        seq = f"{self.boot}.{self._seq}"
+        self._queue.append(Pending(subject, data, msg_id or f"{self.gateway}.{seq}", seq))
         self._wake.set()
 
     def start(self) -> None:
@@ -149,7 +158,9 @@ class Outbox:
         try:
             for p in batch:
                 futures.append(
-                    await self._js.publish_async(p.subject, p.data, headers={MSG_ID: p.msg_id})
+                    await self._js.publish_async(
+                        p.subject, p.data, headers={MSG_ID: p.msg_id, EVENT_SEQ: p.seq}
+                    )
                 )
         except Exception as e:
             self.failures += 1

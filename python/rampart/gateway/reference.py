@@ -87,6 +87,9 @@ class ReferenceGateway(GatewayHandlers):
         self.subjects = subjects or Subjects()
         self.algos = {a.algo_id: a for a in algos}
         self.venue = venue or PaperVenue(FixedBps(1.0), commission_rate=0.00002)
+        # fills and order events onto Rampart's events stream, each once (``durable=False``:
+        # core NATS, at most once, for a Rampart with ``[events] durable = false``)
+        self.outbox = Outbox(nc, gateway, subjects=self.subjects) if durable else None
         self.agent = GatewayAgent(
             nc,
             gateway,
@@ -94,15 +97,13 @@ class ReferenceGateway(GatewayHandlers):
             subjects=self.subjects,
             heartbeat_interval=heartbeat_interval,
             deadman_timeout=deadman_timeout,
+            outbox=self.outbox,
         )
         self.rng = random.Random(seed)
         self.now = 0  # event time: the latest quote's ts
         self.blocked_orders = 0
         self.events_published = 0
         self._sub: Subscription | None = None
-        # fills and order events onto Rampart's events stream, each once (``durable=False``:
-        # core NATS, at most once, for a Rampart with ``[events] durable = false``)
-        self.outbox = Outbox(nc, gateway, subjects=self.subjects) if durable else None
 
     async def start(self) -> None:
         if self.outbox is not None:
@@ -220,3 +221,6 @@ class ReferenceGateway(GatewayHandlers):
 
     def algorithms(self) -> list[str]:
         return sorted(self.algos)
+
+    def positions(self) -> dict[str, dict[str, float]]:
+        return {a: self.venue.positions(a) for a in self.algos}

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
+from rampart.gateway.outbox import Outbox
 from rampart.protocol import (
     HEARTBEAT_VERSION,
     Command,
@@ -28,6 +29,7 @@ from rampart.protocol import (
     ErrorReply,
     Health,
     HeartbeatFrame,
+    PositionFrame,
     Subjects,
     TargetResult,
     command_decoder,
@@ -70,6 +72,12 @@ class GatewayHandlers:
         """The algorithms (versions) this gateway hosts: the dead-man's switch halts them all."""
         return []
 
+    def positions(self) -> dict[str, dict[str, float]] | None:
+        """Each hosted algorithm's position per symbol (signed quantity), reflecting exactly the
+        fills published so far (Rampart compares them with its own: docs/protocol.md,
+        "Positions"); ``None``: this gateway does not report positions."""
+        return None
+
 
 class GatewayAgent:
     """Connects a gateway's ``GatewayHandlers`` to Rampart over NATS. ``start()`` / ``close()``."""
@@ -85,8 +93,11 @@ class GatewayAgent:
         deadman_timeout: float = 3.0,
         wall_clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
+        outbox: Outbox | None = None,
     ) -> None:
         self.nc = nc
+        # the gateway's durable events: position reports say which of its events they are as of
+        self.outbox = outbox
         self.gateway = gateway
         self.handlers = handlers
         self.subjects = subjects or Subjects()
@@ -231,11 +242,21 @@ class GatewayAgent:
                     algos=algos,
                     state=cached[2],
                     interval_ms=interval_ms,
+                    positions=self.position_report(),
                     v=HEARTBEAT_VERSION,
                 )
                 with contextlib.suppress(Exception):
                     await self.nc.publish(subject, encoder.encode(hb))
             await asyncio.sleep(self.heartbeat_interval)
+
+    def position_report(self) -> PositionFrame | None:
+        """The handlers' positions, as of the outbox's last event (taken in one step: no event
+        can be put between the two)."""
+        positions = self.handlers.positions()
+        if positions is None:
+            return None
+        events = self.outbox.last_event if self.outbox is not None else None
+        return PositionFrame(algos=msgspec.Raw(encoder.encode(positions)), events=events)
 
     async def _deadman_loop(self) -> None:
         period = max(self.deadman.timeout_ns / 1e9 / 10, 0.005)

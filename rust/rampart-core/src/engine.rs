@@ -331,6 +331,32 @@ impl Engine {
         Ok(())
     }
 
+    /// The gateway `set_gateway` recorded for `algo_id`.
+    pub fn gateway_of(&self, algo_id: &str) -> Option<&str> {
+        self.gateway_of.get(algo_id).map(String::as_str)
+    }
+
+    /// The registered algorithms `gateway` runs (`set_gateway`), unordered.
+    pub fn algorithms_of<'a>(&'a self, gateway: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.gateway_of
+            .iter()
+            .filter(move |(algo, gw)| gw.as_str() == gateway && self.algo_index.contains_key(*algo))
+            .map(|(algo, _)| algo.as_str())
+    }
+
+    /// The open positions (quantity not zero) of a registered algorithm, by symbol name.
+    pub fn open_positions<'a>(
+        &'a self,
+        algo_id: &str,
+    ) -> Result<impl Iterator<Item = (&'a str, f64)> + 'a> {
+        let algo = self.algo(self.slot(algo_id)?);
+        Ok(algo
+            .positions
+            .iter()
+            .filter(|p| p.qty != 0.0)
+            .map(|p| (self.symbols[p.symbol as usize].name.as_str(), p.qty)))
+    }
+
     /// Set (or clear, with `None`) the price band of one symbol, overriding the default.
     pub fn set_price_band(&mut self, symbol: &str, band: Option<f64>) -> Result<()> {
         if let Some(b) = band {

@@ -6,6 +6,7 @@
 
 pub mod algo;
 pub mod config;
+pub mod drift;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -17,6 +18,7 @@ pub mod subject;
 
 pub use algo::{Breach, BreachKind};
 pub use config::{AlgoConfig, LimitSpec, Limits, ReturnSampling};
+pub use drift::PositionDrift;
 pub use engine::{Engine, PositionView, Snapshot, CHECKPOINT_VERSION, DEFAULT_TIME_TOLERANCE_NS};
 pub use error::{CoreError, Result};
 pub use event::{decode_json, Event, OrderEvent, Side};

@@ -960,6 +960,26 @@ impl PyEngine {
             .collect()
     }
 
+    /// `gateway`'s position report (JSON: algorithm -> symbol -> quantity) against the core's
+    /// positions of the algorithms it runs: `(algo, symbol, ours, theirs)` per symbol that
+    /// differs by more than `tolerance`, sorted. Raises `InvalidEventError` (`decode`,
+    /// `wrong_gateway`) for a report that cannot be taken.
+    fn position_drift(
+        &self,
+        py: Python<'_>,
+        gateway: Text<'_>,
+        report: &[u8],
+        tolerance: f64,
+    ) -> PyResult<Vec<(String, String, f64, f64)>> {
+        let drift = guard(py, || {
+            self.inner.position_drift(gateway.0, report, tolerance)
+        })?;
+        Ok(drift
+            .into_iter()
+            .map(|d| (d.algo, d.symbol, d.ours, d.theirs))
+            .collect())
+    }
+
     fn last_quote_ts(&self, symbol: Text<'_>) -> Option<i64> {
         self.inner.last_quote_ts(symbol.0)
     }
