@@ -1,13 +1,14 @@
 """A gateway that only trades: it emits fills at a steady rate through the SDK's ``Outbox``, in
 its own process, so fault tests can kill -9 Rampart around it.
 
-    python tests/fill_publisher.py URL GATEWAY ALGO[,ALGO...] LEDGER [--rate N]
+    python tests/fill_publisher.py URL GATEWAY ALGO[,ALGO...] LEDGER [--rate N] [--burst K]
 
-Every fill it emits is appended to LEDGER as a JSON line (its Nats-Msg-Id and the fill) before it
-is handed to the outbox. Every 0.1 s it sends a heartbeat with its positions, as of its outbox's
-last event (docs/protocol.md, "Positions"), for Rampart to compare with its own. On SIGTERM it
-stops emitting, waits until the outbox has every fill acked by the stream, and writes
-``LEDGER.done`` with its counters; it goes on sending heartbeats until a second SIGTERM.
+Every fill it emits is handed to the outbox (which batches what waits) and appended to LEDGER as
+a JSON line (its ``<boot>.<n>`` and the fill). Every 0.1 s it sends a heartbeat with its
+positions, as of its outbox's last event (docs/protocol.md, "Positions"), for Rampart to compare
+with its own. On SIGTERM it stops emitting, waits until the outbox has every fill acked by the
+stream, and writes ``LEDGER.done`` with its counters; it goes on sending heartbeats until a
+second SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ async def heartbeats(
     subject = Subjects().heartbeat(gateway)
     while True:
         # positions and the outbox's last event in one step: no fill is put between them
-        report = PositionFrame(
-            algos=msgspec.Raw(encoder.encode(positions)), events=outbox.last_event
-        )
+        report = PositionFrame(algos=msgspec.Raw(encoder.encode(positions)), events=outbox.mark())
         hb = HeartbeatFrame(
             gateway=gateway,
             ts=time.time_ns(),
@@ -66,6 +65,7 @@ async def main() -> None:
     p.add_argument("algos")
     p.add_argument("ledger", type=Path)
     p.add_argument("--rate", type=float, default=200.0, help="fills per second")
+    p.add_argument("--burst", type=int, default=1, help="fills emitted back to back")
     args = p.parse_args()
     nc = await nats.connect(
         args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, connect_timeout=2
@@ -93,16 +93,16 @@ async def main() -> None:
                 fee=0.25,
                 ts=time.time_ns(),
             )
-            msg_id = f"{args.gateway}.{outbox.boot}.{emitted + 1}"
-            line = {"id": msg_id, "fill": msgspec.to_builtins(fill)}
-            ledger.write(json.dumps(line) + "\n")
-            ledger.flush()
             held = positions[algo]
             signed = fill.qty if fill.side == "buy" else -fill.qty
             held[fill.symbol] = held.get(fill.symbol, 0.0) + signed
-            outbox.fill(fill, msg_id)
+            event_id = outbox.fill(fill)
+            line = {"id": event_id, "fill": msgspec.to_builtins(fill)}
+            ledger.write(json.dumps(line) + "\n")
+            ledger.flush()
             emitted += 1
-            await asyncio.sleep(1 / args.rate)
+            if emitted % args.burst == 0:  # a burst waits in the outbox: batches
+                await asyncio.sleep(args.burst / args.rate)
     delivered = await outbox.flush(timeout=60)
     done = {
         "emitted": emitted,

@@ -25,6 +25,7 @@ from support import eventually, spawn
 
 from rampart.config import parse_config
 from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.outbox import EVENT_SEQ
 from rampart.protocol import AlgoStatus, Subjects, status_reply_decoder
 
 SUBJ = Subjects()
@@ -69,14 +70,14 @@ async def statuses(nc: Client) -> dict[str, AlgoStatus] | None:
 
 
 async def stream_messages(nc: Client, name: str) -> list[tuple[str, bytes, str]]:
-    """(subject, data, Nats-Msg-Id) of every message in the stream, in order."""
+    """(subject, data, Rampart-Seq) of every message in the stream, in order."""
     js = nc.jetstream()
     info = await js.stream_info(name)
     out: list[tuple[str, bytes, str]] = []
     done = asyncio.Event()
 
     async def cb(msg: Any) -> None:
-        out.append((msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id", "")))
+        out.append((msg.subject, msg.data, (msg.headers or {}).get(EVENT_SEQ, "")))
         if len(out) >= info.state.messages:
             done.set()
 
@@ -91,6 +92,23 @@ async def stream_messages(nc: Client, name: str) -> list[tuple[str, bytes, str]]
         await asyncio.wait_for(done.wait(), 30)
     await sub.unsubscribe()
     return out
+
+
+def is_batch(subject: str) -> bool:
+    return subject.startswith(SUBJ.batch(""))
+
+
+def events_of(subject: str, data: bytes) -> list[dict[str, Any]]:
+    """The events a stream message carries: one, or a batch's."""
+    decoded = msgspec.json.decode(data)
+    return cast(list[dict[str, Any]], decoded if is_batch(subject) else [decoded])
+
+
+def event_ids(subject: str, data: bytes, seq: str) -> list[str]:
+    """``<boot>.<n>`` of each event in a message (its Rampart-Seq is its last event's)."""
+    boot, _, last = seq.rpartition(".")
+    count = len(events_of(subject, data))
+    return [f"{boot}.{n}" for n in range(int(last) - count + 1, int(last) + 1)]
 
 
 @pytest.mark.timeout(600)
@@ -129,7 +147,8 @@ def test_kill_9_at_32_moments_while_fills_flow_loses_and_doubles_nothing(
         procs.append(daemon)
         await until(lambda: statuses(nc), what="the daemon answers status")
         publisher = await spawn(
-            PUBLISHER, server.url, "gw1", "alpha,beta", str(ledger), "--rate", "300",
+            PUBLISHER, server.url, "gw1", "alpha,beta", str(ledger),
+            "--rate", "300", "--burst", "4",
             log=tmp_path / "publisher.log",
         )  # fmt: skip
         procs.append(publisher)
@@ -157,15 +176,20 @@ def test_kill_9_at_32_moments_while_fills_flow_loses_and_doubles_nothing(
         # the stream holds every emitted fill, once
         stream = config.events.stream_name(config.subject_prefix)
         messages = await stream_messages(nc, stream)
-        ids = [m[2] for m in messages]
+        ids = [i for m in messages for i in event_ids(*m)]
         assert len(ids) == len(set(ids)), "a fill is in the stream twice"
         assert set(ids) == {e["id"] for e in emitted}, "a fill never reached the stream"
+        batches = sum(is_batch(m[0]) for m in messages)
+        assert batches > 0, "the outbox sent no batch: the test would not cover them"
 
         # the reference: a fresh engine fed every fill once, in stream order
         reference = config.engine()
         wall = time.time_ns()
         for subject, data, _ in messages:
-            reference.ingest_msg(subject, data, wall)
+            if is_batch(subject):
+                assert not reference.ingest_batch(subject, data, wall).errors
+            else:
+                reference.ingest_msg(subject, data, wall)
         want = {a: reference.snapshot(a) for a in ("alpha", "beta")}
         total = sum(s.fills for s in want.values())
         assert total == len(emitted)
@@ -209,7 +233,8 @@ def test_kill_9_at_32_moments_while_fills_flow_loses_and_doubles_nothing(
         await nc.close()
         print(
             f"{KILLS} kills ({kills_while_catching_up} before status answered), "
-            f"{len(emitted)} fills, {done['duplicates']} retried duplicates"
+            f"{len(emitted)} fills in {len(messages)} messages ({batches} batches), "
+            f"{done['duplicates']} retried duplicates"
         )
 
     asyncio.run(scenario())
@@ -227,7 +252,9 @@ def test_a_gateway_outbox_keeps_fills_while_nats_is_away(tmp_path: Path) -> None
         port = srv.port
         nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.05)
         js = nc.jetstream()
-        await js.add_stream(name="ev", subjects=[SUBJ.fills_all], duplicate_window=60)
+        await js.add_stream(
+            name="ev", subjects=[SUBJ.fills_all, SUBJ.batch_all], duplicate_window=60
+        )
         box = Outbox(nc, "gw1", ack_timeout=0.5, retry_interval=0.05)
         box.start()
         fills = [
@@ -246,8 +273,11 @@ def test_a_gateway_outbox_keeps_fills_while_nats_is_away(tmp_path: Path) -> None
         srv.start()
         assert await box.flush(20), f"{box.pending} still pending"
         msgs = await stream_messages(nc, "ev")
-        prices = [msgspec.json.decode(m[1])["price"] for m in msgs]
+        prices = [e["price"] for m in msgs for e in events_of(m[0], m[1])]
         assert prices == [f.price for f in fills]
+        # what waited went out in batches, each once
+        assert box.batches > 0 and len(msgs) < len(fills)
+        assert box.published == len(fills)
         await box.close()
         await nc.close()
         srv.stop()

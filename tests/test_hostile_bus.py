@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
+import nats.js.errors
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
@@ -243,6 +245,45 @@ def test_a_gateway_cannot_roll_back_another_gateways_algorithm(
             await until(
                 lambda: any(a.severity == "critical" and "wrong_gateway" in a.title for a in alerts)
             )
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_applies_its_own_events_and_dead_letters_the_rest_one_by_one(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A gateway outbox's batch (``<p>.batch.<gateway>``, on the events stream): gw1 slipping
+    gw2's algorithm into its batch gets that one event refused; its own are applied."""
+
+    async def scenario() -> None:
+        async with running(make_config(tmp_path), server.url) as (daemon, nc):
+            dead: list[bytes] = []
+
+            async def on_dead(msg: Msg) -> None:
+                dead.append(msg.data)
+
+            await nc.subscribe(SUBJ.dead_letter("wrong_gateway"), cb=on_dead)
+            t = now_ns()
+            fill = {"type": "fill", "symbol": "ES", "side": "buy", "price": 100.0, "fee": 0.0}
+            batch = [
+                {**fill, "algo": "alpha", "qty": 1.0, "ts": t},
+                {**fill, "algo": "beta", "qty": 1000.0, "ts": t + 1},  # gw2's
+                {**fill, "algo": "alpha", "qty": 2.0, "ts": t + 2},
+            ]
+            before = daemon.stats.ingested
+            await nc.publish(SUBJ.batch("gw1"), json.dumps(batch).encode())
+            await nc.publish(SUBJ.batch("gw1"), b'{"type": "fill"}')  # not a batch
+            await nc.flush()
+            await until(lambda: daemon.stats.rejected.get("wrong_gateway") == 1)
+            await until(lambda: daemon.stats.rejected.get("decode") == 1)
+            assert daemon.stats.ingested == before + 2
+            # larger than ingest.max_batch_bytes: the stream itself refuses to store it
+            with pytest.raises(nats.js.errors.BadRequestError, match="maximum"):
+                await nc.jetstream().publish(SUBJ.batch("gw1"), b"[" + b" " * 300_000 + b"]")
+            assert daemon.engine.snapshot("alpha").positions[0].qty == 3.0
+            assert daemon.engine.snapshot("beta").fills == 0
+            await until(lambda: len(dead) == 1)
+            assert b"event 1 of the batch" in dead[0]
 
     asyncio.run(scenario())
 

@@ -245,6 +245,12 @@ class Engine:
         order event from the durable events stream; one that is late (behind the event clock
         by more than the tolerance) is applied at the clock's time instead of refused as
         ``out_of_order``, and market data is refused. Raises on bad input."""
+    def ingest_batch(self, subject: str, data: bytes, wall_ns: int | None = None) -> BatchResult:
+        """A batch of fills and order events from the durable events stream, received on
+        ``<prefix>.batch.<gateway>`` (a JSON array of events of that gateway's algorithms):
+        each applied as ``ingest_msg(..., durable=True)`` would, the refused ones listed in
+        ``errors`` with their index. Raises ``InvalidEventError`` when the batch as a whole
+        cannot be taken (``decode``: not an array; ``wrong_subject``)."""
     def ingest_json_batch(self, messages: Sequence[bytes]) -> BatchResult:
         """Decode and apply many JSON events; bad ones are reported in ``errors``, never raised."""
     # --- control ---

@@ -80,6 +80,10 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # Larger messages are refused as `oversize` (and dead-lettered, truncated).
     max_payload_bytes: int = 16 * 1024
+    # Larger batches of durable events (a gateway outbox's, on <prefix>.batch.<gateway>) are
+    # refused as `oversize`; the events stream takes messages up to this size. Keep the
+    # gateways' outbox batch size below it.
+    max_batch_bytes: int = 256 * 1024
     # Larger gateway heartbeats are refused as `oversize`. A heartbeat carries every hosted
     # algorithm's actual state (~110-220 bytes each), so 1,000 algorithms take ~200 KB; the
     # default is NATS's own default max_payload. Only configured gateways are heard at all.

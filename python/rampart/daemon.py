@@ -48,7 +48,7 @@ from rampart.durability import (
 )
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
-from rampart.event_stream import EventStreamError, ensure_stream, start_cursor
+from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
 from rampart.nats_connection import URL_FILE, connect_options
@@ -161,6 +161,7 @@ class Daemon:
         self._closing = False
         self._max_payload = config.ingest.max_payload_bytes
         self._events_prefix_len = len(config.subject_prefix) + 1
+        self._batch_prefix = config.subjects.batch("")
         self._ingest = self.engine.ingest_msg
         self.capital_of = {a.id: a.capital for a in config.algorithms}
         self.runner = DeploymentRunner(
@@ -568,7 +569,10 @@ class Daemon:
         js = self.nc.jetstream(timeout=2.0)
         try:
             stream = await ensure_stream(
-                js, self.config.events, self.subjects, self.config.ingest.max_payload_bytes
+                js,
+                self.config.events,
+                self.subjects,
+                max(self.config.ingest.max_payload_bytes, self.config.ingest.max_batch_bytes),
             )
         except EventStreamError as e:
             raise DaemonError(str(e)) from e
@@ -616,7 +620,7 @@ class Daemon:
                 cb=self._on_stream_event,
                 ordered_consumer=True,
                 config=ConsumerConfig(
-                    filter_subjects=[s.fills_all, s.orders_all],
+                    filter_subjects=event_subjects(s),
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                     opt_start_seq=cursor + 1,
                 ),
@@ -753,18 +757,22 @@ class Daemon:
         stats.events_behind = md.num_pending
         if md.num_pending == 0:
             self._caught_up.set()
-        # _on_event ingests (or refuses) before its first await: no checkpoint can come between
+        # the event (or batch) is applied (or refused) before the first await: no checkpoint
+        # can come between it and the cursor
         stats.events_seq = seq
+        batch = msg.subject.startswith(self._batch_prefix)
+        apply = self._on_batch(msg) if batch else self._on_event(msg, durable=True)
         watch = self.position_watch
         if watch is None or not msg.headers:
-            await self._on_event(msg, durable=True)
+            await apply
             return
         # which of its gateway's events the core holds, moved with the cursor (a refused event
-        # counts: the gateway's positions hold it, Rampart's do not, and that is drift)
-        # <prefix>.fills|orders.<gateway>.<algo> (an algorithm id may hold dots)
+        # counts: the gateway's positions hold it, Rampart's do not, and that is drift);
+        # <prefix>.fills|orders.<gateway>.<algo> (an algorithm id may hold dots), or
+        # <prefix>.batch.<gateway>
         gateway = msg.subject[self._events_prefix_len :].split(".", 2)[1]
         waiting = watch.on_event(gateway, msg.headers.get(EVENT_SEQ))
-        await self._on_event(msg, durable=True)
+        await apply
         if waiting is not None:
             try:
                 found = watch.compare(gateway, waiting, self.wall_clock())
@@ -773,6 +781,29 @@ class Daemon:
                 log.error("position report of %s refused: %s", gateway, e)
                 return
             self._on_positions(found)
+
+    async def _on_batch(self, msg: Msg) -> None:
+        """A gateway outbox's batch of fills and order events, from the events stream: applied
+        in one call to the core, in order; a refused event is dead-lettered on its own (after
+        the breaches are dealt with), the others count."""
+        data = msg.data
+        limit = self.config.ingest.max_batch_bytes
+        if len(data) > limit:
+            await self._reject(
+                msg,
+                "oversize",
+                f"batch of {len(data)} bytes exceeds ingest.max_batch_bytes = {limit}",
+            )
+            return
+        try:
+            result = self.engine.ingest_batch(msg.subject, data, self.wall_clock())
+        except InvalidEventError as e:
+            await self._reject(msg, e.reason, str(e))
+            return
+        self.stats.ingested += result.accepted
+        await self._after_ingest(result.breaches or None)
+        for index, reason, error in result.errors:
+            await self._reject(msg, reason, f"event {index} of the batch: {error}")
 
     def _ingest_durable(self, subject: str, data: bytes, wall: int) -> list[Breach] | None:
         return self.engine.ingest_msg(subject, data, wall, durable=True)
@@ -797,6 +828,10 @@ class Daemon:
             await self._reject(msg, e.reason, str(e))
             return
         self.stats.ingested += 1
+        await self._after_ingest(breaches)
+
+    async def _after_ingest(self, breaches: list[Breach] | None) -> None:
+        """Breaches first (the rollback), then the deployments' decisions."""
         if breaches is not None:
             await self._on_breaches(breaches)
         runner = self.runner

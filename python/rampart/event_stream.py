@@ -14,6 +14,7 @@ ordered push consumer started at the cursor + 1 (it re-creates itself on a gap).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -37,13 +38,18 @@ class EventStreamError(RuntimeError):
     """The events stream cannot be used safely (missing JetStream, unsafe settings)."""
 
 
+def event_subjects(subjects: Subjects) -> list[str]:
+    """What the stream carries: fills, order events, and gateways' batches of both."""
+    return [subjects.fills_all, subjects.orders_all, subjects.batch_all]
+
+
 def wanted_config(
     name: str, cfg: EventsConfig, subjects: Subjects, max_msg_size: int
 ) -> StreamConfig:
     return StreamConfig(
         name=name,
         description="Rampart: fills and order events, applied exactly once",
-        subjects=[subjects.fills_all, subjects.orders_all],
+        subjects=event_subjects(subjects),
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.NEW,
         max_age=cfg.max_age.total_seconds(),
@@ -87,7 +93,7 @@ def unsafe_settings(have: StreamConfig, cfg: EventsConfig, subjects: Subjects) -
             "applied twice (needs >= 10s)"
         )
     covered = set(have.subjects or ())
-    for subject in (subjects.fills_all, subjects.orders_all):
+    for subject in event_subjects(subjects):
         if subject not in covered:
             problems.append(f"subjects do not include {subject}")
     return problems
@@ -125,6 +131,8 @@ async def ensure_stream(
             "JetStream on the NATS server (fills must survive Rampart's restarts), or set "
             "`[events] durable = false` to take them at most once"
         ) from e
+    if not created:
+        info = await _upgrade(js, info, wanted_config(name, cfg, subjects, max_msg_size))
     problems = unsafe_settings(info.config, cfg, subjects)
     if problems:
         raise EventStreamError(
@@ -133,6 +141,32 @@ async def ensure_stream(
             + f" (fix it with `nats stream edit {name}`, or delete it to let Rampart create it)"
         )
     return StreamState(name, info.state.first_seq, info.state.last_seq, created)
+
+
+async def _upgrade(js: JetStreamContext, info: StreamInfo, want: StreamConfig) -> StreamInfo:
+    """A stream made by an earlier Rampart: add the subjects it lacks (gateways' batches) and
+    raise its message size limit to the batches' (both changes lose nothing)."""
+    have = info.config
+    missing = [s for s in want.subjects or () if s not in (have.subjects or ())]
+    small = have.max_msg_size is not None and 0 < have.max_msg_size < (want.max_msg_size or 0)
+    if not missing and not small:
+        return info
+    config = dataclasses.replace(
+        have,
+        subjects=[*(have.subjects or ()), *missing],
+        max_msg_size=want.max_msg_size if small else have.max_msg_size,
+    )
+    try:
+        info = await js.update_stream(config)
+    except Exception as e:
+        raise EventStreamError(
+            f"cannot update the events stream {have.name!r} (add {missing or 'no subjects'}, "
+            f"max_msg_size {want.max_msg_size}): {e or type(e).__name__}"
+        ) from e
+    log.info(
+        "events stream %s updated: subjects %s", have.name, ", ".join(info.config.subjects or ())
+    )
+    return info
 
 
 def start_cursor(stored: int | None, stream: StreamState) -> tuple[int, str | None]:

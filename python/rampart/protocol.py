@@ -45,6 +45,10 @@ class Subjects:
     def orders(self, gateway: str, algo: str) -> str:
         return f"{self.prefix}.orders.{gateway}.{algo}"
 
+    def batch(self, gateway: str) -> str:
+        """A gateway's batches of durable events (its outbox's, on the events stream only)."""
+        return f"{self.prefix}.batch.{gateway}"
+
     def heartbeat(self, gateway: str) -> str:
         return f"{self.prefix}.hb.{gateway}"
 
@@ -59,6 +63,10 @@ class Subjects:
     @property
     def orders_all(self) -> str:
         return f"{self.prefix}.orders.>"
+
+    @property
+    def batch_all(self) -> str:
+        return f"{self.prefix}.batch.*"
 
     @property
     def heartbeat_all(self) -> str:

@@ -255,7 +255,7 @@ class GatewayAgent:
         positions = self.handlers.positions()
         if positions is None:
             return None
-        events = self.outbox.last_event if self.outbox is not None else None
+        events = self.outbox.mark() if self.outbox is not None else None
         return PositionFrame(algos=msgspec.Raw(encoder.encode(positions)), events=events)
 
     async def _deadman_loop(self) -> None:

@@ -1156,6 +1156,71 @@ impl Engine {
         result
     }
 
+    /// A batch from the durable events stream, received on `<prefix>.batch.<gateway>`: a JSON
+    /// array of fills and order events of that gateway's algorithms, applied in order as
+    /// `ingest_durable` applies each (late ones at the clock's time). An event that is refused
+    /// is pushed to `refused` with its index, and the others are applied all the same; returns
+    /// how many were applied. The whole batch is refused (`decode`: not an array;
+    /// `wrong_subject`: not a batch subject) before anything is applied.
+    pub fn ingest_durable_batch(
+        &mut self,
+        subject: &str,
+        data: &[u8],
+        out: &mut Vec<Breach>,
+        refused: &mut Vec<(usize, CoreError)>,
+    ) -> Result<usize> {
+        let gateway = match Route::parse(&self.prefix, subject)? {
+            Route::Batch { gateway } => gateway,
+            route => {
+                return Err(CoreError::WrongSubject(format!(
+                    "a batch may not arrive on {subject} ({})",
+                    route.carries()
+                )))
+            }
+        };
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(data)
+            .map_err(|e| CoreError::Decode(format!("not a batch of events: {e}")))?;
+        let mut applied = 0;
+        self.late_ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.apply_from_gateway(gateway, item.get().as_bytes(), out) {
+                Ok(()) => applied += 1,
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        self.late_ok = false;
+        Ok(applied)
+    }
+
+    /// One event of a gateway's batch: a fill or order event of an algorithm that gateway runs.
+    fn apply_from_gateway(
+        &mut self,
+        gateway: &str,
+        data: &[u8],
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        let event = decode_json(data)?;
+        let algo = match &event {
+            Event::Fill { algo, .. } | Event::Order { algo, .. } => algo,
+            e => {
+                return Err(CoreError::WrongSubject(format!(
+                    "a {} event may not arrive in a batch (batches carry fills and order events)",
+                    e.kind()
+                )))
+            }
+        };
+        self.slot(algo)?;
+        let runs = self.gateway_of.get(algo.as_ref()).map(String::as_str);
+        if runs != Some(gateway) {
+            return Err(CoreError::WrongGateway(format!(
+                "an event of {algo:?} in a batch of gateway {gateway}: only its own gateway ({}) \
+                 may send it",
+                runs.unwrap_or("none configured")
+            )));
+        }
+        self.apply(&event, out)
+    }
+
     // ---- control --------------------------------------------------------------------------
 
     /// Change the allocated capital (a cash flow: see docs/metrics.md).

@@ -27,6 +27,9 @@ pub enum Route<'s> {
     Fills { gateway: &'s str, algo: &'s str },
     /// `<prefix>.orders.<gateway>.<algo>`: order events of that gateway's algorithm.
     Orders { gateway: &'s str, algo: &'s str },
+    /// `<prefix>.batch.<gateway>`: a JSON array of fills and order events of that gateway's
+    /// algorithms, in order (durable events only: the SDK's outbox batches what waits).
+    Batch { gateway: &'s str },
 }
 
 impl<'s> Route<'s> {
@@ -34,7 +37,8 @@ impl<'s> Route<'s> {
         let bad = || {
             CoreError::WrongSubject(format!(
                 "{subject:?} is not an event subject: expected {prefix}.md.<symbol>, \
-                 {prefix}.fills.<gateway>.<algo> or {prefix}.orders.<gateway>.<algo>"
+                 {prefix}.fills.<gateway>.<algo>, {prefix}.orders.<gateway>.<algo> or \
+                 {prefix}.batch.<gateway>"
             ))
         };
         let rest = subject
@@ -44,6 +48,7 @@ impl<'s> Route<'s> {
         let (kind, rest) = rest.split_once('.').ok_or_else(bad)?;
         match kind {
             "md" if is_token(rest) => Ok(Route::Market { symbol: rest }),
+            "batch" if is_token(rest) => Ok(Route::Batch { gateway: rest }),
             "fills" | "orders" => {
                 let (gateway, algo) = rest.split_once('.').ok_or_else(bad)?;
                 if !is_token(gateway) || !is_subject(algo) {
@@ -65,6 +70,7 @@ impl<'s> Route<'s> {
             Route::Market { .. } => "market-data subjects carry quotes and marks",
             Route::Fills { .. } => "fill subjects carry fills",
             Route::Orders { .. } => "order subjects carry order events",
+            Route::Batch { .. } => "batch subjects carry arrays of fills and order events",
         }
     }
 }
@@ -87,6 +93,10 @@ mod tests {
             }
         );
         assert_eq!(
+            Route::parse("rampart", "rampart.batch.gw1").unwrap(),
+            Route::Batch { gateway: "gw1" }
+        );
+        assert_eq!(
             Route::parse("rampart", "rampart.orders.gw1.a").unwrap(),
             Route::Orders {
                 gateway: "gw1",
@@ -107,6 +117,8 @@ mod tests {
             "other.md.ES",
             "rampartx.md.ES",
             "rampart.orders..a",
+            "rampart.batch",
+            "rampart.batch.gw1.x",
         ] {
             let e = Route::parse("rampart", s).unwrap_err();
             assert_eq!(e.reason(), "wrong_subject", "{s}");

@@ -500,3 +500,61 @@ fn a_late_durable_fill_is_applied_at_the_clock_and_a_late_live_one_refused() {
         e.ingest_durable("rampart.md.ES", b"{", &mut Vec::new())
     });
 }
+
+#[test]
+fn a_batch_applies_its_gateways_events_and_refuses_the_rest_one_by_one() {
+    let mut e = live();
+    e.set_wall_clock(T0 + 600 * SECOND_NS);
+    let fill = |algo: &str, qty: u32, ts: i64| {
+        format!(
+            r#"{{"type":"fill","algo":"{algo}","symbol":"ES","side":"buy","qty":{qty},"price":100,"ts":{ts}}}"#
+        )
+    };
+    let quote = format!(r#"{{"type":"quote","symbol":"ES","bid":100,"ask":100,"ts":{T0}}}"#);
+    let batch = format!(
+        "[{},{},{},{},{}]",
+        fill("a", 1, T0),
+        fill("b", 7, T0),                    // gw2's algorithm in gw1's batch
+        quote,                               // market data is never durable
+        r#"{"type":"fill"}"#,                // not a fill
+        fill("a", 2, T0 - 3600 * SECOND_NS), // late: applied at the clock, as durable events are
+    );
+    let (mut out, mut refusals) = (Vec::new(), Vec::new());
+    let applied = e
+        .ingest_durable_batch(
+            "rampart.batch.gw1",
+            batch.as_bytes(),
+            &mut out,
+            &mut refusals,
+        )
+        .unwrap();
+    assert_eq!(applied, 2);
+    let reasons: Vec<(usize, &str)> = refusals.iter().map(|(i, e)| (*i, e.reason())).collect();
+    assert_eq!(
+        reasons,
+        vec![(1, "wrong_gateway"), (2, "wrong_subject"), (3, "decode")]
+    );
+    assert_eq!(e.snapshot("a").unwrap().positions[0].qty, 3.0);
+    assert_eq!(
+        e.snapshot("b").unwrap().fills,
+        0,
+        "another gateway's event was applied"
+    );
+    // a batch that cannot be taken at all changes nothing
+    let one = fill("a", 1, T0);
+    for (subject, data, reason) in [
+        ("rampart.batch.gw1", one.as_bytes(), "decode"), // an event, not an array
+        ("rampart.batch.gw1", b"[1,".as_slice(), "decode"),
+        ("rampart.fills.gw1.a", b"[]".as_slice(), "wrong_subject"),
+        ("rampart.batch.gw1.a", b"[]".as_slice(), "wrong_subject"),
+    ] {
+        refused(&mut e, reason, |e| {
+            e.ingest_durable_batch(subject, data, &mut Vec::new(), &mut Vec::new())
+                .map(|_| ())
+        });
+    }
+    // and a batch is refused on the live path
+    refused(&mut e, "decode", |e| {
+        e.ingest_msg("rampart.batch.gw1", b"[]", &mut Vec::new())
+    });
+}

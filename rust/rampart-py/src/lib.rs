@@ -927,6 +927,37 @@ impl PyEngine {
         }
     }
 
+    /// A batch of fills and order events from the durable events stream, received on
+    /// `<prefix>.batch.<gateway>` (a JSON array): each applied as `ingest_msg(..., durable=True)`
+    /// would, the refused ones listed in `errors` with their index. Raises `InvalidEventError`
+    /// when the batch as a whole cannot be taken (not an array, not a batch subject).
+    #[pyo3(signature = (subject, data, wall_ns=None))]
+    fn ingest_batch(
+        &mut self,
+        py: Python<'_>,
+        subject: Text<'_>,
+        data: &[u8],
+        wall_ns: Option<Ts>,
+    ) -> PyResult<PyBatchResult> {
+        if let Some(w) = wall_ns {
+            self.inner.set_wall_clock(w.0);
+        }
+        let (inner, out) = (&mut self.inner, &mut self.out);
+        out.clear();
+        let mut refused = Vec::new();
+        let accepted = guard(py, || {
+            inner.ingest_durable_batch(subject.0, data, out, &mut refused)
+        })?;
+        Ok(PyBatchResult {
+            breaches: self.out.drain(..).map(PyBreach::from).collect(),
+            accepted,
+            errors: refused
+                .into_iter()
+                .map(|(i, e)| (i, e.reason(), e.to_string()))
+                .collect(),
+        })
+    }
+
     fn set_capital(
         &mut self,
         py: Python<'_>,
