@@ -308,6 +308,7 @@ class Daemon:
                 head_path(self.store_path),
                 kv_put=self._mirror_kv,
                 wall_clock=self.wall_clock,
+                on_failure=self.fail_closed,
             )
             self.store.head_listener = mirror.wake
             self._spawn(mirror.run(), "head-mirror")
