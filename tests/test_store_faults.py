@@ -140,6 +140,7 @@ class World:
         self.run = ("-m", "rampart", "run", "--config", str(cfg), "--servers", url)
         self.hb: list[Any] = []
         self.gw_log = tmp / "gateway-commands.jsonl"
+        self.daemons: list[Any] = []
 
     async def on_hb(self, msg: Any) -> None:
         self.hb[:] = [heartbeat_decoder.decode(msg.data)]
@@ -169,7 +170,9 @@ class World:
         return daemon
 
     async def spawn(self) -> Any:
-        return await spawn(*self.run, log=self.tmp / "daemon.log", prefix=self.prefix)
+        proc = await spawn(*self.run, log=self.tmp / "daemon.log", prefix=self.prefix)
+        self.daemons.append(proc)  # each is killed at the end, even if the test fails
+        return proc
 
 
 async def with_world(
@@ -184,14 +187,14 @@ async def with_world(
         GATEWAY, server.url, "gw1", "alpha,beta", str(w.gw_log), "--deadman", "3600",
         log=tmp / "gateway.log",
     )  # fmt: skip
-    procs = [gateway, await w.spawn()]
+    daemon = await w.spawn()
     try:
         await until(w.status, what="the daemon answers status")
         await until(lambda: bool(w.hb), what="the gateway's heartbeat")
         assert not w.halted_at_gateway()
-        procs[1] = await body(w, procs[1])
+        await body(w, daemon)
     finally:
-        for proc in procs:
+        for proc in [gateway, *w.daemons]:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
