@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ async def eventually(cond: Callable[[], Any], timeout: float, what: str = "") ->
         await asyncio.sleep(0.02)
 
 
-async def spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
-    """``python ARGS...`` as its own process, its stderr appended to ``log``."""
+async def spawn(*args: str, log: Path, prefix: Sequence[str] = ()) -> asyncio.subprocess.Process:
+    """``python ARGS...`` as its own process (run by ``PREFIX...``: ``setpriv ... --``, say),
+    its stderr appended to ``log``."""
     with log.open("ab") as f:
         return await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
+            *prefix, sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
         )

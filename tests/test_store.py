@@ -640,6 +640,39 @@ def test_head_mirror_writes_what_was_committed(db: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_head_file_that_cannot_be_written_is_reported_once_and_retried(
+    db: Path, tmp_path: Path
+) -> None:
+    """The daemon fails closed on it (``on_failure``): the store could no longer be checked
+    against its head file at the next start. The mirror keeps trying and writes it once it can."""
+    failures: list[str] = []
+
+    async def scenario() -> None:
+        with Store(db) as store:
+            store.ensure_identity()
+            path = tmp_path / "gone" / "rampart.head"  # its directory does not exist
+            mirror = HeadMirror(
+                store, path, kv_put=None, wall_clock=lambda: 42, on_failure=failures.append
+            )
+            store.head_listener = mirror.wake
+            task = asyncio.create_task(mirror.run())
+            try:
+                await until(lambda: bool(failures))
+                await asyncio.to_thread(store.append_audit, "x", {}, actor="t", ts=1)
+                path.parent.mkdir()
+                await until(lambda: read_head_file(path) is not None, timeout=5)
+                head = read_head_file(path)
+                assert head is not None and head.seq == 1
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert len(failures) == 1, failures
+        assert f"the head file {path} cannot be written" in failures[0]
+
+    asyncio.run(scenario())
+
+
 def test_audit_verify_reports_a_store_behind_its_head_file(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

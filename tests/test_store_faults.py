@@ -2,7 +2,9 @@
 and a gateway run as their own processes, the daemon's data_dir on a small tmpfs that the test
 fills up mid-run. Rampart must halt every algorithm at the gateway, say so in status, refuse
 deploys, and after the space is freed and it restarts, come back halted, resuming nothing by
-itself. Needs root (to mount the tmpfs): skipped otherwise, with the reason."""
+itself. The same for store files made read-only under the running daemon. Needs root (to mount
+the tmpfs; to run the daemon bound by file permissions: setpriv): skipped otherwise, with the
+reason."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,14 +104,43 @@ def fill_up(path: Path) -> Path:
     return ballast
 
 
+# Root without the capabilities that let it write what file permissions forbid: the daemon is then
+# bound by them like any user, and still reads the interpreter and the venv (under /root here).
+_NO_DAC = "-dac_override,-dac_read_search"
+BOUND_BY_PERMISSIONS: tuple[str, ...] = (
+    "setpriv", "--bounding-set", _NO_DAC, "--inh-caps", _NO_DAC, "--",
+)  # fmt: skip
+
+
+def bound_by_permissions(tmp: Path) -> tuple[str, ...]:
+    """How to run a process that a ``chmod 0444`` stops writing: as it is when not root, under
+    ``setpriv`` as root. Skips, with the reason, when neither works here."""
+    prefix = BOUND_BY_PERMISSIONS if os.geteuid() == 0 else ()
+    if prefix and shutil.which(prefix[0]) is None:
+        pytest.skip("runs as root and needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    probe = tmp / "read-only-probe"
+    probe.write_bytes(b"")
+    probe.chmod(0o444)
+    code = f"import rampart; open({str(probe)!r}, 'ab')"
+    done = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True)
+    probe.unlink()
+    if "PermissionError" not in done.stderr:
+        pytest.skip(
+            "cannot run the daemon bound by file permissions here "
+            f"({' '.join(prefix) or 'as is'}): {done.stderr.strip()[-300:] or 'it wrote'}"
+        )
+    return prefix
+
+
 class World:
     """A daemon and a gateway process; what the test sees of them over NATS."""
 
-    def __init__(self, nc: Any, cfg: Path, url: str, tmp: Path) -> None:
-        self.nc, self.tmp = nc, tmp
+    def __init__(self, nc: Any, cfg: Path, url: str, tmp: Path, prefix: tuple[str, ...]) -> None:
+        self.nc, self.tmp, self.prefix = nc, tmp, prefix
         self.run = ("-m", "rampart", "run", "--config", str(cfg), "--servers", url)
         self.hb: list[Any] = []
         self.gw_log = tmp / "gateway-commands.jsonl"
+        self.daemons: list[Any] = []
 
     async def on_hb(self, msg: Any) -> None:
         self.hb[:] = [heartbeat_decoder.decode(msg.data)]
@@ -122,38 +155,46 @@ class World:
     def halted_at_gateway(self) -> bool:
         return bool(self.hb) and all(s.halted for s in self.hb[0].state)
 
-    async def deploy(self, dep_id: str) -> Any:
-        doc = {**DEPLOY, "deploymentId": dep_id}
+    async def deploy(self, dep_id: str, algo: str = "alpha") -> Any:
+        doc = {**DEPLOY, "deploymentId": dep_id, "algorithmId": algo}
         req = ControlRequest(operator="alice", target=dep_id, document=doc)
         reply = await self.nc.request(SUBJ.control("deploy"), encoder.encode(req), timeout=10)
         return control_reply_decoder.decode(reply.data)
 
     async def restart(self, daemon: Any) -> Any:
-        daemon.send_signal(signal.SIGKILL)
-        await daemon.wait()
-        daemon = await spawn(*self.run, log=self.tmp / "daemon.log")
+        if daemon.returncode is None:
+            daemon.send_signal(signal.SIGKILL)
+            await daemon.wait()
+        daemon = await self.spawn()
         await until(self.status, what="the daemon answers status after the restart")
         return daemon
 
+    async def spawn(self) -> Any:
+        proc = await spawn(*self.run, log=self.tmp / "daemon.log", prefix=self.prefix)
+        self.daemons.append(proc)  # each is killed at the end, even if the test fails
+        return proc
 
-async def with_world(server: EmbeddedNatsServer, tmp: Path, disk: Path, body: Any) -> None:
+
+async def with_world(
+    server: EmbeddedNatsServer, tmp: Path, disk: Path, body: Any, prefix: tuple[str, ...] = ()
+) -> None:
     cfg = tmp / "rampart.toml"
     cfg.write_text(CONFIG.format(data_dir=disk / "data"))
     nc = await nats.connect(server.url)
-    w = World(nc, cfg, server.url, tmp)
+    w = World(nc, cfg, server.url, tmp, prefix)
     await nc.subscribe(SUBJ.heartbeat("gw1"), cb=w.on_hb)
     gateway = await spawn(
         GATEWAY, server.url, "gw1", "alpha,beta", str(w.gw_log), "--deadman", "3600",
         log=tmp / "gateway.log",
     )  # fmt: skip
-    procs = [gateway, await spawn(*w.run, log=tmp / "daemon.log")]
+    daemon = await w.spawn()
     try:
         await until(w.status, what="the daemon answers status")
         await until(lambda: bool(w.hb), what="the gateway's heartbeat")
         assert not w.halted_at_gateway()
-        procs[1] = await body(w, procs[1])
+        await body(w, daemon)
     finally:
-        for proc in procs:
+        for proc in [gateway, *w.daemons]:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
@@ -221,6 +262,84 @@ def test_a_disk_that_fills_mid_run_loses_nothing_rampart_acknowledged(
             return daemon
 
         asyncio.run(with_world(server, tmp_path, disk, body))
+
+
+STORE_FILES = ("rampart.db", "rampart.db-wal", "rampart.db-shm", "rampart.head")
+
+
+@pytest.mark.timeout(300)
+def test_store_files_made_read_only_mid_run_fail_closed_and_a_restart_says_what_to_fix(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """From outside, mid-run: the store's files ``chmod 0444``, its directory ``0555``. The
+    daemon's open files keep their write access (SQLite goes on writing through them), but the
+    head file cannot be replaced any more: at the next audit record (a deploy) Rampart fails
+    closed, alive, saying why. Restarted while the files are read-only it starts halted, the
+    status naming the read-only file (an unwritable lock file: exit 1, naming it); restarted after
+    the repair, it comes back halted, with every deploy it acknowledged, resuming nothing."""
+    prefix = bound_by_permissions(tmp_path)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data = disk / "data"
+
+    async def body(w: World, daemon: Any) -> Any:
+        assert (await w.deploy("before-the-fault")).ok
+        for name in STORE_FILES:
+            (data / name).chmod(0o444)
+        data.chmod(0o555)
+        during = await w.deploy("during-the-fault", algo="beta")  # an audit record: a new head
+        await until(w.halted_at_gateway, timeout=30, what="halted once the head file fails")
+        st = await w.status()
+        assert st is not None and daemon.returncode is None, "alive, answering"
+        error = st.daemon.store_error or ""
+        assert "rampart.head cannot be written" in error, st.daemon
+        reply = await w.deploy("after-the-fault", algo="beta")
+        assert not reply.ok and "failed closed" in (reply.error or ""), reply
+        assert "FAIL CLOSED" in (w.tmp / "daemon.log").read_text()
+
+        daemon = await w.restart(daemon)  # nobody repaired anything yet
+        st = await w.status()
+        assert st is not None and {h.algo for h in st.daemon.halted} == {"alpha", "beta"}
+        error = st.daemon.store_error or ""
+        assert f"{data / 'rampart.db'} is read-only" in error, st.daemon
+        assert "behind" not in error, "a read-only store is intact, not behind its mirror"
+
+        daemon.send_signal(signal.SIGKILL)
+        await daemon.wait()
+        (data / "rampart.lock").chmod(0o444)  # `chmod -R a-w`: even the lock cannot be taken
+        daemon = await w.spawn()
+        assert await asyncio.wait_for(daemon.wait(), 60) == 1
+        assert (
+            f"cannot take the data_dir lock {data / 'rampart.lock'}"
+            in (w.tmp / "daemon.log").read_text()
+        )
+
+        data.chmod(0o755)  # the operator repairs the permissions
+        for f in data.iterdir():
+            f.chmod(0o644)
+        daemon = await w.restart(daemon)
+
+        async def halted_in_rampart() -> bool:
+            st = await w.status()
+            return st is not None and {h.algo for h in st.daemon.halted} == {"alpha", "beta"}
+
+        await until(halted_in_rampart, what="Rampart knows both are halted")
+        await asyncio.sleep(1.0)  # a few reconcile rounds: nothing resumes by itself
+        assert w.halted_at_gateway()
+        for algo in ("alpha", "beta"):
+            no_increase_while_halted(_commands(w.gw_log), algo)
+        st = await w.status()
+        stored = {d.deployment_id for d in st.deployments}
+        acked = {"before-the-fault"} | ({"during-the-fault"} if during.ok else set())
+        assert acked <= stored, f"acknowledged but lost: {acked - stored}"
+        assert "after-the-fault" not in stored
+        return daemon
+
+    try:
+        asyncio.run(with_world(server, tmp_path, disk, body, prefix))
+    finally:  # pytest must be able to remove it
+        if data.exists():
+            data.chmod(0o755)
 
 
 def _commands(log: Path) -> list[dict[str, Any]]:

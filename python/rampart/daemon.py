@@ -74,7 +74,7 @@ from rampart.rollback import Scope
 from rampart.runner import DeploymentRunner, Outcome
 from rampart.service import DaemonService
 from rampart.status_builder import StatusBuilder
-from rampart.store import Store, StoreError
+from rampart.store import Store, StoreError, StoreReadOnly
 from rampart.strategies import Decision, DeploymentState, Verb
 from rampart.tasks import stop_tasks
 from rampart.throttle import Throttle
@@ -211,6 +211,11 @@ class Daemon:
             self.data_lock.acquire()
         except DataDirLocked as e:
             raise DaemonError(str(e)) from e
+        except OSError as e:  # a read-only data_dir or lock file
+            raise DaemonError(
+                f"cannot take the data_dir lock {self.data_lock.path} ({e.strerror or e}): give "
+                f"the daemon's user write access to {self.config.data_dir} and the files in it"
+            ) from e
         try:
             await self._start()
         except BaseException:
@@ -309,6 +314,7 @@ class Daemon:
                 head_path(self.store_path),
                 kv_put=self._mirror_kv,
                 wall_clock=self.wall_clock,
+                on_failure=self.fail_closed,
             )
             self.store.head_listener = mirror.wake
             self._spawn(mirror.run(), "head-mirror")
@@ -353,7 +359,8 @@ class Daemon:
         try:
             return Store(path, create=not must_exist or self.accept_store_rollback is not None)
         except StoreError as e:
-            if must_exist and self._head_file_error is None:
+            # a read-only store is intact, not lost: say what to fix, not that it is behind
+            if must_exist and self._head_file_error is None and not isinstance(e, StoreReadOnly):
                 assert self._file_head is not None
                 self._fail_closed(
                     self._refusal(

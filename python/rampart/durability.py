@@ -206,12 +206,16 @@ class HeadMirror:
         *,
         kv_put: Callable[[bytes], Awaitable[None]] | None,
         wall_clock: Callable[[], int],
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.path = path
         self.identity = store.identity()
         self.kv_put = kv_put
         self.wall_clock = wall_clock
+        # Called (on the event loop) when the head file cannot be written: the daemon fails
+        # closed, since the store can no longer be checked against it at the next start.
+        self.on_failure = on_failure
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._file_lock = threading.Lock()
@@ -245,10 +249,17 @@ class HeadMirror:
         try:
             await asyncio.to_thread(self.write_file)
         except OSError as exc:
-            if not self._failing:
-                log.error("cannot write the head file %s (%s); retrying", self.path, exc)
+            first = not self._failing
             self._failing = True
             self._loop.call_later(1.0, self.wake)
+            if first:
+                log.error("cannot write the head file %s (%s); retrying", self.path, exc)
+                if self.on_failure is not None:
+                    self.on_failure(
+                        f"the head file {self.path} cannot be written ({exc.strerror or exc}): "
+                        "the store could not be checked against it at the next start; check the "
+                        "permissions of the data directory and its files, and the disk"
+                    )
         else:
             if self._failing:
                 log.warning("head file %s written again", self.path)

@@ -237,6 +237,12 @@ class DeploymentEffects:
             )
         else:
             for i in increases:
+                held = self._held_back(i.algo)
+                if held is not None:  # its intent is stored: nothing is sent while it is halted
+                    log.warning(
+                        "deployment %s: %s(%s) not sent: %s", dep_id, type(i).__name__, i.algo, held
+                    )
+                    continue
                 await self._send(dep_id, i)
         for n in notices:
             if isinstance(n, RequestApproval):
@@ -244,6 +250,18 @@ class DeploymentEffects:
                 await guard.alert("warning", title, n.reason, algos=[])
             elif isinstance(n, Complete):
                 await guard.alert("info", f"deployment {dep_id} completed", n.reason, algos=[])
+
+    def _held_back(self, algo: str) -> str | None:
+        """Why an increase for ``algo`` must not go out now, or None: a halt (a rollback, a fail
+        closed) that came while the decision was being stored or its reductions sent. Checked
+        right before each send: the halt is already at the gateway, and an allocation with a
+        later epoch would still be applied there."""
+        reason = self.failed()
+        if reason is not None:
+            return f"Rampart failed closed ({reason})"
+        if algo in self.guard.halted or algo in self.guard.in_flight:
+            return f"{algo} is halted"
+        return None
 
     async def _send(self, dep_id: str, a: Action) -> bool:
         """One command action, now; True when every gateway acked it."""

@@ -58,6 +58,11 @@ class StoreError(Exception):
     """The store cannot be opened, read or written; the message says what to do about it."""
 
 
+class StoreReadOnly(StoreError):
+    """The store's files or their directory cannot be written by this process (permissions, a
+    read-only mount): the store is intact, the process just may not write it."""
+
+
 class HaltLatch(msgspec.Struct, frozen=True, kw_only=True):
     """A halted algorithm: halted since ``ts`` (ns) by ``actor`` because of ``reason``."""
 
@@ -225,6 +230,8 @@ class Store:
             raise self._fail(
                 "no such file", "check the path, or restore a backup (`rampart restore BACKUP`)"
             )
+        if not self.readonly:
+            self._check_writable()
         target = f"{self.path.absolute().as_uri()}?mode=ro" if self.readonly else str(self.path)
         try:
             conn = sqlite3.connect(
@@ -247,6 +254,25 @@ class Store:
             conn.close()
             raise
         return conn
+
+    def _check_writable(self) -> None:
+        """Raise StoreReadOnly naming the first of the store's files (or its directory) this
+        process may not write. SQLite would open a read-only file read-only without a word and
+        fail later with "attempt to write a readonly database", naming no file. ``access(2)``,
+        not a trial open: closing a descriptor of the database would drop the POSIX locks SQLite
+        holds on it in this process."""
+        directory = self.path.absolute().parent
+        name = self.path.name
+        paths = [self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
+        for path, mode in [*((p, os.W_OK) for p in paths), (directory, os.W_OK | os.X_OK)]:
+            if path.exists() and not os.access(path, mode):
+                what = "directory" if path is directory else "file"
+                raise StoreReadOnly(
+                    f"state store {self.path}: the {what} {path} is read-only for this process "
+                    f"(uid {os.geteuid()}); give it write access to the directory {directory} "
+                    f"and the store's files in it ({name}, {name}-wal, {name}-shm and the head "
+                    "file beside them), then try again; nothing was written"
+                )
 
     def _prepare(self, conn: sqlite3.Connection, restore: str, *, create: bool) -> None:
         try:
