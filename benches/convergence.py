@@ -115,10 +115,17 @@ class WatchedGateway(ReferenceGateway):
     from its own configuration would). After each command message it has handled, it checks its
     own state against the targets set by ``watch`` and resolves the future with the time."""
 
-    def __init__(self, nc: Client, algos: list[str], heartbeat_interval: float) -> None:
+    def __init__(
+        self, nc: Client, algos: list[str], heartbeat_interval: float, keys: list[str]
+    ) -> None:
         hosted = [HostedAlgo(a, "ESZ5", Momentum(), allocation=1.0, active=True) for a in algos]
         super().__init__(
-            nc, GATEWAY, hosted, heartbeat_interval=heartbeat_interval, deadman_timeout=3600.0
+            nc,
+            GATEWAY,
+            hosted,
+            heartbeat_interval=heartbeat_interval,
+            deadman_timeout=3600.0,
+            trusted_keys=keys,
         )
         self.watches: list[tuple[list[str], bool, asyncio.Future[int]]] = []
         self.senders: Counter[str] = Counter()  # command reason of applied halt/allocation
@@ -254,7 +261,7 @@ async def gateway_restarts(
         assert guard is not None
         reports = watch_reports(daemon)
         nc = await gateway_connection(url)
-        gw = WatchedGateway(nc, algos, hbs[0])
+        gw = WatchedGateway(nc, algos, hbs[0], [daemon.public_key])
         await gw.start()
         await until(lambda: GATEWAY in daemon.gateways, 10, "the daemon did not see the gateway")
         record = await asyncio.wait_for(
@@ -272,7 +279,7 @@ async def gateway_restarts(
             await gw.close()
             await nc.close()
             nc = await gateway_connection(url)
-            gw = WatchedGateway(nc, algos, hb)
+            gw = WatchedGateway(nc, algos, hb, [daemon.public_key])
             halted = gw.watch(algos, with_allocation=False)
             intent = gw.watch(algos, with_allocation=True)
             t0 = time.perf_counter_ns()
@@ -353,7 +360,7 @@ async def nats_outages(
                 if gw is not None:
                     handled += gw.agent.commands_handled
                     await gw.close()
-                gw = WatchedGateway(nc, algos, hb)
+                gw = WatchedGateway(nc, algos, hb, [daemon.public_key])
                 await gw.start()
                 # a fresh gateway has forgotten the halts: the daemon puts them back first
                 await until(functools.partial(gw.reached, algos[:i], True), 10, "settled")

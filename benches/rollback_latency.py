@@ -240,6 +240,31 @@ class TimedGateway(ReferenceGateway):
 # a tree from before issue 10 (which has no ``[events]``) on the same transport.
 HAS_EVENTS = "events" in DaemonConfig.__struct_fields__
 GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).parameters
+# a tree from before issue 12: commands and heartbeats unsigned, gateways trusting anyone
+GATEWAY_TRUSTS = "trusted_keys" in inspect.signature(ReferenceGateway.__init__).parameters
+# part b's executor signs with this key when the tree signs (its gateway trusts it)
+BENCH_SEED: str | None = None
+if GATEWAY_TRUSTS:
+    from rampart.signing import SigningKey, sign_headers
+
+    BENCH_SEED = SigningKey.generate().seed()
+
+
+def trusting(keys: list[str]) -> dict[str, Any]:
+    """The gateway's ``trusted_keys`` argument, where the tree has it."""
+    return {"trusted_keys": keys} if GATEWAY_TRUSTS else {}
+
+
+def bench_signer() -> dict[str, Any]:
+    """Part b's executor ``sign`` argument, where the tree signs."""
+    if BENCH_SEED is None:
+        return {}
+    key = SigningKey(BENCH_SEED)
+    return {"sign": lambda subject, body: sign_headers(key, subject, body)}
+
+
+def bench_keys(seed: str | None) -> list[str]:
+    return [SigningKey(seed).public_key] if seed is not None and GATEWAY_TRUSTS else []
 
 
 def t2h_config(data_dir: Path, algos: list[str], events: str) -> DaemonConfig:
@@ -327,6 +352,7 @@ async def tick_to_halt(
             [HostedAlgo(a, symbol[a], Momentum(), allocation=1.0, active=False) for a in algos],
             deadman_timeout=3600.0,
             **({"durable": args.events == "durable"} if GATEWAY_HAS_DURABLE else {}),
+            **trusting([daemon.public_key] if GATEWAY_TRUSTS else []),
         )
         await gateway.start()
         feed = await nats.connect(url, name="bench-feed")
@@ -423,14 +449,14 @@ class BenchGateway(ReferenceGateway):
     version places its resting orders again, so the next cancel-all has work to do. Counts how
     often its cancel-all handler runs."""
 
-    def __init__(self, nc: Client, n: int, open_orders: int) -> None:
+    def __init__(self, nc: Client, n: int, open_orders: int, seed: str | None) -> None:
         self.faulty = [f"x{n}-{j:04d}-v2" for j in range(n)]
         self.previous = {a: a.replace("-v2", "-v1") for a in self.faulty}
         hosted = [
             HostedAlgo(a, "ESZ5", Momentum(), allocation=1.0, active=True) for a in self.faulty
         ]
         hosted += [HostedAlgo(p, "ESZ5", Momentum(), active=False) for p in self.previous.values()]
-        super().__init__(nc, GATEWAY, hosted, deadman_timeout=3600.0)
+        super().__init__(nc, GATEWAY, hosted, deadman_timeout=3600.0, **trusting(bench_keys(seed)))
         self.open_orders = open_orders
         self.cancel_calls = 0
         self._order_seq = 0
@@ -455,12 +481,12 @@ class BenchGateway(ReferenceGateway):
         self.place_orders(algo)
 
 
-async def serve_gateway(url: str, n: int, open_orders: int) -> None:
+async def serve_gateway(url: str, n: int, open_orders: int, seed: str | None) -> None:
     """The gateway as a child process: ``ready`` on stdout once it listens; on stdin, ``stats``
     -> ``stats <command messages> <cancel-all calls>``, ``quit`` or EOF ends it."""
     loop = asyncio.get_running_loop()
     nc = await nats.connect(url, name="bench-gateway")
-    gateway = BenchGateway(nc, n, open_orders)
+    gateway = BenchGateway(nc, n, open_orders, seed)
     try:
         await gateway.start()
         print("ready", flush=True)
@@ -479,7 +505,7 @@ class GatewayProcess:
     """``serve_gateway`` in a child process (this script with the hidden ``--serve-gateway``)."""
 
     def __init__(self, url: str, n: int, open_orders: int) -> None:
-        self.args = [url, str(n), str(open_orders)]
+        self.args = [url, str(n), str(open_orders), BENCH_SEED or "-"]
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float) -> None:
@@ -547,10 +573,12 @@ async def executor_rollbacks(
             await child.start(args.timeout * 3)
         else:
             gw_nc = await nats.connect(url, name="bench-gateway")
-            gateway = BenchGateway(gw_nc, n_algos, args.open_orders)
+            gateway = BenchGateway(gw_nc, n_algos, args.open_orders, BENCH_SEED)
             await gateway.start()
         ex_nc = await nats.connect(url, name="bench-rampart")
-        executor = RollbackExecutor(ex_nc, SUBJ, lambda _algo: GATEWAY, settings=ExecutorSettings())
+        executor = RollbackExecutor(
+            ex_nc, SUBJ, lambda _algo: GATEWAY, settings=ExecutorSettings(), **bench_signer()
+        )
         request = RollbackRequest(
             algos=tuple(faulty),
             scope="algo" if n_algos == 1 else "gateway",
@@ -757,14 +785,14 @@ def main() -> int:
         default="both",
         help="part b: the gateway in this process, in a child process, or both in turn",
     )
-    p.add_argument("--serve-gateway", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
+    p.add_argument("--serve-gateway", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=10.0, help="bound of one iteration, s")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--raw", action="store_true", help="include every sample in the JSON")
     args = p.parse_args()
     if args.serve_gateway:
-        url, n, open_orders = args.serve_gateway
-        uvloop.run(serve_gateway(url, int(n), int(open_orders)))
+        url, n, open_orders, seed = args.serve_gateway
+        uvloop.run(serve_gateway(url, int(n), int(open_orders), None if seed == "-" else seed))
         return 0
     result = uvloop.run(bench(args))
     if args.json:

@@ -61,6 +61,7 @@ async def main() -> None:
     p.add_argument("algos")
     p.add_argument("log", type=Path)
     p.add_argument("--deadman", type=float, default=3.0)
+    p.add_argument("--trust", required=True, help="Rampart's public signing key")
     p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
     args = p.parse_args()
     nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
@@ -68,7 +69,12 @@ async def main() -> None:
         HostedAlgo(a, "ES", Momentum(), allocation=0.0, active=True) for a in args.algos.split(",")
     ]
     gw = LoggingGateway(
-        nc, args.gateway, algos, heartbeat_interval=0.05, deadman_timeout=args.deadman
+        nc,
+        args.gateway,
+        algos,
+        heartbeat_interval=0.05,
+        deadman_timeout=args.deadman,
+        trusted_keys=[args.trust],
     )
     gw.log_path = args.log
     gw.stop_after_halt = args.stop_after_halt

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rampart.signing import default_seed_path, load_or_create
+
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait (bounded) for asynchronous delivery to make ``predicate`` true."""
@@ -42,3 +44,9 @@ async def spawn(*args: str, log: Path, prefix: Sequence[str] = ()) -> asyncio.su
         return await asyncio.create_subprocess_exec(
             *prefix, sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
         )
+
+
+def rampart_keys(data_dir: str | Path) -> list[str]:
+    """The public key a Rampart on ``data_dir`` signs with, as a gateway's ``trusted_keys``: the
+    key is created now if it is not there yet (the daemon, started before or after, uses it)."""
+    return [load_or_create(default_seed_path(data_dir)).public_key]

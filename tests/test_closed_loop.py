@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import nats
 from nats.aio.client import Client
-from support import until
+from support import rampart_keys, until
 
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
@@ -63,7 +63,7 @@ async def daemon_up(config: DaemonConfig, url: str) -> AsyncIterator[Daemon]:
 
 @asynccontextmanager
 async def gateway_up(
-    url: str, deadman: float = 3600.0, heartbeat: float = 0.05
+    url: str, keys: list[str], deadman: float = 3600.0, heartbeat: float = 0.05
 ) -> AsyncIterator[ReferenceGateway]:
     nc = await nats.connect(url)
     gw = ReferenceGateway(
@@ -75,6 +75,7 @@ async def gateway_up(
         ],
         heartbeat_interval=heartbeat,
         deadman_timeout=deadman,
+        trusted_keys=keys,
     )
     await gw.start()
     try:
@@ -91,13 +92,13 @@ def test_a_gateway_restarted_inside_the_heartbeat_timeout_is_halted_again(
         async with daemon_up(make_config(tmp_path), server.url) as daemon:
             guard = daemon.guard
             assert guard is not None
-            async with gateway_up(server.url) as gw:
+            async with gateway_up(server.url, rampart_keys(tmp_path / "data")) as gw:
                 task = guard.trigger(["alpha"], "algo", "manual", "test", "alice", force=True)
                 assert task is not None
                 assert await task is not None
                 await until(lambda: gw.agent.is_halted("alpha"))
             # restarted well inside the 1 h heartbeat timeout: it forgot the halt
-            async with gateway_up(server.url) as gw:
+            async with gateway_up(server.url, rampart_keys(tmp_path / "data")) as gw:
                 await until(lambda: gw.agent.is_halted("alpha"), timeout=10)
                 assert not gw.agent.is_halted("beta")
                 status = daemon.status("alpha").algorithms[0].control
@@ -122,7 +123,7 @@ def test_what_a_rollback_had_acked_is_not_sent_again(
         async with daemon_up(parse_config(cfg.encode()), server.url) as daemon:
             guard, rec = daemon.guard, daemon.reconciler
             assert guard is not None and rec is not None
-            async with gateway_up(server.url, heartbeat=2.0) as gw:
+            async with gateway_up(server.url, rampart_keys(tmp_path / "data"), heartbeat=2.0) as gw:
                 await until(lambda: "gw1" in rec.actual)
                 task = guard.trigger(["alpha"], "algo", "manual", "test", "alice", force=True)
                 assert task is not None
@@ -141,7 +142,7 @@ def test_a_deadman_trip_while_rampart_was_away_becomes_a_latch_only_an_operator_
     config = make_config(tmp_path)
 
     async def scenario() -> None:
-        async with gateway_up(server.url, deadman=0.3) as gw:
+        async with gateway_up(server.url, rampart_keys(tmp_path / "data"), deadman=0.3) as gw:
             async with daemon_up(config, server.url) as daemon:
                 await until(lambda: "gw1" in daemon.gateways)
                 await until(lambda: gw.agent.deadman.last_seen is not None)
@@ -188,7 +189,7 @@ def test_status_shows_intent_actual_and_drift(server: EmbeddedNatsServer, tmp_pa
             control = daemon.status("alpha").algorithms[0].control
             assert control is not None and control.actual is None and not control.in_sync
             assert control.drift == "not reported by its gateway"
-            async with gateway_up(server.url):
+            async with gateway_up(server.url, rampart_keys(tmp_path / "data")):
                 await until(lambda: daemon.status("alpha").algorithms[0].control.actual is not None)  # type: ignore[union-attr]
                 control = daemon.status("alpha").algorithms[0].control
                 assert control is not None and control.in_sync and control.drift is None

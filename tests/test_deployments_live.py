@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from support import until
+from support import rampart_keys, until
 
 from rampart.config import parse_config
 from rampart.daemon import Daemon
@@ -159,6 +159,7 @@ def test_live_daemon_makes_the_same_decisions_as_replay(
             "gw1",
             [HostedAlgo(ALGO, "ES", Momentum(), active=False)],
             deadman_timeout=3600,
+            trusted_keys=rampart_keys(config.data_dir),
         )
         await gw.start()
         nc = await nats.connect(server.url)
@@ -294,6 +295,8 @@ def test_sigkill_mid_canary_resumes_exactly(
             str(tmp_path / "gw.jsonl"),
             "--deadman",
             "3600",
+            "--trust",
+            rampart_keys(tmp_path / "data")[0],
         ],
         stderr=subprocess.DEVNULL,
     )
@@ -396,7 +399,11 @@ def test_killed_between_storing_a_transition_and_carrying_it_out(
     async def scenario() -> None:
         gw_nc = await nats.connect(server.url)
         gw = ReferenceGateway(
-            gw_nc, "gw1", [HostedAlgo(ALGO, "ES", Momentum(), active=False)], deadman_timeout=3600
+            gw_nc,
+            "gw1",
+            [HostedAlgo(ALGO, "ES", Momentum(), active=False)],
+            deadman_timeout=3600,
+            trusted_keys=rampart_keys(tmp_path / "data"),
         )
         await gw.start()
         nc = await nats.connect(server.url)

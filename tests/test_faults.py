@@ -19,7 +19,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from support import eventually, spawn
+from support import eventually, rampart_keys, spawn
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
@@ -113,6 +113,8 @@ class World:
             *extra,
             "--deadman",
             str(deadman),
+            "--trust",
+            rampart_keys(self.tmp / "data")[0],
             log=self.tmp / "gateway.log",
         )
         await until(lambda: self.hb is not None, what="the gateway's heartbeat")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from rampart.gateway.commands import CommandBook, DeadMansSwitch
 from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
 from rampart.protocol import Command, CommandKind, CommandTarget
+from rampart.signing import SigningKey
 
 NOW = 1_000_000
 
@@ -58,9 +59,18 @@ class Recorder(GatewayHandlers):
         return ["a", "b"]
 
 
+KEY = SigningKey.generate()
+
+
 def agent(handlers: Recorder) -> GatewayAgent:
     # handle() does no I/O, so the agent can run without a connection
-    return GatewayAgent(None, "gw", handlers, wall_clock=lambda: NOW)  # type: ignore[arg-type]
+    return GatewayAgent(
+        None,  # type: ignore[arg-type]
+        "gw",
+        handlers,
+        wall_clock=lambda: NOW,
+        trusted_keys=[KEY.public_key],
+    )
 
 
 def test_a_command_is_applied_once_and_retries_are_duplicates() -> None:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from support import until
+from support import rampart_keys, until
 
 from rampart.checkpoints import CHECKPOINT_KEY
 from rampart.config import DaemonConfig, parse_config
@@ -423,6 +423,7 @@ def test_a_future_stamp_cannot_satisfy_a_canary_stage(
                 "gw1",
                 [HostedAlgo("alpha", "ES", Momentum(), active=False)],
                 deadman_timeout=3600,
+                trusted_keys=rampart_keys(tmp_path / "data"),
             )
             await gw.start()
             try:

@@ -19,7 +19,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from support import until
+from support import rampart_keys, until
 
 import rampart.checkpoints
 from rampart._core import ConfigError, Engine, RampartError, Snapshot
@@ -103,7 +103,9 @@ async def running(
 
 
 @asynccontextmanager
-async def gateway(url: str, name: str, algos: list[str]) -> AsyncIterator[ReferenceGateway]:
+async def gateway(
+    url: str, name: str, algos: list[str], keys: list[str]
+) -> AsyncIterator[ReferenceGateway]:
     """A reference gateway that acks the daemon's commands (rollbacks complete at once)."""
     nc = await nats.connect(url)
     gw = ReferenceGateway(
@@ -112,6 +114,7 @@ async def gateway(url: str, name: str, algos: list[str]) -> AsyncIterator[Refere
         [HostedAlgo(a, "ESZ5", Momentum(lot=1), allocation=1.0, active=True) for a in algos],
         heartbeat_interval=0.05,
         deadman_timeout=3600,
+        trusted_keys=keys,
     )
     await gw.start()
     try:
@@ -437,7 +440,7 @@ def test_non_finite_or_unreadable_metrics_of_one_algorithm_do_not_break_status(
         config = make_config(tmp_path, algos)
         async with (
             running(config, server.url, engine) as (daemon, nc),
-            gateway(server.url, "gw1", [a for a, _ in algos]),
+            gateway(server.url, "gw1", [a for a, _ in algos], rampart_keys(config.data_dir)),
         ):
             await nc.publish(SUBJ.fills("gw1", "alpha"), fill("alpha", 2, 100.0))
             await nc.flush()
@@ -495,7 +498,7 @@ def test_one_algorithm_whose_checkpoint_fails_does_not_stop_the_others(
         config = make_config(tmp_path, algos)
         async with (
             running(config, server.url, engine) as (daemon, nc),
-            gateway(server.url, "gw1", ["alpha", "beta"]),
+            gateway(server.url, "gw1", ["alpha", "beta"], rampart_keys(config.data_dir)),
         ):
             alerts = await collect(nc, "rampart.alert.>")
             store, guard, eng = daemon.store, daemon.guard, faulty[0]

@@ -23,6 +23,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from support import rampart_keys
 
 import rampart.daemon
 from rampart.config import parse_config
@@ -228,6 +229,7 @@ def test_kill_9_of_the_daemon_takes_its_nats_server_and_a_restart_on_the_same_po
                 gateway = await asyncio.create_subprocess_exec(
                     sys.executable, GATEWAY, url, "gw1", "alpha",
                     str(tmp_path / "gateway-commands.jsonl"), "--deadman", "60",
+                    "--trust", rampart_keys(data)[0],
                     stdout=asyncio.subprocess.DEVNULL, stderr=f,
                 )  # fmt: skip
             async with client(url) as nc:

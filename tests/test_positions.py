@@ -14,7 +14,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.msg import Msg
-from support import until
+from support import rampart_keys, until
 
 from rampart._core import Engine, InvalidEventError
 from rampart.config import parse_config
@@ -246,6 +246,7 @@ def test_rampart_and_the_gateway_agree_and_a_hidden_position_rolls_back(
             subjects=Subjects("desk.a"),
             heartbeat_interval=0.05,
             deadman_timeout=3600.0,
+            trusted_keys=rampart_keys(config.data_dir),
         )
         await gw.start()
         try:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from support import until
 
 from rampart.embedded import EmbeddedNatsServer
@@ -25,9 +26,14 @@ from rampart.protocol import (
     encoder,
 )
 from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest
+from rampart.signing import SigningKey, sign_headers
 
 SUBJ = Subjects()
 T0 = 1_764_028_800_000_000_000
+
+
+# Rampart's signing key in these tests (no daemon: the executor signs with it)
+KEY = SigningKey.generate()
 
 
 def hosted() -> list[HostedAlgo]:
@@ -40,7 +46,7 @@ def hosted() -> list[HostedAlgo]:
 @asynccontextmanager
 async def gateway(url: str, **kw: float) -> AsyncIterator[tuple[Client, ReferenceGateway]]:
     nc = await nats.connect(url)
-    gw = ReferenceGateway(nc, "gw1", hosted(), **kw)  # type: ignore[arg-type]
+    gw = ReferenceGateway(nc, "gw1", hosted(), trusted_keys=[KEY.public_key], **kw)  # type: ignore[arg-type]
     await gw.start()
     try:
         yield nc, gw
@@ -50,7 +56,22 @@ async def gateway(url: str, **kw: float) -> AsyncIterator[tuple[Client, Referenc
 
 
 def executor(nc: Client, **settings: float) -> RollbackExecutor:
-    return RollbackExecutor(nc, SUBJ, lambda algo: "gw1", settings=ExecutorSettings(**settings))  # type: ignore[arg-type]
+    return RollbackExecutor(
+        nc,
+        SUBJ,
+        lambda algo: "gw1",
+        settings=ExecutorSettings(**settings),  # type: ignore[arg-type]
+        sign=signed,
+    )
+
+
+def signed(subject: str, body: bytes) -> dict[str, str]:
+    return sign_headers(KEY, subject, body)
+
+
+async def request(nc: Client, subject: str, data: bytes) -> Msg:
+    """A command as Rampart sends it: signed."""
+    return await nc.request(subject, data, timeout=2, headers=signed(subject, data))
 
 
 async def trade(gw: ReferenceGateway, n: int = 30) -> None:
@@ -181,7 +202,7 @@ def test_duplicate_and_expired_commands_over_nats(server: EmbeddedNatsServer) ->
             )
             acks = []
             for _ in range(2):
-                reply = await nc.request(SUBJ.command("gw1"), encoder.encode(halt), timeout=2)
+                reply = await request(nc, SUBJ.command("gw1"), encoder.encode(halt))
                 acks.append(command_ack_decoder.decode(reply.data).results[0].status)
             assert acks == ["applied", "duplicate"]
             expired = Command(
@@ -192,7 +213,7 @@ def test_duplicate_and_expired_commands_over_nats(server: EmbeddedNatsServer) ->
                 issued_at=now - 2 * 10**9,
                 valid_until=now - 10**9,
             )
-            reply = await nc.request(SUBJ.command("gw1"), encoder.encode(expired), timeout=2)
+            reply = await request(nc, SUBJ.command("gw1"), encoder.encode(expired))
             assert command_ack_decoder.decode(reply.data).results[0].status == "expired"
             assert gw.algos["mom-v1"].halted
             assert gw.agent.commands_handled == 3
@@ -209,7 +230,10 @@ def test_deadmans_switch_halts_everything_when_rampart_goes_silent(
             gw.agent.deadman_listeners.append(lambda: tripped.append(time.monotonic()))
             for _ in range(5):  # Rampart alive
                 hb = SidecarHeartbeat(daemon="rampart", ts=time.time_ns(), interval_ms=50)
-                await nc.publish(SUBJ.sidecar_heartbeat, encoder.encode(hb))
+                data = encoder.encode(hb)
+                await nc.publish(
+                    SUBJ.sidecar_heartbeat, data, headers=signed(SUBJ.sidecar_heartbeat, data)
+                )
                 await asyncio.sleep(0.05)
             assert not any(a.halted for a in gw.algos.values())
             await until(lambda: bool(tripped))  # Rampart silent

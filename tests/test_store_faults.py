@@ -23,7 +23,7 @@ from typing import Any
 
 import nats
 import pytest
-from support import spawn
+from support import rampart_keys, spawn
 from test_faults import GATEWAY, no_increase_while_halted, until
 
 from rampart.embedded import EmbeddedNatsServer
@@ -185,7 +185,7 @@ async def with_world(
     await nc.subscribe(SUBJ.heartbeat("gw1"), cb=w.on_hb)
     gateway = await spawn(
         GATEWAY, server.url, "gw1", "alpha,beta", str(w.gw_log), "--deadman", "3600",
-        log=tmp / "gateway.log",
+        "--trust", rampart_keys(disk / "data")[0], log=tmp / "gateway.log",
     )  # fmt: skip
     daemon = await w.spawn()
     try:
@@ -316,7 +316,8 @@ def test_store_files_made_read_only_mid_run_fail_closed_and_a_restart_says_what_
 
         data.chmod(0o755)  # the operator repairs the permissions
         for f in data.iterdir():
-            f.chmod(0o644)
+            if f.is_file():  # (keys/ keeps its 0700)
+                f.chmod(0o644)
         daemon = await w.restart(daemon)
 
         async def halted_in_rampart() -> bool:

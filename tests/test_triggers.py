@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from support import until
+from support import rampart_keys, until
 
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import STORE_FILE, Daemon
@@ -122,6 +122,7 @@ async def world(
         ],
         heartbeat_interval=heartbeat_interval,
         deadman_timeout=3600,
+        trusted_keys=rampart_keys(config.data_dir),
     )
     await gateway.start()
     feed = await nats.connect(url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)

@@ -18,9 +18,12 @@ __all__ = [
     "OutOfOrderError",
     "Position",
     "RampartError",
+    "SigningKey",
     "Snapshot",
     "UnknownAlgorithmError",
     "__version__",
+    "is_public_key",
+    "verify_message",
 ]
 
 BreachKind = Literal["daily_loss", "drawdown", "error_rate", "latency", "price_band"]
@@ -295,3 +298,31 @@ class Engine:
         inconsistent), ``ConfigError`` (the embedded configuration is invalid, or the algorithm
         is already registered).
         """
+
+@final
+class SigningKey:
+    """An Ed25519 key pair from an NKEY seed (``SU...``); its ``repr`` shows only the public key
+    (docs/protocol.md, "Signatures")."""
+
+    def __new__(cls, seed: str) -> Self:
+        """Raises ``ValueError`` if ``seed`` is not an NKEY seed."""
+    @staticmethod
+    def generate() -> SigningKey:
+        """A new user key pair from the operating system's random source."""
+    @property
+    def public_key(self) -> str:
+        """The public key (``U...``): the key id gateways trust."""
+    def seed(self) -> str:
+        """The seed, to store (mode 0600): whoever has it can sign as Rampart."""
+    def sign(self, data: bytes) -> bytes:
+        """The raw 64-byte Ed25519 signature of ``data``."""
+    def sign_message(self, subject: str, body: bytes) -> str:
+        """The ``Rampart-Sig`` header value of a message on ``subject`` with ``body``: base64url
+        (no padding) of the signature of ``b"rampart-sig-v1\n" + subject + b"\n" + body``."""
+
+def verify_message(public_key: str, subject: str, body: bytes, signature: str) -> bool:
+    """Whether ``signature`` (a ``Rampart-Sig`` value) is ``public_key``'s signature of the
+    message on ``subject`` with ``body``; False for anything malformed."""
+
+def is_public_key(key: str) -> bool:
+    """Whether ``key`` is an NKEY public user key (``U...``, its checksum included)."""

@@ -195,6 +195,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print the public key Rampart signs with (creating the key if there is none yet): what
+    every gateway must trust (docs/protocol.md, "Signatures")."""
+    from rampart.config import ConfigFileError
+    from rampart.signing import SigningKeyError, default_seed_path, load_or_create
+
+    try:
+        config = _load_config(args.config)
+    except (ConfigFileError, OSError) as e:
+        print(f"rampart key: {e}", file=sys.stderr)
+        return 2
+    seed = config.signing.seed_file or default_seed_path(config.data_dir)
+    try:
+        key = load_or_create(seed)
+    except SigningKeyError as e:
+        print(f"rampart key: {e}", file=sys.stderr)
+        return 1
+    print(key.public_key)
+    print(
+        f"(the seed is in {seed}; give the public key above to every gateway: "
+        "GatewayAgent(trusted_keys=[...]))",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
     from rampart.protocol import encode_explicit
@@ -531,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=cmd_validate)
+
+    key = sub.add_parser(
+        "key", help="print the public key Rampart signs commands with (gateways trust it)"
+    )
+    key.add_argument("-c", "--config", help=config_help)
+    key.set_defaults(func=cmd_key)
 
     status = sub.add_parser("status", help="show a running daemon's algorithms and metrics")
     status.add_argument("algo", nargs="?", metavar="ALGO", help="one algorithm in detail")

@@ -264,6 +264,14 @@ class EventsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return self.stream or prefix.replace(".", "_") + "_events"
 
 
+class SigningConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The key Rampart signs its commands and heartbeats with (docs/protocol.md, "Signatures")."""
+
+    # An NKEY user seed file (mode 0600). Default: <data_dir>/keys/rampart.nk, created at the
+    # first start (its public key beside it, in rampart.pub: what the gateways trust).
+    seed_file: str | None = None
+
+
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Alerts go to ``<prefix>.alert.<severity>``, and to ``webhook_url`` (JSON POST) if set."""
 
@@ -304,6 +312,7 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     reconcile: ReconcileConfig = ReconcileConfig()
     events: EventsConfig = EventsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    signing: SigningConfig = SigningConfig()
     algorithms: list[AlgorithmConfig] = []
 
     @property

@@ -73,6 +73,13 @@ from rampart.reconciler import Reconciler, reconcile_settings
 from rampart.rollback import Scope
 from rampart.runner import DeploymentRunner, Outcome
 from rampart.service import DaemonService
+from rampart.signing import (
+    SigningKey,
+    SigningKeyError,
+    default_seed_path,
+    load_or_create,
+    sign_headers,
+)
 from rampart.status_builder import StatusBuilder
 from rampart.store import Store, StoreError, StoreReadOnly
 from rampart.strategies import Decision, DeploymentState, Verb
@@ -176,6 +183,9 @@ class Daemon:
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.reconciler: Reconciler | None = None
         self.position_watch: PositionWatch | None = None
+        self.signing_key: SigningKey | None = None
+        # per gateway: the messages it refused for their signature, as last reported
+        self._refused_signatures: dict[str, dict[str, int]] = {}
         self.effects: DeploymentEffects | None = None
         self.service: DaemonService | None = None
         self.status_builder = StatusBuilder(self)
@@ -197,6 +207,13 @@ class Daemon:
     @property
     def store_path(self) -> Path:
         return Path(self.config.data_dir) / STORE_FILE
+
+    @property
+    def public_key(self) -> str:
+        """The public key of Rampart's signing key: what its gateways trust (after ``start``)."""
+        if self.signing_key is None:
+            raise DaemonError("the daemon has not started: its signing key is not loaded yet")
+        return self.signing_key.public_key
 
     @property
     def kv_head_key(self) -> str:
@@ -224,6 +241,12 @@ class Daemon:
 
     async def _start(self) -> None:
         self.started_at = self.wall_clock()
+        seed_file = self.config.signing.seed_file or default_seed_path(self.config.data_dir)
+        try:
+            self.signing_key = await asyncio.to_thread(load_or_create, seed_file)
+        except SigningKeyError as e:
+            raise DaemonError(str(e)) from e
+        log.info("signing commands and heartbeats with %s", self.signing_key.public_key)
         self.store = await asyncio.to_thread(self._open_store)
         loop = asyncio.get_running_loop()
 
@@ -253,6 +276,7 @@ class Daemon:
             self.nc,
             gateways=lambda: self.gateways,
             wall_clock=self.wall_clock,
+            sign=self._sign,
         )
         self.breach_listeners.append(self.guard.on_breaches)
         self.guard.rollback_listeners.append(self._on_rollback)
@@ -980,6 +1004,8 @@ class Daemon:
                 await self._reject(msg, e.reason, f"position report: {e}")
                 return
             self._on_positions(found + watch.check(now))
+        if hb.refused_signatures:
+            self._on_refused_signatures(gateway, hb.refused_signatures)
         self.stats.heartbeats += 1
         first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
@@ -991,6 +1017,26 @@ class Daemon:
         )
         if first and self.guard is not None:
             self.guard.on_gateway_seen(hb.gateway)
+
+    def _on_refused_signatures(self, gateway: str, counts: dict[str, int]) -> None:
+        """A gateway refused messages that claimed to be Rampart's: alerted as they grow (a
+        forger on the bus, or a gateway that does not trust Rampart's key)."""
+        before = self._refused_signatures.get(gateway, {})
+        self._refused_signatures[gateway] = dict(counts)
+        grown = {k: n - before.get(k, 0) for k, n in counts.items() if n > before.get(k, 0)}
+        if not grown or self.guard is None:
+            return
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(grown.items()))
+        detail = (
+            f"gateway {gateway} refused {what} not signed by a key it trusts: a process on the "
+            "bus forging Rampart's messages, or a gateway whose trusted key is not Rampart's "
+            f"({self.signing_key.public_key if self.signing_key else '?'})"
+        )
+        log.critical("%s", detail)
+        alert = self.guard.alert(
+            "critical", f"forged messages refused by {gateway}", detail, algos=[]
+        )
+        self._spawn(alert, "signature-alert")
 
     def _on_positions(self, findings: list[Finding]) -> None:
         """Drift alerted, its end noted, a lasting one rolled back (position_watch.py)."""
@@ -1051,6 +1097,11 @@ class Daemon:
 
     # ---- own heartbeat ----------------------------------------------------------------------
 
+    def _sign(self, subject: str, body: bytes) -> dict[str, str]:
+        """The signature headers of a message to the gateways (docs/protocol.md, "Signatures")."""
+        assert self.signing_key is not None
+        return sign_headers(self.signing_key, subject, body)
+
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval.total_seconds()
         subject = self.subjects.sidecar_heartbeat
@@ -1061,8 +1112,9 @@ class Daemon:
                     ts=self.wall_clock(),
                     interval_ms=int(interval * 1000),
                 )
+                data = encoder.encode(hb)
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(subject, encoder.encode(hb))
+                    await self.nc.publish(subject, data, headers=self._sign(subject, data))
             await asyncio.sleep(interval)
 
     # ---- what the runner asks of the live state ---------------------------------------------

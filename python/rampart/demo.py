@@ -260,6 +260,7 @@ class Demo:
                 venue=venue,
                 heartbeat_interval=0.2,
                 deadman_timeout=3600,
+                trusted_keys=[daemon.public_key],
             )
             await gateway.start()
             feed = await nats.connect(server.url)

@@ -88,6 +88,7 @@ class Guard:
         *,
         gateways: Callable[[], dict[str, GatewayStatus]],
         wall_clock: Callable[[], int] = time.time_ns,
+        sign: Callable[[str, bytes], dict[str, str]] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -104,6 +105,7 @@ class Guard:
             settings=executor_settings(config),
             epochs=EpochClock(wall_clock),
             wall_clock=wall_clock,
+            sign=sign,
         )
         self.halted: dict[str, HaltLatch] = {}
         self.in_flight: set[str] = set()

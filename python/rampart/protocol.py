@@ -254,6 +254,9 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_
     state: list[AlgoActual] = []
     interval_ms: int = 1000
     positions: PositionReport | None = None
+    # messages the gateway refused since it started because their signature was not Rampart's:
+    # "commands", "heartbeats" -> count (Rampart alerts when one grows)
+    refused_signatures: dict[str, int] = {}
     v: int = HEARTBEAT_VERSION
 
 
@@ -270,6 +273,7 @@ class HeartbeatFrame(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat",
     state: msgspec.Raw = msgspec.Raw(b"[]")
     interval_ms: int = 1000
     positions: PositionFrame | None = None
+    refused_signatures: dict[str, int] = {}
     v: int = 0
 
 
@@ -318,7 +322,10 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_fiel
     v: int = SCHEMA_VERSION
 
 
-CommandStatus = Literal["applied", "duplicate", "expired", "stale_epoch", "refused", "error"]
+# bad_signature: not signed by a key the gateway trusts (docs/protocol.md, "Signatures")
+CommandStatus = Literal[
+    "applied", "duplicate", "expired", "stale_epoch", "refused", "error", "bad_signature"
+]
 
 
 class TargetResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -555,6 +562,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     rollbacks: list[RollbackRecord] = []
     store_error: str | None = None
     checkpoint_at: int | None = None
+    # the public key Rampart signs commands and heartbeats with (what gateways must trust)
+    public_key: str | None = None
     # entries left out of a bounded list (``halted``, ``rollbacks``, ``gateways``,
     # ``connectivity``) so that the reply fits in one NATS message: list name -> count
     omitted: dict[str, int] = {}

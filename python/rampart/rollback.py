@@ -39,7 +39,7 @@ from rampart.store import RollbackRecord, StepRecord
 log = logging.getLogger("rampart.rollback")
 
 # Answers a gateway gives again to the same command: resending it cannot help.
-FINAL_REFUSALS: Final = frozenset({"stale_epoch", "expired", "refused"})
+FINAL_REFUSALS: Final = frozenset({"stale_epoch", "expired", "refused", "bad_signature"})
 # The seed's targets, in milliseconds.
 TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")
@@ -118,9 +118,12 @@ class RollbackExecutor:
         epochs: EpochClock | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.perf_counter_ns,
+        sign: Callable[[str, bytes], dict[str, str]] | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
+        # the signature headers of a command (signing.py); None: unsigned (tests)
+        self.sign = sign
         self.gateway_of = gateway_of
         self.settings = settings or ExecutorSettings()
         self.epochs = epochs or EpochClock(wall_clock)
@@ -149,6 +152,7 @@ class RollbackExecutor:
         """Request ``command`` from ``gateway`` until every target is acked or ``deadline``."""
         subject = self.subjects.command(gateway)
         payload = encoder.encode(command)
+        headers = self.sign(subject, payload) if self.sign is not None else None
         start = self.monotonic()
         stop_at = start + int(deadline * 1e9)
         attempts = 0
@@ -160,7 +164,7 @@ class RollbackExecutor:
             remaining = (stop_at - self.monotonic()) / 1e9
             timeout = max(min(attempt_timeout, remaining), 0.001)
             try:
-                reply = await self.nc.request(subject, payload, timeout=timeout)
+                reply = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
                 ack = command_ack_decoder.decode(reply.data)
                 pending, detail = _unacked(ack.results, pending)
                 final = {r.status for r in ack.results if r.algo in pending}

@@ -34,6 +34,7 @@ from rampart.protocol import (
 )
 from rampart.reconciler import Reconciler
 from rampart.runner import DeploymentRunner, algorithms_of
+from rampart.signing import SigningKey
 from rampart.store import HaltLatch
 from rampart.strategies import DeploymentState
 from rampart.throttle import ERROR_CHARS, REPEAT_EVERY, Throttle
@@ -56,6 +57,7 @@ class StatusSource(Protocol):
     checkpointer: Checkpointer | None
     reconciler: Reconciler | None
     position_watch: PositionWatch | None
+    signing_key: SigningKey | None
     runner: DeploymentRunner
     effects: DeploymentEffects | None
     store_error: str | None
@@ -117,6 +119,7 @@ class StatusBuilder:
             ingest=stats,
             gateways=self.gateway_statuses(),
             connectivity=list(d.connectivity),
+            public_key=d.signing_key.public_key if d.signing_key is not None else None,
         )
 
     def algo_status(self, algo_id: str) -> AlgoStatus:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -81,6 +82,7 @@ class ReferenceGateway(GatewayHandlers):
         deadman_timeout: float = 3.0,
         seed: int = 0,
         durable: bool = True,
+        trusted_keys: Iterable[str],
     ) -> None:
         self.nc = nc
         self.gateway = gateway
@@ -98,6 +100,7 @@ class ReferenceGateway(GatewayHandlers):
             heartbeat_interval=heartbeat_interval,
             deadman_timeout=deadman_timeout,
             outbox=self.outbox,
+            trusted_keys=trusted_keys,
         )
         self.rng = random.Random(seed)
         self.now = 0  # event time: the latest quote's ts

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 from nats.aio.client import Client
@@ -34,7 +34,9 @@ from rampart.protocol import (
     TargetResult,
     command_decoder,
     encoder,
+    sidecar_heartbeat_decoder,
 )
+from rampart.signing import Verifier
 
 log = logging.getLogger("rampart.gateway")
 
@@ -94,8 +96,15 @@ class GatewayAgent:
         wall_clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
         outbox: Outbox | None = None,
+        trusted_keys: Iterable[str],
     ) -> None:
         self.nc = nc
+        # the public keys of Rampart's signing key (more than one while it is rotated): a command
+        # or a sidecar heartbeat signed by anything else is refused (docs/protocol.md,
+        # "Signatures"); read_public_key(data_dir) gives a co-located Rampart's
+        self.verifier = Verifier(trusted_keys)
+        self.refused_signatures: dict[str, int] = {}
+        self._last_sidecar_ts: int | None = None
         # the gateway's durable events: position reports say which of its events they are as of
         self.outbox = outbox
         self.gateway = gateway
@@ -145,7 +154,26 @@ class GatewayAgent:
 
     # ---- commands -------------------------------------------------------------------------
 
+    def _refuse(self, kind: str, subject: str, why: str) -> None:
+        n = self.refused_signatures.get(kind, 0) + 1
+        self.refused_signatures[kind] = n
+        if n <= 10 or n % 1000 == 0:
+            log.critical(
+                "%s: refused %s on %s (#%d): %s; it is not from Rampart",
+                self.gateway,
+                kind,
+                subject,
+                n,
+                why,
+            )
+
     async def _on_command(self, msg: Msg) -> None:
+        refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if refusal is not None:
+            self._refuse("commands", msg.subject, refusal)
+            if msg.reply:
+                await msg.respond(self._bad_signature_reply(msg.data, refusal))
+            return
         try:
             command = command_decoder.decode(msg.data)
         except msgspec.DecodeError as e:
@@ -162,6 +190,23 @@ class GatewayAgent:
                 ts=self.wall_clock(),
             )
             await msg.respond(encoder.encode(ack))
+
+    def _bad_signature_reply(self, data: bytes, refusal: str) -> bytes:
+        try:
+            command = command_decoder.decode(data)
+        except msgspec.DecodeError:
+            return encoder.encode(ErrorReply(error=f"bad_signature: {refusal}"))
+        results = [
+            TargetResult(algo=t.algo, status="bad_signature", detail=refusal)
+            for t in command.targets
+        ]
+        ack = CommandAck(
+            command_id=command.command_id,
+            gateway=self.gateway,
+            results=results,
+            ts=self.wall_clock(),
+        )
+        return encoder.encode(ack)
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
@@ -222,6 +267,30 @@ class GatewayAgent:
     # ---- heartbeats and the dead-man's switch -------------------------------------------------
 
     async def _on_sidecar_heartbeat(self, msg: Msg) -> None:
+        """Rampart's heartbeat keeps the dead-man's switch from tripping only when Rampart
+        signed it, and when it is newer than the last one and no older than the switch's
+        timeout by this host's clock (a recorded heartbeat replayed cannot keep it alive)."""
+        refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if refusal is None:
+            try:
+                ts = sidecar_heartbeat_decoder.decode(msg.data).ts
+            except msgspec.DecodeError as e:
+                refusal = f"not a sidecar heartbeat: {e}"
+            else:
+                last = self._last_sidecar_ts
+                age = self.wall_clock() - ts
+                if last is not None and ts <= last:
+                    refusal = f"not newer than the last one ({ts} <= {last}): a replay"
+                elif abs(age) > self.deadman.timeout_ns:
+                    refusal = (
+                        f"stamped {age / 1e9:+.1f}s from this host's clock, more than the "
+                        "dead-man timeout: a replay, or clocks out of step"
+                    )
+                else:
+                    self._last_sidecar_ts = ts
+        if refusal is not None:
+            self._refuse("heartbeats", msg.subject, refusal)
+            return
         self.deadman.heartbeat(self.monotonic())
 
     async def _heartbeat_loop(self) -> None:
@@ -243,6 +312,7 @@ class GatewayAgent:
                     state=cached[2],
                     interval_ms=interval_ms,
                     positions=self.position_report(),
+                    refused_signatures=dict(self.refused_signatures),
                     v=HEARTBEAT_VERSION,
                 )
                 with contextlib.suppress(Exception):

@@ -11,6 +11,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
+mod signing;
+
 use rampart_core as core;
 use rampart_core::{CoreError, Guards, LimitSpec, OrderEvent, ReturnSampling};
 
@@ -1100,5 +1102,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySnapshot>()?;
     m.add_class::<PyBatchResult>()?;
     m.add_class::<PyEngine>()?;
+    m.add_class::<signing::PySigningKey>()?;
+    m.add_function(wrap_pyfunction!(signing::verify_message, m)?)?;
+    m.add_function(wrap_pyfunction!(signing::is_public_key, m)?)?;
     Ok(())
 }

@@ -1,0 +1,137 @@
+"""Rampart's signing key, and checking what claims to come from it (docs/protocol.md,
+"Signatures").
+
+Every command Rampart sends a gateway and every sidecar heartbeat carries two headers:
+``Rampart-Key`` (the public NKEY of the key that signed it) and ``Rampart-Sig`` (base64url, no
+padding, of the Ed25519 signature of ``b"rampart-sig-v1\\n" + subject + b"\\n" + body``). A
+gateway trusts only the public keys it is configured with, so a process on the bus that can
+publish on a gateway's command subject still cannot make it resume, raise an allocation or move
+its epochs, nor keep its dead-man's switch from tripping.
+
+The key is an NKEY user seed in ``<data_dir>/keys/rampart.nk`` (mode 0600, created at the first
+start; ``[signing] seed_file`` puts it elsewhere), its public key beside it in ``rampart.pub``
+for the gateways' configuration. Signing and verifying are in the Rust extension (``nkeys``,
+``ed25519-dalek``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Final
+
+from rampart._core import SigningKey, is_public_key, verify_message
+
+KEY_HEADER: Final = "Rampart-Key"
+SIG_HEADER: Final = "Rampart-Sig"
+KEY_DIR: Final = "keys"
+SEED_FILE: Final = "rampart.nk"
+PUBLIC_FILE: Final = "rampart.pub"
+
+__all__ = [
+    "KEY_HEADER",
+    "SIG_HEADER",
+    "SigningKey",
+    "SigningKeyError",
+    "Verifier",
+    "load_or_create",
+    "read_public_key",
+    "sign_headers",
+    "verify_message",
+]
+
+
+class SigningKeyError(RuntimeError):
+    """The signing key cannot be read or created; the message says what to fix."""
+
+
+def default_seed_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / KEY_DIR / SEED_FILE
+
+
+def load_or_create(seed_path: str | os.PathLike[str]) -> SigningKey:
+    """The key in ``seed_path``, created (mode 0600, never overwritten) when there is none; its
+    public key is written beside it (``rampart.pub``)."""
+    path = Path(seed_path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = _read(path)
+        else:
+            key = SigningKey.generate()
+            with os.fdopen(fd, "w") as f:
+                f.write(key.seed() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        public = path.with_name(PUBLIC_FILE)
+        if not public.exists() or public.read_text().strip() != key.public_key:
+            tmp = public.with_suffix(".tmp")
+            tmp.write_text(key.public_key + "\n")
+            tmp.replace(public)
+    except OSError as e:
+        raise SigningKeyError(
+            f"signing key {path}: {e.strerror or e}: Rampart needs to read it (or create it in "
+            "a directory it may write)"
+        ) from e
+    return key
+
+
+def _read(path: Path) -> SigningKey:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SigningKeyError(
+            f"signing key {path} is readable by others (mode {mode:o}): whoever reads it can "
+            f"sign commands as Rampart; `chmod 600 {path}`, and replace the key if it leaked"
+        )
+    try:
+        return SigningKey(path.read_text())
+    except ValueError as e:
+        raise SigningKeyError(f"signing key {path}: {e}") from None
+
+
+def read_public_key(data_dir: str | os.PathLike[str]) -> str:
+    """The public key a Rampart with this ``data_dir`` signs with (``keys/rampart.pub``): what a
+    gateway on the same host trusts."""
+    path = Path(data_dir) / KEY_DIR / PUBLIC_FILE
+    key = path.read_text().strip()
+    if not is_public_key(key):
+        raise SigningKeyError(f"{path} does not hold an NKEY public key")
+    return key
+
+
+def sign_headers(key: SigningKey, subject: str, body: bytes) -> dict[str, str]:
+    return {KEY_HEADER: key.public_key, SIG_HEADER: key.sign_message(subject, body)}
+
+
+class Verifier:
+    """Checks a message's signature against the trusted public keys (more than one while a key
+    is being rotated)."""
+
+    def __init__(self, trusted_keys: Iterable[str]) -> None:
+        keys = frozenset(trusted_keys)
+        bad = sorted(k for k in keys if not is_public_key(k))
+        if bad:
+            raise ValueError(f"not NKEY public keys: {', '.join(bad)}")
+        if not keys:
+            raise ValueError(
+                "no trusted key: give the public key Rampart signs with (its "
+                "<data_dir>/keys/rampart.pub, or `rampart status` shows it)"
+            )
+        self.trusted = keys
+
+    def check(self, subject: str, body: bytes, headers: Mapping[str, str] | None) -> str | None:
+        """None when the message is signed by a trusted key; else why not."""
+        if not headers:
+            return "unsigned"
+        key = headers.get(KEY_HEADER)
+        sig = headers.get(SIG_HEADER)
+        if key is None or sig is None:
+            return "unsigned"
+        if key not in self.trusted:
+            return f"signed by an untrusted key {key[:12]}..."
+        if not verify_message(key, subject, body, sig):
+            return "the signature does not match"
+        return None

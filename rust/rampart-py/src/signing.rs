@@ -1,0 +1,136 @@
+//! Signatures on what Rampart sends gateways (docs/protocol.md, "Signatures"): Ed25519 over
+//! `rampart-sig-v1\n<subject>\n<body>`, keys as NATS NKEYs (`nkeys` crate: the public key is the
+//! key id), the signature base64url without padding.
+
+use data_encoding::BASE64URL_NOPAD;
+use nkeys::KeyPair;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// What is signed, before the subject and the body.
+pub const DOMAIN: &[u8] = b"rampart-sig-v1\n";
+
+fn signed_bytes(subject: &str, body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(DOMAIN.len() + subject.len() + 1 + body.len());
+    data.extend_from_slice(DOMAIN);
+    data.extend_from_slice(subject.as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(body);
+    data
+}
+
+/// An Ed25519 key pair from an NKEY seed (`S...`). Never printed: its `repr` shows the public key.
+#[pyclass(name = "SigningKey", module = "rampart._core", frozen)]
+pub struct PySigningKey {
+    pair: KeyPair,
+    public: String,
+}
+
+#[pymethods]
+impl PySigningKey {
+    /// From an NKEY seed (`SU...`, as `nsc` and `nk` write them); `ValueError` if it is not one.
+    #[new]
+    fn new(seed: &str) -> PyResult<Self> {
+        let pair = KeyPair::from_seed(seed.trim())
+            .map_err(|e| PyValueError::new_err(format!("not an NKEY seed: {e}")))?;
+        let public = pair.public_key();
+        Ok(PySigningKey { pair, public })
+    }
+
+    /// A new user key pair from the operating system's random source.
+    #[staticmethod]
+    fn generate() -> Self {
+        let pair = KeyPair::new_user();
+        let public = pair.public_key();
+        PySigningKey { pair, public }
+    }
+
+    /// The public key (`U...`): the key id gateways trust.
+    #[getter]
+    fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// The seed, to store (mode 0600): whoever has it can sign as Rampart.
+    fn seed(&self) -> PyResult<String> {
+        self.pair
+            .seed()
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// The raw 64-byte Ed25519 signature of `data`.
+    fn sign<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let sig = self
+            .pair
+            .sign(data)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &sig))
+    }
+
+    /// The `Rampart-Sig` header value of a message on `subject` with `body`.
+    fn sign_message(&self, subject: &str, body: &[u8]) -> PyResult<String> {
+        let sig = self
+            .pair
+            .sign(&signed_bytes(subject, body))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(BASE64URL_NOPAD.encode(&sig))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("SigningKey(public_key={:?})", self.public)
+    }
+}
+
+/// Whether `signature` (a `Rampart-Sig` header value) is `public_key`'s signature of the message
+/// on `subject` with `body`. False for anything malformed: a bad key, bad base64, a wrong length.
+#[pyfunction]
+pub fn verify_message(public_key: &str, subject: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(pair) = KeyPair::from_public_key(public_key) else {
+        return false;
+    };
+    let Ok(sig) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
+        return false;
+    };
+    sig.len() == 64 && pair.verify(&signed_bytes(subject, body), &sig).is_ok()
+}
+
+/// Whether `key` is an NKEY public user key (`U...`, checksum included).
+#[pyfunction]
+pub fn is_public_key(key: &str) -> bool {
+    key.starts_with('U') && KeyPair::from_public_key(key).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_for_its_key_subject_and_body() {
+        let key = PySigningKey::generate();
+        let other = PySigningKey::generate();
+        let sig = key.sign_message("rampart.cmd.gw1", b"{}").unwrap();
+        assert!(verify_message(&key.public, "rampart.cmd.gw1", b"{}", &sig));
+        assert!(!verify_message(
+            &other.public,
+            "rampart.cmd.gw1",
+            b"{}",
+            &sig
+        ));
+        assert!(!verify_message(&key.public, "rampart.cmd.gw2", b"{}", &sig));
+        assert!(!verify_message(
+            &key.public,
+            "rampart.cmd.gw1",
+            b"{ }",
+            &sig
+        ));
+        assert!(!verify_message(
+            &key.public,
+            "rampart.cmd.gw1",
+            b"{}",
+            "not base64!"
+        ));
+        assert!(!verify_message("Ubad", "rampart.cmd.gw1", b"{}", &sig));
+        assert!(is_public_key(&key.public) && !is_public_key("Ubad"));
+    }
+}
