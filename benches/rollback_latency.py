@@ -3,7 +3,7 @@ algorithms on one gateway, over a real nats-server on 127.0.0.1.
 
 Run: ``.venv/bin/python benches/rollback_latency.py [--t2h-iterations 1000]
 [--sizes 1:1000,100:200,1000:50] [--gateway both] [--open-orders 1] [--events core|durable]
-[--json PATH]``
+[--signing on|ab] [--json PATH]``
 
 baselines: bare nats-py on the same server: one hop (publish -> callback on another connection)
    and one request -> reply round trip; the floor under every step below.
@@ -21,7 +21,10 @@ a. tick-to-halt, all in this one uvloop process, each party on its own NATS conn
    algorithm is then released with ``guard.release``, so the set of halted algorithms stays empty
    and the guard's periodic work (its watchdog walks the algorithms not halted) is the same for
    every iteration. The daemon logs (breach, rollback) to a file, as it logs to stderr in
-   production.
+   production. ``--signing ab`` alternates the iterations (ABBA) between the signed path (every
+   command signed by the daemon, verified by the gateway) and the same path with signing off
+   (no signature headers; the gateway takes unsigned commands, as before issue 12), and
+   reports the ratio of their percentiles.
 b. the executor alone: ``RollbackExecutor.execute`` (default ``ExecutorSettings``: 50 ms per
    attempt) against a ``ReferenceGateway`` hosting N faulty versions, each with ``--open-orders``
    resting orders, and their N previous versions; the gateway runs in this process or in a child
@@ -214,6 +217,12 @@ class TimedGateway(ReferenceGateway):
     """The reference gateway, timestamping the arrival of each command message and the entry of
     its halt handler (the agent handles one command message at a time)."""
 
+    def positions(self) -> None:  # type: ignore[override]
+        """No position reports: the breaching fills come from the bench's feed, not from this
+        gateway's venue, so its positions would differ from Rampart's by construction (drift,
+        alerted, rolled back), which is not what is timed here."""
+        return None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # algo -> future of (halt handler entered, its command message arrived)
@@ -314,17 +323,31 @@ async def tick_to_halt(
 
     sent_at: dict[str, int] = {}
 
-    t2h = Metric("tick-to-halt (publish -> gateway halt handler)", seed_ms=SEED_MS["halt"])
-    t2h.aim_ms = AIM_T2H_MS
-    to_breach = Metric("  publish -> daemon breach listeners")
-    to_send = Metric("  breach listeners -> executor sends the halt")
-    to_rx = Metric("  halt sent -> gateway receives the command")
-    to_handler = Metric("  gateway receives -> halt handler entered")
-    halt_step = Metric("daemon record: halt step acked", seed_ms=SEED_MS["halt"])
-    cancel_step = Metric("daemon record: cancel step acked", seed_ms=SEED_MS["cancel"])
-    cancel_step.aim_ms = AIM_CANCEL_MS
-    total = Metric("daemon record: whole rollback acked", seed_ms=SEED_MS["total"])
-    total.aim_ms = AIM_TOTAL_MS[1]
+    # --signing ab: iterations alternate (ABBA) between the signed path and the same path with
+    # the signing switched off (the executor sends no signature headers; the gateway takes an
+    # unsigned command as the SDK did before issue 12, and still verifies a signed one)
+    modes = ["signed", "unsigned"] if args.signing == "ab" and GATEWAY_TRUSTS else ["as built"]
+    per_mode: dict[str, list[Metric]] = {}
+    for mode in modes:
+        tag = "" if mode in ("signed", "as built") else f"[{mode}] "
+        t2h = Metric(
+            f"{tag}tick-to-halt (publish -> gateway halt handler)", seed_ms=SEED_MS["halt"]
+        )
+        t2h.aim_ms = AIM_T2H_MS
+        cancel_step = Metric(f"{tag}daemon record: cancel step acked", seed_ms=SEED_MS["cancel"])
+        cancel_step.aim_ms = AIM_CANCEL_MS
+        total = Metric(f"{tag}daemon record: whole rollback acked", seed_ms=SEED_MS["total"])
+        total.aim_ms = AIM_TOTAL_MS[1]
+        per_mode[mode] = [
+            t2h,
+            Metric(f"{tag}  publish -> daemon breach listeners"),
+            Metric(f"{tag}  breach listeners -> executor sends the halt"),
+            Metric(f"{tag}  halt sent -> gateway receives the command"),
+            Metric(f"{tag}  gateway receives -> halt handler entered"),
+            Metric(f"{tag}daemon record: halt step acked", seed_ms=SEED_MS["halt"]),
+            cancel_step,
+            total,
+        ]
     extra: dict[str, Any] = {}
     loop = asyncio.get_running_loop()
     started = False
@@ -354,6 +377,12 @@ async def tick_to_halt(
             **({"durable": args.events == "durable"} if GATEWAY_HAS_DURABLE else {}),
             **trusting([daemon.public_key] if GATEWAY_TRUSTS else []),
         )
+        sign = executor.sign
+        if len(modes) > 1:
+            verify = gateway.agent.verifier.check
+            gateway.agent.verifier.check = (  # type: ignore[method-assign]
+                lambda subject, body, headers: verify(subject, body, headers) if headers else None
+            )
         await gateway.start()
         feed = await nats.connect(url, name="bench-feed")
         await feed.subscribe(f"{SUBJ.prefix}.alert.>", cb=on_alert)
@@ -370,6 +399,8 @@ async def tick_to_halt(
         # The guard's watchdog walks the algorithms every check_interval on the event loop.
         extra["watchdog_check_ms"] = watchdog_cost(daemon)
         for i, algo in enumerate(algos[: args.t2h_warmup + args.t2h_iterations]):
+            mode = modes[0] if len(modes) == 1 else modes[(i % 4) in (1, 2)]  # ABBA
+            executor.sign = sign if mode != "unsigned" else None
             fill = Fill(
                 algo=algo,
                 symbol=symbol[algo],
@@ -395,10 +426,12 @@ async def tick_to_halt(
             await asyncio.wait_for(
                 guard.release((algo,), "bench", "benchmark: next iteration"), args.timeout
             )
+            t_breach, t_send = breach_at.pop(algo), sent_at.pop(algo)
             if i < args.t2h_warmup:
                 continue
+            m = per_mode[mode]
+            t2h, to_breach, to_send, to_rx, to_handler, halt_step, cancel_step, total = m
             t2h.samples.append(t_halt - start)
-            t_breach, t_send = breach_at.pop(algo), sent_at.pop(algo)
             to_breach.samples.append(t_breach - start)
             to_send.samples.append(t_send - t_breach)
             to_rx.samples.append(t_rx - t_send)
@@ -422,7 +455,16 @@ async def tick_to_halt(
             if os.environ.get("RAMPART_BENCH_DEBUG") and daemon.reconciler is not None:
                 print("reconciler sends", daemon.reconciler.sends, file=sys.stderr)
             await daemon.close()
-    return [t2h, to_breach, to_send, to_rx, to_handler, halt_step, cancel_step, total], extra
+    if len(modes) > 1:
+        p99 = {mode: pct(sorted(per_mode[mode][0].samples), 99) for mode in modes}
+        p50 = {mode: pct(sorted(per_mode[mode][0].samples), 50) for mode in modes}
+        extra["signing_ab"] = {
+            "t2h_p50_ms": p50,
+            "t2h_p99_ms": p99,
+            "p50_ratio_signed_unsigned": p50["signed"] / p50["unsigned"],
+            "p99_ratio_signed_unsigned": p99["signed"] / p99["unsigned"],
+        }
+    return [m for mode in modes for m in per_mode[mode]], extra
 
 
 def watchdog_cost(daemon: Daemon) -> float:
@@ -701,6 +743,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"algorithms: {extra['watchdog_check_ms']:.2f} ms per pass, on the event loop, "
                 "every triggers.check_interval (100 ms)"
             )
+            ab = extra.get("signing_ab")
+            if ab is not None:
+                print(
+                    f"  signing: tick-to-halt signed / unsigned, same run (ABBA): p50 "
+                    f"{ab['p50_ratio_signed_unsigned']:.3f}x, p99 "
+                    f"{ab['p99_ratio_signed_unsigned']:.3f}x (aim: p99 within 1.10x)"
+                )
             result["tick_to_halt"] = {"rows": rows, **extra}
         result["executor"] = []
         modes = {"in-process": [False], "process": [True], "both": [False, True]}
@@ -752,6 +801,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": args.sizes,
         "open_orders": args.open_orders,
         "events": args.events,
+        "signing": args.signing,
     }
     return result
 
@@ -779,6 +829,12 @@ def main() -> int:
         help="algorithms:rollbacks pairs for the executor part ('' to skip)",
     )
     p.add_argument("--open-orders", type=int, default=1, help="resting orders per algorithm")
+    p.add_argument(
+        "--signing",
+        choices=("on", "ab"),
+        default="on",
+        help="ab: tick-to-halt alternates (ABBA) signed and unsigned commands in one run",
+    )
     p.add_argument(
         "--gateway",
         choices=("in-process", "process", "both"),

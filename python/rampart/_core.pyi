@@ -15,6 +15,7 @@ __all__ = [
     "DecodeError",
     "Engine",
     "InvalidEventError",
+    "KeyRing",
     "OutOfOrderError",
     "Position",
     "RampartError",
@@ -319,6 +320,17 @@ class SigningKey:
     def sign_message(self, subject: str, body: bytes) -> str:
         """The ``Rampart-Sig`` header value of a message on ``subject`` with ``body``: base64url
         (no padding) of the signature of ``b"rampart-sig-v1\n" + subject + b"\n" + body``."""
+
+@final
+class KeyRing:
+    """Trusted public keys, decoded once (docs/protocol.md, "Signatures")."""
+
+    def __new__(cls, keys: list[str]) -> Self:
+        """Raises ``ValueError`` naming the first key that is not an NKEY public user key."""
+    def __contains__(self, key: str, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def verify(self, key: str, subject: str, body: bytes, signature: str) -> bool:
+        """Whether ``signature`` is the signature of the message by ``key``, one of these."""
 
 def verify_message(public_key: str, subject: str, body: bytes, signature: str) -> bool:
     """Whether ``signature`` (a ``Rampart-Sig`` value) is ``public_key``'s signature of the

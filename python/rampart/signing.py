@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from rampart._core import SigningKey, is_public_key, verify_message
+from rampart._core import KeyRing, SigningKey, is_public_key, verify_message
 
 KEY_HEADER: Final = "Rampart-Key"
 SIG_HEADER: Final = "Rampart-Sig"
@@ -111,8 +111,8 @@ class Verifier:
     is being rotated)."""
 
     def __init__(self, trusted_keys: Iterable[str]) -> None:
-        keys = frozenset(trusted_keys)
-        bad = sorted(k for k in keys if not is_public_key(k))
+        keys = sorted(set(trusted_keys))
+        bad = [k for k in keys if not is_public_key(k)]
         if bad:
             raise ValueError(f"not NKEY public keys: {', '.join(bad)}")
         if not keys:
@@ -120,7 +120,8 @@ class Verifier:
                 "no trusted key: give the public key Rampart signs with (its "
                 "<data_dir>/keys/rampart.pub, or `rampart status` shows it)"
             )
-        self.trusted = keys
+        self.trusted = frozenset(keys)
+        self._ring = KeyRing(keys)
 
     def check(self, subject: str, body: bytes, headers: Mapping[str, str] | None) -> str | None:
         """None when the message is signed by a trusted key; else why not."""
@@ -132,6 +133,6 @@ class Verifier:
             return "unsigned"
         if key not in self.trusted:
             return f"signed by an untrusted key {key[:12]}..."
-        if not verify_message(key, subject, body, sig):
+        if not self._ring.verify(key, subject, body, sig):
             return "the signature does not match"
         return None

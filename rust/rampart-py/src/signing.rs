@@ -2,6 +2,8 @@
 //! `rampart-sig-v1\n<subject>\n<body>`, keys as NATS NKEYs (`nkeys` crate: the public key is the
 //! key id), the signature base64url without padding.
 
+use std::collections::HashMap;
+
 use data_encoding::BASE64URL_NOPAD;
 use nkeys::KeyPair;
 use pyo3::exceptions::PyValueError;
@@ -95,6 +97,53 @@ pub fn verify_message(public_key: &str, subject: &str, body: &[u8], signature: &
     sig.len() == 64 && pair.verify(&signed_bytes(subject, body), &sig).is_ok()
 }
 
+/// The public keys a gateway trusts, decoded once (verifying with a decoded key saves the
+/// base32 decode, the checksum and the point decompression on every message).
+#[pyclass(name = "KeyRing", module = "rampart._core", frozen)]
+pub struct PyKeyRing {
+    keys: HashMap<String, KeyPair>,
+}
+
+#[pymethods]
+impl PyKeyRing {
+    /// `ValueError` naming the first key that is not an NKEY public user key.
+    #[new]
+    fn new(keys: Vec<String>) -> PyResult<Self> {
+        let mut ring = HashMap::new();
+        for key in keys {
+            if !key.starts_with('U') {
+                return Err(PyValueError::new_err(format!(
+                    "not an NKEY public user key: {key}"
+                )));
+            }
+            let pair = KeyPair::from_public_key(&key).map_err(|e| {
+                PyValueError::new_err(format!("not an NKEY public key: {key}: {e}"))
+            })?;
+            ring.insert(key, pair);
+        }
+        Ok(PyKeyRing { keys: ring })
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    fn __len__(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether `signature` is the signature of the message by `key`, one of these keys.
+    fn verify(&self, key: &str, subject: &str, body: &[u8], signature: &str) -> bool {
+        let Some(pair) = self.keys.get(key) else {
+            return false;
+        };
+        let Ok(sig) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
+            return false;
+        };
+        sig.len() == 64 && pair.verify(&signed_bytes(subject, body), &sig).is_ok()
+    }
+}
+
 /// Whether `key` is an NKEY public user key (`U...`, checksum included).
 #[pyfunction]
 pub fn is_public_key(key: &str) -> bool {
@@ -132,5 +181,9 @@ mod tests {
         ));
         assert!(!verify_message("Ubad", "rampart.cmd.gw1", b"{}", &sig));
         assert!(is_public_key(&key.public) && !is_public_key("Ubad"));
+        let ring = PyKeyRing::new(vec![key.public.clone()]).unwrap();
+        assert!(ring.verify(&key.public, "rampart.cmd.gw1", b"{}", &sig));
+        assert!(!ring.verify(&other.public, "rampart.cmd.gw1", b"{}", &sig));
+        assert!(PyKeyRing::new(vec!["Ubad".into()]).is_err());
     }
 }
