@@ -265,3 +265,52 @@ def test_forged_and_replayed_heartbeats_do_not_keep_the_deadmans_switch_alive(
             await daemon.close()
 
     asyncio.run(scenario())
+
+
+def test_the_cli_logs_in_with_the_configurations_credentials(tmp_path: Path) -> None:
+    """`rampart status` and the control verbs use the config's [nats] credentials (they used
+    to connect anonymously and fail with "Authorization Violation")."""
+    server = EmbeddedNatsServer(
+        store_dir=tmp_path / "nats",
+        extra_config='authorization {\n  users = [ {user: "ops", password: "s3cret"} ]\n}\n',
+    )
+    url = server.start()
+    try:
+        text = CONFIG.format(data_dir=tmp_path / "data")
+        creds = f'servers = ["{url}"]\nuser = "ops"\npassword = "s3cret"\n'
+        cfg = tmp_path / "rampart.toml"
+        cfg.write_text(text.replace("[triggers]", f"[nats]\n{creds}\n[triggers]"))
+        anonymous = tmp_path / "anonymous.toml"
+        anonymous.write_text(
+            text.replace("[triggers]", f'[nats]\nservers = ["{url}"]\n\n[triggers]')
+        )
+
+        async def scenario() -> None:
+            daemon = Daemon(parse_config(cfg.read_bytes()), servers=[url])
+            await daemon.start()
+            try:
+                for args in (["status", "-c", str(cfg)], ["status", "alpha", "-c", str(cfg)]):
+                    assert await asyncio.to_thread(main, args) == 0, args
+                assert await asyncio.to_thread(main, ["status", "-c", str(anonymous)]) == 1
+                code = await asyncio.to_thread(
+                    main,
+                    [
+                        "rollback",
+                        "alpha",
+                        "-c",
+                        str(cfg),
+                        "--operator",
+                        "alice",
+                        "--reason",
+                        "test",
+                    ],
+                )
+                assert code == 1  # heard and carried out; no gateway acks it here
+                assert daemon.guard is not None and "alpha" in daemon.guard.halted
+                assert daemon.guard.halted["alpha"].actor == "alice"
+            finally:
+                await daemon.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()

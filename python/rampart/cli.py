@@ -242,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             from rampart.status import watch
             from rampart.view import LiveView
 
-            view = LiveView(Console(), title=f"rampart status ({', '.join(servers)})")
+            view = LiveView(Console(), title=f"rampart status ({servers})")
             try:
                 asyncio.run(watch(servers, prefix, view, interval=args.interval, count=args.count))
             except KeyboardInterrupt:

@@ -171,7 +171,10 @@ class EmbeddedNatsServer:
         store_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = 10.0,
         monitor: bool = False,
+        extra_config: str = "",
     ) -> None:
+        # more nats-server configuration (an authorization block, say), written after Rampart's
+        self.extra_config = extra_config
         self.host = host
         self.port = port
         self.jetstream = jetstream
@@ -220,6 +223,7 @@ class EmbeddedNatsServer:
         if self.jetstream:
             store = json.dumps(str(self.store_dir / "jetstream"), ensure_ascii=False)
             text += f'jetstream {{\n  store_dir: {store}\n  sync_interval: "always"\n}}\n'
+        text += self.extra_config
         tmp = self.config_file.with_name(f"{CONFIG_FILE}.tmp")
         tmp.write_text(text)
         tmp.replace(self.config_file)

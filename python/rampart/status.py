@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from rampart.config import DaemonConfig
-from rampart.nats_connection import URL_FILE
+from rampart.config import DaemonConfig, NatsConfig
+from rampart.nats_connection import URL_FILE, connect_options
 from rampart.position_watch import describe
 from rampart.protocol import (
     ControlReply,
@@ -46,14 +47,27 @@ class StatusError(RuntimeError):
     """The daemon answered with an error (e.g. an unknown algorithm)."""
 
 
-def resolve_servers(flag: str | None, config: DaemonConfig) -> list[str]:
+@dataclass(frozen=True)
+class DaemonLink:
+    """Where the daemon's NATS is, and how to log in to it: the configuration's credentials
+    (user and password, token, NKEY seed, .creds file, TLS), the same the daemon uses."""
+
+    servers: list[str]
+    nats: NatsConfig = field(default_factory=NatsConfig)
+
+    def __str__(self) -> str:
+        return ", ".join(self.servers)
+
+
+def resolve_servers(flag: str | None, config: DaemonConfig) -> DaemonLink:
     """Where the daemon's NATS is: --servers, $RAMPART_NATS_URL, the config, or the URL file
-    an embedded server left in the data directory."""
+    an embedded server left in the data directory; with the config's credentials."""
     for source in (flag, os.environ.get(ENV_URL)):
         if source:
-            return [s.strip() for s in source.split(",") if s.strip()]
+            servers = [s.strip() for s in source.split(",") if s.strip()]
+            return DaemonLink(servers, config.nats)
     if config.nats.servers:
-        return list(config.nats.servers)
+        return DaemonLink(list(config.nats.servers), config.nats)
     url_file = Path(config.data_dir) / URL_FILE
     try:
         url = url_file.read_text().strip()
@@ -62,30 +76,34 @@ def resolve_servers(flag: str | None, config: DaemonConfig) -> list[str]:
             f"no NATS server to ask: pass --servers, set {ENV_URL}, configure nats.servers, "
             f"or start `rampart run` (its embedded server writes {url_file})"
         ) from None
-    return [url]
+    return DaemonLink([url], config.nats)
 
 
-async def _connect(servers: list[str], timeout: float) -> Client:
+async def _connect(link: DaemonLink, timeout: float) -> Client:
+    opts = connect_options(link.nats, link.servers)
+    opts |= {
+        "connect_timeout": min(timeout, 5.0),
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 0,
+        "name": f"{link.nats.name}-cli",
+    }
+    nc = Client()
     try:
-        return await nats.connect(
-            servers=servers,
-            connect_timeout=min(timeout, 5.0),
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-        )
+        await nc.connect(**opts)
     except Exception as e:
-        raise NoDaemonError(f"cannot reach NATS at {', '.join(servers)}: {e}") from None
+        with contextlib.suppress(Exception):
+            await nc.close()  # a refused login leaves its transport open otherwise
+        raise NoDaemonError(f"cannot reach NATS at {link}: {e or type(e).__name__}") from None
+    return nc
 
 
 async def _request(
-    nc: Client, servers: list[str], subject: str, payload: bytes, timeout: float
+    nc: Client, servers: DaemonLink, subject: str, payload: bytes, timeout: float
 ) -> Msg:
     try:
         msg = await nc.request(subject, payload, timeout=timeout)
     except (NoRespondersError, NatsTimeoutError):
-        raise NoDaemonError(
-            f"no Rampart daemon answered on {subject} at {', '.join(servers)}"
-        ) from None
+        raise NoDaemonError(f"no Rampart daemon answered on {subject} at {servers}") from None
     if msg.headers and "Nats-Service-Error" in msg.headers:
         try:
             detail = error_reply_decoder.decode(msg.data).error
@@ -95,7 +113,7 @@ async def _request(
     return msg
 
 
-async def request(servers: list[str], subject: str, payload: bytes, timeout: float) -> Msg:
+async def request(servers: DaemonLink, subject: str, payload: bytes, timeout: float) -> Msg:
     """One request to the daemon; ``NoDaemonError`` if nobody answers, ``StatusError`` if it
     answers with a services-API error."""
     nc = await _connect(servers, timeout)
@@ -113,7 +131,7 @@ def _decode_status(data: bytes) -> StatusReply:
 
 
 async def fetch_status(
-    servers: list[str], prefix: str, algo: str | None = None, timeout: float = 2.0
+    servers: DaemonLink, prefix: str, algo: str | None = None, timeout: float = 2.0
 ) -> StatusReply:
     """The daemon's status: one algorithm, or every algorithm (every page, merged)."""
     subjects = Subjects(prefix)
@@ -157,7 +175,7 @@ def merge_pages(pages: Sequence[StatusReply]) -> StatusReply:
 
 
 async def control(
-    servers: list[str], prefix: str, verb: ControlVerb, ctl: ControlRequest, timeout: float
+    servers: DaemonLink, prefix: str, verb: ControlVerb, ctl: ControlRequest, timeout: float
 ) -> ControlReply:
     """Send an operator's control request; the reply says whether it was carried out."""
     msg = await request(servers, Subjects(prefix).control(verb), encoder.encode(ctl), timeout)
@@ -165,7 +183,7 @@ async def control(
 
 
 async def wait_converged(
-    servers: list[str], prefix: str, algos: Sequence[str], wait: float, timeout: float = 2.0
+    servers: DaemonLink, prefix: str, algos: Sequence[str], wait: float, timeout: float = 2.0
 ) -> dict[str, str]:
     """Poll status until every one of ``algos`` is in sync (its gateway does what Rampart
     wants) or ``wait`` seconds pass; returns the drift of those that are not."""
@@ -362,7 +380,7 @@ def status_events(reply: StatusReply) -> list[str]:
 
 
 async def watch(
-    servers: list[str], prefix: str, view: LiveView, *, interval: float, count: int | None
+    servers: DaemonLink, prefix: str, view: LiveView, *, interval: float, count: int | None
 ) -> None:
     """Refresh the live view from the daemon's status every ``interval`` seconds."""
     n = 0
