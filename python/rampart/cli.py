@@ -221,6 +221,38 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    """Write least-privilege NATS users for every role of this configuration (nats_auth.py)."""
+    from rampart.config import ConfigFileError
+    from rampart.nats_auth import write
+
+    try:
+        config = _load_config(args.config)
+    except (ConfigFileError, OSError) as e:
+        print(f"rampart nats-config: {e}", file=sys.stderr)
+        return 2
+    servers = (
+        [s.strip() for s in args.servers.split(",") if s.strip()]
+        if args.servers
+        else list(config.nats.servers)
+    )
+    out = Path(args.out)
+    try:
+        files = write(config, out, servers)
+    except (OSError, ValueError) as e:
+        print(f"rampart nats-config: {e}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    print(
+        f"include {out / 'authorization.conf'} in the nats-server configuration; give each "
+        "role its seed (*.nk, mode 0600) and paste its *.toml [nats] section into its "
+        "configuration (docs/security.md)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
     from rampart.protocol import encode_explicit
@@ -563,6 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     key.add_argument("-c", "--config", help=config_help)
     key.set_defaults(func=cmd_key)
+
+    nc_cfg = sub.add_parser(
+        "nats-config",
+        help="write least-privilege NATS users (NKEY per role) and the server's authorization",
+    )
+    nc_cfg.add_argument("-c", "--config", help=config_help)
+    nc_cfg.add_argument("--out", required=True, help="directory for the files (created, 0700)")
+    nc_cfg.add_argument("-s", "--servers", help="NATS URLs for the roles' [nats] sections")
+    nc_cfg.set_defaults(func=cmd_nats_config)
 
     status = sub.add_parser("status", help="show a running daemon's algorithms and metrics")
     status.add_argument("algo", nargs="?", metavar="ALGO", help="one algorithm in detail")

@@ -47,6 +47,10 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nkeys_seed: str | None = None
     credentials: str | None = None
     tls: TlsConfig | None = None
+    # The subject prefix of this connection's reply inboxes. With per-user permissions, each
+    # user has its own (`rampart nats-config` sets _INBOX_<role>), so nobody can read the
+    # replies meant for another.
+    inbox_prefix: str = "_INBOX"
     connect_timeout: timedelta = timedelta(seconds=2)
     # A dead link is noticed after ping_interval x (max_outstanding_pings + 1): 8 s by default.
     # Much tighter risks declaring a busy link dead (the PONG waits behind the backlog), which

@@ -44,6 +44,7 @@ def connect_options(cfg: NatsConfig, servers: list[str]) -> dict[str, Any]:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "pending_size": 0,
+        "inbox_prefix": cfg.inbox_prefix,
         **_seconds(cfg),
     }
     if cfg.user is not None:

@@ -1,0 +1,141 @@
+"""Least-privilege NATS users for a Rampart deployment (docs/security.md): an NKEY user per role
+and the nats-server ``authorization`` block that lets each publish and subscribe only where its
+job needs, with a private reply inbox each (``inbox_prefix``), so nobody reads another's replies.
+
+``rampart nats-config --out DIR`` writes them for an external cluster: ``DIR/authorization.conf``
+(include it in the server's configuration), one seed file per role (mode 0600: the seed is the
+login) and one ``[nats]`` fragment per role to paste into its configuration. The server holds
+only public keys.
+
+The roles, for subject prefix ``p`` (the table in docs/security.md):
+
+- ``daemon``: Rampart itself. Everything under ``p.`` (it serves status and control, sends
+  commands and heartbeats, publishes alerts and breaches, consumes the events stream), the
+  JetStream API (the events stream, the audit copy, the state bucket) and the services API.
+- ``gateway-<id>``, one per configured gateway: publishes only its own fills, order events,
+  batches and heartbeat, and receives only its own commands, Rampart's heartbeat and market data.
+  It may answer the commands it receives (``allow_responses``) and nothing else.
+- ``feed``: publishes market data, nothing else.
+- ``operator``: status and the control verbs; alerts, breaches and connectivity events.
+- ``viewer``: status, alerts and breaches; no control verb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rampart._core import SigningKey
+from rampart.config import DaemonConfig
+
+__all__ = ["Role", "authorization", "roles", "write"]
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # may publish a reply to a request it received (a gateway's command acks, the daemon's
+    # status and control replies), whatever the reply subject
+    responses: bool = False
+
+    @property
+    def inbox(self) -> str:
+        """Its reply inbox prefix (a NATS token): ``_INBOX_<role>``."""
+        return "_INBOX_" + self.name.replace("-", "_")
+
+
+def roles(config: DaemonConfig) -> list[Role]:
+    s = config.subjects
+    p = s.prefix
+    daemon = Role(
+        "daemon",
+        publish=(f"{p}.>", "$JS.API.>", "$KV.>", "$SRV.>"),
+        subscribe=(f"{p}.>", "$SRV.>"),
+        responses=True,
+    )
+    gateways = [
+        Role(
+            f"gateway-{gw}",
+            publish=(f"{p}.fills.{gw}.>", f"{p}.orders.{gw}.>", s.batch(gw), s.heartbeat(gw)),
+            subscribe=(s.command(gw), s.sidecar_heartbeat, s.market_all),
+            responses=True,
+        )
+        for gw in sorted({a.gateway for a in config.algorithms})
+    ]
+    feed = Role("feed", publish=(s.market_all,), subscribe=())
+    operator = Role(
+        "operator",
+        publish=(f"{p}.ctl.>", f"{p}.status.>", "$SRV.>"),
+        subscribe=(f"{p}.alert.>", f"{p}.breach.>", f"{p}.events.>"),
+    )
+    viewer = Role(
+        "viewer",
+        publish=(f"{p}.status.>", "$SRV.PING", "$SRV.INFO", "$SRV.STATS", "$SRV.*.>"),
+        subscribe=(f"{p}.alert.>", f"{p}.breach.>"),
+    )
+    return [daemon, *gateways, feed, operator, viewer]
+
+
+def _list(subjects: tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(x) for x in subjects) + "]"
+
+
+def authorization(users: list[tuple[Role, str]]) -> str:
+    """The nats-server ``authorization`` block for ``(role, public key)`` pairs: each user may
+    subscribe to its own reply inbox besides its role's subjects; nothing else is allowed, and
+    there is no anonymous user."""
+    lines = [
+        "# Written by `rampart nats-config`: one NKEY user per role, least privilege.",
+        "authorization {",
+        "  users = [",
+    ]
+    for role, key in users:
+        subscribe = (*role.subscribe, f"{role.inbox}.>")
+        responses = "\n        allow_responses: true" if role.responses else ""
+        lines += [
+            f"    # {role.name} (replies to {role.inbox}.>)",
+            "    {",
+            f'      nkey: "{key}"',
+            "      permissions: {",
+            f"        publish: {{ allow: {_list(role.publish)} }}",
+            f"        subscribe: {{ allow: {_list(subscribe)} }}{responses}",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def write(config: DaemonConfig, out: Path, servers: list[str]) -> list[Path]:
+    """Generate a key per role (an existing seed file is kept) and write the authorization
+    block, the seeds (0600) and each role's ``[nats]`` fragment into ``out``."""
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    written: list[Path] = []
+    users: list[tuple[Role, str]] = []
+    for role in roles(config):
+        seed_path = out / f"{role.name}.nk"
+        if seed_path.exists():
+            key = SigningKey(seed_path.read_text())
+        else:
+            key = SigningKey.generate()
+            fd = os.open(seed_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key.seed() + "\n")
+        users.append((role, key.public_key))
+        fragment = out / f"{role.name}.toml"
+        fragment.write_text(
+            f"# [nats] of the {role.name} role: paste into its configuration\n"
+            "[nats]\n"
+            + (f"servers = {json.dumps(servers)}\n" if servers else "")
+            + f"nkeys_seed = {json.dumps(str(seed_path.resolve()))}\n"
+            f'inbox_prefix = "{role.inbox}"\n'
+        )
+        written += [seed_path, fragment]
+    auth = out / "authorization.conf"
+    auth.write_text(authorization(users))
+    written.append(auth)
+    return written
