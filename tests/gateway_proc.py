@@ -62,9 +62,13 @@ async def main() -> None:
     p.add_argument("log", type=Path)
     p.add_argument("--deadman", type=float, default=3.0)
     p.add_argument("--trust", required=True, help="Rampart's public signing key")
+    p.add_argument("--nkey-seed", help="log in with this NKEY seed file (as gateway-<id>)")
     p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
     args = p.parse_args()
-    nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    login: dict[str, str] = {}
+    if args.nkey_seed:
+        login = {"nkeys_seed": args.nkey_seed, "inbox_prefix": f"_INBOX_gateway_{args.gateway}"}
+    nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, **login)
     algos = [
         HostedAlgo(a, "ES", Momentum(), allocation=0.0, active=True) for a in args.algos.split(",")
     ]

@@ -243,3 +243,47 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_the_embedded_server_is_secure_by_default(tmp_path: Path) -> None:
+    """`rampart run` without [nats] servers: its embedded nats-server has a user per role in
+    <data_dir>/nats-auth (seeds 0600), refuses anonymous clients, and the CLI on the host logs in
+    as the operator without any flag."""
+    cfg = tmp_path / "rampart.toml"
+    cfg.write_text(CONFIG.format(data_dir=tmp_path / "data"))
+
+    async def scenario() -> None:
+        daemon = Daemon(parse_config(cfg.read_bytes()))
+        await daemon.start()
+        try:
+            assert daemon.embedded is not None
+            url = daemon.servers[0]
+            users = tmp_path / "data" / "nats-auth"
+            for role in ROLE_NAMES:
+                assert stat.S_IMODE((users / f"{role}.nk").stat().st_mode) == 0o600
+            anonymous = Client()
+            with pytest.raises(Exception, match="Authorization Violation"):
+                await anonymous.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+            await anonymous.close()
+            assert await asyncio.to_thread(main, ["status", "-c", str(cfg)]) == 0
+            # a gateway logs in with its own seed; it may not speak for another gateway
+            errors: list[str] = []
+
+            async def on_error(e: Exception) -> None:
+                errors.append(str(e))
+
+            gw = await nats.connect(
+                url,
+                nkeys_seed=str(users / "gateway-gw1.nk"),
+                inbox_prefix="_INBOX_gateway_gw1",
+                error_cb=on_error,
+                allow_reconnect=False,
+            )
+            await gw.publish(SUBJ.heartbeat("gw2"), b"{}")
+            await gw.flush()
+            await until(lambda: any("publish" in e.lower() for e in errors))
+            await gw.close()
+        finally:
+            await daemon.close()
+
+    asyncio.run(scenario())

@@ -30,6 +30,8 @@ from rampart.config import parse_config
 from rampart.daemon import Daemon, DaemonError
 from rampart.datalock import LOCK_FILE, DataDirLock, DataDirLocked
 from rampart.embedded import EmbeddedNatsServer
+from rampart.nats_auth import EMBEDDED_AUTH_DIR
+from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE
 from rampart.protocol import Subjects, status_reply_decoder
 
@@ -148,9 +150,25 @@ def hears_gateway(nc: Client) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+def embedded_users(data: Path) -> Path:
+    """The embedded server's users (the daemon generates them at start, keeping what exists:
+    made here first so the test can log in before the daemon is up)."""
+    text = (data.parent / "rampart.toml").read_text()
+    write_nats_auth(parse_config(text.encode()), data / EMBEDDED_AUTH_DIR, [])
+    return data / EMBEDDED_AUTH_DIR
+
+
 @asynccontextmanager
-async def client(url: str) -> AsyncIterator[Client]:
-    nc = await nats.connect(url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)
+async def client(url: str, data: Path, role: str = "operator") -> AsyncIterator[Client]:
+    """A client of the embedded server: no anonymous access there, it logs in as ``role``."""
+    seed = embedded_users(data) / f"{role}.nk"
+    nc = await nats.connect(
+        url,
+        reconnect_time_wait=0.05,
+        max_reconnect_attempts=-1,
+        nkeys_seed=str(seed),
+        inbox_prefix="_INBOX_" + role.replace("-", "_"),
+    )
     try:
         yield nc
     finally:
@@ -178,7 +196,7 @@ def test_a_second_daemon_on_the_same_data_dir_exits_naming_the_first(tmp_path: P
         try:
             url = await url_of(data, first, log)
             server_pid = int((data / "nats" / "nats-server.pid").read_text())
-            async with client(url) as nc:
+            async with client(url, data) as nc:
                 await until(answers(nc), "the first daemon answers status")
                 second = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "rampart", "run", "--config", str(cfg),
@@ -230,9 +248,10 @@ def test_kill_9_of_the_daemon_takes_its_nats_server_and_a_restart_on_the_same_po
                     sys.executable, GATEWAY, url, "gw1", "alpha",
                     str(tmp_path / "gateway-commands.jsonl"), "--deadman", "60",
                     "--trust", rampart_keys(data)[0],
+                    "--nkey-seed", str(embedded_users(data) / "gateway-gw1.nk"),
                     stdout=asyncio.subprocess.DEVNULL, stderr=f,
                 )  # fmt: skip
-            async with client(url) as nc:
+            async with client(url, data) as nc:
                 await until(hears_gateway(nc), "the first daemon hears the gateway")
                 await stop(first, signal.SIGKILL)
                 await until(lambda: not alive(server_pid), "the nats-server died with its daemon")
@@ -281,7 +300,7 @@ def test_a_stale_nats_server_in_the_pid_file_is_stopped_at_start(tmp_path: Path)
 
     async def scenario() -> None:
         await until(accepting, "the stale server accepts connections")
-        async with client(url) as nc:  # connected to the stale server first
+        async with client(url, data) as nc:  # connected to the stale server first
             daemon = await run_daemon(cfg, log)
             try:
                 await until(answers(nc), "the daemon answers on the port the stale server held")

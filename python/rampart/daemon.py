@@ -51,6 +51,8 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
+from rampart.nats_auth import EMBEDDED_AUTH_DIR
+from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.position_watch import Finding, PositionWatch
 from rampart.protocol import (
@@ -168,6 +170,8 @@ class Daemon:
         self._closing = False
         self._max_payload = config.ingest.max_payload_bytes
         self._events_prefix_len = len(config.subject_prefix) + 1
+        # how Rampart logs in to NATS (the embedded server's generated daemon user, if it runs)
+        self._nats = config.nats
         self._batch_prefix = config.subjects.batch("")
         self._ingest = self.engine.ingest_msg
         self.capital_of = {a.id: a.capital for a in config.algorithms}
@@ -258,7 +262,7 @@ class Daemon:
             await self._start_embedded()
         try:
             self.nc = await nats.connect(
-                **connect_options(self.config.nats, self._servers),
+                **connect_options(self._nats, self._servers),
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
@@ -568,10 +572,28 @@ class Daemon:
                 log.debug("WAL checkpoint incomplete (a reader): %s", result)
 
     async def _start_embedded(self) -> None:
+        """The embedded nats-server, secure by default: an NKEY user per role in
+        ``<data_dir>/nats-auth`` (generated once, seeds 0600), least privilege for each, no
+        anonymous access (docs/security.md). Rampart logs in as ``daemon``."""
         emb = self.config.embedded
         data_dir = Path(self.config.data_dir)
+        auth_dir = data_dir / EMBEDDED_AUTH_DIR
+        try:
+            await asyncio.to_thread(write_nats_auth, self.config, auth_dir, [])
+            authorization = (auth_dir / "authorization.conf").read_text()
+        except (OSError, ValueError) as e:
+            raise DaemonError(f"cannot write the embedded server's users in {auth_dir}: {e}") from e
+        self._nats = msgspec.structs.replace(
+            self.config.nats,
+            nkeys_seed=str(auth_dir / "daemon.nk"),
+            inbox_prefix="_INBOX_daemon",
+        )
         self.embedded = EmbeddedNatsServer(
-            host=emb.host, port=emb.port, jetstream=emb.jetstream, store_dir=data_dir / "nats"
+            host=emb.host,
+            port=emb.port,
+            jetstream=emb.jetstream,
+            store_dir=data_dir / "nats",
+            extra_config=authorization,
         )
         try:
             # In a worker thread, not to block the loop: the fork itself happens on the embedded

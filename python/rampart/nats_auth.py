@@ -30,7 +30,10 @@ from pathlib import Path
 from rampart._core import SigningKey
 from rampart.config import DaemonConfig
 
-__all__ = ["Role", "authorization", "roles", "write"]
+__all__ = ["EMBEDDED_AUTH_DIR", "Role", "authorization", "embedded_login", "roles", "write"]
+
+# In data_dir: the embedded nats-server's users (`rampart run` without [nats] servers)
+EMBEDDED_AUTH_DIR = "nats-auth"
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,12 @@ def write(config: DaemonConfig, out: Path, servers: list[str]) -> list[Path]:
     auth.write_text(authorization(users))
     written.append(auth)
     return written
+
+
+def embedded_login(data_dir: str | os.PathLike[str], role: str) -> tuple[Path, str] | None:
+    """The seed file and inbox prefix of ``role`` on the embedded server of ``data_dir`` (the
+    CLI on the same host logs in as ``operator``), or None when there are none."""
+    seed = Path(data_dir) / EMBEDDED_AUTH_DIR / f"{role}.nk"
+    if not seed.exists():
+        return None
+    return seed, "_INBOX_" + role.replace("-", "_")

@@ -18,6 +18,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.config import DaemonConfig, NatsConfig
+from rampart.nats_auth import embedded_login
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.position_watch import describe
 from rampart.protocol import (
@@ -65,7 +66,7 @@ def resolve_servers(flag: str | None, config: DaemonConfig) -> DaemonLink:
     for source in (flag, os.environ.get(ENV_URL)):
         if source:
             servers = [s.strip() for s in source.split(",") if s.strip()]
-            return DaemonLink(servers, config.nats)
+            return DaemonLink(servers, embedded_credentials(config))
     if config.nats.servers:
         return DaemonLink(list(config.nats.servers), config.nats)
     url_file = Path(config.data_dir) / URL_FILE
@@ -76,7 +77,20 @@ def resolve_servers(flag: str | None, config: DaemonConfig) -> DaemonLink:
             f"no NATS server to ask: pass --servers, set {ENV_URL}, configure nats.servers, "
             f"or start `rampart run` (its embedded server writes {url_file})"
         ) from None
-    return DaemonLink([url], config.nats)
+    return DaemonLink([url], embedded_credentials(config))
+
+
+def embedded_credentials(config: DaemonConfig) -> NatsConfig:
+    """The configuration's [nats], or, when it names no credentials, the operator's login on
+    the embedded server (``<data_dir>/nats-auth/operator.nk``: no anonymous access there)."""
+    nats_cfg = config.nats
+    if nats_cfg.user or nats_cfg.token or nats_cfg.nkeys_seed or nats_cfg.credentials:
+        return nats_cfg
+    login = embedded_login(config.data_dir, "operator")
+    if login is None:
+        return nats_cfg
+    seed, inbox = login
+    return msgspec.structs.replace(nats_cfg, nkeys_seed=str(seed), inbox_prefix=inbox)
 
 
 async def _connect(link: DaemonLink, timeout: float) -> Client:
