@@ -184,7 +184,9 @@ def test_anonymous_is_refused_and_every_role_gets_exactly_its_subjects(
 
 
 def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissions(
-    secured: tuple[Path, EmbeddedNatsServer, Path], tmp_path: Path
+    secured: tuple[Path, EmbeddedNatsServer, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     cfg, server, out = secured
     url = server.start()
@@ -229,6 +231,7 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
                 "1",
             ]
             assert await asyncio.to_thread(main, [*verb, *viewer]) == 1  # not its verb
+            assert "NATS refused this user" in capsys.readouterr().err
             assert daemon.guard is not None and "alpha" not in daemon.guard.halted
             assert await asyncio.to_thread(main, [*verb, *operator]) == 0
             assert "alpha" in daemon.guard.halted

@@ -93,6 +93,15 @@ def embedded_credentials(config: DaemonConfig) -> NatsConfig:
     return msgspec.structs.replace(nats_cfg, nkeys_seed=str(seed), inbox_prefix=inbox)
 
 
+class _CliClient(Client):
+    """A CLI connection that keeps the errors the server sent it (a permissions violation
+    arrives as an asynchronous -ERR while the request times out): the message names them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals: list[str] = []
+
+
 async def _connect(link: DaemonLink, timeout: float) -> Client:
     opts = connect_options(link.nats, link.servers)
     opts |= {
@@ -101,9 +110,13 @@ async def _connect(link: DaemonLink, timeout: float) -> Client:
         "max_reconnect_attempts": 0,
         "name": f"{link.nats.name}-cli",
     }
-    nc = Client()
+    nc = _CliClient()
+
+    async def on_error(e: Exception) -> None:
+        nc.refusals.append(str(e))
+
     try:
-        await nc.connect(**opts)
+        await nc.connect(**opts, error_cb=on_error)
     except Exception as e:
         with contextlib.suppress(Exception):
             await nc.close()  # a refused login leaves its transport open otherwise
@@ -117,6 +130,13 @@ async def _request(
     try:
         msg = await nc.request(subject, payload, timeout=timeout)
     except (NoRespondersError, NatsTimeoutError):
+        refusals: list[str] = getattr(nc, "refusals", [])
+        denied = [r for r in refusals if "permissions violation" in r.lower()]
+        if denied:
+            raise NoDaemonError(
+                f"NATS refused this user: {denied[0]} (its NATS permissions do not include "
+                f"{subject}: a viewer may not send control verbs; docs/security.md)"
+            ) from None
         raise NoDaemonError(f"no Rampart daemon answered on {subject} at {servers}") from None
     if msg.headers and "Nats-Service-Error" in msg.headers:
         try:
