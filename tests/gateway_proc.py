@@ -67,7 +67,7 @@ async def main() -> None:
     args = p.parse_args()
     login: dict[str, str] = {}
     if args.nkey_seed:
-        login = {"nkeys_seed": args.nkey_seed, "inbox_prefix": f"_INBOX_gateway_{args.gateway}"}
+        login = {"nkeys_seed": args.nkey_seed, "inbox_prefix": f"_INBOX_gateway-{args.gateway}"}
     nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, **login)
     algos = [
         HostedAlgo(a, "ES", Momentum(), allocation=0.0, active=True) for a in args.algos.split(",")

@@ -79,6 +79,7 @@ SUBSCRIBE: list[tuple[str, tuple[bool, ...]]] = [
     (SUBJ.breach("alpha"), (True, False, False, False, True, True)),
     ("_INBOX_operator.>", (False, False, False, False, True, False)),
     ("_INBOX_viewer.>", (False, False, False, False, False, True)),
+    ("_INBOX_gateway-gw2.>", (False, False, True, False, False, False)),
     ("_INBOX.>", (False, False, False, False, False, False)),
     (">", (False, False, False, False, False, False)),
 ]
@@ -98,7 +99,7 @@ def secured(tmp_path: Path) -> tuple[Path, EmbeddedNatsServer, Path]:
 
 
 async def login(server: EmbeddedNatsServer, out: Path, role: str, errors: list[str]) -> Client:
-    inbox = "_INBOX_" + role.replace("-", "_")
+    inbox = "_INBOX_" + role
 
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
@@ -123,7 +124,7 @@ def test_the_generated_files(
         assert stat.S_IMODE(seed.stat().st_mode) == 0o600
         fragment = msgspec.toml.decode((out / f"{name}.toml").read_bytes())["nats"]
         assert fragment["nkeys_seed"] == str(seed.resolve())
-        assert fragment["inbox_prefix"] == "_INBOX_" + name.replace("-", "_")
+        assert fragment["inbox_prefix"] == "_INBOX_" + name
     text = (out / "authorization.conf").read_text()
     for name in ROLE_NAMES:
         secret = (out / f"{name}.nk").read_text().strip()
@@ -278,7 +279,7 @@ def test_the_embedded_server_is_secure_by_default(tmp_path: Path) -> None:
             gw = await nats.connect(
                 url,
                 nkeys_seed=str(users / "gateway-gw1.nk"),
-                inbox_prefix="_INBOX_gateway_gw1",
+                inbox_prefix="_INBOX_gateway-gw1",
                 error_cb=on_error,
                 allow_reconnect=False,
             )

@@ -167,7 +167,7 @@ async def client(url: str, data: Path, role: str = "operator") -> AsyncIterator[
         reconnect_time_wait=0.05,
         max_reconnect_attempts=-1,
         nkeys_seed=str(seed),
-        inbox_prefix="_INBOX_" + role.replace("-", "_"),
+        inbox_prefix="_INBOX_" + role,
     )
     try:
         yield nc

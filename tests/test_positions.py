@@ -132,9 +132,51 @@ def test_drift_is_shown_at_once_and_a_breach_when_it_lasts() -> None:
 def test_drift_without_a_time_limit_is_only_shown() -> None:
     e = engine()
     w = watch(e, after=None)
-    found = w.on_report("gw2", report({"gamma": {"ES": 1}}, None), T0)
+    found = w.on_report("gw2", report({"gamma": {"ES": 1}}, "b.0"), T0)
     assert [f.kind for f in found] == ["drift"]
     assert w.check(T0 + 3600 * S) == []
+
+
+def test_a_report_on_core_nats_is_shown_but_never_alerted_or_a_breach() -> None:
+    """Without event ids (fills on core NATS) a fill in flight always can differ: compared on
+    arrival and shown in status, but no alert and no rollback."""
+    e = engine()
+    w = watch(e)
+    assert w.on_report("gw2", report({"gamma": {"ES": 1}}, None), T0) == []
+    check = w.status("gamma")
+    assert check is not None and not check.in_sync
+    assert w.check(T0 + 3600 * S) == []
+
+
+def test_events_stored_out_of_order_are_matched_only_once_all_are_in() -> None:
+    """A retried publish can be stored after later ones: b.2 and b.3 before b.1. A report as of
+    b.3 is compared only when b.1, b.2 and b.3 are all applied, and never before."""
+    e = engine()
+    w = watch(e)
+    w.on_event("gw1", "b.0")  # (a first event seen sets the run)
+    fill(e, "alpha", 1.0, T0)
+    assert w.on_report("gw1", report({"alpha": {"ES": 3.0}}, "b.3"), T0) == []
+    for event in ("b.2", "b.3"):
+        assert w.on_event("gw1", event) is None  # b.1 is missing: not comparable yet
+        fill(e, "alpha", 1.0, T0)
+    assert w.applied() == {"gw1": "b.0;2,3"}  # stored with the checkpoint as it is
+    waiting = w.on_event("gw1", "b.1")
+    assert waiting is not None
+    assert w.compare("gw1", waiting, T0 + 1) == []  # 3 lots each side: in sync
+    assert w.applied() == {"gw1": "b.3"}
+    again = watch(e)
+    again.restore({"gw1": "b.0;2,3"})
+    assert again.applied() == {"gw1": "b.0;2,3"}
+
+
+def test_reports_of_an_earlier_boot_do_not_block_the_next_ones() -> None:
+    e = engine()
+    w = watch(e)
+    w.on_event("gw1", "old.4")
+    w.on_report("gw1", report({}, "old.9"), T0)  # its events 5..9 never came (it crashed)
+    w.on_report("gw1", report({}, "new.2"), T0 + 1)
+    assert w.on_event("gw1", "new.1") is None
+    assert w.on_event("gw1", "new.2") is not None
 
 
 def test_events_the_gateway_sent_that_never_arrive_are_a_breach() -> None:

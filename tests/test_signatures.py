@@ -30,7 +30,6 @@ from rampart.protocol import (
     CommandTarget,
     SidecarHeartbeat,
     Subjects,
-    command_ack_decoder,
     encoder,
 )
 from rampart.signing import (
@@ -176,13 +175,21 @@ def test_a_forged_resume_with_a_huge_epoch_is_ignored_and_a_real_halt_still_appl
             await until(lambda: "gw1" in daemon.gateways)
             subject = SUBJ.command("gw1")
             mallory = SigningKey.generate()
+            # a reply inbox of the forger's: the gateway must not answer (with allow_responses
+            # an answer would be a publish on a subject the forger chose)
+            answers: list[Msg] = []
+
+            async def on_answer(msg: Msg) -> None:
+                answers.append(msg)
+
+            await nc.subscribe("forger.inbox", cb=on_answer)
             for kind in ("halt", "resume"):  # unsigned, then signed by another key
                 body = encoder.encode(forged_command(kind, 2**62))
                 for headers in (None, sign_headers(mallory, subject, body)):
-                    reply = await nc.request(subject, body, timeout=2, headers=headers)
-                    (result,) = command_ack_decoder.decode(reply.data).results
-                    assert result.status == "bad_signature", result
-            assert gw.agent.refused_signatures == {"commands": 4}
+                    await nc.publish(subject, body, reply="forger.inbox", headers=headers)
+            await until(lambda: gw.agent.refused_signatures.get("commands") == 4)
+            await nc.flush()
+            assert not answers, "a gateway answered a forged command"
             assert not gw.agent.is_halted("alpha")
             assert gw.agent.book.algos.get("alpha") is None or all(
                 e < 2**62 for e in gw.agent.book.report("alpha").epochs.values()
@@ -314,3 +321,36 @@ def test_the_cli_logs_in_with_the_configurations_credentials(tmp_path: Path) -> 
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_heartbeats_are_ordered_per_boot_of_rampart() -> None:
+    """A replay within one boot is refused; a restarted Rampart whose clock is behind its
+    previous run's is heard at once (its boot is new), as long as it is fresh."""
+    from types import SimpleNamespace
+
+    from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
+
+    key = SigningKey.generate()
+    now = [time.time_ns()]
+    agent = GatewayAgent(
+        None,  # type: ignore[arg-type]
+        "gw1",
+        GatewayHandlers(),
+        deadman_timeout=3.0,
+        wall_clock=lambda: now[0],
+        trusted_keys=[key.public_key],
+    )
+    subject = SUBJ.sidecar_heartbeat
+
+    def beat(ts: int, boot: str) -> None:
+        data = encoder.encode(SidecarHeartbeat(daemon="rampart", ts=ts, boot=boot))
+        msg = SimpleNamespace(subject=subject, data=data, headers=sign_headers(key, subject, data))
+        asyncio.run(agent._on_sidecar_heartbeat(msg))  # type: ignore[arg-type]
+
+    beat(now[0], "first")
+    beat(now[0], "first")  # the same heartbeat again: a replay
+    assert agent.refused_signatures == {"heartbeats": 1}
+    beat(now[0] - 1_000_000_000, "second")  # restarted, its clock 1 s behind: heard
+    assert agent.refused_signatures == {"heartbeats": 1}
+    beat(now[0] - 10 * 1_000_000_000, "third")  # stale beyond the dead-man timeout
+    assert agent.refused_signatures == {"heartbeats": 2}

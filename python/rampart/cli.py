@@ -225,6 +225,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     """Write least-privilege NATS users for every role of this configuration (nats_auth.py)."""
     from rampart.config import ConfigFileError
     from rampart.nats_auth import write
+    from rampart.signing import SigningKeyError
 
     try:
         config = _load_config(args.config)
@@ -239,7 +240,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         files = write(config, out, servers)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SigningKeyError) as e:
         print(f"rampart nats-config: {e}", file=sys.stderr)
         return 1
     for f in files:

@@ -16,6 +16,7 @@ import functools
 import logging
 import tempfile
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -190,6 +191,7 @@ class Daemon:
         self.signing_key: SigningKey | None = None
         # per gateway: the messages it refused for their signature, as last reported
         self._refused_signatures: dict[str, dict[str, int]] = {}
+        self._signature_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.effects: DeploymentEffects | None = None
         self.service: DaemonService | None = None
         self.status_builder = StatusBuilder(self)
@@ -581,7 +583,7 @@ class Daemon:
         try:
             await asyncio.to_thread(write_nats_auth, self.config, auth_dir, [])
             authorization = (auth_dir / "authorization.conf").read_text()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SigningKeyError) as e:
             raise DaemonError(f"cannot write the embedded server's users in {auth_dir}: {e}") from e
         self._nats = msgspec.structs.replace(
             self.config.nats,
@@ -1023,8 +1025,9 @@ class Daemon:
             try:
                 found = watch.on_report(gateway, hb.positions, now) if hb.positions else []
             except InvalidEventError as e:
+                # the report is refused, not the heartbeat: the gateway stays heard
                 await self._reject(msg, e.reason, f"position report: {e}")
-                return
+                found = []
             self._on_positions(found + watch.check(now))
         if hb.refused_signatures:
             self._on_refused_signatures(gateway, hb.refused_signatures)
@@ -1044,15 +1047,19 @@ class Daemon:
         """A gateway refused messages that claimed to be Rampart's: alerted as they grow (a
         forger on the bus, or a gateway that does not trust Rampart's key)."""
         before = self._refused_signatures.get(gateway, {})
+        if any(n < before.get(k, 0) for k, n in counts.items()):
+            before = {}  # the gateway restarted: its counts start again
         self._refused_signatures[gateway] = dict(counts)
         grown = {k: n - before.get(k, 0) for k, n in counts.items() if n > before.get(k, 0)}
-        if not grown or self.guard is None:
+        if not grown or self.guard is None or not self._signature_alerts.ready(gateway):
             return
         what = ", ".join(f"{n} {kind}" for kind, n in sorted(grown.items()))
         detail = (
-            f"gateway {gateway} refused {what} not signed by a key it trusts: a process on the "
-            "bus forging Rampart's messages, or a gateway whose trusted key is not Rampart's "
-            f"({self.signing_key.public_key if self.signing_key else '?'})"
+            f"gateway {gateway} refused {what} (not signed by a key it trusts, or a heartbeat "
+            "stamped out of step with its clock): a process on the bus forging Rampart's "
+            "messages, a gateway whose trusted key is not Rampart's "
+            f"({self.signing_key.public_key if self.signing_key else '?'}), or clocks out of "
+            "step; its log says which (alerted at most once a minute per gateway)"
         )
         log.critical("%s", detail)
         alert = self.guard.alert(
@@ -1127,12 +1134,14 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval.total_seconds()
         subject = self.subjects.sidecar_heartbeat
+        boot = uuid.uuid4().hex[:12]
         while True:
             if self.nc is not None and self.nc.is_connected:
                 hb = SidecarHeartbeat(
                     daemon=self.config.name,
                     ts=self.wall_clock(),
                     interval_ms=int(interval * 1000),
+                    boot=boot,
                 )
                 data = encoder.encode(hb)
                 with contextlib.suppress(Exception):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from rampart._core import SigningKey
 from rampart.config import DaemonConfig
+from rampart.signing import read_key, write_private
 
 __all__ = ["EMBEDDED_AUTH_DIR", "Role", "authorization", "embedded_login", "roles", "write"]
 
@@ -48,7 +49,7 @@ class Role:
     @property
     def inbox(self) -> str:
         """Its reply inbox prefix (a NATS token): ``_INBOX_<role>``."""
-        return "_INBOX_" + self.name.replace("-", "_")
+        return "_INBOX_" + self.name
 
 
 def roles(config: DaemonConfig) -> list[Role]:
@@ -121,13 +122,8 @@ def write(config: DaemonConfig, out: Path, servers: list[str]) -> list[Path]:
     users: list[tuple[Role, str]] = []
     for role in roles(config):
         seed_path = out / f"{role.name}.nk"
-        if seed_path.exists():
-            key = SigningKey(seed_path.read_text())
-        else:
-            key = SigningKey.generate()
-            fd = os.open(seed_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key.seed() + "\n")
+        fresh = SigningKey.generate()
+        key = fresh if write_private(seed_path, fresh.seed() + "\n") else read_key(seed_path)
         users.append((role, key.public_key))
         fragment = out / f"{role.name}.toml"
         fragment.write_text(
@@ -150,4 +146,4 @@ def embedded_login(data_dir: str | os.PathLike[str], role: str) -> tuple[Path, s
     seed = Path(data_dir) / EMBEDDED_AUTH_DIR / f"{role}.nk"
     if not seed.exists():
         return None
-    return seed, "_INBOX_" + role.replace("-", "_")
+    return seed, "_INBOX_" + role

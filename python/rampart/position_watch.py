@@ -49,12 +49,24 @@ class _Drift:
     # when it is (again) a breach: drift_after after it began, then every drift_after while
     # it lasts (a released algorithm whose positions still differ is rolled back again)
     breach_at: int | None = None
+    # seen by comparing a report on arrival (core NATS): shown, never alerted or a breach
+    quiet: bool = False
 
 
 @dataclass
 class _Gateway:
-    # the last event of the gateway that the core has applied: (boot, n)
+    # the gateway's events the core holds: every one of ``applied``'s boot up to its n (a
+    # contiguous run), and those beyond it that came early (a retried publish can be stored
+    # after later ones): (boot, n)
     applied: tuple[str, int] | None = None
+    ahead: set[int] = field(default_factory=set)
+    # the gateway's boots in the order they were first seen (a report of a later boot can
+    # come while the earlier boot's last events are still being applied)
+    boots: dict[str, int] = field(default_factory=dict)
+
+    def boot_rank(self, boot: str) -> int:
+        return self.boots.setdefault(boot, len(self.boots))
+
     # reports waiting for their event: (boot, n, raw positions)
     waiting: deque[tuple[str, int, bytes]] = field(default_factory=deque)
     # when reports were last compared, or started to arrive (wall clock, ns)
@@ -98,6 +110,7 @@ class PositionWatch:
         resumes matching reports where the restored core is)."""
         return {
             gw: f"{g.applied[0]}.{g.applied[1]}"
+            + (";" + ",".join(map(str, sorted(g.ahead))) if g.ahead else "")
             for gw, g in self._gateways.items()
             if g.applied is not None
         }
@@ -105,9 +118,11 @@ class PositionWatch:
     def restore(self, applied: dict[str, str]) -> None:
         for gw, event_id in applied.items():
             g = self._gateways.get(gw)
-            parsed = parse_event_id(event_id)
+            run, _, early = event_id.partition(";")
+            parsed = parse_event_id(run)
             if g is not None and parsed is not None:
                 g.applied = parsed
+                g.ahead = {int(x) for x in early.split(",") if x.isdigit()}
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -121,18 +136,33 @@ class PositionWatch:
         parsed = parse_event_id(event_id)
         if parsed is None:
             return None
-        g.applied = parsed
         boot, n = parsed
+        if g.applied is None or g.applied[0] != boot:
+            g.applied, g.ahead = parsed, set()  # a new boot (or the first event seen)
+        elif n == g.applied[1] + 1:
+            top = n
+            while top + 1 in g.ahead:
+                g.ahead.discard(top + 1)
+                top += 1
+            g.applied = (boot, top)
+        elif n > g.applied[1] + 1:
+            g.ahead.add(n)  # early: its predecessors are still to come
+        # (n at or below the run: a duplicate; nothing changes)
+        held = g.applied[1]
         match = None
+        rank = g.boot_rank(boot)
         while g.waiting:
             wb, wn, raw = g.waiting[0]
-            if wb != boot or wn > n:
-                # later, or of another boot (a restarted gateway's come after the old boot's
-                # events): waits
-                break
+            if wb != boot:
+                if g.boot_rank(wb) < rank:
+                    g.waiting.popleft()  # an earlier boot's: its events are over, never matches
+                    continue
+                break  # a later boot's: its events come after these
+            if wn > held:
+                break  # later: waits
             g.waiting.popleft()
-            if wn == n:
-                match = raw
+            if wn == held and not g.ahead:
+                match = raw  # the core holds exactly the events this report is as of
         return match
 
     def on_report(self, gateway: str, report: PositionFrame, now: int) -> list[Finding]:
@@ -146,13 +176,17 @@ class PositionWatch:
             g.first_report_at = now
         raw = bytes(report.algos)
         if report.events is None:
-            return self.compare(gateway, raw, now)
+            # core NATS: fills in flight can always differ, so this is shown in status but
+            # neither alerted nor a breach (docs/operations.md, "Positions")
+            self.compare(gateway, raw, now, quiet=True)
+            return []
         parsed = parse_event_id(report.events)
         if parsed is None:
             err = DecodeError(f"position report as of event {report.events!r}: not <boot>.<n>")
             err.reason = "decode"
             raise err
-        if parsed == g.applied or (parsed[1] == 0 and self.caught_up()):
+        g.boot_rank(parsed[0])
+        if (parsed == g.applied and not g.ahead) or (parsed[1] == 0 and self.caught_up()):
             # as of the event the core applied last, or of none since the gateway started
             g.waiting.clear()
             return self.compare(gateway, raw, now)
@@ -174,6 +208,8 @@ class PositionWatch:
         after = self.drift_after_ns
         out: list[Finding] = []
         for algo, d in self._drift.items():
+            if d.quiet:
+                continue
             if now >= (d.breach_at or d.since + after):
                 d.breach_at = now + after
                 gw = self._gateway_of(algo)
@@ -204,7 +240,8 @@ class PositionWatch:
                         f"gateway {gw}'s positions could not be checked for "
                         f"{(now - since) / 1e9:.1f}s: it reports them as of its event "
                         f"{wb}.{wn}, Rampart has applied its events up to {applied} "
-                        "(events it sent are missing)",
+                        "(events it sent have not arrived: lost, or the events stream "
+                        "stalled)",
                     )
                 )
         return out
@@ -228,7 +265,7 @@ class PositionWatch:
 
     # ---- comparing ----------------------------------------------------------------------------
 
-    def compare(self, gateway: str, raw: bytes, now: int) -> list[Finding]:
+    def compare(self, gateway: str, raw: bytes, now: int, *, quiet: bool = False) -> list[Finding]:
         """``gateway``'s report (raw JSON positions) against the core, now. Raises
         ``InvalidEventError`` (with its ``reason``) for a report the core cannot take."""
         rows = self.engine.position_drift(gateway, raw, self.tolerance)
@@ -253,7 +290,7 @@ class PositionWatch:
                     )
                 continue
             if d is None:
-                self._drift[algo] = _Drift(since=now, symbols=symbols)
+                self._drift[algo] = _Drift(since=now, symbols=symbols, quiet=quiet)
                 out.append(
                     Finding(
                         "drift",
@@ -264,6 +301,7 @@ class PositionWatch:
                 )
             else:
                 d.symbols = symbols
+                d.quiet = quiet
         return out + self.check(now)
 
     def _gateway_of(self, algo: str) -> str:

@@ -288,6 +288,9 @@ class SidecarHeartbeat(
     daemon: str
     ts: int
     interval_ms: int = 1000
+    # random per start of the daemon: a gateway orders heartbeats by ts within one boot, so a
+    # restarted Rampart whose clock is behind the previous one's is still heard
+    boot: str = ""
     v: int = SCHEMA_VERSION
 
 
@@ -322,10 +325,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_fiel
     v: int = SCHEMA_VERSION
 
 
-# bad_signature: not signed by a key the gateway trusts (docs/protocol.md, "Signatures")
-CommandStatus = Literal[
-    "applied", "duplicate", "expired", "stale_epoch", "refused", "error", "bad_signature"
-]
+CommandStatus = Literal["applied", "duplicate", "expired", "stale_epoch", "refused", "error"]
 
 
 class TargetResult(msgspec.Struct, frozen=True, kw_only=True):

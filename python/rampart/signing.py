@@ -36,9 +36,11 @@ __all__ = [
     "SigningKeyError",
     "Verifier",
     "load_or_create",
+    "read_key",
     "read_public_key",
     "sign_headers",
     "verify_message",
+    "write_private",
 ]
 
 
@@ -56,16 +58,8 @@ def load_or_create(seed_path: str | os.PathLike[str]) -> SigningKey:
     path = Path(seed_path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = _read(path)
-        else:
-            key = SigningKey.generate()
-            with os.fdopen(fd, "w") as f:
-                f.write(key.seed() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+        fresh = SigningKey.generate()
+        key = fresh if write_private(path, fresh.seed() + "\n") else read_key(path)
         public = path.with_name(PUBLIC_FILE)
         if not public.exists() or public.read_text().strip() != key.public_key:
             tmp = public.with_suffix(".tmp")
@@ -79,7 +73,33 @@ def load_or_create(seed_path: str | os.PathLike[str]) -> SigningKey:
     return key
 
 
-def _read(path: Path) -> SigningKey:
+def write_private(path: Path, text: str) -> bool:
+    """Create ``path`` (mode 0600) holding ``text``, whole or not at all: written to a
+    temporary file, fsynced, then linked into place (which fails if ``path`` exists: it is
+    never overwritten). False if it existed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_key(path: Path) -> SigningKey:
+    """A seed file's key; refused when others may read it."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SigningKeyError(

@@ -104,7 +104,7 @@ class GatewayAgent:
         # "Signatures"); read_public_key(data_dir) gives a co-located Rampart's
         self.verifier = Verifier(trusted_keys)
         self.refused_signatures: dict[str, int] = {}
-        self._last_sidecar_ts: int | None = None
+        self._last_sidecar_ts: dict[str, int] = {}  # per boot of Rampart
         # the gateway's durable events: position reports say which of its events they are as of
         self.outbox = outbox
         self.gateway = gateway
@@ -170,9 +170,9 @@ class GatewayAgent:
     async def _on_command(self, msg: Msg) -> None:
         refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is not None:
+            # no reply: with NATS's allow_responses, a reply would let the forger make this
+            # gateway publish on a subject of its choosing (its reply subject)
             self._refuse("commands", msg.subject, refusal)
-            if msg.reply:
-                await msg.respond(self._bad_signature_reply(msg.data, refusal))
             return
         try:
             command = command_decoder.decode(msg.data)
@@ -190,23 +190,6 @@ class GatewayAgent:
                 ts=self.wall_clock(),
             )
             await msg.respond(encoder.encode(ack))
-
-    def _bad_signature_reply(self, data: bytes, refusal: str) -> bytes:
-        try:
-            command = command_decoder.decode(data)
-        except msgspec.DecodeError:
-            return encoder.encode(ErrorReply(error=f"bad_signature: {refusal}"))
-        results = [
-            TargetResult(algo=t.algo, status="bad_signature", detail=refusal)
-            for t in command.targets
-        ]
-        ack = CommandAck(
-            command_id=command.command_id,
-            gateway=self.gateway,
-            results=results,
-            ts=self.wall_clock(),
-        )
-        return encoder.encode(ack)
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
@@ -268,26 +251,31 @@ class GatewayAgent:
 
     async def _on_sidecar_heartbeat(self, msg: Msg) -> None:
         """Rampart's heartbeat keeps the dead-man's switch from tripping only when Rampart
-        signed it, and when it is newer than the last one and no older than the switch's
-        timeout by this host's clock (a recorded heartbeat replayed cannot keep it alive)."""
+        signed it, when it is newer than the last one of the same boot of Rampart, and no
+        further from this host's clock than the switch's timeout (a recorded heartbeat
+        replayed cannot keep it alive)."""
         refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is None:
             try:
-                ts = sidecar_heartbeat_decoder.decode(msg.data).ts
+                hb = sidecar_heartbeat_decoder.decode(msg.data)
             except msgspec.DecodeError as e:
                 refusal = f"not a sidecar heartbeat: {e}"
             else:
-                last = self._last_sidecar_ts
-                age = self.wall_clock() - ts
-                if last is not None and ts <= last:
-                    refusal = f"not newer than the last one ({ts} <= {last}): a replay"
+                last = self._last_sidecar_ts.get(hb.boot)
+                age = self.wall_clock() - hb.ts
+                if last is not None and hb.ts <= last:
+                    refusal = f"not newer than the last one ({hb.ts} <= {last}): a replay"
                 elif abs(age) > self.deadman.timeout_ns:
                     refusal = (
                         f"stamped {age / 1e9:+.1f}s from this host's clock, more than the "
                         "dead-man timeout: a replay, or clocks out of step"
                     )
                 else:
-                    self._last_sidecar_ts = ts
+                    # per boot of Rampart (a few kept): a recorded heartbeat of an earlier boot
+                    # passes only while it is fresh, so at most once within the timeout
+                    self._last_sidecar_ts[hb.boot] = hb.ts
+                    while len(self._last_sidecar_ts) > 8:
+                        del self._last_sidecar_ts[next(iter(self._last_sidecar_ts))]
         if refusal is not None:
             self._refuse("heartbeats", msg.subject, refusal)
             return
