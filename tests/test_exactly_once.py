@@ -105,10 +105,13 @@ def events_of(subject: str, data: bytes) -> list[dict[str, Any]]:
 
 
 def event_ids(subject: str, data: bytes, seq: str) -> list[str]:
-    """``<boot>.<n>`` of each event in a message (its Rampart-Seq is its last event's)."""
-    boot, _, last = seq.rpartition(".")
-    count = len(events_of(subject, data))
-    return [f"{boot}.{n}" for n in range(int(last) - count + 1, int(last) + 1)]
+    """``<boot>.<n>`` of each event in a message (its Rampart-Seq: ``<boot>.<n>``, or
+    ``<boot>.<first>-<last>`` for a batch, which must hold exactly that many events)."""
+    boot, _, numbers = seq.rpartition(".")
+    first, _, last = numbers.partition("-")
+    ids = [f"{boot}.{n}" for n in range(int(first), int(last or first) + 1)]
+    assert len(ids) == len(events_of(subject, data)), (seq, subject)
+    return ids
 
 
 @pytest.mark.timeout(600)

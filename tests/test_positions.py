@@ -169,6 +169,20 @@ def test_events_stored_out_of_order_are_matched_only_once_all_are_in() -> None:
     assert again.applied() == {"gw1": "b.0;2,3"}
 
 
+def test_a_batch_counts_for_every_event_it_carries() -> None:
+    e = engine()
+    w = watch(e)
+    w.on_event("gw1", "b.3")
+    fill(e, "alpha", 2.0, T0)
+    w.on_report("gw1", report({"alpha": {"ES": 2.0}}, "b.9"), T0)
+    assert w.on_event("gw1", "b.10-12") is None  # early: 4..9 still to come
+    assert w.on_event("gw1", "b.4-9") is None  # 4..12 now: past the report (as of b.9)
+    assert w.applied() == {"gw1": "b.12"}
+    w.on_report("gw1", report({"alpha": {"ES": 2.0}}, "b.14"), T0)
+    waiting = w.on_event("gw1", "b.13-14")
+    assert waiting is not None and w.compare("gw1", waiting, T0 + 1) == []
+
+
 def test_reports_of_an_earlier_boot_do_not_block_the_next_ones() -> None:
     e = engine()
     w = watch(e)

@@ -76,6 +76,16 @@ class _Gateway:
     unmatched_breach_at: int | None = None
 
 
+def parse_event_span(header: str) -> tuple[str, int, int] | None:
+    """A message's ``Rampart-Seq``: ``<boot>.<n>`` (an event) or ``<boot>.<first>-<last>`` (a
+    batch) -> (boot, first, last); ``None`` for anything else."""
+    boot, _, numbers = header.rpartition(".")
+    first, _, last = numbers.partition("-")
+    if not boot or not first.isdigit() or (last and not last.isdigit()):
+        return None
+    return boot, int(first), int(last or first)
+
+
 def parse_event_id(event_id: str) -> tuple[str, int] | None:
     """``<boot>.<n>`` -> (boot, n); ``None`` for anything else."""
     boot, _, n = event_id.rpartition(".")
@@ -127,27 +137,28 @@ class PositionWatch:
     # ---- inputs -------------------------------------------------------------------------------
 
     def on_event(self, gateway: str, event_id: str | None) -> bytes | None:
-        """The core is applying one of ``gateway``'s durable events (``event_id``: its
-        ``Rampart-Seq`` header). Returns the report that waited for exactly this event: the
-        caller compares it (``compare``) once the event is applied."""
+        """The core is applying one of ``gateway``'s durable events or batches
+        (``event_id``: its ``Rampart-Seq`` header, ``<boot>.<n>`` or ``<boot>.<first>-<last>``).
+        Returns the report that waited for exactly the events now held: the caller compares it
+        (``compare``) once the message is applied."""
         g = self._gateways.get(gateway)
         if g is None or event_id is None:
             return None
-        parsed = parse_event_id(event_id)
-        if parsed is None:
+        span = parse_event_span(event_id)
+        if span is None:
             return None
-        boot, n = parsed
+        boot, first, n = span
         if g.applied is None or g.applied[0] != boot:
-            g.applied, g.ahead = parsed, set()  # a new boot (or the first event seen)
-        elif n == g.applied[1] + 1:
+            g.applied, g.ahead = (boot, n), set()  # a new boot (or the first event seen)
+        elif first <= g.applied[1] + 1 < n + 1:
             top = n
             while top + 1 in g.ahead:
                 g.ahead.discard(top + 1)
                 top += 1
             g.applied = (boot, top)
-        elif n > g.applied[1] + 1:
-            g.ahead.add(n)  # early: its predecessors are still to come
-        # (n at or below the run: a duplicate; nothing changes)
+        elif first > g.applied[1] + 1:
+            g.ahead.update(range(first, n + 1))  # early: its predecessors are still to come
+        # (at or below the run: a duplicate; nothing changes)
         held = g.applied[1]
         match = None
         rank = g.boot_rank(boot)

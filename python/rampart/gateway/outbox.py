@@ -16,8 +16,9 @@ re-formed: its retries carry the same events under the same id.
 Ids: ``<gateway>.<boot>.<n>`` for an event, ``<gateway>.<boot>.<first>-<last>`` for a batch,
 unless the caller gives an event its own id (a gateway that persists its events across its own
 restarts passes a stable one, e.g. the venue's execution id, so a re-publish after the restart is
-dropped too): such an event is always sent alone. Every message also carries ``Rampart-Seq:
-<boot>.<n>`` (its last event's number), which position reports refer to (``mark``).
+dropped too): such an event is always sent alone. Every message also carries ``Rampart-Seq``:
+``<boot>.<n>`` for an event, ``<boot>.<first>-<last>`` for a batch; position reports refer to
+these numbers (``mark``).
 """
 
 from __future__ import annotations
@@ -162,12 +163,13 @@ class Outbox:
             subject, data = events[0]
             self._queue.append(Pending(subject, data, f"{self.gateway}.{seq}", seq))
             return
+        span = f"{self.boot}.{first}-{last}"
         self._queue.append(
             Pending(
                 self.subjects.batch(self.gateway),
                 b"[" + b",".join(d for _, d in events) + b"]",
-                f"{self.gateway}.{self.boot}.{first}-{last}",
-                seq,
+                f"{self.gateway}.{span}",
+                span,
                 len(events),
             )
         )
