@@ -52,7 +52,7 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
-from rampart.nats_auth import EMBEDDED_AUTH_DIR
+from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
 from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.position_watch import Finding, PositionWatch
@@ -588,7 +588,7 @@ class Daemon:
         self._nats = msgspec.structs.replace(
             self.config.nats,
             nkeys_seed=str(auth_dir / "daemon.nk"),
-            inbox_prefix="_INBOX_daemon",
+            inbox_prefix=inbox_of("daemon"),
         )
         self.embedded = EmbeddedNatsServer(
             host=emb.host,
@@ -1023,12 +1023,12 @@ class Daemon:
         if watch is not None:
             now = self.wall_clock()
             try:
-                found = watch.on_report(gateway, hb.positions, now) if hb.positions else []
+                found = watch.on_report(gateway, hb.positions, now) if hb.positions else None
             except InvalidEventError as e:
                 # the report is refused, not the heartbeat: the gateway stays heard
                 await self._reject(msg, e.reason, f"position report: {e}")
-                found = []
-            self._on_positions(found + watch.check(now))
+                found = None
+            self._on_positions(watch.check(now) if found is None else found)
         if hb.refused_signatures:
             self._on_refused_signatures(gateway, hb.refused_signatures)
         self.stats.heartbeats += 1

@@ -31,7 +31,15 @@ from rampart._core import SigningKey
 from rampart.config import DaemonConfig
 from rampart.signing import read_key, write_private
 
-__all__ = ["EMBEDDED_AUTH_DIR", "Role", "authorization", "embedded_login", "roles", "write"]
+__all__ = [
+    "EMBEDDED_AUTH_DIR",
+    "Role",
+    "authorization",
+    "embedded_login",
+    "inbox_of",
+    "roles",
+    "write",
+]
 
 # In data_dir: the embedded nats-server's users (`rampart run` without [nats] servers)
 EMBEDDED_AUTH_DIR = "nats-auth"
@@ -48,8 +56,12 @@ class Role:
 
     @property
     def inbox(self) -> str:
-        """Its reply inbox prefix (a NATS token): ``_INBOX_<role>``."""
-        return "_INBOX_" + self.name
+        return inbox_of(self.name)
+
+
+def inbox_of(role: str) -> str:
+    """A role's reply inbox prefix (a NATS token): ``_INBOX_<role>``."""
+    return "_INBOX_" + role
 
 
 def roles(config: DaemonConfig) -> list[Role]:
@@ -146,4 +158,4 @@ def embedded_login(data_dir: str | os.PathLike[str], role: str) -> tuple[Path, s
     seed = Path(data_dir) / EMBEDDED_AUTH_DIR / f"{role}.nk"
     if not seed.exists():
         return None
-    return seed, "_INBOX_" + role
+    return seed, inbox_of(role)

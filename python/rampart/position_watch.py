@@ -178,8 +178,11 @@ class PositionWatch:
 
     def on_report(self, gateway: str, report: PositionFrame, now: int) -> list[Finding]:
         """A heartbeat's position report: compared now, or kept until the core has applied the
-        event it is as of. Raises ``InvalidEventError`` (with its ``reason``) for a report that
-        cannot be taken."""
+        event it is as of; then what ``check`` finds. Raises ``InvalidEventError`` (with its
+        ``reason``) for a report that cannot be taken."""
+        return self._take(gateway, report, now) + self.check(now)
+
+    def _take(self, gateway: str, report: PositionFrame, now: int) -> list[Finding]:
         g = self._gateways.get(gateway)
         if g is None:
             return []
@@ -189,7 +192,7 @@ class PositionWatch:
         if report.events is None:
             # core NATS: fills in flight can always differ, so this is shown in status but
             # neither alerted nor a breach (docs/operations.md, "Positions")
-            self.compare(gateway, raw, now, quiet=True)
+            self._compare(gateway, raw, now, quiet=True)
             return []
         parsed = parse_event_id(report.events)
         if parsed is None:
@@ -200,7 +203,7 @@ class PositionWatch:
         if (parsed == g.applied and not g.ahead) or (parsed[1] == 0 and self.caught_up()):
             # as of the event the core applied last, or of none since the gateway started
             g.waiting.clear()
-            return self.compare(gateway, raw, now)
+            return self._compare(gateway, raw, now)
         if g.applied is not None and parsed[0] == g.applied[0] and parsed[1] < g.applied[1]:
             return []  # the core is past it already: the next report will do
         if parsed[1] > 0:
@@ -276,9 +279,12 @@ class PositionWatch:
 
     # ---- comparing ----------------------------------------------------------------------------
 
-    def compare(self, gateway: str, raw: bytes, now: int, *, quiet: bool = False) -> list[Finding]:
+    def compare(self, gateway: str, raw: bytes, now: int) -> list[Finding]:
         """``gateway``'s report (raw JSON positions) against the core, now. Raises
         ``InvalidEventError`` (with its ``reason``) for a report the core cannot take."""
+        return self._compare(gateway, raw, now) + self.check(now)
+
+    def _compare(self, gateway: str, raw: bytes, now: int, *, quiet: bool = False) -> list[Finding]:
         rows = self.engine.position_drift(gateway, raw, self.tolerance)
         g = self._gateways[gateway]
         g.compared_at = now
@@ -313,7 +319,7 @@ class PositionWatch:
             else:
                 d.symbols = symbols
                 d.quiet = quiet
-        return out + self.check(now)
+        return out
 
     def _gateway_of(self, algo: str) -> str:
         for gw, algos in self.algos_of.items():

@@ -88,9 +88,12 @@ impl PySigningKey {
 /// on `subject` with `body`. False for anything malformed: a bad key, bad base64, a wrong length.
 #[pyfunction]
 pub fn verify_message(public_key: &str, subject: &str, body: &[u8], signature: &str) -> bool {
-    let Ok(pair) = KeyPair::from_public_key(public_key) else {
-        return false;
-    };
+    KeyPair::from_public_key(public_key)
+        .is_ok_and(|pair| verify_with(&pair, subject, body, signature))
+}
+
+/// `signature` (base64url, no padding) checked against `pair` over the signed bytes.
+fn verify_with(pair: &KeyPair, subject: &str, body: &[u8], signature: &str) -> bool {
     let Ok(sig) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
         return false;
     };
@@ -134,13 +137,9 @@ impl PyKeyRing {
 
     /// Whether `signature` is the signature of the message by `key`, one of these keys.
     fn verify(&self, key: &str, subject: &str, body: &[u8], signature: &str) -> bool {
-        let Some(pair) = self.keys.get(key) else {
-            return false;
-        };
-        let Ok(sig) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
-            return false;
-        };
-        sig.len() == 64 && pair.verify(&signed_bytes(subject, body), &sig).is_ok()
+        self.keys
+            .get(key)
+            .is_some_and(|pair| verify_with(pair, subject, body, signature))
     }
 }
 
