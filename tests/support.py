@@ -50,3 +50,20 @@ def rampart_keys(data_dir: str | Path) -> list[str]:
     """The public key a Rampart on ``data_dir`` signs with, as a gateway's ``trusted_keys``: the
     key is created now if it is not there yet (the daemon, started before or after, uses it)."""
     return [load_or_create(default_seed_path(data_dir)).public_key]
+
+
+def live_config(algos: Sequence[tuple[str, str]], *, top: str = "", triggers: str = "") -> str:
+    """The daemon configuration the end-to-end tests share, with a ``{data_dir}`` placeholder
+    (``.format(data_dir=...)``): fast heartbeats and checks, the staleness triggers off, and
+    each (algorithm, gateway) with capital 100,000. ``top`` and ``triggers`` add lines."""
+    text = f'\ndata_dir = "{{data_dir}}"\n{top}heartbeat_interval = "PT0.05S"\n\n'
+    text += (
+        '[triggers]\ncheck_interval = "PT0.02S"\ngateway_heartbeat_timeout = "PT1H"\n'
+        f'market_data_timeout = "PT1H"\nnats_disconnect = false\n{triggers}'
+    )
+    for algo, gateway in algos:
+        text += (
+            f'\n[[algorithms]]\nid = "{algo}"\nversion = "1"\ngateway = "{gateway}"\n'
+            "capital = 100000\n"
+        )
+    return text

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import nats
 from nats.aio.client import Client
-from support import rampart_keys, until
+from support import live_config, rampart_keys, until
 
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
@@ -23,28 +23,7 @@ from rampart.protocol import AlgoActual, Health, Heartbeat, Subjects, encoder
 
 SUBJ = Subjects()
 
-CONFIG = """
-data_dir = "{data_dir}"
-heartbeat_interval = "PT0.05S"
-
-[triggers]
-check_interval = "PT0.02S"
-gateway_heartbeat_timeout = "PT1H"
-market_data_timeout = "PT1H"
-nats_disconnect = false
-
-[[algorithms]]
-id = "alpha"
-version = "1"
-gateway = "gw1"
-capital = 100000
-
-[[algorithms]]
-id = "beta"
-version = "1"
-gateway = "gw1"
-capital = 100000
-"""
+CONFIG = live_config([("alpha", "gw1"), ("beta", "gw1")])
 
 
 def make_config(tmp_path: Path) -> DaemonConfig:

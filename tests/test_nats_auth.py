@@ -14,7 +14,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from support import until
+from support import live_config, until
 
 from rampart.cli import main
 from rampart.config import parse_config
@@ -26,28 +26,7 @@ from rampart.protocol import Quote, Subjects
 
 SUBJ = Subjects()
 
-CONFIG = """
-data_dir = "{data_dir}"
-heartbeat_interval = "PT0.05S"
-
-[triggers]
-check_interval = "PT0.02S"
-gateway_heartbeat_timeout = "PT1H"
-market_data_timeout = "PT1H"
-nats_disconnect = false
-
-[[algorithms]]
-id = "alpha"
-version = "1"
-gateway = "gw1"
-capital = 100000
-
-[[algorithms]]
-id = "beta"
-version = "1"
-gateway = "gw2"
-capital = 100000
-"""
+CONFIG = live_config([("alpha", "gw1"), ("beta", "gw2")])
 
 # (subject, may each role publish on it?) - the roles of `roles(config)`, in this order
 ROLE_NAMES = ("daemon", "gateway-gw1", "gateway-gw2", "feed", "operator", "viewer")

@@ -14,7 +14,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.msg import Msg
-from support import rampart_keys, until
+from support import live_config, rampart_keys, until
 
 from rampart._core import Engine, InvalidEventError
 from rampart.config import parse_config
@@ -252,30 +252,11 @@ def test_reports_it_cannot_take_are_refused() -> None:
 
 # ---- end to end ---------------------------------------------------------------------------
 
-CONFIG = """
-data_dir = "{data_dir}"
-subject_prefix = "desk.a"
-heartbeat_interval = "PT0.05S"
-
-[triggers]
-check_interval = "PT0.02S"
-gateway_heartbeat_timeout = "PT1H"
-market_data_timeout = "PT1H"
-nats_disconnect = false
-position_drift = "PT0.5S"
-
-[[algorithms]]
-id = "alpha.v1"
-version = "1"
-gateway = "gw1"
-capital = 100000
-
-[[algorithms]]
-id = "beta.v1"
-version = "1"
-gateway = "gw1"
-capital = 100000
-"""
+CONFIG = live_config(
+    [("alpha.v1", "gw1"), ("beta.v1", "gw1")],
+    top='subject_prefix = "desk.a"\n',
+    triggers='position_drift = "PT0.5S"\n',
+)
 
 
 def test_rampart_and_the_gateway_agree_and_a_hidden_position_rolls_back(

@@ -17,7 +17,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.msg import Msg
-from support import rampart_keys, until
+from support import live_config, rampart_keys, until
 
 from rampart.cli import main
 from rampart.config import parse_config
@@ -112,22 +112,7 @@ def test_rampart_key_prints_the_public_key_the_daemon_signs_with(
     assert "readable by others" in capsys.readouterr().err
 
 
-CONFIG = """
-data_dir = "{data_dir}"
-heartbeat_interval = "PT0.05S"
-
-[triggers]
-check_interval = "PT0.02S"
-gateway_heartbeat_timeout = "PT1H"
-market_data_timeout = "PT1H"
-nats_disconnect = false
-
-[[algorithms]]
-id = "alpha"
-version = "1"
-gateway = "gw1"
-capital = 100000
-"""
+CONFIG = live_config([("alpha", "gw1")])
 
 
 def forged_command(kind: str, epoch: int) -> Command:
