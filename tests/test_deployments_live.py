@@ -170,9 +170,14 @@ def test_live_daemon_makes_the_same_decisions_as_replay(
             await daemon.deploy(doc(), "alice")
             # one at a time, each applied before the next: fills travel on the events stream,
             # quotes on core NATS, and only the order the feed has gives replay's decisions
+            # and the gateway in step with each decision before the next event: a stage
+            # advances only once its gateway reports the last one carried out (replay's gateway
+            # obeys at once; on a loaded machine a slower one moved a transition an event later)
             for i, msg in enumerate(feed[1:], start=2):
                 await nc.publish(subject_of(msg), msg)
                 await until(lambda i=i: daemon.stats.ingested == i)  # type: ignore[misc]
+                await until(daemon.effects_idle)
+                await until(lambda: daemon._converged(ALGO))
             await until(daemon.effects_idle)
             store = daemon.store
             assert store is not None
