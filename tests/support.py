@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rampart.signing import default_seed_path, load_or_create
+from nats.aio.client import Client
+
+from rampart._core import SigningKey
+from rampart.operators import local_admin_path, new_request
+from rampart.protocol import DEFAULT_PREFIX, ControlReply, Subjects, control_reply_decoder
+from rampart.signing import default_seed_path, load_or_create, read_key
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -50,6 +55,32 @@ def rampart_keys(data_dir: str | Path) -> list[str]:
     """The public key a Rampart on ``data_dir`` signs with, as a gateway's ``trusted_keys``: the
     key is created now if it is not there yet (the daemon, started before or after, uses it)."""
     return [load_or_create(default_seed_path(data_dir)).public_key]
+
+
+def local_admin(data_dir: str | Path) -> SigningKey:
+    """The local admin key of the daemon on ``data_dir`` (created at its start)."""
+    return read_key(local_admin_path(data_dir))
+
+
+async def control(
+    nc: Client,
+    data_dir: str | Path | None,
+    verb: str,
+    target: str,
+    *,
+    reason: str = "test",
+    document: dict[str, Any] | None = None,
+    key: SigningKey | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    timeout: float = 10.0,
+) -> ControlReply:
+    """A control request signed as the CLI signs it: by ``key``, else the local admin of the
+    daemon on ``data_dir``."""
+    subject = Subjects(prefix).control(verb)
+    signer = key if key is not None else local_admin(data_dir or ".")
+    body, headers = new_request(signer, subject, target, reason=reason, document=document)
+    msg = await nc.request(subject, body, timeout=timeout, headers=headers)
+    return control_reply_decoder.decode(msg.data)
 
 
 def live_config(algos: Sequence[tuple[str, str]], *, top: str = "", triggers: str = "") -> str:

@@ -316,8 +316,6 @@ def test_sigkill_mid_canary_resumes_exactly(
                 "rampart",
                 "deploy",
                 str(dep),
-                "--operator",
-                "alice",
                 "--config",
                 str(cfg),
             ],
@@ -424,7 +422,7 @@ def test_killed_between_storing_a_transition_and_carrying_it_out(
             dep.write_text(json.dumps(CANARY))
             code = await asyncio.to_thread(
                 subprocess.call,
-                [sys.executable, "-m", "rampart", "deploy", str(dep), "--operator", "alice"],
+                [sys.executable, "-m", "rampart", "deploy", str(dep), "--config", str(cfg)],
             )
             assert code == 0
             await until(lambda: gw.algos[ALGO].allocation == 0.01)

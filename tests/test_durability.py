@@ -22,16 +22,14 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
-from support import eventually
+from support import control, eventually
 
 from rampart.backup import BackupError, restore
 from rampart.durability import read_head_file
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
-    ControlRequest,
     StatusReply,
     Subjects,
-    encoder,
     status_reply_decoder,
 )
 from rampart.store import Store
@@ -123,8 +121,7 @@ class World:
 
     async def control(self, verb: str, target: str) -> None:
         assert self.nc is not None
-        req = ControlRequest(operator="alice", target=target, reason="durability test")
-        await self.nc.request(SUBJ.control(verb), encoder.encode(req), timeout=TIMEOUT)
+        await control(self.nc, self.data, verb, target, reason="durability test", timeout=TIMEOUT)
 
     def head_seq(self) -> int:
         """The store's audit head, read beside the running daemon."""

@@ -19,16 +19,13 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from support import eventually, rampart_keys, spawn
+from support import control, eventually, rampart_keys, spawn
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
     AlgoStatus,
-    ControlRequest,
     Heartbeat,
     Subjects,
-    control_reply_decoder,
-    encoder,
     heartbeat_decoder,
     status_reply_decoder,
 )
@@ -133,9 +130,9 @@ class World:
 
     async def control(self, verb: str, target: str, timeout: float = 10) -> Any:
         assert self.nc is not None
-        req = ControlRequest(operator="alice", target=target, reason="fault test")
-        reply = await self.nc.request(SUBJ.control(verb), encoder.encode(req), timeout=timeout)
-        return control_reply_decoder.decode(reply.data)
+        return await control(
+            self.nc, self.tmp / "data", verb, target, reason="fault test", timeout=timeout
+        )
 
     def actual(self, algo: str) -> Any:
         assert self.hb is not None

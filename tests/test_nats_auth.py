@@ -23,51 +23,61 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.nats_auth import roles
 from rampart.protocol import Quote, Subjects
+from rampart.signing import read_key
 
 SUBJ = Subjects()
 
 CONFIG = live_config([("alpha", "gw1"), ("beta", "gw2")])
 
 # (subject, may each role publish on it?) - the roles of `roles(config)`, in this order
-ROLE_NAMES = ("daemon", "gateway-gw1", "gateway-gw2", "feed", "operator", "viewer")
+ROLE_NAMES = ("daemon", "gateway-gw1", "gateway-gw2", "feed", "operator", "viewer", "person-alice")
 PUBLISH: list[tuple[str, tuple[bool, ...]]] = [
-    (SUBJ.fills("gw1", "alpha"), (True, True, False, False, False, False)),
-    (SUBJ.fills("gw2", "beta"), (True, False, True, False, False, False)),
-    (SUBJ.orders("gw1", "alpha"), (True, True, False, False, False, False)),
-    (SUBJ.batch("gw1"), (True, True, False, False, False, False)),
-    (SUBJ.heartbeat("gw1"), (True, True, False, False, False, False)),
-    (SUBJ.heartbeat("gw2"), (True, False, True, False, False, False)),
-    (SUBJ.market("ES"), (True, False, False, True, False, False)),
-    (SUBJ.command("gw1"), (True, False, False, False, False, False)),
-    (SUBJ.sidecar_heartbeat, (True, False, False, False, False, False)),
-    (SUBJ.alert("critical"), (True, False, False, False, False, False)),
-    (SUBJ.control("rollback"), (True, False, False, False, True, False)),
-    (SUBJ.control("release"), (True, False, False, False, True, False)),
-    (SUBJ.status("algorithms"), (True, False, False, False, True, True)),
-    ("$JS.API.STREAM.DELETE.rampart_events", (True, False, False, False, False, False)),
-    ("_INBOX_operator.x", (False, False, False, False, False, False)),
+    (SUBJ.fills("gw1", "alpha"), (True, True, False, False, False, False, False)),
+    (SUBJ.fills("gw2", "beta"), (True, False, True, False, False, False, False)),
+    (SUBJ.orders("gw1", "alpha"), (True, True, False, False, False, False, False)),
+    (SUBJ.batch("gw1"), (True, True, False, False, False, False, False)),
+    (SUBJ.heartbeat("gw1"), (True, True, False, False, False, False, False)),
+    (SUBJ.heartbeat("gw2"), (True, False, True, False, False, False, False)),
+    (SUBJ.market("ES"), (True, False, False, True, False, False, False)),
+    (SUBJ.command("gw1"), (True, False, False, False, False, False, False)),
+    (SUBJ.sidecar_heartbeat, (True, False, False, False, False, False, False)),
+    (SUBJ.alert("critical"), (True, False, False, False, False, False, False)),
+    (SUBJ.control("rollback"), (True, False, False, False, True, False, True)),
+    (SUBJ.control("release"), (True, False, False, False, True, False, True)),
+    (SUBJ.status("algorithms"), (True, False, False, False, True, True, True)),
+    ("$JS.API.STREAM.DELETE.rampart_events", (True, False, False, False, False, False, False)),
+    ("_INBOX_operator.x", (False, False, False, False, False, False, False)),
 ]
 SUBSCRIBE: list[tuple[str, tuple[bool, ...]]] = [
-    (SUBJ.command("gw1"), (True, True, False, False, False, False)),
-    (SUBJ.command("gw2"), (True, False, True, False, False, False)),
-    (SUBJ.sidecar_heartbeat, (True, True, True, False, False, False)),
-    (SUBJ.market("ES"), (True, True, True, False, False, False)),
-    (SUBJ.fills("gw1", "alpha"), (True, False, False, False, False, False)),
-    (SUBJ.control("rollback"), (True, False, False, False, False, False)),
-    (SUBJ.alert("critical"), (True, False, False, False, True, True)),
-    (SUBJ.breach("alpha"), (True, False, False, False, True, True)),
-    ("_INBOX_operator.>", (False, False, False, False, True, False)),
-    ("_INBOX_viewer.>", (False, False, False, False, False, True)),
-    ("_INBOX_gateway-gw2.>", (False, False, True, False, False, False)),
-    ("_INBOX.>", (False, False, False, False, False, False)),
-    (">", (False, False, False, False, False, False)),
+    (SUBJ.command("gw1"), (True, True, False, False, False, False, False)),
+    (SUBJ.command("gw2"), (True, False, True, False, False, False, False)),
+    (SUBJ.sidecar_heartbeat, (True, True, True, False, False, False, False)),
+    (SUBJ.market("ES"), (True, True, True, False, False, False, False)),
+    (SUBJ.fills("gw1", "alpha"), (True, False, False, False, False, False, False)),
+    (SUBJ.control("rollback"), (True, False, False, False, False, False, False)),
+    (SUBJ.alert("critical"), (True, False, False, False, True, True, True)),
+    (SUBJ.breach("alpha"), (True, False, False, False, True, True, True)),
+    ("_INBOX_operator.>", (False, False, False, False, True, False, False)),
+    ("_INBOX_viewer.>", (False, False, False, False, False, True, False)),
+    ("_INBOX_gateway-gw2.>", (False, False, True, False, False, False, False)),
+    ("_INBOX_person-alice.>", (False, False, False, False, False, False, True)),
+    ("_INBOX.>", (False, False, False, False, False, False, False)),
+    (">", (False, False, False, False, False, False, False)),
 ]
 
 
 @pytest.fixture
 def secured(tmp_path: Path) -> tuple[Path, EmbeddedNatsServer, Path]:
+    """The configuration (with one person, alice, an operator whose seed is in
+    ``tmp_path/alice.nk``), the server with the generated authorization, and the files."""
     cfg = tmp_path / "rampart.toml"
-    cfg.write_text(CONFIG.format(data_dir=tmp_path / "data"))
+    alice = tmp_path / "alice.nk"
+    assert main(["key", "--new", str(alice)]) == 0
+    person = (
+        f'\n[[control.operators]]\nname = "alice"\nkey = "{read_key(alice).public_key}"\n'
+        'role = "operator"\n'
+    )
+    cfg.write_text(CONFIG.format(data_dir=tmp_path / "data") + person)
     out = tmp_path / "nats-auth"
     assert main(["nats-config", "-c", str(cfg), "--out", str(out)]) == 0
     server = EmbeddedNatsServer(
@@ -79,13 +89,15 @@ def secured(tmp_path: Path) -> tuple[Path, EmbeddedNatsServer, Path]:
 
 async def login(server: EmbeddedNatsServer, out: Path, role: str, errors: list[str]) -> Client:
     inbox = "_INBOX_" + role
+    # a person's seed is their own (beside the generated files, in the test)
+    seed = out.parent / "alice.nk" if role == "person-alice" else out / f"{role}.nk"
 
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
     return await nats.connect(
         server.url,
-        nkeys_seed=str(out / f"{role}.nk"),
+        nkeys_seed=str(seed),
         inbox_prefix=inbox,
         error_cb=on_error,
         allow_reconnect=False,
@@ -98,16 +110,20 @@ def test_the_generated_files(
     cfg, _, out = secured
     config = parse_config(cfg.read_bytes())
     assert [r.name for r in roles(config)] == list(ROLE_NAMES)
+    generated = [n for n in ROLE_NAMES if not n.startswith("person-")]
     for name in ROLE_NAMES:
         seed = out / f"{name}.nk"
-        assert stat.S_IMODE(seed.stat().st_mode) == 0o600
         fragment = msgspec.toml.decode((out / f"{name}.toml").read_bytes())["nats"]
-        assert fragment["nkeys_seed"] == str(seed.resolve())
         assert fragment["inbox_prefix"] == "_INBOX_" + name
+        if name in generated:
+            assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+            assert fragment["nkeys_seed"] == str(seed.resolve())
+        else:  # a person's seed is theirs: never generated, never written
+            assert not seed.exists() and fragment["nkeys_seed"] == "PATH/TO/THEIR/SEED.nk"
     text = (out / "authorization.conf").read_text()
-    for name in ROLE_NAMES:
-        secret = (out / f"{name}.nk").read_text().strip()
-        assert secret not in text, "a seed in the server's configuration"
+    assert read_key(tmp_path / "alice.nk").public_key in text
+    for seed in [*(out / f"{n}.nk" for n in generated), tmp_path / "alice.nk"]:
+        assert seed.read_text().strip() not in text, "a seed in the server's configuration"
     before = (out / "operator.nk").read_text()
     assert main(["nats-config", "-c", str(cfg), "--out", str(out)]) == 0
     assert (out / "operator.nk").read_text() == before, "a seed was replaced"
@@ -174,6 +190,11 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
     daemon_cfg = parse_config((text + "\n" + (out / "daemon.toml").read_text()).encode())
     for role in ("operator", "viewer"):
         (tmp_path / f"{role}.toml").write_text(text + "\n" + (out / f"{role}.toml").read_text())
+    # alice puts her own seed into her fragment: one key to log in and to sign
+    fragment = (out / "person-alice.toml").read_text()
+    alice_seed = tmp_path / "alice.nk"
+    fragment = fragment.replace("PATH/TO/THEIR/SEED.nk", str(alice_seed))
+    (tmp_path / "alice.toml").write_text(text + "\n" + fragment)
 
     async def scenario() -> None:
         daemon = Daemon(daemon_cfg, servers=[url])
@@ -200,22 +221,25 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
             operator = ["-c", str(tmp_path / "operator.toml"), "--servers", url]
             assert await asyncio.to_thread(main, ["status", *viewer]) == 0
             assert await asyncio.to_thread(main, ["status", "alpha", *operator]) == 0
-            verb = [
-                "rollback",
-                "alpha",
-                "--operator",
-                "alice",
-                "--reason",
-                "test",
-                "--timeout",
-                "1",
-            ]
+            verb = ["rollback", "alpha", "--reason", "test", "--timeout", "1"]
             assert await asyncio.to_thread(main, [*verb, *viewer]) == 1  # not its verb
             assert "NATS refused this user" in capsys.readouterr().err
             assert daemon.guard is not None and "alpha" not in daemon.guard.halted
+            # the shared operator login, on the daemon's host: signed with the local admin key
             assert await asyncio.to_thread(main, [*verb, *operator]) == 0
             assert "alpha" in daemon.guard.halted
+            assert daemon.guard.halted["alpha"].actor.startswith("local-admin <")
             await until(lambda: gw.agent.is_halted("alpha"))  # the command reached it
+            # alice: her own NATS user, and the same key signs her request
+            alice = ["-c", str(tmp_path / "alice.toml"), "--servers", url]
+            release = ["release", "alpha", "--reason", "checked", "--timeout", "5"]
+            assert await asyncio.to_thread(main, [*release, *alice]) == 0
+            assert "alpha" not in daemon.guard.halted
+            store = daemon.store
+            assert store is not None
+            alice_key = read_key(alice_seed).public_key
+            assert store.audit()[-1].actor == f"alice <{alice_key}>"
+            await until(lambda: not gw.agent.is_halted("alpha"))
             assert not gw_errors, gw_errors
         finally:
             await gw.close()
@@ -242,7 +266,7 @@ def test_the_embedded_server_is_secure_by_default(tmp_path: Path) -> None:
             assert daemon.embedded is not None
             url = daemon.servers[0]
             users = tmp_path / "data" / "nats-auth"
-            for role in ROLE_NAMES:
+            for role in ROLE_NAMES[:-1]:  # no person configured here
                 assert stat.S_IMODE((users / f"{role}.nk").stat().st_mode) == 0o600
             anonymous = Client()
             with pytest.raises(Exception, match="Authorization Violation"):

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import nats
+from support import control, local_admin
 
 from rampart.config import parse_config
 from rampart.daemon import Daemon
@@ -104,30 +105,28 @@ def test_prometheus_metrics_and_watch(server: EmbeddedNatsServer, tmp_path: Path
     asyncio.run(scenario())
 
 
-def test_control_verbs_are_plain_nats_requests(server: EmbeddedNatsServer, tmp_path: Path) -> None:
+def test_control_verbs_are_signed_nats_requests(server: EmbeddedNatsServer, tmp_path: Path) -> None:
     config = parse_config(config_text(tmp_path, free_port()).encode())
 
     async def scenario() -> None:
         daemon = Daemon(config, servers=[server.url])
         await daemon.start()
         nc = await nats.connect(server.url)
+        data = tmp_path / "data"
         try:
-            payload = json.dumps(
-                {"operator": "alice", "target": "alpha", "reason": "drill", "v": 1}
-            ).encode()
-            reply = control_reply_decoder.decode(
+            reply = await control(nc, data, "rollback", "alpha", reason="drill")
+            assert reply.ok and reply.state is not None
+            admin = f"local-admin <{local_admin(data).public_key}>"
+            assert reply.state["trigger"] == "manual" and reply.state["actor"] == admin
+            assert reply.actor == admin
+            bad = await control(nc, data, "promote", "alpha")
+            assert not bad.ok and "unknown deployment 'alpha'" in (bad.error or "")
+            # the pre-signature shape, with a name in the body, is refused: it proves nothing
+            payload = json.dumps({"operator": "alice", "target": "alpha", "v": 1}).encode()
+            unsigned = control_reply_decoder.decode(
                 (await nc.request(SUBJ.control("rollback"), payload, timeout=10)).data
             )
-            assert reply.ok and reply.state is not None
-            assert reply.state["trigger"] == "manual" and reply.state["actor"] == "alice"
-            bad = control_reply_decoder.decode(
-                (await nc.request(SUBJ.control("promote"), payload, timeout=10)).data
-            )
-            assert not bad.ok and "unknown deployment 'alpha'" in (bad.error or "")
-            missing = control_reply_decoder.decode(
-                (await nc.request(SUBJ.control("rollback"), b"{}", timeout=10)).data
-            )
-            assert not missing.ok and "operator" in (missing.error or "")
+            assert not unsigned.ok and "unsigned control request" in (unsigned.error or "")
         finally:
             await nc.close()
             await daemon.close()
@@ -232,8 +231,8 @@ def test_a_failed_rollback_exits_non_zero(server: EmbeddedNatsServer, tmp_path: 
                 "rampart",
                 "rollback",
                 "alpha",
-                "--operator",
-                "alice",
+                "--key",
+                str(tmp_path / "data" / "keys" / "local-admin.nk"),
                 "--reason",
                 "test",
                 "--servers",

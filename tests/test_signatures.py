@@ -24,6 +24,7 @@ from rampart.config import parse_config
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.operators import local_admin_path
 from rampart.protocol import (
     Alert,
     Command,
@@ -291,15 +292,14 @@ def test_the_cli_logs_in_with_the_configurations_credentials(tmp_path: Path) -> 
                         "alpha",
                         "-c",
                         str(cfg),
-                        "--operator",
-                        "alice",
                         "--reason",
                         "test",
                     ],
                 )
                 assert code == 1  # heard and carried out; no gateway acks it here
                 assert daemon.guard is not None and "alpha" in daemon.guard.halted
-                assert daemon.guard.halted["alpha"].actor == "alice"
+                admin = local_admin_path(tmp_path / "data").with_suffix(".pub").read_text()
+                assert daemon.guard.halted["alpha"].actor == f"local-admin <{admin.strip()}>"
             finally:
                 await daemon.close()
 

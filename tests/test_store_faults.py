@@ -23,15 +23,12 @@ from typing import Any
 
 import nats
 import pytest
-from support import rampart_keys, spawn
+from support import control, rampart_keys, spawn
 from test_faults import GATEWAY, no_increase_while_halted, until
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
-    ControlRequest,
     Subjects,
-    control_reply_decoder,
-    encoder,
     heartbeat_decoder,
     status_reply_decoder,
 )
@@ -135,8 +132,10 @@ def bound_by_permissions(tmp: Path) -> tuple[str, ...]:
 class World:
     """A daemon and a gateway process; what the test sees of them over NATS."""
 
-    def __init__(self, nc: Any, cfg: Path, url: str, tmp: Path, prefix: tuple[str, ...]) -> None:
-        self.nc, self.tmp, self.prefix = nc, tmp, prefix
+    def __init__(
+        self, nc: Any, cfg: Path, url: str, tmp: Path, data: Path, prefix: tuple[str, ...]
+    ) -> None:
+        self.nc, self.tmp, self.data, self.prefix = nc, tmp, data, prefix
         self.run = ("-m", "rampart", "run", "--config", str(cfg), "--servers", url)
         self.hb: list[Any] = []
         self.gw_log = tmp / "gateway-commands.jsonl"
@@ -157,9 +156,7 @@ class World:
 
     async def deploy(self, dep_id: str, algo: str = "alpha") -> Any:
         doc = {**DEPLOY, "deploymentId": dep_id, "algorithmId": algo}
-        req = ControlRequest(operator="alice", target=dep_id, document=doc)
-        reply = await self.nc.request(SUBJ.control("deploy"), encoder.encode(req), timeout=10)
-        return control_reply_decoder.decode(reply.data)
+        return await control(self.nc, self.data, "deploy", dep_id, document=doc)
 
     async def restart(self, daemon: Any) -> Any:
         if daemon.returncode is None:
@@ -181,7 +178,7 @@ async def with_world(
     cfg = tmp / "rampart.toml"
     cfg.write_text(CONFIG.format(data_dir=disk / "data"))
     nc = await nats.connect(server.url)
-    w = World(nc, cfg, server.url, tmp, prefix)
+    w = World(nc, cfg, server.url, tmp, disk / "data", prefix)
     await nc.subscribe(SUBJ.heartbeat("gw1"), cb=w.on_hb)
     gateway = await spawn(
         GATEWAY, server.url, "gw1", "alpha,beta", str(w.gw_log), "--deadman", "3600",

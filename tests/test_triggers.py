@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import rampart_keys, until
 
+from rampart._core import SigningKey
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import STORE_FILE, Daemon
 from rampart.durability import audit_verify_main
@@ -31,6 +32,7 @@ from rampart.protocol import (
     alert_decoder,
     encoder,
 )
+from rampart.signing import write_private
 from rampart.store import Store
 
 SUBJ = Subjects()
@@ -272,6 +274,21 @@ def test_losing_the_nats_link_rolls_everything_back_after_reconnect(
 def test_manual_rollback_and_release_from_the_cli(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
+    """Each verb signed with the operator's own key (`--key`); the audit log names the verified
+    key's configured name and key, never a name the request carries."""
+    keys = {name: SigningKey.generate() for name in ("alice", "bob")}
+    for name, key in keys.items():
+        write_private(tmp_path / f"{name}.nk", key.seed() + "\n")
+    ops = "".join(
+        f'\n[[control.operators]]\nname = "{name}@risk"\nkey = "{k.public_key}"\n'
+        'role = "operator"\n'
+        for name, k in keys.items()
+    )
+    base = make_config(tmp_path)
+    config = msgspec.structs.replace(base, control=parse_config(ops.encode()).control)
+    alice = f"alice@risk <{keys['alice'].public_key}>"
+    bob = f"bob@risk <{keys['bob'].public_key}>"
+
     async def cli(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -280,6 +297,7 @@ def test_manual_rollback_and_release_from_the_cli(
             *args,
             "--servers",
             server.url,
+            cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -288,23 +306,33 @@ def test_manual_rollback_and_release_from_the_cli(
         return proc.returncode, out.decode(), err.decode()
 
     async def scenario() -> None:
-        async with world(make_config(tmp_path), server.url) as w:
+        async with world(config, server.url) as w:
             code, _, err = await cli("rollback", "mom-v2", "--reason", "x")
-            assert code == 2 and "--operator" in err, "an operator must say who they are"
+            assert code == 2 and "--key" in err, "an operator must sign with their key"
+            stranger = tmp_path / "stranger.nk"
+            write_private(stranger, SigningKey.generate().seed() + "\n")
+            code, _, err = await cli("rollback", "mom-v2", "--key", str(stranger))
+            assert code == 1 and "does not know" in err
+            assert not w.v2().halted
             code, out, err = await cli(
-                "rollback", "mom-v2", "--operator", "alice@risk", "--reason", "trader report"
+                "rollback", "mom-v2", "--key", str(tmp_path / "alice.nk"), "--reason", "report"
             )
             assert code == 0, err
-            assert "rollback SUCCEEDED" in out and "halt" in out
+            assert "rollback SUCCEEDED" in out and "halt" in out and alice in err
             assert_rolled_back_to_v1(w)
             record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
-            assert (record.trigger, record.actor) == ("manual", "alice@risk")
-            code, _, err = await cli("rollback", "nope", "--operator", "alice")
+            assert (record.trigger, record.actor) == ("manual", alice)
+            code, _, err = await cli("rollback", "nope", "--key", str(tmp_path / "alice.nk"))
             assert code == 1 and "unknown algorithm 'nope'" in err
-            code, _, err = await cli("release", "mom-v2", "--operator", "bob")
+            code, _, err = await cli("release", "mom-v2", "--key", str(tmp_path / "bob.nk"))
             assert code == 1 and "reason" in err
             code, out, err = await cli(
-                "release", "mom-v2", "--operator", "bob@risk", "--reason", "fixed and reviewed"
+                "release",
+                "mom-v2",
+                "--key",
+                str(tmp_path / "bob.nk"),
+                "--reason",
+                "fixed and reviewed",
             )
             assert code == 0, err
             assert not w.v2().halted
@@ -312,7 +340,7 @@ def test_manual_rollback_and_release_from_the_cli(
             store = w.daemon.store
             assert store is not None and not store.is_halted("mom-v2")
             kinds = [(r.kind, r.actor) for r in store.audit()]
-            assert kinds == [("rollback", "alice@risk"), ("release", "bob@risk")]
+            assert kinds == [("rollback", alice), ("release", bob)]
 
     asyncio.run(scenario())
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 ENV_CONFIG = "RAMPART_CONFIG"
 ENV_OPERATOR = "RAMPART_OPERATOR"
+ENV_KEY = "RAMPART_KEY"
+# exit status of a control verb recorded but waiting for a second operator (two-person rule)
+EXIT_PENDING = 4
 log = logging.getLogger("rampart")
 
 
@@ -201,6 +204,8 @@ def cmd_key(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
     from rampart.signing import SigningKeyError, default_seed_path, load_or_create
 
+    if args.new:
+        return _new_operator_key(Path(args.new))
     try:
         config = _load_config(args.config)
     except (ConfigFileError, OSError) as e:
@@ -216,6 +221,27 @@ def cmd_key(args: argparse.Namespace) -> int:
     print(
         f"(the seed is in {seed}; give the public key above to every gateway: "
         "GatewayAgent(trusted_keys=[...]))",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _new_operator_key(path: Path) -> int:
+    from rampart._core import SigningKey
+    from rampart.signing import write_private
+
+    key = SigningKey.generate()
+    try:
+        if not write_private(path, key.seed() + "\n"):
+            print(f"rampart key: {path} exists; it is never overwritten", file=sys.stderr)
+            return 1
+    except OSError as e:
+        print(f"rampart key: {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(key.public_key)
+    print(
+        f"(the seed is in {path}: keep it to yourself; give the daemon's configuration\n"
+        f'[[control.operators]] name = "YOU", key = "{key.public_key}", role = "operator")',
         file=sys.stderr,
     )
     return 0
@@ -297,7 +323,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_control(args: argparse.Namespace) -> int:
     from rampart.config import ConfigFileError
-    from rampart.protocol import ControlRequest, encoder
+    from rampart.operators import NoOperatorKeyError, operator_key
+    from rampart.protocol import encoder
     from rampart.status import (
         NoDaemonError,
         StatusError,
@@ -306,13 +333,6 @@ def cmd_control(args: argparse.Namespace) -> int:
         wait_converged,
     )
 
-    operator = args.operator or os.environ.get(ENV_OPERATOR)
-    if not operator:
-        print(
-            f"rampart {args.verb}: say who you are with --operator NAME (or ${ENV_OPERATOR})",
-            file=sys.stderr,
-        )
-        return 2
     document = None
     target = args.target
     if args.verb == "deploy":
@@ -327,18 +347,35 @@ def cmd_control(args: argparse.Namespace) -> int:
         target = doc.deployment_id
     try:
         config = _load_config(args.config)
+        key = operator_key(args.key or os.environ.get(ENV_KEY), config)
         servers = resolve_servers(args.servers, config)
         prefix = args.prefix or config.subject_prefix
-        ctl = ControlRequest(
-            operator=operator, target=target, reason=args.reason or "", document=document
+        reply = asyncio.run(
+            control(
+                servers,
+                prefix,
+                args.verb,
+                key,
+                target,
+                reason=args.reason or "",
+                document=document,
+                timeout=args.timeout,
+            )
         )
-        reply = asyncio.run(control(servers, prefix, args.verb, ctl, args.timeout))
     except ConfigFileError as e:
         print(f"rampart {args.verb}: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except NoOperatorKeyError as e:
+        print(f"rampart {args.verb}: {e}", file=sys.stderr)
         return 2
     except (NoDaemonError, StatusError) as e:
         print(f"rampart {args.verb}: {e}", file=sys.stderr)
         return 1
+    if reply.pending is not None:
+        print(f"rampart {args.verb}: pending: {reply.pending}", file=sys.stderr)
+        if args.json:
+            sys.stdout.write(encoder.encode(reply).decode() + "\n")
+        return EXIT_PENDING
     if not reply.ok:
         print(f"rampart {args.verb}: refused: {reply.error}", file=sys.stderr)
         return 1
@@ -364,6 +401,8 @@ def cmd_control(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{args.verb} {target}: done ({json.dumps(reply.state)})")
+    if not args.json and reply.actor:
+        print(f"(recorded in the audit log as {reply.actor})", file=sys.stderr)
     st = reply.state or {}
     algos = [a for a in (st.get("active"), st.get("standby")) if isinstance(a, str) and a]
     if "phase" in st and algos and args.wait > 0:
@@ -595,6 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
         "key", help="print the public key Rampart signs commands with (gateways trust it)"
     )
     key.add_argument("-c", "--config", help=config_help)
+    key.add_argument(
+        "--new",
+        metavar="FILE",
+        help="instead: create an operator's key in FILE (mode 0600) and print its public key, "
+        "for the daemon's [[control.operators]]",
+    )
     key.set_defaults(func=cmd_key)
 
     nc_cfg = sub.add_parser(
@@ -640,7 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(verb, help=text)
         p.add_argument("target", metavar=target_help.split(",")[0], help=target_help)
-        p.add_argument("--operator", help=f"who is acting (default: ${ENV_OPERATOR})")
+        p.add_argument(
+            "--key",
+            metavar="FILE",
+            help=f"your operator NKEY seed, to sign the request (default: ${ENV_KEY}, else the "
+            "config's [nats] nkeys_seed if it is an operator's, else the host's local admin key)",
+        )
         p.add_argument("--reason", help="why (recorded in the audit log)")
         p.add_argument("--json", action="store_true", help="print the reply as JSON")
         p.add_argument("-c", "--config", help=config_help)

@@ -15,7 +15,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from rampart._core import AlgoConfig, ConfigError, Engine, RampartError
+from rampart._core import AlgoConfig, ConfigError, Engine, RampartError, is_public_key
 from rampart.protocol import DEFAULT_PREFIX, Subjects
 from rampart.tokens import is_subject, is_token
 
@@ -276,6 +276,37 @@ class SigningConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     seed_file: str | None = None
 
 
+OperatorRole = Literal["viewer", "operator", "risk_manager", "admin"]
+# The verbs a second, distinct operator key may be required for (never rollback or halt: an
+# emergency stop does not wait for a second person).
+TwoPersonVerb = Literal["release", "approve", "deploy", "promote", "resume"]
+
+
+class OperatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A person who may send control requests: their NKEY public key (``rampart key --new``
+    makes one) and their role (docs/security.md, "Operators")."""
+
+    name: str
+    key: str
+    role: OperatorRole
+
+
+class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who may send control requests, and how they are checked (docs/security.md)."""
+
+    operators: list[OperatorConfig] = []
+    # Trust the host's own key, <data_dir>/keys/local-admin.nk (created at start, mode 0600),
+    # as an admin named `local-admin`: the CLI on the daemon's host uses it. Whoever can read
+    # data_dir can already sign as Rampart itself; set false when operators work elsewhere.
+    local_admin: bool = True
+    # A request's timestamp must be within this of the daemon's clock, and its nonce unseen.
+    replay_window: timedelta = timedelta(seconds=30)
+    # Verbs carried out only when two distinct operator keys ask for the same thing within
+    # `two_person_window`.
+    two_person: list[TwoPersonVerb] = []
+    two_person_window: timedelta = timedelta(minutes=15)
+
+
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Alerts go to ``<prefix>.alert.<severity>``, and to ``webhook_url`` (JSON POST) if set."""
 
@@ -317,6 +348,7 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     events: EventsConfig = EventsConfig()
     alerts: AlertsConfig = AlertsConfig()
     signing: SigningConfig = SigningConfig()
+    control: ControlConfig = ControlConfig()
     algorithms: list[AlgorithmConfig] = []
 
     @property
@@ -468,8 +500,50 @@ def _check(cfg: DaemonConfig) -> None:
             f"`$.reconcile.backoff_max` ({r.backoff_max}) must be >= "
             f"`$.reconcile.backoff_base` ({r.backoff_base})"
         )
+    _check_control(cfg.control)
     if not 0 <= cfg.embedded.port <= 65535:
         raise ConfigFileError(f"`$.embedded.port` must be in 0..65535, got {cfg.embedded.port}")
+
+
+LOCAL_ADMIN: Final = "local-admin"
+_OPERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def _check_control(c: ControlConfig) -> None:
+    names: set[str] = {LOCAL_ADMIN, "rampart"}
+    keys: set[str] = set()
+    for i, op in enumerate(c.operators):
+        path = f"$.control.operators[{i}]"
+        if not _OPERATOR_NAME.fullmatch(op.name):
+            raise ConfigFileError(
+                f"`{path}.name` {op.name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'"
+            )
+        if op.name in names:
+            what = "is reserved" if op.name in (LOCAL_ADMIN, "rampart") else "is listed twice"
+            raise ConfigFileError(f"`{path}.name` {op.name!r} {what}")
+        if not is_public_key(op.key):
+            raise ConfigFileError(
+                f"`{path}.key` must be an NKEY user public key (U..., 56 characters; "
+                "`rampart key --new FILE` makes a key and prints it)"
+            )
+        if op.key in keys:
+            raise ConfigFileError(f"`{path}.key` is listed twice: one key is one person")
+        names.add(op.name)
+        keys.add(op.key)
+    if c.replay_window < timedelta(seconds=1) or c.replay_window > timedelta(minutes=10):
+        raise ConfigFileError(
+            f"`$.control.replay_window` must be between PT1S and PT10M, got {c.replay_window}"
+        )
+    if c.two_person_window <= timedelta(0):
+        raise ConfigFileError(
+            f"`$.control.two_person_window` must be > 0, got {c.two_person_window}"
+        )
+    if c.two_person:
+        able = [op for op in c.operators if op.role != "viewer"]
+        if len(able) + int(c.local_admin) < 2:
+            raise ConfigFileError(
+                "`$.control.two_person` needs at least two operators who may act (not viewers)"
+            )
 
 
 def parse_config(data: bytes, *, suffix: str = ".toml") -> DaemonConfig:

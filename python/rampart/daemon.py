@@ -55,6 +55,7 @@ from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
 from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
 from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE, connect_options
+from rampart.operators import ControlAuth, Refusal, local_admin_path
 from rampart.position_watch import Finding, PositionWatch
 from rampart.protocol import (
     HEARTBEAT_VERSION,
@@ -192,6 +193,8 @@ class Daemon:
         # per gateway: the messages it refused for their signature, as last reported
         self._refused_signatures: dict[str, dict[str, int]] = {}
         self._signature_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
+        self._control_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
+        self.control_auth: ControlAuth | None = None
         self.effects: DeploymentEffects | None = None
         self.service: DaemonService | None = None
         self.status_builder = StatusBuilder(self)
@@ -253,6 +256,7 @@ class Daemon:
         except SigningKeyError as e:
             raise DaemonError(str(e)) from e
         log.info("signing commands and heartbeats with %s", self.signing_key.public_key)
+        self.control_auth = control_auth = await asyncio.to_thread(self._control_auth)
         self.store = await asyncio.to_thread(self._open_store)
         loop = asyncio.get_running_loop()
 
@@ -356,7 +360,14 @@ class Daemon:
         self.reconciler.start()
         await self._subscribe_events()
         self.service = DaemonService(
-            self.nc, self.config, self.status_builder, self.engine, guard, effects
+            self.nc,
+            self.config,
+            self.status_builder,
+            self.engine,
+            guard,
+            effects,
+            control_auth,
+            self._on_control_refused,
         )
         await self.service.start()
         if self.config.metrics_port is not None:
@@ -1042,6 +1053,43 @@ class Daemon:
         )
         if first and self.guard is not None:
             self.guard.on_gateway_seen(hb.gateway)
+
+    def _control_auth(self) -> ControlAuth:
+        """Who may send control requests: the configured operators, and the host's local admin
+        key (created in data_dir if there is none) unless ``control.local_admin`` is false."""
+        c = self.config.control
+        local = None
+        if c.local_admin:
+            try:
+                local = load_or_create(local_admin_path(self.config.data_dir)).public_key
+            except SigningKeyError as e:
+                raise DaemonError(str(e)) from e
+        auth = ControlAuth(c, local_admin=local, clock=self.wall_clock)
+        if not auth.operators:
+            log.warning(
+                "no operator may send control requests (control.local_admin is false and "
+                "[[control.operators]] is empty): Rampart still halts by itself, but nobody "
+                "can release, deploy or roll back through it"
+            )
+        return auth
+
+    def _on_control_refused(self, verb: str, refusal: Refusal) -> None:
+        """A control request refused: logged, and alerted when it may be an attack (unsigned,
+        unknown key, bad signature, replayed, stale, out of role), at most once a minute per
+        kind."""
+        who = refusal.who.actor if refusal.who else "unknown sender"
+        log.warning("control request `%s` from %s refused: %s", verb, who, refusal)
+        if not refusal.alert or self.guard is None:
+            return
+        if not self._control_alerts.ready(refusal.kind):
+            return
+        detail = (
+            f"`{verb}` from {who} refused ({refusal.kind}): {refusal}. A process on the bus "
+            "forging or replaying operator requests, or an operator outside their role; the "
+            "log has every refusal (alerted at most once a minute per kind)"
+        )
+        alert = self.guard.alert("critical", "control request refused", detail, algos=[])
+        self._spawn(alert, "control-refusal-alert")
 
     def _on_refused_signatures(self, gateway: str, counts: dict[str, int]) -> None:
         """A gateway refused messages that claimed to be Rampart's: alerted as they grow (a

@@ -657,6 +657,13 @@ class Guard:
 
     # ---- alerts and audit copies ----------------------------------------------------------------
 
+    async def note(self, kind: str, payload: dict[str, Any], actor: str) -> None:
+        """An audit record of something an operator did that changed nothing yet (a request
+        waiting for its second operator, a request refused for its role)."""
+        ts = self.wall_clock()
+        rec = await asyncio.to_thread(self.store.append_audit, kind, payload, actor=actor, ts=ts)
+        await self._publish_audit(rec.kind, encode_record(rec))
+
     async def alert(
         self, severity: AlertSeverity, title: str, detail: str, *, algos: list[str]
     ) -> None:

@@ -414,21 +414,32 @@ ControlVerb = Literal[
 
 
 class ControlRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """An operator's command. ``operator`` is the identity recorded in the audit log;
-    ``target`` is an algorithm id, ``gateway:<id>`` or ``*`` (everything this daemon governs)
-    for rollback/resume, a deployment id for the deployment verbs."""
+    """An operator's command, signed with the operator's key (docs/security.md, "Operators"):
+    the ``Rampart-Key`` and ``Rampart-Sig`` headers over the subject and this body, exactly as
+    Rampart signs its own commands. Who acted is the verified key's configured name, never a
+    string in the body. ``target`` is an algorithm id, ``gateway:<id>`` or ``*`` (everything
+    this daemon governs) for rollback/release, a deployment id for the deployment verbs.
+    ``ts`` (wall clock, ns) and ``nonce`` (16-64 characters, never reused) make each request
+    good once, within the daemon's ``control.replay_window``."""
 
-    operator: str
     target: str
+    ts: int
+    nonce: str
     reason: str = ""
     document: dict[str, Any] | None = None
     v: int = SCHEMA_VERSION
 
 
 class ControlReply(msgspec.Struct, frozen=True, kw_only=True):
+    """``ok``: carried out (``state`` says the outcome), or ``pending``: recorded, and waiting
+    for a second operator (the two-person rule); else ``error`` says why not. ``actor``: the
+    verified identity the audit log records."""
+
     ok: bool
     error: str | None = None
     state: dict[str, Any] | None = None
+    pending: str | None = None
+    actor: str | None = None
     v: int = SCHEMA_VERSION
 
 

@@ -22,13 +22,14 @@ from rampart.config import DaemonConfig
 from rampart.deployment import DeploymentError, decode_deployment
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
+from rampart.operators import ControlAuth, Pending, Refusal
 from rampart.paging import StatusTooLargeError
 from rampart.protocol import (
     ControlReply,
     ControlRequest,
+    ControlVerb,
     ErrorReply,
     StatusRequest,
-    control_request_decoder,
     encoder,
     status_request_decoder,
 )
@@ -40,7 +41,8 @@ log = logging.getLogger("rampart.service")
 
 DEPLOYMENT_VERBS: tuple[Verb, ...] = ("approve", "promote", "pause", "resume", "abort", "halt")
 
-Act = Callable[[ControlRequest], Awaitable[dict[str, Any]]]
+# carries out a verified request as ``actor`` (the verified identity), for ``reason``
+Act = Callable[[ControlRequest, str, str], Awaitable[dict[str, Any]]]
 
 
 class DaemonService:
@@ -52,6 +54,8 @@ class DaemonService:
         engine: Engine,
         guard: Guard,
         effects: DeploymentEffects,
+        auth: ControlAuth,
+        on_refusal: Callable[[ControlVerb, Refusal], None],
     ) -> None:
         self.nc = nc
         self.config = config
@@ -60,6 +64,8 @@ class DaemonService:
         self.engine = engine
         self.guard = guard
         self.effects = effects
+        self.auth = auth
+        self.on_refusal = on_refusal
         self._service: Service | None = None
 
     async def start(self) -> None:
@@ -75,14 +81,16 @@ class DaemonService:
             name="algorithms", subject=s.status("algorithms"), handler=self._status_all
         )
         await svc.add_endpoint(name="algorithm", subject=s.status("algorithm"), handler=self._one)
-        endpoints: dict[str, Act] = {
+        endpoints: dict[ControlVerb, Act] = {
             "rollback": self._rollback,
             "deploy": self._deploy,
             **{verb: self._verb(verb) for verb in DEPLOYMENT_VERBS},
             "release": self._release,
         }
         for name, act in endpoints.items():
-            await svc.add_endpoint(name=name, subject=s.control(name), handler=self._control(act))
+            await svc.add_endpoint(
+                name=name, subject=s.control(name), handler=self._control(name, act)
+            )
 
     async def stop(self) -> None:
         if self._service is not None:
@@ -126,36 +134,58 @@ class DaemonService:
 
     # ---- operator control -----------------------------------------------------------------------
 
-    def _control(self, act: Act) -> Callable[[Request], Awaitable[None]]:
+    def _control(self, verb: ControlVerb, act: Act) -> Callable[[Request], Awaitable[None]]:
         async def handler(req: Request) -> None:
+            actor: str | None = None
             try:
-                ctl = control_request_decoder.decode(req.data)
-                if not ctl.operator.strip():
-                    raise ValueError("`operator` must name who is acting")
-                state = await act(ctl)
+                try:
+                    who, ctl = self.auth.admit(verb, req.subject, req.data, req.headers)
+                    decided = self.auth.second(verb, who, ctl)
+                except Refusal as r:
+                    self.on_refusal(verb, r)
+                    if r.who is not None and r.kind == "role":
+                        await self.guard.note(
+                            "control_refused",
+                            {"verb": verb, "reason": str(r), "kind": r.kind},
+                            r.who.actor,
+                        )
+                    reply = ControlReply(
+                        ok=False, error=str(r), actor=r.who.actor if r.who else None
+                    )
+                    await req.respond(encoder.encode(reply))
+                    return
+                actor = who.actor
+                if isinstance(decided, Pending):
+                    payload = {"verb": verb, "target": ctl.target, "reason": ctl.reason}
+                    await self.guard.note("control_pending", payload, actor)
+                    reply = ControlReply(ok=True, pending=decided.message, actor=actor)
+                    await req.respond(encoder.encode(reply))
+                    return
+                actor, reason = decided
+                state = await act(ctl, actor, reason)
             except (msgspec.DecodeError, ValueError, KeyError, RuntimeError, DeploymentError) as e:
                 error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error, actor=actor)))
                 return
             except StoreError as e:  # not stored, so not done (Rampart fails closed on it)
                 error = f"not done: {e}"
-                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error, actor=actor)))
                 return
             except Exception as e:  # a bug: the operator still gets an answer, and the log
                 log.exception("control request failed")
                 error = f"internal error: {type(e).__name__}: {e}"
-                await req.respond(encoder.encode(ControlReply(ok=False, error=error)))
+                await req.respond(encoder.encode(ControlReply(ok=False, error=error, actor=actor)))
                 return
-            await req.respond(encoder.encode(ControlReply(ok=True, state=state)))
+            await req.respond(encoder.encode(ControlReply(ok=True, state=state, actor=actor)))
 
         return handler
 
-    async def _rollback(self, ctl: ControlRequest) -> dict[str, Any]:
+    async def _rollback(self, ctl: ControlRequest, actor: str, reason: str) -> dict[str, Any]:
         guard = self.guard
         scope, algos = guard.resolve(ctl.target)
-        reason = ctl.reason or "manual intervention"
-        log.critical("manual rollback of %s by %s: %s", ctl.target, ctl.operator, reason)
-        task = guard.trigger(algos, scope, "manual", reason, ctl.operator, force=True)
+        reason = reason or "manual intervention"
+        log.critical("manual rollback of %s by %s: %s", ctl.target, actor, reason)
+        task = guard.trigger(algos, scope, "manual", reason, actor, force=True)
         if task is None:
             raise RuntimeError(f"{ctl.target}: a rollback is already running")
         record = await task
@@ -163,24 +193,24 @@ class DaemonService:
             raise RuntimeError("the rollback did not run")
         return msgspec.to_builtins(record)  # type: ignore[no-any-return]
 
-    async def _release(self, ctl: ControlRequest) -> dict[str, Any]:
+    async def _release(self, ctl: ControlRequest, actor: str, reason: str) -> dict[str, Any]:
         guard = self.guard
         _, algos = guard.resolve(ctl.target)
-        if not ctl.reason.strip():
+        if not reason.strip():
             raise ValueError("`reason` must say why it is safe to resume")
-        await guard.release(algos, ctl.operator, ctl.reason)
+        await guard.release(algos, actor, reason)
         return {"resumed": list(algos), "halted": sorted(guard.halted)}
 
-    async def _deploy(self, ctl: ControlRequest) -> dict[str, Any]:
+    async def _deploy(self, ctl: ControlRequest, actor: str, reason: str) -> dict[str, Any]:
         if ctl.document is None:
             raise ValueError("`document` must hold the deployment document")
         doc = decode_deployment(msgspec.json.encode(ctl.document))
-        state = await self.effects.deploy(doc, ctl.operator)
+        state = await self.effects.deploy(doc, actor)
         return msgspec.to_builtins(state)  # type: ignore[no-any-return]
 
     def _verb(self, verb: Verb) -> Act:
-        async def act(ctl: ControlRequest) -> dict[str, Any]:
-            decision = await self.effects.command(ctl.target, verb, ctl.operator)
+        async def act(ctl: ControlRequest, actor: str, reason: str) -> dict[str, Any]:
+            decision = await self.effects.command(ctl.target, verb, actor)
             if decision.refused is not None:
                 raise RuntimeError(f"{verb} refused: {decision.refused}")
             return msgspec.to_builtins(decision.state)  # type: ignore[no-any-return]

@@ -54,13 +54,13 @@ def default_seed_path(data_dir: str | os.PathLike[str]) -> Path:
 
 def load_or_create(seed_path: str | os.PathLike[str]) -> SigningKey:
     """The key in ``seed_path``, created (mode 0600, never overwritten) when there is none; its
-    public key is written beside it (``rampart.pub``)."""
+    public key is written beside it (the same name, ending ``.pub``)."""
     path = Path(seed_path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = SigningKey.generate()
         key = fresh if write_private(path, fresh.seed() + "\n") else read_key(path)
-        public = path.with_name(PUBLIC_FILE)
+        public = path.with_suffix(".pub")
         if not public.exists() or public.read_text().strip() != key.public_key:
             tmp = public.with_suffix(".tmp")
             tmp.write_text(key.public_key + "\n")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -17,13 +17,14 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from rampart._core import SigningKey
 from rampart.config import DaemonConfig, NatsConfig
 from rampart.nats_auth import embedded_login
 from rampart.nats_connection import URL_FILE, connect_options
+from rampart.operators import new_request
 from rampart.position_watch import describe
 from rampart.protocol import (
     ControlReply,
-    ControlRequest,
     ControlVerb,
     StatusReply,
     StatusRequest,
@@ -125,10 +126,15 @@ async def _connect(link: DaemonLink, timeout: float) -> Client:
 
 
 async def _request(
-    nc: Client, servers: DaemonLink, subject: str, payload: bytes, timeout: float
+    nc: Client,
+    servers: DaemonLink,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    headers: dict[str, str] | None = None,
 ) -> Msg:
     try:
-        msg = await nc.request(subject, payload, timeout=timeout)
+        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except (NoRespondersError, NatsTimeoutError):
         refusals: list[str] = getattr(nc, "refusals", [])
         denied = [r for r in refusals if "permissions violation" in r.lower()]
@@ -147,12 +153,18 @@ async def _request(
     return msg
 
 
-async def request(servers: DaemonLink, subject: str, payload: bytes, timeout: float) -> Msg:
+async def request(
+    servers: DaemonLink,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> Msg:
     """One request to the daemon; ``NoDaemonError`` if nobody answers, ``StatusError`` if it
     answers with a services-API error."""
     nc = await _connect(servers, timeout)
     try:
-        return await _request(nc, servers, subject, payload, timeout)
+        return await _request(nc, servers, subject, payload, timeout, headers)
     finally:
         await nc.close()
 
@@ -209,10 +221,21 @@ def merge_pages(pages: Sequence[StatusReply]) -> StatusReply:
 
 
 async def control(
-    servers: DaemonLink, prefix: str, verb: ControlVerb, ctl: ControlRequest, timeout: float
+    servers: DaemonLink,
+    prefix: str,
+    verb: ControlVerb,
+    key: SigningKey,
+    target: str,
+    *,
+    reason: str = "",
+    document: dict[str, Any] | None = None,
+    timeout: float,
 ) -> ControlReply:
-    """Send an operator's control request; the reply says whether it was carried out."""
-    msg = await request(servers, Subjects(prefix).control(verb), encoder.encode(ctl), timeout)
+    """Send an operator's control request, signed with ``key`` (operators.py); the reply says
+    whether it was carried out."""
+    subject = Subjects(prefix).control(verb)
+    body, headers = new_request(key, subject, target, reason=reason, document=document)
+    msg = await request(servers, subject, body, timeout, headers=headers)
     return control_reply_decoder.decode(msg.data)
 
 
