@@ -9,7 +9,7 @@ STAMP := $(VENV)/.deps-stamp
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 EXT_STAMP := $(VENV)/.ext-stamp
 
-.PHONY: help venv dev demo test test-rust test-python lint fmt bench bench-rust clean
+.PHONY: help venv dev demo test test-rust test-python lint fmt bench bench-rust wheel-check clean
 
 help:
 	@echo "make demo        build everything and run the demo"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint        cargo fmt --check, clippy -D warnings, ruff, mypy (incl. the _core stub)"
 	@echo "make bench       Python benchmarks (pytest-benchmark) and cargo bench"
 	@echo "make dev         (re)build the Rust extension into .venv"
+	@echo "make wheel-check build the wheel, install it in a fresh venv, run the demo from an empty dir"
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,5 +65,18 @@ bench: $(EXT_STAMP)
 bench-rust:
 	cargo bench -p rampart-core --bench engine
 
+# What a user gets from `pip install rampart`: the built wheel alone, in a fresh virtual environment,
+# runs the demo from an empty directory (nothing read from the source tree).
+WHEEL_DIR := .wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR)
+	$(BIN)/maturin build --release --quiet --out $(WHEEL_DIR)/dist
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(WHEEL_DIR)/dist/*.whl
+	mkdir -p $(WHEEL_DIR)/empty
+	cd $(WHEEL_DIR)/empty && ../venv/bin/rampart demo --plain > ../demo.log
+	test -s $(WHEEL_DIR)/empty/rampart-demo-report.html
+	@echo "wheel-check OK: $$(ls $(WHEEL_DIR)/dist)"
+
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target $(WHEEL_DIR)

@@ -11,6 +11,7 @@ runs; a summary and a self-contained HTML report at the end.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import math
 import random
@@ -33,7 +34,7 @@ from rampart.config import (
     TriggersConfig,
 )
 from rampart.daemon import Daemon
-from rampart.deployment import Deployment, load_deployment
+from rampart.deployment import Deployment, decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.paper import PaperVenue
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
@@ -52,7 +53,8 @@ QUOTE_SPACING_NS = 60 * SEC
 SYMBOL = "ESZ5"
 GOOD = "momentum-v2.1.0"
 FAULTY = "momentum-v2.2.0"
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "demo"
+# the demo's deployment documents ship inside the package (an installed wheel has no source tree)
+DEMO_DATA = importlib.resources.files("rampart") / "demo_data"
 
 
 @dataclass(frozen=True)
@@ -310,8 +312,8 @@ class Demo:
     async def story_loop(
         self, daemon: Daemon, gateway: ReferenceGateway, feed: Client
     ) -> DemoResult:
-        paper = load_deployment(EXAMPLES / "paper.json")
-        upgrade = load_deployment(EXAMPLES / "blue-green.json")
+        paper = decode_deployment((DEMO_DATA / "paper.json").read_bytes())
+        upgrade = decode_deployment((DEMO_DATA / "blue-green.json").read_bytes())
         await self.publish_quote(feed, daemon, gateway, next(self.market))
         await feed.flush()
         while daemon.engine.now is None:
