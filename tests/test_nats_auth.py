@@ -68,7 +68,7 @@ SUBSCRIBE: list[tuple[str, tuple[bool, ...]]] = [
 
 @pytest.fixture
 def secured(tmp_path: Path) -> tuple[Path, EmbeddedNatsServer, Path]:
-    """The configuration (with one person, alice, an operator whose seed is in
+    """The configuration (with one person, alice, an operator whose signing key is in
     ``tmp_path/alice.nk``), the server with the generated authorization, and the files."""
     cfg = tmp_path / "rampart.toml"
     alice = tmp_path / "alice.nk"
@@ -89,8 +89,7 @@ def secured(tmp_path: Path) -> tuple[Path, EmbeddedNatsServer, Path]:
 
 async def login(server: EmbeddedNatsServer, out: Path, role: str, errors: list[str]) -> Client:
     inbox = "_INBOX_" + role
-    # a person's seed is their own (beside the generated files, in the test)
-    seed = out.parent / "alice.nk" if role == "person-alice" else out / f"{role}.nk"
+    seed = out / f"{role}.nk"
 
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
@@ -110,20 +109,17 @@ def test_the_generated_files(
     cfg, _, out = secured
     config = parse_config(cfg.read_bytes())
     assert [r.name for r in roles(config)] == list(ROLE_NAMES)
-    generated = [n for n in ROLE_NAMES if not n.startswith("person-")]
     for name in ROLE_NAMES:
         seed = out / f"{name}.nk"
         fragment = msgspec.toml.decode((out / f"{name}.toml").read_bytes())["nats"]
         assert fragment["inbox_prefix"] == "_INBOX_" + name
-        if name in generated:
-            assert stat.S_IMODE(seed.stat().st_mode) == 0o600
-            assert fragment["nkeys_seed"] == str(seed.resolve())
-        else:  # a person's seed is theirs: never generated, never written
-            assert not seed.exists() and fragment["nkeys_seed"] == "PATH/TO/THEIR/SEED.nk"
+        assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+        assert fragment["nkeys_seed"] == str(seed.resolve())
     text = (out / "authorization.conf").read_text()
-    assert read_key(tmp_path / "alice.nk").public_key in text
-    for seed in [*(out / f"{n}.nk" for n in generated), tmp_path / "alice.nk"]:
-        assert seed.read_text().strip() not in text, "a seed in the server's configuration"
+    # a person's NATS login is never their signing key (a server signs its login nonce with it)
+    assert read_key(tmp_path / "alice.nk").public_key not in text
+    for name in ROLE_NAMES:
+        assert (out / f"{name}.nk").read_text().strip() not in text, "a seed in the server's conf"
     before = (out / "operator.nk").read_text()
     assert main(["nats-config", "-c", str(cfg), "--out", str(out)]) == 0
     assert (out / "operator.nk").read_text() == before, "a seed was replaced"
@@ -190,11 +186,10 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
     daemon_cfg = parse_config((text + "\n" + (out / "daemon.toml").read_text()).encode())
     for role in ("operator", "viewer"):
         (tmp_path / f"{role}.toml").write_text(text + "\n" + (out / f"{role}.toml").read_text())
-    # alice puts her own seed into her fragment: one key to log in and to sign
-    fragment = (out / "person-alice.toml").read_text()
+    # alice: her NATS user's fragment, and her own signing key for the CLI (control.key_file)
     alice_seed = tmp_path / "alice.nk"
-    fragment = fragment.replace("PATH/TO/THEIR/SEED.nk", str(alice_seed))
-    (tmp_path / "alice.toml").write_text(text + "\n" + fragment)
+    signing = text.replace("[triggers]", f'[control]\nkey_file = "{alice_seed}"\n\n[triggers]', 1)
+    (tmp_path / "alice.toml").write_text(signing + "\n" + (out / "person-alice.toml").read_text())
 
     async def scenario() -> None:
         daemon = Daemon(daemon_cfg, servers=[url])
@@ -230,7 +225,7 @@ def test_rampart_a_gateway_an_operator_and_a_viewer_work_with_their_own_permissi
             assert "alpha" in daemon.guard.halted
             assert daemon.guard.halted["alpha"].actor.startswith("local-admin <")
             await until(lambda: gw.agent.is_halted("alpha"))  # the command reached it
-            # alice: her own NATS user, and the same key signs her request
+            # alice: her own NATS user, and her own key signs her request
             alice = ["-c", str(tmp_path / "alice.toml"), "--servers", url]
             release = ["release", "alpha", "--reason", "checked", "--timeout", "5"]
             assert await asyncio.to_thread(main, [*release, *alice]) == 0

@@ -29,7 +29,16 @@ from rampart.config import (
 )
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
-from rampart.operators import RANK, ROLE_FOR, ControlAuth, Identity, Pending, Refusal, new_request
+from rampart.operators import (
+    PER_KEY_CAP,
+    RANK,
+    ROLE_FOR,
+    ControlAuth,
+    Identity,
+    Pending,
+    Refusal,
+    new_request,
+)
 from rampart.protocol import Alert, ControlVerb, Subjects
 from rampart.signing import KEY_HEADER, SIG_HEADER
 
@@ -111,7 +120,7 @@ def test_unsigned_unknown_forged_and_misdirected_requests_are_refused() -> None:
     assert a.admit("release", subject, body, headers)[0].name == "otto"
 
 
-def test_replayed_stale_and_pre_start_requests_are_refused() -> None:
+def test_replayed_and_stale_requests_are_refused() -> None:
     clock = Clock()
     a = auth(clock, replay_window=timedelta(seconds=30))
     msg = signed("otto", "halt", ts=T0 + 1)
@@ -125,22 +134,45 @@ def test_replayed_stale_and_pre_start_requests_are_refused() -> None:
     clock.now = T0 + 40 * S
     assert refusal(a, "halt", msg) == "stale"
     assert refusal(a, "halt", signed("otto", "halt", ts=T0 + 71 * S)) == "stale"
-    # within the window, but stamped before this daemon started: an earlier run may have seen it
-    assert refusal(a, "halt", signed("otto", "halt", ts=T0 - S)) == "stale"
+    # the daemon's clock steps back: what it forgot stays refused (older than the latest
+    # reading minus the window)
+    clock.now = T0 + 10 * S
+    assert refusal(a, "halt", msg) == "stale"
     # a nonce too short to be unique is a mistake, not an attack
-    short = signed("otto", "halt", ts=clock.now, nonce="abc")
+    short = signed("otto", "halt", ts=T0 + 40 * S, nonce="abc")
     with pytest.raises(Refusal) as e:
         a.admit("halt", *short)
     assert e.value.kind == "malformed" and not e.value.alert
 
 
-def test_the_nonces_of_expired_requests_are_forgotten() -> None:
+def test_a_restarted_daemon_refuses_what_the_earlier_run_carried_out() -> None:
+    clock = Clock()
+    first = auth(clock)
+    msg = signed("otto", "release", ts=T0 + 2 * S)  # stamped ahead of the clock
+    first.admit("release", *msg)
+    stored = [(n, ts, key) for n, (ts, key) in first._nonces.items()]
+    clock.now = T0 + S  # restarted within a second
+    again = auth(clock)
+    again.load(stored)
+    assert refusal(again, "release", msg) == "replayed"
+
+
+def test_a_flood_from_one_key_is_refused_never_evicting_what_it_must_remember() -> None:
     clock = Clock()
     a = auth(clock)
-    for i in range(100):
-        clock.now = T0 + i * S
-        a.admit("pause", *signed("otto", "pause", ts=clock.now))
-    assert len(a._nonces) <= 31  # the last 30 s of requests, no more
+    kept = signed("adam", "release", ts=T0)
+    a.admit("release", *kept)
+    # a viewer's requests are refused for their role before their nonces are kept
+    for _ in range(50):
+        assert refusal(a, "release", signed("vera", "release", ts=T0)) == "role"
+    assert len(a._nonces) == 1
+    for _ in range(PER_KEY_CAP):
+        a.admit("pause", *signed("otto", "pause", ts=T0))
+    assert refusal(a, "pause", signed("otto", "pause", ts=T0)) == "flood"
+    assert a.admit("pause", *signed("olga", "pause", ts=T0))[0].name == "olga"
+    assert refusal(a, "release", kept) == "replayed", "a remembered request was forgotten"
+    clock.now = T0 + 31 * S  # aged out: otto may act again
+    assert a.admit("pause", *signed("otto", "pause", ts=clock.now))[0].name == "otto"
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -189,6 +221,25 @@ def test_the_two_person_rule_needs_two_distinct_keys_within_the_window() -> None
     # verbs outside the rule act at once
     who, ctl = a.admit("rollback", *signed("otto", "rollback", ts=clock.now))
     assert a.second("rollback", who, ctl) == (who.actor, "")
+
+
+def test_the_local_admin_key_takes_no_part_in_the_two_person_rule() -> None:
+    clock = Clock()
+    local = SigningKey.generate()
+    a = ControlAuth(
+        ControlConfig(operators=OPS, two_person=["release"]),
+        local_admin=local.public_key,
+        clock=clock,
+    )
+    subject = SUBJ.control("release")
+    assert isinstance(
+        a.second("release", *a.admit("release", *signed("otto", "release", ts=T0))), Pending
+    )
+    body, headers = new_request(local, subject, "alpha", ts=clock.now)
+    who, ctl = a.admit("release", subject, body, headers)
+    with pytest.raises(Refusal) as e:
+        a.second("release", who, ctl)
+    assert e.value.kind == "two_person" and "local admin" in str(e.value)
 
 
 @settings(max_examples=60, deadline=None)
@@ -246,8 +297,15 @@ def test_the_configuration_is_checked() -> None:
     fails(base.format(n="a", k=key) + base.format(n="b", k=key), "one key is one person")
     fails(base.format(n="a", k=key) + base.format(n="a", k=KEYS["rita"].public_key), "twice")
     fails('[control]\ntwo_person = ["rollback"]\n', "two_person")
-    one = '[control]\nlocal_admin = false\ntwo_person = ["release"]\n' + base.format(n="a", k=key)
-    fails(one, "at least two operators")
+    one = '[control]\ntwo_person = ["release"]\n' + base.format(n="a", k=key)
+    fails(one, "needs two configured operators")  # the local admin key does not count
+    rita = KEYS["rita"].public_key
+    two = base.format(n="a", k=key) + base.format(n="b", k=rita).replace(
+        '"operator"', '"risk_manager"'
+    )
+    parse_config(('[control]\ntwo_person = ["release"]\n' + two).encode())
+    fails('[control]\ntwo_person = ["approve"]\n' + two, "approve.*risk_manager")
+    fails(base.format(n="a.b", k=key) + base.format(n="a_b", k=rita), "share the NATS user")
     fails('[control]\nreplay_window = "PT1H"\n', "replay_window")
 
 
@@ -300,6 +358,7 @@ def test_each_verb_by_each_role_forged_replayed_and_out_of_role_end_to_end(
             body, headers = new_request(KEYS["otto"], subject, "alpha", reason="once")
             first = await nc.request(subject, body, headers=headers, timeout=10)
             assert b'"ok":true' in first.data
+            replay_body, replay_headers = body, headers
             again = await nc.request(subject, body, headers=headers, timeout=10)
             assert b"replayed request" in again.data
             # forged: otto's key named, the signature someone else's
@@ -315,6 +374,13 @@ def test_each_verb_by_each_role_forged_replayed_and_out_of_role_end_to_end(
             assert actors <= known | {"rampart"}, actors - known
             refusals = [r for r in store.audit() if r.kind == "control_refused"]
             assert {r.actor.split(" ")[0] for r in refusals} == {"vera", "otto"}
+            # a restarted daemon (the same store) refuses the replay too
+            await daemon.close()
+            daemon = Daemon(config, servers=[server.url])
+            await daemon.start()
+            subject = SUBJ.control("rollback")
+            replayed = await nc.request(subject, replay_body, headers=replay_headers, timeout=10)
+            assert b"replayed request" in replayed.data
         finally:
             await nc.close()
             await daemon.close()

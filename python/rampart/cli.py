@@ -689,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--key",
             metavar="FILE",
             help=f"your operator NKEY seed, to sign the request (default: ${ENV_KEY}, else the "
-            "config's [nats] nkeys_seed if it is an operator's, else the host's local admin key)",
+            "config's control.key_file, else the host's local admin key)",
         )
         p.add_argument("--reason", help="why (recorded in the audit log)")
         p.add_argument("--json", action="store_true", help="print the reply as JSON")

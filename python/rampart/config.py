@@ -305,6 +305,9 @@ class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # `two_person_window`.
     two_person: list[TwoPersonVerb] = []
     two_person_window: timedelta = timedelta(minutes=15)
+    # For the CLI: the operator's own seed file it signs control requests with (--key and
+    # $RAMPART_KEY take precedence). Not the NATS login seed: keep the two keys apart.
+    key_file: str | None = None
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -538,12 +541,31 @@ def _check_control(c: ControlConfig) -> None:
         raise ConfigFileError(
             f"`$.control.two_person_window` must be > 0, got {c.two_person_window}"
         )
-    if c.two_person:
-        able = [op for op in c.operators if op.role != "viewer"]
-        if len(able) + int(c.local_admin) < 2:
+    for verb in c.two_person:
+        need = "risk_manager" if verb == "approve" else "operator"
+        rank = {"viewer": 0, "operator": 1, "risk_manager": 2, "admin": 3}
+        able = [op for op in c.operators if rank[op.role] >= rank[need]]
+        if len(able) < 2:
             raise ConfigFileError(
-                "`$.control.two_person` needs at least two operators who may act (not viewers)"
+                f"`$.control.two_person` has `{verb}`, which needs two configured operators "
+                f"with the role {need} or higher (the local admin key does not count), got "
+                f"{len(able)}"
             )
+    people: dict[str, str] = {}
+    for op in c.operators:
+        login = person_login(op.name)
+        if login in people:
+            raise ConfigFileError(
+                f"`$.control.operators`: {people[login]!r} and {op.name!r} would share the NATS "
+                f"user {login!r} (names differing only in '.', '@' or '_'): rename one"
+            )
+        people[login] = op.name
+
+
+def person_login(name: str) -> str:
+    """The NATS user (and inbox) name of a configured operator: ``person-<name>``, with what a
+    NATS subject token cannot hold as ``_``."""
+    return "person-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 def parse_config(data: bytes, *, suffix: str = ".toml") -> DaemonConfig:

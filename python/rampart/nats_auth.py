@@ -19,21 +19,20 @@ The roles, for subject prefix ``p`` (the table in docs/security.md):
 - ``operator``: status and the control verbs; alerts, breaches and connectivity events.
 - ``viewer``: status, alerts and breaches; no control verb.
 - ``person-<name>``, one per ``[[control.operators]]`` entry: that person's own NATS login with
-  the permissions of ``operator`` (``viewer`` for a viewer), whose key is the one they sign
-  control requests with: one seed to log in and to sign, held by the person (the files hold
-  only the public key; the fragment says where their seed goes).
+  the permissions of ``operator`` (``viewer`` for a viewer). A login key of its own, never the
+  key they sign control requests with: a NATS server signs its login nonce with the login key,
+  so a forged server could have a control request signed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from rampart._core import SigningKey
-from rampart.config import DaemonConfig
+from rampart.config import DaemonConfig, person_login
 from rampart.signing import read_key, write_private
 
 __all__ = [
@@ -58,8 +57,6 @@ class Role:
     # may publish a reply to a request it received (a gateway's command acks, the daemon's
     # status and control replies), whatever the reply subject
     responses: bool = False
-    # a person's own public key (their seed is theirs); None: a key is generated for the role
-    key: str | None = None
 
     @property
     def inbox(self) -> str:
@@ -102,10 +99,9 @@ def roles(config: DaemonConfig) -> list[Role]:
     )
     people = [
         Role(
-            "person-" + re.sub(r"[^A-Za-z0-9_-]", "_", op.name),
+            person_login(op.name),
             publish=(viewer if op.role == "viewer" else operator).publish,
             subscribe=(viewer if op.role == "viewer" else operator).subscribe,
-            key=op.key,
         )
         for op in config.control.operators
     ]
@@ -149,19 +145,12 @@ def write(config: DaemonConfig, out: Path, servers: list[str]) -> list[Path]:
     written: list[Path] = []
     users: list[tuple[Role, str]] = []
     for role in roles(config):
-        if role.key is not None:  # a person: their seed stays theirs
-            users.append((role, role.key))
-            seed_line = (
-                f"# their own seed file, the key {role.key[:12]}... of "
-                '[[control.operators]]:\nnkeys_seed = "PATH/TO/THEIR/SEED.nk"\n'
-            )
-        else:
-            seed_path = out / f"{role.name}.nk"
-            fresh = SigningKey.generate()
-            new = write_private(seed_path, fresh.seed() + "\n")
-            users.append((role, (fresh if new else read_key(seed_path)).public_key))
-            seed_line = f"nkeys_seed = {json.dumps(str(seed_path.resolve()))}\n"
-            written.append(seed_path)
+        seed_path = out / f"{role.name}.nk"
+        fresh = SigningKey.generate()
+        new = write_private(seed_path, fresh.seed() + "\n")
+        users.append((role, (fresh if new else read_key(seed_path)).public_key))
+        seed_line = f"nkeys_seed = {json.dumps(str(seed_path.resolve()))}\n"
+        written.append(seed_path)
         fragment = out / f"{role.name}.toml"
         fragment.write_text(
             f"# [nats] of the {role.name} role: paste into its configuration\n"

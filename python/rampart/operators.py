@@ -18,11 +18,10 @@ The audit log records the verified identity, ``name <KEY>``, never a name from t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -71,12 +70,23 @@ ROLE_FOR: Final[dict[ControlVerb, OperatorRole]] = {
 }
 NONCE_MIN: Final = 16
 NONCE_MAX: Final = 64
-# Nonces remembered at most (a flood of validly signed requests from a configured key evicts
-# the oldest, which are then refused by their timestamp if the window is not far larger).
-NONCE_CAP: Final = 100_000
+# Requests one key may have admitted within the replay window; more are refused (never is a
+# remembered nonce dropped early: that would let its request be replayed).
+PER_KEY_CAP: Final = 1_000
+# Requests one key may have waiting for a second operator.
+PENDING_PER_KEY: Final = 16
 
 RefusalKind = Literal[
-    "unsigned", "unknown_key", "bad_signature", "malformed", "stale", "replayed", "role", "same_key"
+    "unsigned",
+    "unknown_key",
+    "bad_signature",
+    "malformed",
+    "stale",
+    "replayed",
+    "flood",
+    "role",
+    "same_key",
+    "two_person",
 ]
 
 
@@ -91,7 +101,7 @@ class Refusal(Exception):
 
     @property
     def alert(self) -> bool:
-        return self.kind not in ("malformed", "same_key")
+        return self.kind not in ("malformed", "same_key", "two_person")
 
 
 @dataclass(frozen=True)
@@ -128,26 +138,26 @@ class NoOperatorKeyError(RuntimeError):
 
 
 def operator_key(explicit: str | None, config: DaemonConfig) -> SigningKey:
-    """The key the CLI signs control requests with: ``explicit`` (--key or $RAMPART_KEY),
-    else the configuration's NATS login seed when it is a configured operator's key (one key
-    to log in and to sign), else this host's local admin key (on the daemon's host, when
-    ``control.local_admin`` is on and this user may read it)."""
-    if explicit:
-        return _read_operator_key(Path(explicit))
-    known = {o.key for o in config.control.operators}
-    seed = config.nats.nkeys_seed
-    if seed and not seed.endswith(".creds"):
-        with contextlib.suppress(OSError, SigningKeyError):
-            key = read_key(Path(seed))
-            if key.public_key in known:
-                return key
+    """The key the CLI signs control requests with: ``explicit`` (--key or $RAMPART_KEY), else
+    the configuration's ``control.key_file``, else this host's local admin key (on the daemon's
+    host, when ``control.local_admin`` is on and this user may read it). Never the NATS login
+    seed: a NATS server signs its login nonce with it, and a forged server could choose a nonce
+    that is a control request."""
+    chosen = explicit or config.control.key_file
+    if chosen:
+        return _read_operator_key(Path(chosen))
     local = local_admin_path(config.data_dir)
     if config.control.local_admin and local.exists():
         return _read_operator_key(local)
+    where = (
+        f", or run on the daemon's host (its {local} is the local admin key)"
+        if config.control.local_admin
+        else ""
+    )
     raise NoOperatorKeyError(
         "no operator key to sign with: pass --key FILE (your NKEY seed; `rampart key --new "
         "FILE` makes one, and its public key goes into the daemon's [[control.operators]]), "
-        f"set $RAMPART_KEY, or run on the daemon's host (its {local} is the local admin key)"
+        f"set $RAMPART_KEY or `control.key_file`{where}"
     )
 
 
@@ -204,8 +214,10 @@ class ControlAuth:
         self.two_person: frozenset[ControlVerb] = frozenset(config.two_person)
         self.two_person_window = ns(config.two_person_window)
         self.clock = clock
-        self.started_at = clock()
-        self._nonces: OrderedDict[str, int] = OrderedDict()  # nonce -> ts, oldest first
+        self._high = clock()  # the latest reading of the clock
+        # nonce -> (ts, key), in arrival order; how many each key has in there
+        self._nonces: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._per_key: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], Pending] = {}
 
     def admit(
@@ -235,21 +247,23 @@ class ControlAuth:
         except msgspec.DecodeError as e:
             raise Refusal("malformed", f"bad control request: {e}", who) from None
         self._check_fresh(ctl, who)
-        if not who.may(verb):
+        if not who.may(verb):  # before its nonce is kept: a viewer cannot fill the memory
             raise Refusal(
                 "role",
                 f"{who.name} is a {who.role}: `{verb}` needs the role {ROLE_FOR[verb]} or "
                 "higher (docs/security.md, Operators)",
                 who,
             )
+        self.remember(ctl, who)
         return who, ctl
 
     def _check_fresh(self, ctl: ControlRequest, who: Identity) -> None:
         now = self.clock()
+        self._high = max(self._high, now)
         if not NONCE_MIN <= len(ctl.nonce) <= NONCE_MAX:
             raise Refusal("malformed", f"`nonce` must be {NONCE_MIN}-{NONCE_MAX} characters", who)
         skew = ctl.ts - now
-        if abs(skew) > self.window:
+        if abs(skew) > self.window or ctl.ts < self._high - self.window:
             side = "ahead of" if skew > 0 else "behind"
             raise Refusal(
                 "stale",
@@ -257,29 +271,50 @@ class ControlAuth:
                 f"{self.window / 1e9:g} s): a replay, or a clock to fix (NTP) on one side",
                 who,
             )
-        if ctl.ts < self.started_at:
-            raise Refusal(
-                "stale",
-                "request stamped before this daemon started (it cannot know whether an "
-                "earlier run carried it out): send it again",
-                who,
-            )
-        self._forget(now - self.window)
+        # forgotten only once older than the window behind the latest clock reading: a clock
+        # stepped back does not bring a forgotten request back into the window
+        self._forget(self._high - self.window)
         if ctl.nonce in self._nonces:
             raise Refusal("replayed", f"replayed request (nonce {ctl.nonce!r} seen before)", who)
-        self._nonces[ctl.nonce] = ctl.ts
-        if len(self._nonces) > NONCE_CAP:
-            self._nonces.popitem(last=False)
+        if self._per_key.get(who.key, 0) >= PER_KEY_CAP:
+            raise Refusal(
+                "flood",
+                f"{who.name} sent more than {PER_KEY_CAP} requests within "
+                f"{self.window / 1e9:g} s: refused until they age out",
+                who,
+            )
+
+    def remember(self, ctl: ControlRequest, who: Identity) -> None:
+        """Note an admitted request's nonce (refused as a replay from now on)."""
+        self._nonces[ctl.nonce] = (ctl.ts, who.key)
+        self._per_key[who.key] = self._per_key.get(who.key, 0) + 1
+
+    def load(self, seen: Iterable[tuple[str, int, str]]) -> None:
+        """The nonces an earlier run admitted, ``(nonce, ts, key)`` (the daemon keeps them in
+        its store): replays across a restart are refused too."""
+        for nonce, ts, key in sorted(seen, key=lambda x: x[1]):
+            if nonce not in self._nonces:
+                self._nonces[nonce] = (ts, key)
+                self._per_key[key] = self._per_key.get(key, 0) + 1
+
+    def horizon(self) -> int:
+        """Nonces stamped before this may be forgotten (by the store too)."""
+        return self._high - self.window
 
     def _forget(self, before: int) -> None:
         nonces = self._nonces
         while nonces:
-            nonce, ts = next(iter(nonces.items()))
+            nonce, (ts, key) = next(iter(nonces.items()))
             if ts >= before:
                 # arrival order, not ts order: an old ts behind a newer one waits its turn,
                 # which only keeps it longer
                 return
             del nonces[nonce]
+            left = self._per_key[key] - 1
+            if left:
+                self._per_key[key] = left
+            else:
+                del self._per_key[key]
 
     def second(
         self, verb: ControlVerb, who: Identity, ctl: ControlRequest
@@ -290,6 +325,13 @@ class ControlAuth:
         who asked. Other verbs act at once, as ``who``."""
         if verb not in self.two_person:
             return who.actor, ctl.reason
+        if who.name == LOCAL_ADMIN:
+            raise Refusal(
+                "two_person",
+                f"`{verb}` needs two operators' own keys (two-person rule); the host's local "
+                "admin key is nobody's: sign with yours (--key)",
+                who,
+            )
         now = self.clock()
         for k, p in list(self._pending.items()):
             if now - p.at > self.two_person_window:
@@ -298,6 +340,13 @@ class ControlAuth:
         key = (verb, ctl.target, hashlib.sha256(doc).hexdigest())
         pending = self._pending.get(key)
         if pending is None:
+            if sum(p.first.key == who.key for p in self._pending.values()) >= PENDING_PER_KEY:
+                raise Refusal(
+                    "two_person",
+                    f"{who.name} has {PENDING_PER_KEY} requests waiting for a second operator "
+                    "already: let them be confirmed or expire",
+                    who,
+                )
             minutes = self.two_person_window / 60e9
             p = self._pending[key] = Pending(
                 who,

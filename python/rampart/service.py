@@ -6,6 +6,7 @@ says ok or why not (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +23,7 @@ from rampart.config import DaemonConfig
 from rampart.deployment import DeploymentError, decode_deployment
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
-from rampart.operators import ControlAuth, Pending, Refusal
+from rampart.operators import ControlAuth, Identity, Pending, Refusal
 from rampart.paging import StatusTooLargeError
 from rampart.protocol import (
     ControlReply,
@@ -36,9 +37,14 @@ from rampart.protocol import (
 from rampart.status_builder import StatusBuilder
 from rampart.store import StoreError
 from rampart.strategies import Verb
+from rampart.throttle import REPEAT_EVERY, Throttle
 
 log = logging.getLogger("rampart.service")
 
+# the store keeps admitted control requests' nonces under this prefix, for the replay window
+NONCE_PREFIX = "control/nonce/"
+# verbs that only ever stop trading: carried out even when their nonce cannot be stored
+STOP_VERBS: frozenset[ControlVerb] = frozenset({"rollback", "halt"})
 DEPLOYMENT_VERBS: tuple[Verb, ...] = ("approve", "promote", "pause", "resume", "abort", "halt")
 
 # carries out a verified request as ``actor`` (the verified identity), for ``reason``
@@ -66,9 +72,12 @@ class DaemonService:
         self.effects = effects
         self.auth = auth
         self.on_refusal = on_refusal
+        # a known key's out-of-role requests are audited once a minute per key
+        self._role_audits = Throttle(REPEAT_EVERY)
         self._service: Service | None = None
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._load_nonces)
         svc = self._service = await add_service(
             self.nc,
             name=self.config.name,
@@ -143,7 +152,11 @@ class DaemonService:
                     decided = self.auth.second(verb, who, ctl)
                 except Refusal as r:
                     self.on_refusal(verb, r)
-                    if r.who is not None and r.kind == "role":
+                    if (
+                        r.who is not None
+                        and r.kind == "role"
+                        and self._role_audits.ready(r.who.key)
+                    ):
                         await self.guard.note(
                             "control_refused",
                             {"verb": verb, "reason": str(r), "kind": r.kind},
@@ -155,6 +168,14 @@ class DaemonService:
                     await req.respond(encoder.encode(reply))
                     return
                 actor = who.actor
+                # remembered by the store too: not carried out again after a restart. A stop
+                # goes ahead when the store cannot take it (a replayed stop only stops again)
+                try:
+                    await asyncio.to_thread(self._persist_nonce, ctl, who)
+                except StoreError as e:
+                    if verb not in STOP_VERBS:
+                        raise
+                    log.error("%s by %s goes ahead, its nonce not stored: %s", verb, actor, e)
                 if isinstance(decided, Pending):
                     payload = {"verb": verb, "target": ctl.target, "reason": ctl.reason}
                     await self.guard.note("control_pending", payload, actor)
@@ -179,6 +200,24 @@ class DaemonService:
             await req.respond(encoder.encode(ControlReply(ok=True, state=state, actor=actor)))
 
         return handler
+
+    def _load_nonces(self) -> None:
+        seen = []
+        for key, value in self.guard.store.items(NONCE_PREFIX):
+            ts, _, signer = value.decode().partition(" ")
+            seen.append((key.removeprefix(NONCE_PREFIX), int(ts), signer))
+        self.auth.load(seen)
+
+    def _persist_nonce(self, ctl: ControlRequest, who: Identity) -> None:
+        """The admitted request's nonce into the store (in a thread); those older than the
+        replay window out."""
+        store = self.guard.store
+        horizon = self.auth.horizon()
+        with store.transaction():
+            store.put(NONCE_PREFIX + ctl.nonce, f"{ctl.ts} {who.key}".encode())
+            for key, value in store.items(NONCE_PREFIX):
+                if int(value.split(b" ", 1)[0]) < horizon:
+                    store.delete(key)
 
     async def _rollback(self, ctl: ControlRequest, actor: str, reason: str) -> dict[str, Any]:
         guard = self.guard

@@ -9,9 +9,9 @@ publish on a gateway's command subject still cannot make it resume, raise an all
 its epochs, nor keep its dead-man's switch from tripping.
 
 The key is an NKEY user seed in ``<data_dir>/keys/rampart.nk`` (mode 0600, created at the first
-start; ``[signing] seed_file`` puts it elsewhere), its public key beside it in ``rampart.pub``
-for the gateways' configuration. Signing and verifying are in the Rust extension (``nkeys``,
-``ed25519-dalek``).
+start; ``[signing] seed_file`` puts it elsewhere), its public key beside it (``rampart.pub``: the
+seed file's name ending ``.pub``) for the gateways' configuration. Signing and verifying are in
+the Rust extension (``nkeys``, ``ed25519-dalek``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ def load_or_create(seed_path: str | os.PathLike[str]) -> SigningKey:
     """The key in ``seed_path``, created (mode 0600, never overwritten) when there is none; its
     public key is written beside it (the same name, ending ``.pub``)."""
     path = Path(seed_path)
+    if path.suffix == ".pub":
+        raise SigningKeyError(
+            f"signing key {path}: a seed file must not end in .pub (its public key is written "
+            "beside it, under that name)"
+        )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = SigningKey.generate()
