@@ -261,15 +261,13 @@ impl AlgoState {
             let e = self.equity();
             self.push_return(e);
             // the empty periods in between start (and end) at `e`: no return when ruined
+            // (every one counts; more than a window of them leave only a window of zeros)
             if e > 0.0 {
-                let empty = period
-                    .saturating_sub(self.period)
-                    .saturating_sub(1)
-                    .min(self.returns.capacity() as i64);
-                for _ in 0..empty {
+                let empty = period.saturating_sub(self.period).saturating_sub(1).max(0);
+                for _ in 0..empty.min(self.returns.capacity() as i64) {
                     self.returns.push(0.0);
-                    self.returns_total += 1;
                 }
+                self.returns_total += empty as u64;
             }
             self.period = period;
             self.period_start_equity = e;

@@ -63,6 +63,15 @@ impl RollingStats {
         let same = self.values.back() == Some(&x);
         self.equal_run = if same { self.equal_run + 1 } else { 1 };
         self.values.push_back(x);
+        if self.equal_run >= self.values.len() {
+            // every value in the window is x: the stats are exact, whatever the removals before
+            // left (so they depend on the window alone, not on how it was reached)
+            self.mean = x;
+            self.m2 = 0.0;
+            self.noise = 0.0;
+            self.removals_since_refresh = 0;
+            return;
+        }
         let n = self.values.len() as f64;
         let d = x - self.mean;
         self.mean += d / n;
@@ -224,5 +233,28 @@ mod tests {
         assert_eq!(r.variance(), None);
         r.push(2.0);
         assert_eq!(r.variance(), Some(0.5));
+    }
+
+    #[test]
+    fn a_window_of_equal_values_forgets_how_it_was_reached() {
+        // different histories, the same window of zeros: the same state, bit for bit, and the
+        // same stats after the next values
+        let mut a = RollingStats::new(3);
+        let mut b = RollingStats::new(3);
+        for x in [0.3, -1.7, 2.9e-5, 11.0, 0.0, 0.0, 0.0, 0.0] {
+            a.push(x);
+        }
+        for x in [5e-5, 0.0, 0.0, 0.0] {
+            b.push(x);
+        }
+        for x in [5e-5, 0.0] {
+            a.push(x);
+            b.push(x);
+        }
+        assert_eq!(a.mean().to_bits(), b.mean().to_bits());
+        assert_eq!(
+            a.variance().map(f64::to_bits),
+            b.variance().map(f64::to_bits)
+        );
     }
 }
