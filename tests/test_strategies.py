@@ -309,6 +309,25 @@ def test_progressive_follows_the_seed_threshold_table() -> None:
     assert isinstance(later.actions[0], SetAllocation)
 
 
+def test_aborting_a_progressive_deployment_halts_only_if_it_ever_had_capital() -> None:
+    """An abort withdraws capital; one that never got any halts nothing (issue 13: an abort
+    left a halt latch that needed a release even when nothing had traded)."""
+    doc = load("progressive.json")
+    assert isinstance(doc, ProgressiveDeployment)
+    machine = ProgressiveMachine(doc)
+    state = machine.start(T0).state
+    low = machine.step(state, obs(machine.algo, M(confidence=0.3)), T0)  # below every threshold
+    assert low.state.allocation == 0.0 and not low.state.funded
+    quiet = machine.command(low.state, "abort", "ops", T0 + S)
+    assert quiet.state.phase == "aborted" and not quiet.state.halted
+    assert quiet.actions == [], "nothing to withdraw, nothing to halt"
+    funded = machine.step(state, obs(machine.algo, M(confidence=0.72)), T0)
+    back = machine.step(funded.state, obs(machine.algo, M(confidence=0.3)), T0 + 15 * 60 * S)
+    assert back.state.allocation == 0.0 and back.state.funded
+    aborted = machine.command(back.state, "abort", "ops", T0 + 16 * 60 * S)
+    assert aborted.state.phase == "aborted" and kinds(aborted) == ["RollbackAction"]
+
+
 # ---- hypothesis: invariants of every machine ----------------------------------------------
 
 metric_values = st.builds(

@@ -107,9 +107,15 @@ def backup(
     *,
     wall_clock: Callable[[], int] = time.time_ns,
 ) -> BackupResult:
-    """Copy the store at ``db`` to ``dest`` (a directory: a file named after the time in it),
-    atomically, and verify the copy's audit chain before it replaces anything at ``dest``."""
+    """Copy the store at ``db`` to ``dest`` (a directory, or a name ending in ``/``, created if
+    need be: a file named after the time in it), atomically, and verify the copy's audit chain
+    before it replaces anything at ``dest``."""
     db, target = Path(db), Path(dest)
+    if str(dest).endswith(("/", os.sep)) and not target.exists():
+        try:
+            target.mkdir(mode=0o700, parents=True)
+        except OSError as e:
+            raise BackupError(f"{target}: cannot create the directory: {e.strerror}") from None
     if target.is_dir():
         target = target / f"rampart-{_stamp(wall_clock())}.db"
     own = {db, *_sidecars(db), head_path(db)}

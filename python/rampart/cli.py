@@ -395,7 +395,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     elif reply.state is not None and "phase" in reply.state:
         st = reply.state
         print(
-            f"{args.verb} {target}: {st['strategy']} now {st['phase']}, stage {st['stage']}, "
+            f"{args.verb} {target}: {st['strategy']} now {st['phase']}, stage {st['stage'] + 1}, "
             f"allocation {st['allocation']:g}{' (paused)' if st['paused'] else ''}"
             f"{' HALTED' if st['halted'] else ''}"
         )

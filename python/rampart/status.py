@@ -326,7 +326,7 @@ def format_status(reply: StatusReply) -> str:
             f" {flag}" for flag, on in (("PAUSED", dep.paused), ("HALTED", dep.halted)) if on
         )
         lines.append(
-            f"deployment {dep.deployment_id} ({dep.strategy}): {dep.phase}, stage {dep.stage} "
+            f"deployment {dep.deployment_id} ({dep.strategy}): {dep.phase}, stage {dep.stage + 1} "
             f"since {_ts(dep.stage_started_at)}, allocation {dep.allocation:g}, "
             f"active {dep.active}{flags}"
         )

@@ -154,6 +154,9 @@ class DeploymentState(msgspec.Struct, kw_only=True):
     # blue/green: blue's return over the warm-up, the reference for green's trajectory
     reference_return: float | None = None
     outcome: str = ""
+    # whether the deployment ever gave its algorithm capital (an abort of one that never did
+    # withdraws nothing and halts nothing); True for states stored before it was kept
+    funded: bool = True
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):

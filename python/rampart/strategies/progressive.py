@@ -46,6 +46,7 @@ class ProgressiveMachine:
             started_at=now,
             phase_started_at=now,
             active=self.algo,
+            funded=False,
         )
         move = Move(state, now, actor)
         move.go("progressive", "deployed: allocation follows confidence")
@@ -82,6 +83,7 @@ class ProgressiveMachine:
                 },
             )
             move.state.allocation = target
+            move.state.funded = move.state.funded or target > 0
             move.do(
                 SetAllocation(
                     algo=self.algo,
@@ -96,6 +98,11 @@ class ProgressiveMachine:
         if state.phase in TERMINAL:
             return refuse(state, f"deployment is {state.phase}")
         move = Move(state, now, actor)
+        if verb == "abort" and not state.funded:
+            # it never had capital: nothing to withdraw, nothing to halt
+            move.go("aborted", f"abort by {actor} before any capital")
+            move.state.outcome = f"abort by {actor}"
+            return move.decision()
         if verb in ("abort", "halt"):
             move.go("aborted" if verb == "abort" else "rolled_back", f"{verb} by {actor}")
             move.state.allocation = 0.0
