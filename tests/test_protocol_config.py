@@ -79,7 +79,9 @@ def test_subjects_refuse_a_bad_prefix_and_ids_must_be_tokens() -> None:
 
 def test_example_config_loads() -> None:
     cfg = load_config(ROOT / "examples" / "rampart.toml")
-    assert cfg.algorithms[0].to_core().max_latency_ns == 100_000_000
+    canary = next(a for a in cfg.algorithms if a.id == "momentum-v2.1.0")
+    assert canary.to_core().max_latency_ns == 100_000_000
+    assert canary.previous_version == "momentum-v2.0.0"
     assert cfg.nats.servers == []
 
 
@@ -121,6 +123,11 @@ def test_reconcile_settings_come_from_the_config() -> None:
         ("[embedded]\nport = 70000", "$.embedded.port"),
         ("[reconcile]\nconverge_timeout = 'PT0S'", "$.reconcile.converge_timeout` must be > 0"),
         ("[reconcile]\nbackoff_max = 'PT0.01S'", "$.reconcile.backoff_max"),
+        ("decision_interval = 'PT0S'", "$.decision_interval` must be > 0"),
+        ("checkpoint_interval = 'PT0S'", "$.checkpoint_interval` must be > 0"),
+        ("[triggers]\ncheck_interval = 'PT0S'", "$.triggers.check_interval` must be > 0"),
+        ("[rollback]\nhalt_deadline = 'PT0S'", "$.rollback.halt_deadline` must be > 0"),
+        ("metrics_port = 0", "$.metrics_port` must be in 1..65535"),
         ("name = [", "Invalid"),
     ],
 )

@@ -504,6 +504,19 @@ def _check(cfg: DaemonConfig) -> None:
             f"`$.reconcile.backoff_base` ({r.backoff_base})"
         )
     _check_control(cfg.control)
+    positive = [
+        ("heartbeat_interval", cfg.heartbeat_interval),
+        ("decision_interval", cfg.decision_interval),
+        ("checkpoint_interval", cfg.checkpoint_interval),
+        ("triggers.check_interval", cfg.triggers.check_interval),
+        ("alerts.webhook_timeout", cfg.alerts.webhook_timeout),
+        *((f"rollback.{f}", getattr(cfg.rollback, f)) for f in cfg.rollback.__struct_fields__),
+    ]
+    for field, td in positive:
+        if td <= timedelta(0):
+            raise ConfigFileError(f"`$.{field}` must be > 0, got {td}")
+    if cfg.metrics_port is not None and not 1 <= cfg.metrics_port <= 65535:
+        raise ConfigFileError(f"`$.metrics_port` must be in 1..65535, got {cfg.metrics_port}")
     if not 0 <= cfg.embedded.port <= 65535:
         raise ConfigFileError(f"`$.embedded.port` must be in 0..65535, got {cfg.embedded.port}")
 
