@@ -88,7 +88,9 @@ class DaemonCollector(Collector):
 
         dep_labels = ["deployment", "strategy", "algo"]
         allocation = GaugeMetricFamily(
-            "rampart_allocation", "Capital allocation (fraction) per deployment", labels=dep_labels
+            "rampart_allocation",
+            "Capital allocation (fraction) per deployment; 0 while its algorithm is halted",
+            labels=dep_labels,
         )
         stage = GaugeMetricFamily("rampart_stage", "Current stage index", labels=dep_labels)
         phase = GaugeMetricFamily(
@@ -99,7 +101,9 @@ class DaemonCollector(Collector):
         for r in d.runner.deployments.values():
             st = r.state
             values = [st.deployment_id, st.strategy, st.active]
-            allocation.add_metric(values, st.allocation)
+            # a halted algorithm has no capital, whatever the deployment last decided
+            halted_now = st.halted or st.active in halts
+            allocation.add_metric(values, 0.0 if halted_now else st.allocation)
             stage.add_metric(values, st.stage)
             phase.add_metric(values, PHASE_CODES.get(st.phase, -1))
         yield from (allocation, stage, phase)

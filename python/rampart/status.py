@@ -277,24 +277,69 @@ class MetricsRow(Metrics, Protocol):
     def breached(self) -> Sequence[str]: ...
 
 
+METRIC_COLUMNS = (
+    "algorithm", "equity", "daily PnL", "drawdown", "max DD", "Sharpe", "trades", "win%",
+    "rej%", "p99 ms", "conf", "breached",
+)  # fmt: skip
+
+
 def format_metrics(rows: Sequence[MetricsRow]) -> str:
-    """A fixed-width table of the key metrics, one row per algorithm."""
-    head = (
-        f"{'algorithm':<14}{'equity':>12}{'daily PnL':>11}{'drawdown':>9}{'max DD':>8}"
-        f"{'Sharpe':>8}{'trades':>7}{'win%':>6}{'rej%':>6}{'p99 ms':>7}{'conf':>6}  breached"
-    )
-    lines = [head, "-" * len(head)]
+    """A table of the key metrics, one row per algorithm: each column as wide as its widest
+    cell, two spaces apart (long ids and large equities never run together)."""
+    cells = []
     for s in rows:
         p99 = None if s.latency_p99_ns is None else s.latency_p99_ns / 1e6
         win = None if s.win_rate is None else 100 * s.win_rate
         rej = None if s.error_rate is None else 100 * s.error_rate
-        lines.append(
-            f"{s.algo_id:<14}{s.equity:>12,.2f}{s.daily_pnl:>11,.2f}{s.drawdown:>9.2%}"
-            f"{s.max_drawdown:>8.2%}{_opt(s.sharpe, '.2f'):>8}{s.trades:>7}"
-            f"{_opt(win, '.0f'):>6}{_opt(rej, '.0f'):>6}{_opt(p99, '.2f'):>7}"
-            f"{s.confidence:>6.2f}  {','.join(s.breached) or '-'}"
+        cells.append(
+            (
+                s.algo_id,
+                f"{s.equity:,.2f}",
+                f"{s.daily_pnl:,.2f}",
+                f"{s.drawdown:.2%}",
+                f"{s.max_drawdown:.2%}",
+                _opt(s.sharpe, ".2f"),
+                str(s.trades),
+                _opt(win, ".0f"),
+                _opt(rej, ".0f"),
+                _opt(p99, ".2f"),
+                f"{s.confidence:.2f}",
+                ",".join(s.breached) or "-",
+            )
         )
-    return "\n".join(lines)
+    widths = [max([len(h), *(len(c[k]) for c in cells)]) for k, h in enumerate(METRIC_COLUMNS)]
+    last = len(METRIC_COLUMNS) - 1
+
+    def line(values: Sequence[str]) -> str:
+        out = [
+            v.ljust(w) if k in (0, last) else v.rjust(w)
+            for k, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    head = line(METRIC_COLUMNS)
+    return "\n".join([head, "-" * len(head), *(line(c) for c in cells)])
+
+
+def format_deployment(dep: DeploymentState) -> str:
+    """One deployment: what it is now (a paper deployment promoted to canary says so), since
+    when, with what capital."""
+    flags = "".join(
+        f" {flag}" for flag, on in (("PAUSED", dep.paused), ("HALTED", dep.halted)) if on
+    )
+    kind = dep.strategy
+    if dep.strategy == "PaperTrading" and dep.approved_by is not None:
+        kind = f"PaperTrading, promoted to Canary by {dep.approved_by}"
+    staged = dep.phase in ("canary", "awaiting_operator")
+    where = (
+        f"{dep.phase}, stage {dep.stage + 1} since {_ts(dep.stage_started_at)}"
+        if staged
+        else f"{dep.phase} since {_ts(dep.phase_started_at)}"
+    )
+    return (
+        f"deployment {dep.deployment_id} ({kind}): {where}, allocation {dep.allocation:g}, "
+        f"active {dep.active}{flags}"
+    )
 
 
 def format_status(reply: StatusReply) -> str:
@@ -322,14 +367,7 @@ def format_status(reply: StatusReply) -> str:
     for u in reply.unavailable:
         lines.append(f"UNAVAILABLE {u.algo_id} (gateway {u.gateway or '-'}): {u.error}")
     for dep in reply.deployments:
-        flags = "".join(
-            f" {flag}" for flag, on in (("PAUSED", dep.paused), ("HALTED", dep.halted)) if on
-        )
-        lines.append(
-            f"deployment {dep.deployment_id} ({dep.strategy}): {dep.phase}, stage {dep.stage + 1} "
-            f"since {_ts(dep.stage_started_at)}, allocation {dep.allocation:g}, "
-            f"active {dep.active}{flags}"
-        )
+        lines.append(format_deployment(dep))
     lines.append("")
     lines.append(format_metrics(reply.algorithms))
     drifting = [a for a in reply.algorithms if a.control is not None and not a.control.in_sync]

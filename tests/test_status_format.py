@@ -1,0 +1,67 @@
+"""`rampart status` as text (issue 13): columns never run together, a deployment says what it is
+now and since when (no stage for blue/green, no 1970), stages are 1-based."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rampart.status import format_deployment, format_metrics
+from rampart.strategies.base import DeploymentState
+
+T = 1_764_028_800_000_000_000  # 2025-11-25 00:00 UTC
+
+
+@dataclass
+class Row:
+    algo_id: str
+    equity: float = 10_000_000.0
+    daily_pnl: float = -123_456.78
+    drawdown: float = 0.0123
+    max_drawdown: float = 0.0456
+    sharpe: float | None = 1.25
+    trades: int = 1234
+    win_rate: float | None = 0.55
+    error_rate: float | None = None
+    latency_p99_ns: int | None = 850_000
+    confidence: float = 0.5
+    breached: list[str] = field(default_factory=list)
+    capital: float = 10_000_000.0
+    stage_pnl: float = 0.0
+
+
+def test_columns_never_run_together() -> None:
+    rows = [Row("momentum-v2.1.0"), Row("a-much-longer-algorithm-id-v10.0.0", equity=1e11)]
+    text = format_metrics(rows)
+    lines = text.splitlines()
+    assert "momentum-v2.1.0  " in lines[2] and "10,000,000.00" in lines[2]
+    assert "a-much-longer-algorithm-id-v10.0.0  " in lines[3]
+    assert "100,000,000,000.00" in lines[3]
+    head = lines[0]
+    for line in lines[2:]:  # every column ends where its header ends (right-aligned numbers)
+        for title in ("equity", "daily PnL", "Sharpe", "conf"):
+            end = head.index(title) + len(title)
+            assert line[end - 1] != " " and (len(line) == end or line[end] == " "), (title, line)
+
+
+def state(**kw: object) -> DeploymentState:
+    base: dict[str, object] = {
+        "deployment_id": "d1",
+        "strategy": "Canary",
+        "phase": "canary",
+        "started_at": T,
+        "phase_started_at": T,
+    }
+    return DeploymentState(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_a_deployment_says_what_it_is_now() -> None:
+    canary = format_deployment(state(stage=0, stage_started_at=T, allocation=0.01))
+    assert "canary, stage 1 since 2025-11-25 00:00:00" in canary
+    bg = format_deployment(state(strategy="BlueGreen", phase="monitoring", allocation=1.0))
+    assert "monitoring since 2025-11-25 00:00:00" in bg and "1970" not in bg and "stage" not in bg
+    promoted = format_deployment(
+        state(strategy="PaperTrading", phase="canary", stage=2, approved_by="rita <UAB>")
+    )
+    assert "(PaperTrading, promoted to Canary by rita <UAB>)" in promoted and "stage 3" in promoted
+    paper = format_deployment(state(strategy="PaperTrading", phase="paper"))
+    assert "(PaperTrading)" in paper and "paper since" in paper
