@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -245,5 +246,61 @@ def test_a_failed_rollback_exits_non_zero(server: EmbeddedNatsServer, tmp_path: 
             assert "FAILED" in err.decode()
         finally:
             await daemon.close()
+
+    asyncio.run(scenario())
+
+
+def test_watch_survives_the_daemon_going_away_and_coming_back(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """`status --watch` while the daemon stops and starts again: a "disconnected, retrying" line
+    once, then "reconnected", no traceback, and it carries on (issue 13: 14 tracebacks and a
+    frozen view). Each event line carries one time, not two."""
+    text = config_text(tmp_path, free_port())
+    config = parse_config(
+        "\n".join(x for x in text.splitlines() if "metrics_port" not in x).encode()
+    )
+
+    async def scenario() -> None:
+        daemon = Daemon(config, servers=[server.url])
+        await daemon.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rampart",
+            "status",
+            "--watch",
+            "--count",
+            "40",
+            "--interval",
+            "0.1",
+            "--servers",
+            server.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            nc = await nats.connect(server.url)
+            await control(nc, tmp_path / "data", "rollback", "alpha", reason="drill")
+            await nc.close()
+            await asyncio.sleep(1.0)
+            await daemon.close()
+            await asyncio.sleep(1.5)
+            daemon = Daemon(config, servers=[server.url])
+            await daemon.start()
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await daemon.close()
+        text = out.decode()
+        assert proc.returncode == 0, err.decode()
+        assert "Traceback" not in text + err.decode()
+        assert text.count("DISCONNECTED from the daemon") == 1, text
+        assert "reconnected to the daemon" in text, text
+        (rollback,) = [
+            line for line in text.splitlines() if "rollback " in line and "alpha" in line
+        ]
+        assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rollback)) == 1, rollback
 
     asyncio.run(scenario())

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -258,6 +259,10 @@ async def wait_converged(
         await asyncio.sleep(0.1)
 
 
+def now_ns() -> int:
+    return time.time_ns()
+
+
 def _ts(ns: int | None) -> str:
     if ns is None:
         return "-"
@@ -406,7 +411,7 @@ def format_status(reply: StatusReply) -> str:
     return "\n".join(lines)
 
 
-def format_rollback(r: RollbackRecord) -> str:
+def format_rollback(r: RollbackRecord, *, when: bool = True) -> str:
     """One line per rollback: its outcome and each step's time against the seed's target."""
     parts = []
     for step in r.steps:
@@ -419,8 +424,9 @@ def format_rollback(r: RollbackRecord) -> str:
         )
         flag = "" if step.status == "acked" else f" {step.status.upper()}"
         parts.append(f"{step.name} {took}{mark}{flag}")
+    at = f" {_ts(r.started_at)}" if when else ""
     return (
-        f"rollback {r.state.upper()} {_ts(r.started_at)} {','.join(r.algos)} ({r.trigger} by "
+        f"rollback {r.state.upper()}{at} {','.join(r.algos)} ({r.trigger} by "
         f"{r.actor}): " + ", ".join(parts)
     )
 
@@ -429,6 +435,8 @@ def view_rows(reply: StatusReply) -> list[ViewRow]:
     """The live view's rows from a status reply: one per algorithm, with its deployment."""
     by_algo: dict[str, DeploymentState] = {}
     for d in reply.deployments:
+        if d.phase == "aborted":  # over, and it left nothing behind worth a row
+            continue
         by_algo.setdefault(d.active, d)
         if d.standby:
             by_algo.setdefault(d.standby, d)
@@ -461,35 +469,57 @@ def view_rows(reply: StatusReply) -> list[ViewRow]:
     return rows
 
 
-def status_events(reply: StatusReply) -> list[str]:
-    """The latest things worth seeing: rollbacks, halts, connectivity changes, refusals."""
+def status_events(reply: StatusReply) -> list[tuple[str, str]]:
+    """The latest things worth seeing, as (when, what): rollbacks, halts, connectivity changes,
+    refusals. ``when`` is the event's own time, or the daemon's clock for a running count."""
     d = reply.daemon
-    events = [f"{_ts(c.ts)} NATS {c.state} {c.server or ''}" for c in d.connectivity]
-    events += [f"{_ts(h.ts)} HALTED {h.algo} by {h.actor}: {h.reason}" for h in d.halted]
-    events += [format_rollback(r) for r in reversed(d.rollbacks)]
+    now = _ts(d.now)
+    events = [(_ts(c.ts), f"NATS {c.state} {c.server or ''}".rstrip()) for c in d.connectivity]
+    events += [(_ts(h.ts), f"HALTED {h.algo} by {h.actor}: {h.reason}") for h in d.halted]
+    events += [(_ts(r.started_at), format_rollback(r, when=False)) for r in reversed(d.rollbacks)]
     if d.ingest.rejected:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items()))
-        events.append(f"refused input: {refused}")
-    events += [f"UNAVAILABLE {u.algo_id}: {u.error}" for u in reply.unavailable]
+        events.append((now, f"refused input: {refused}"))
+    events += [(now, f"UNAVAILABLE {u.algo_id}: {u.error}") for u in reply.unavailable]
     return events[-20:]
+
+
+# `status --watch`: retry a lost daemon after this many seconds, doubling up to the most
+WATCH_RETRY_MIN: Final = 0.5
+WATCH_RETRY_MAX: Final = 5.0
 
 
 async def watch(
     servers: DaemonLink, prefix: str, view: LiveView, *, interval: float, count: int | None
 ) -> None:
-    """Refresh the live view from the daemon's status every ``interval`` seconds."""
+    """Refresh the live view from the daemon's status every ``interval`` seconds. When the daemon
+    or NATS cannot be reached the view says so once ("disconnected, retrying"), keeps its last
+    rows, retries with a growing pause, and says when it is back."""
     n = 0
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    lost: str | None = None
+    retry = WATCH_RETRY_MIN
     view.start()
     try:
         while count is None or n < count:
-            reply = await fetch_status(servers, prefix, None, timeout=max(interval, 1.0))
-            clock = _ts(reply.daemon.now)
-            for event in status_events(reply):
-                if event not in seen:
-                    seen.add(event)
-                    view.event(event, clock)
-            view.update(view_rows(reply), [], clock)
+            try:
+                reply = await fetch_status(servers, prefix, None, timeout=max(interval, 1.0))
+            except (NoDaemonError, StatusError, OSError) as e:
+                if lost is None:
+                    lost = str(e)
+                    view.event(f"DISCONNECTED from the daemon: {lost}; retrying", _ts(now_ns()))
+                n += 1
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, WATCH_RETRY_MAX)
+                continue
+            if lost is not None:
+                view.event("reconnected to the daemon", _ts(reply.daemon.now or now_ns()))
+                lost, retry = None, WATCH_RETRY_MIN
+            for when, text in status_events(reply):
+                if (when, text) not in seen:
+                    seen.add((when, text))
+                    view.event(text, when)
+            view.update(view_rows(reply), [], _ts(reply.daemon.now))
             n += 1
             if count is None or n < count:
                 await asyncio.sleep(interval)
