@@ -29,7 +29,7 @@ from rampart.audit import (
     verify,
     verify_against,
 )
-from rampart.durability import audit_verify_main
+from rampart.durability import EXIT_UNREADABLE, audit_verify_main
 from rampart.store import Store, StoreError
 
 # ---- the hash rule ------------------------------------------------------------------------
@@ -501,10 +501,10 @@ def test_cli_tampered(
 def test_cli_unreadable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\x00" * 4096)
-    assert audit_verify_main(str(garbage)) == 2
+    assert audit_verify_main(str(garbage)) == EXIT_UNREADABLE == 3
     assert "UNREADABLE" in capsys.readouterr().err
     missing = tmp_path / "missing.db"
-    assert audit_verify_main(str(missing), json_out=True) == 2
+    assert audit_verify_main(str(missing), json_out=True) == EXIT_UNREADABLE
     assert "no such file" in json.loads(capsys.readouterr().out)["error"]
     assert not missing.exists()  # verify never creates a store
 

@@ -16,6 +16,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from rampart._core import AlgoConfig, ConfigError, Engine, RampartError, is_public_key
+from rampart.jsonpos import describe as describe_json_error
 from rampart.protocol import DEFAULT_PREFIX, Subjects
 from rampart.tokens import is_subject, is_token
 
@@ -585,7 +586,10 @@ def parse_config(data: bytes, *, suffix: str = ".toml") -> DaemonConfig:
     """Decode and check a configuration document (TOML, or JSON when ``suffix`` is .json)."""
     try:
         if suffix == ".json":
-            cfg = msgspec.json.decode(data, type=DaemonConfig)
+            try:
+                cfg = msgspec.json.decode(data, type=DaemonConfig)
+            except msgspec.DecodeError as e:
+                raise ConfigFileError(describe_json_error(data, e)) from None
         else:
             raw = tomllib.loads(data.decode("utf-8"))
             cfg = msgspec.convert(raw, DaemonConfig)

@@ -19,6 +19,7 @@ from typing import Literal, NoReturn, TypeAlias, assert_never
 import msgspec
 
 from rampart._core import RampartError
+from rampart.jsonpos import describe as describe_json_error
 from rampart.tokens import is_subject, is_token
 
 __all__ = [
@@ -238,7 +239,8 @@ def decode_deployment(data: bytes | str) -> Deployment:
     try:
         deployment = _DECODER.decode(data)
     except msgspec.DecodeError as e:  # ValidationError included; its message carries the path
-        raise DeploymentError(str(e)) from e
+        # a syntax error says where (line and column), not what a half-read document lacks
+        raise DeploymentError(describe_json_error(data, e)) from e
     except UnicodeDecodeError as e:  # raised by msgspec for invalid UTF-8 inside a string
         raise DeploymentError(f"not UTF-8 text: {e}") from e
     validate_deployment(deployment)

@@ -282,6 +282,11 @@ class HeadMirror:
 # ---- rampart audit verify ------------------------------------------------------------------
 
 
+# Exit status of `rampart audit verify` and `rampart audit log` when the store cannot be read
+# (2 is argparse's, for usage errors).
+EXIT_UNREADABLE: Final = 3
+
+
 def audit_verify_main(db_path: str, *, json_out: bool = False) -> int:
     """``rampart audit verify``: check the audit chain of the store at ``db_path``.
 
@@ -291,7 +296,7 @@ def audit_verify_main(db_path: str, *, json_out: bool = False) -> int:
     head has lost committed records (a lost ``-wal`` file, an older copy put back). Prints a
     summary naming the first bad seq and why, or a JSON object with ``json_out``. Returns 0 when
     the chain verifies and the store is not behind its head file, 1 when it has been tampered
-    with or is behind, 2 when the database cannot be read.
+    with or is behind, 3 (EXIT_UNREADABLE) when the database cannot be read.
     """
     hp = head_path(db_path)
     mirror_note = None
@@ -317,7 +322,7 @@ def audit_verify_main(db_path: str, *, json_out: bool = False) -> int:
             print(msgspec.json.encode(report).decode())
         else:
             print(f"audit log UNREADABLE: {error}", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     if lag is not None:
         lag = (
             f"{lag}: committed records are missing from this store (a lost {db_path}-wal file, "
