@@ -112,6 +112,9 @@ class Guard:
         # algorithms whose release is sending its resume
         self.releasing: set[str] = set()
         self.recent: list[RollbackRecord] = []
+        # rollbacks since this daemon started, by how they ended at first ("succeeded",
+        # "failed", ...) and how many of those that did not succeed completed later
+        self.rollback_counts: dict[str, int] = {}
         self.store_error: str | None = None
         self._js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
@@ -321,6 +324,7 @@ class Guard:
             self.in_flight.difference_update(algos)
         await latch
         self.recent = [record, *self.recent[:19]]
+        self.rollback_counts[record.state] = self.rollback_counts.get(record.state, 0) + 1
         if record.state != "succeeded":
             self.unfinished[record.rollback_id] = record
         if self.reconciler is not None:
@@ -417,6 +421,7 @@ class Guard:
             finished = self.wall_clock()
             done = msgspec.structs.replace(record, state="completed", finished_at=finished)
             self.recent = [done if r.rollback_id == rid else r for r in self.recent]
+            self.rollback_counts["completed"] = self.rollback_counts.get("completed", 0) + 1
             took = (finished - record.started_at) / 1e9
             await asyncio.to_thread(self._save_completed, done, took)
             await self.alert(

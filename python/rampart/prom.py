@@ -109,7 +109,10 @@ class DaemonCollector(Collector):
         yield from (allocation, stage, phase)
 
         rollbacks = CounterMetricFamily(
-            "rampart_rollbacks", "Rollbacks since start, by outcome", labels=["state"]
+            "rampart_rollbacks",
+            "Rollbacks since this daemon started, by their outcome when carried out (succeeded, "
+            "failed); completed: those not succeeded then that completed later",
+            labels=["state"],
         )
         steps = GaugeMetricFamily(
             "rampart_rollback_step_seconds",
@@ -117,10 +120,8 @@ class DaemonCollector(Collector):
             labels=["step"],
         )
         recent = d.guard.recent if d.guard is not None else []
-        by_state: dict[str, int] = {}
-        for rec in recent:
-            by_state[rec.state] = by_state.get(rec.state, 0) + 1
-        for state, count in sorted(by_state.items()):
+        counts = d.guard.rollback_counts if d.guard is not None else {}
+        for state, count in sorted(counts.items()):
             rollbacks.add_metric([state], count)
         if recent:
             for step in recent[0].steps:
