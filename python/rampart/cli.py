@@ -95,7 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from rampart.status import format_rollback
 
         print()
-        print(format_rollback(result.rollback))
+        # the story runs in event time: the record's wall-clock start would contradict it
+        print(format_rollback(result.rollback, when=False))
     print(f"\nreport: {result.report.resolve()}")
     return 0
 

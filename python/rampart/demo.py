@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import json
+import logging
 import math
 import random
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
+from rampart._core import Breach
 from rampart.config import (
     AlgorithmConfig,
     DaemonConfig,
@@ -150,6 +152,10 @@ def demo_config(data_dir: Path) -> DaemonConfig:
     )
 
 
+# quotes to wait, after the story's last deployment ended in a rollback, for the rollback's record
+RECORD_WAIT = 20_000
+
+
 @dataclass
 class DemoResult:
     report: Path
@@ -170,6 +176,7 @@ class Demo:
         self.market = recorded_market(data) if data else synthetic_market(seed)
         self.report_path = report
         self.workdir = Path(tempfile.mkdtemp(prefix="rampart-demo-"))
+        self.breaches: list[Breach] = []  # every breach the core reported, in order
         self.samples: list[Sample] = []
         self.markers: list[Marker] = []
         self.events: list[str] = []
@@ -203,11 +210,14 @@ class Demo:
             allocation = None
             if run is not None:
                 allocation = run.state.allocation if run.state.active == algo else 0.0
+            phase: str | None = run.state.phase if run else None
+            if run is not None and phase == "rolled_back" and run.state.active == algo:
+                phase = "kept: upgrade rolled back"
             rows.append(
                 ViewRow(
                     deployment=run.state.deployment_id if run else None,
                     strategy=run.state.strategy if run else None,
-                    phase=run.state.phase if run else None,
+                    phase=phase,
                     stage=stage,
                     algo=algo,
                     allocation=allocation,
@@ -237,6 +247,18 @@ class Demo:
     # ---- the run ----------------------------------------------------------------------------
 
     async def run(self) -> DemoResult:
+        # the daemon's log goes to a file: the live view and the story are what is shown
+        handler = logging.FileHandler(self.workdir / "rampart.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            return await self._run()
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
+    async def _run(self) -> DemoResult:
         server = EmbeddedNatsServer(store_dir=self.workdir / "nats")
         await asyncio.to_thread(server.start)
         daemon = Daemon(demo_config(self.workdir / "state"), servers=[server.url])
@@ -245,6 +267,7 @@ class Demo:
         gateway: ReferenceGateway | None = None
         try:
             await daemon.start()
+            daemon.breach_listeners.insert(0, self.breaches.extend)
             gw_nc = await nats.connect(server.url)
             venue = PaperVenue(SpreadCrossing(), commission_rate=0.00002, latency_ns=300_000)
             gateway = ReferenceGateway(
@@ -324,10 +347,15 @@ class Demo:
         upgraded = False
         rollback: RollbackRecord | None = None
         finish_at: int | None = None
+        over_at = 1 << 62  # the quote at which the story's last deployment ended
         max_quotes = 400_000
         for i, q in enumerate(self.market):
             await self.publish_quote(feed, daemon, gateway, q)
             runs = {r.state.deployment_id: r.state for r in daemon.runner.deployments.values()}
+            # the breach and its rollback first: a deployment's transition follows from them
+            if daemon.guard and daemon.guard.recent and rollback is None:
+                rollback = daemon.guard.recent[0]
+                self.report_rollback(rollback)
             for dep_id, st in runs.items():
                 key = (dep_id, st.phase, st.stage)
                 if key in seen:
@@ -343,14 +371,16 @@ class Demo:
                 upgraded = True
                 await self.deploy(daemon, upgrade, "alice@quant")
                 self.say(f"blue/green upgrade: {FAULTY} deployed at 0% beside {GOOD}", "stage")
-            if daemon.guard and daemon.guard.recent and rollback is None:
-                rollback = daemon.guard.recent[0]
-                self.report_rollback(rollback)
-                finish_at = self.now + 60 * QUOTE_SPACING_NS
             u = runs.get(upgrade.deployment_id)
             upgrade_over = u is not None and u.phase in TERMINAL
             paper_failed = p is not None and p.phase in ("rolled_back", "aborted")
-            if finish_at is None and (upgrade_over or paper_failed):
+            rolled_back = any(st.phase == "rolled_back" for st in runs.values())
+            # a rollback's record (with its step times) is awaited before the story ends: the
+            # report never says "no data" for a rollback that happened
+            recorded = rollback is not None or not rolled_back or i - over_at > RECORD_WAIT
+            if (upgrade_over or paper_failed) and over_at > i:
+                over_at = i
+            if finish_at is None and (upgrade_over or paper_failed) and recorded:
                 finish_at = self.now + 60 * QUOTE_SPACING_NS
             if i % 20 == 0:
                 rows = self.rows(daemon)
@@ -398,7 +428,12 @@ class Demo:
         elif phase == "monitoring":
             self.say(f"cutover: {FAULTY} live, {GOOD} in standby", "cutover")
         elif phase == "rolled_back":
-            self.say(f"{dep_id} rolled back: {run.state.outcome}", "rollback")
+            record = daemon.guard.recent[0] if daemon.guard and daemon.guard.recent else None
+            if record is not None and run.state.active not in record.algos:
+                # the rollback above (its breach, its numbers): not a second incident
+                self.say(f"{dep_id} rolled back: {run.state.active} trades again", "info")
+            else:
+                self.say(f"{dep_id} rolled back: {run.state.outcome}", "rollback")
         elif phase == "completed":
             self.say(f"{dep_id} completed", "stage")
 
@@ -412,7 +447,12 @@ class Demo:
             target = r.target_ms.get(name)
             verdict = "" if target is None else f" (target < {target:g} ms)"
             parts.append(f"{name} {s.duration_ns / 1e6:.2f} ms{verdict}")
-        self.say(f"BREACH {r.reason}", "breach")
+        b = next((b for b in self.breaches if b.algo_id in r.algos), None)
+        if b is not None:  # the core's breach, with the numbers it tripped on
+            what = b.kind.replace("_", " ")
+            self.say(f"BREACH {b.algo_id}: {what} {b.value:.4g} above {b.threshold:g}", "breach")
+        else:
+            self.say(f"BREACH {r.reason}", "breach")
         self.say(f"ROLLBACK {r.state}: " + ", ".join(parts), "rollback")
 
     def summary(self, daemon: Daemon, rollback: RollbackRecord | None) -> list[tuple[str, str]]:
