@@ -83,3 +83,32 @@ def test_demo_replays_real_prices_from_a_csv(tmp_path: Path) -> None:
     assert any("paper trading" in line for line in result.story)
     assert result.report.exists()
     assert result.samples and result.samples[0].equity > 0
+
+
+def test_demo_reads_a_vendor_csv_and_says_what_it_expects(tmp_path: Path) -> None:
+    """`date,close` (a common vendor export) works; a file it cannot use is refused at once,
+    saying what it expects (issue 13: "no prices found", and a 3-row file ran for minutes)."""
+    from rampart.demo import MIN_RECORDED_PRICES, recorded_market
+
+    vendor = tmp_path / "spx.csv"
+    rows = [f"2024-01-{1 + i % 28:02d},{4700 + i * 0.5:.2f}" for i in range(MIN_RECORDED_PRICES)]
+    vendor.write_text("date,close\n" + "\n".join(rows) + "\n")
+    market = recorded_market(vendor)
+    ts0, bid, ask = next(market)
+    assert (bid, ask) == (4700.0, 4700.0)
+    assert next(market)[0] > ts0
+    short = tmp_path / "short.csv"
+    short.write_text("date,close\n2024-01-02,4700\n2024-01-03,4710\n2024-01-04,4705\n")
+    with pytest.raises(ValueError, match="3 prices; the demo needs at least"):
+        recorded_market(short)
+    nameless = tmp_path / "nameless.csv"
+    nameless.write_text("date,volume\n2024-01-02,100\n")
+    with pytest.raises(ValueError, match="names no price column; expected a CSV"):
+        recorded_market(nameless)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rampart", "demo", "--plain", "--data", str(short)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "at least" in proc.stderr

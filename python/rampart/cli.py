@@ -719,7 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="market seed (default: 7)")
     demo.add_argument(
-        "--data", help="replay real prices: JSON lines (quote/mark) or CSV ts,bid,ask"
+        "--data",
+        help="replay real prices (at least 200, one minute apart in event time): a CSV with a "
+        "header naming a price column (e.g. date,close) or bid and ask, headerless ts,bid,ask, "
+        "or JSON lines of quotes/marks",
     )
     demo.add_argument(
         "--report",

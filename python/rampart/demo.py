@@ -87,33 +87,84 @@ def synthetic_market(seed: int) -> Iterator[tuple[int, float, float]]:
                 ts += QUOTE_SPACING_NS
 
 
-def recorded_market(path: Path) -> Iterator[tuple[int, float, float]]:
-    """Real prices from a file, looped as long as the story needs: JSON lines of quotes or marks
-    (docs/events.md) or CSV lines ``ts_ns,bid,ask`` / ``ts_ns,price``."""
-    rows: list[tuple[int, float, float]] = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
+# a recorded price file shorter than this is refused: the story needs days of event time, and a
+# few rows looped thousands of times make a flat market in which nothing happens
+MIN_RECORDED_PRICES = 200
+PRICE_COLUMNS = ("close", "adj close", "adj_close", "price", "last", "mid", "mark")
+CSV_EXPECTED = (
+    "a CSV with a header row naming a price column (close, price, last or mid; or bid and ask), "
+    "for example `date,close` from a data vendor; or headerless `ts_ns,bid,ask` / `ts_ns,price` "
+    "rows; or JSON lines of quotes or marks (docs/events.md)"
+)
+
+
+def _price_rows(path: Path, lines: list[str]) -> list[tuple[float, float]]:
+    """(bid, ask) per row of a price file, in file order (its times are not used: the demo
+    spaces prices one minute apart)."""
+    rows: list[tuple[float, float]] = []
+    header: list[str] | None = None
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("{"):
-            ev = json.loads(line)
-            bid = ev.get("bid", ev.get("price"))
-            ask = ev.get("ask", ev.get("price"))
-            rows.append((int(ev["ts"]), float(bid), float(ask)))
-        else:
-            parts = line.split(",")
-            if not parts[0].strip().isdigit():
-                continue  # a header
-            bid = float(parts[1])
-            ask = float(parts[2]) if len(parts) > 2 else bid
-            rows.append((int(parts[0]), bid, ask))
+        try:
+            if line.startswith("{"):
+                ev = json.loads(line)
+                bid = float(ev.get("bid", ev.get("price")))
+                ask = float(ev.get("ask", ev.get("price")))
+            else:
+                parts = [x.strip().strip('"') for x in line.split(",")]
+                if header is None and not parts[0].replace(".", "", 1).isdigit():
+                    header = [x.lower() for x in parts]
+                    continue
+                if header is not None:
+                    named = dict(zip(header, parts, strict=False))
+                    if "bid" in named and "ask" in named:
+                        bid, ask = float(named["bid"]), float(named["ask"])
+                    else:
+                        col = next((c for c in PRICE_COLUMNS if c in named), None)
+                        if col is None:
+                            raise ValueError(
+                                f"{path}: its header ({', '.join(header)}) names no price "
+                                f"column; expected {CSV_EXPECTED}"
+                            )
+                        bid = ask = float(named[col])
+                else:
+                    bid = float(parts[1])
+                    ask = float(parts[2]) if len(parts) > 2 else bid
+        except (ValueError, TypeError, IndexError, KeyError, json.JSONDecodeError) as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise ValueError(
+                f"{path}, line {n}: cannot read a price ({e}); expected {CSV_EXPECTED}"
+            ) from None
+        if not (0 < bid <= ask < float("inf")):
+            raise ValueError(f"{path}, line {n}: prices must be > 0 with bid <= ask")
+        rows.append((bid, ask))
+    return rows
+
+
+def recorded_market(path: Path) -> Iterator[tuple[int, float, float]]:
+    """Real prices from a file, one minute apart in event time, looped as long as the story
+    needs (each loop continues from where the last ended): ``CSV_EXPECTED``."""
+    rows = _price_rows(path, path.read_text().splitlines())
     if not rows:
-        raise ValueError(f"{path}: no prices found")
+        raise ValueError(f"{path}: no prices found; expected {CSV_EXPECTED}")
+    if len(rows) < MIN_RECORDED_PRICES:
+        raise ValueError(
+            f"{path}: {len(rows)} prices; the demo needs at least {MIN_RECORDED_PRICES} (a "
+            "week of paper trading and the canary's days run on them; a few rows looped "
+            "make a flat market in which nothing happens)"
+        )
+    return _looped(rows)
+
+
+def _looped(rows: list[tuple[float, float]]) -> Iterator[tuple[int, float, float]]:
     ts, loop = START_NS, 0
-    base = rows[0][1]
+    base = rows[0][0]
     while True:
-        scale = 1.0 if loop == 0 else rows[-1][1] / base
-        for _, bid, ask in rows:
+        scale = 1.0 if loop == 0 else rows[-1][0] / base
+        for bid, ask in rows:
             yield ts, bid * scale, ask * scale
             ts += QUOTE_SPACING_NS
         loop += 1
