@@ -51,6 +51,12 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, seed: int) -> None:
     assert html.count("<svg") >= 2
     assert "rollback" in html.lower() and "cutover" in html.lower()
     assert "halt" in html and "target" in html.lower() and "no data" not in html
+    # the summary's max drawdowns (the core's) are the table's (they differed: the table took
+    # the largest of the sampled drawdowns)
+    summary_dds = re.findall(r"equity [0-9,.]+, max DD ([0-9.]+%)", html)
+    assert len(summary_dds) == 2
+    for dd in summary_dds:
+        assert f">{dd}<" in html, (dd, summary_dds)
     # plain mode printed one line per event, no terminal escapes
     printed = out.getvalue()
     assert "canary stage Micro" in printed and "\x1b[" not in printed

@@ -292,6 +292,7 @@ class Demo:
                     equity=r.equity,
                     allocation=r.allocation or 0.0,
                     drawdown=r.drawdown,
+                    max_drawdown=daemon.engine.snapshot(r.algo).max_drawdown,
                 )
             )
 

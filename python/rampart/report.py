@@ -24,13 +24,15 @@ NS = 1_000_000_000
 
 
 class Sample(msgspec.Struct, frozen=True):
-    """One algorithm's state at an event time (ns). Allocation and drawdown are fractions."""
+    """One algorithm's state at an event time (ns). Allocation and drawdown are fractions;
+    ``max_drawdown`` is the core's own (exact, over every event), NaN when unknown."""
 
     ts: int
     algo: str
     equity: float
     allocation: float
     drawdown: float
+    max_drawdown: float = math.nan
 
 
 class Marker(msgspec.Struct, frozen=True):
@@ -404,7 +406,9 @@ def _per_algo(series: dict[str, list[Sample]]) -> str:
     for algo, ss in series.items():
         first, last = ss[0], ss[-1]
         change = (last.equity / first.equity - 1.0) if first.equity else math.nan
-        dds = [s.drawdown for s in ss if math.isfinite(s.drawdown)]
+        # the core's exact maximum when known: samples alone miss the peaks between them
+        exact = [s.max_drawdown for s in ss if math.isfinite(s.max_drawdown)]
+        dds = exact or [s.drawdown for s in ss if math.isfinite(s.drawdown)]
         rows.append(
             [
                 escape(algo),
