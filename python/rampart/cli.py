@@ -435,7 +435,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rampart._core import RampartError
     from rampart.config import ConfigFileError, ns
     from rampart.deployment import load_deployment
-    from rampart.replay import format_timeline, replay
+    from rampart.replay import format_summary, format_timeline, run_replay, summary_entry
 
     try:
         doc = load_deployment(args.deployment)
@@ -449,7 +449,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             engine = config.engine(max_jump=max_jump)
             interval = ns(config.decision_interval)
         with open(args.events, "rb") as f:
-            timeline = replay(
+            result = run_replay(
                 doc,
                 f,
                 engine=engine,
@@ -468,10 +468,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         from rampart.protocol import encoder
 
-        for entry in timeline:
+        for entry in (*result.timeline, summary_entry(result.summary)):
             sys.stdout.write(encoder.encode(entry).decode() + "\n")
     else:
-        print(format_timeline(timeline))
+        if result.timeline:
+            print(format_timeline(result.timeline))
+            print()
+        print(format_summary(result.summary))
     return 0
 
 
