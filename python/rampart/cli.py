@@ -478,6 +478,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from rampart.record import cmd_record as record
+
+    return record(args)
+
+
 def _store_path(args: argparse.Namespace, verb: str) -> str | None:
     """``--db``, else ``<data_dir>/rampart.db`` of the configuration (None: printed why)."""
     from rampart.daemon import STORE_FILE
@@ -725,6 +731,24 @@ def build_parser() -> argparse.ArgumentParser:
         "refused as `future`",
     )
     rp.set_defaults(func=cmd_replay)
+
+    rec = sub.add_parser(
+        "record", help="write the events on the bus to a file `rampart replay` reads (JSON lines)"
+    )
+    rec.add_argument(
+        "subjects",
+        nargs="*",
+        metavar="SUBJECT",
+        help="subjects to record (default: <p>.md.>, <p>.fills.>, <p>.orders.>, <p>.batch.*)",
+    )
+    rec.add_argument("--out", required=True, metavar="FILE", help="the recording (JSON lines)")
+    rec.add_argument("--append", action="store_true", help="add to an existing FILE")
+    rec.add_argument("-c", "--config", help=config_help)
+    rec.add_argument("-s", "--servers", help="comma-separated NATS URLs")
+    rec.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
+    rec.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    rec.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    rec.set_defaults(func=cmd_record)
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
