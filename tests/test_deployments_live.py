@@ -141,7 +141,8 @@ def test_replay_walks_the_canary_and_reports_the_rollback(tmp_path: Path) -> Non
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("transition") == 4 and "completed" in proc.stdout
+    assert proc.stdout.count("  transition ") == 4 and "completed" in proc.stdout
+    assert "transitions 4, breaches 0, rollbacks 0" in proc.stdout  # the summary
 
 
 def test_live_daemon_makes_the_same_decisions_as_replay(

@@ -495,7 +495,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rampart._core import RampartError
     from rampart.config import ConfigFileError, ns
     from rampart.deployment import load_deployment
-    from rampart.replay import format_timeline, replay
+    from rampart.replay import format_summary, format_timeline, run_replay, summary_entry
 
     try:
         doc = load_deployment(args.deployment)
@@ -509,7 +509,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             engine = config.engine(max_jump=max_jump)
             interval = ns(config.decision_interval)
         with open(args.events, "rb") as f:
-            timeline = replay(
+            result = run_replay(
                 doc,
                 f,
                 engine=engine,
@@ -528,11 +528,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         from rampart.protocol import encoder
 
-        for entry in timeline:
+        for entry in (*result.timeline, summary_entry(result.summary)):
             sys.stdout.write(encoder.encode(entry).decode() + "\n")
     else:
-        print(format_timeline(timeline))
+        if result.timeline:
+            print(format_timeline(result.timeline))
+            print()
+        print(format_summary(result.summary))
     return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from rampart.record import cmd_record as record
+
+    return record(args)
 
 
 def _store_path(args: argparse.Namespace, verb: str) -> str | None:
@@ -910,6 +919,24 @@ def build_parser() -> argparse.ArgumentParser:
         "refused as `future`",
     )
     rp.set_defaults(func=cmd_replay)
+
+    rec = sub.add_parser(
+        "record", help="write the events on the bus to a file `rampart replay` reads (JSON lines)"
+    )
+    rec.add_argument(
+        "subjects",
+        nargs="*",
+        metavar="SUBJECT",
+        help="subjects to record (default: <p>.md.>, <p>.fills.>, <p>.orders.>, <p>.batch.*)",
+    )
+    rec.add_argument("--out", required=True, metavar="FILE", help="the recording (JSON lines)")
+    rec.add_argument("--append", action="store_true", help="add to an existing FILE")
+    rec.add_argument("-c", "--config", help=config_help)
+    rec.add_argument("-s", "--servers", help="comma-separated NATS URLs")
+    rec.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
+    rec.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    rec.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    rec.set_defaults(func=cmd_record)
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit.description = (

@@ -911,7 +911,7 @@ class Daemon:
     def _on_rollback(self, algos: tuple[str, ...], trigger: str, actor: str) -> None:
         if self.runner.deployments:
             now = self.engine.now if self.engine.now is not None else self.wall_clock()
-            self._queue(self.runner.on_rollback(algos, f"{actor}:{trigger}", now))
+            self._queue(self.runner.on_rollback(algos, f"{actor}:{trigger}", now, trigger))
 
     def _queue(self, outcomes: list[Outcome]) -> None:
         if outcomes and self.effects is not None and self.failed is None:

@@ -18,6 +18,8 @@ The roles, for subject prefix ``p`` (the table in docs/security.md):
 - ``feed``: publishes market data, nothing else.
 - ``operator``: status and the control verbs; alerts, breaches and connectivity events.
 - ``viewer``: status, alerts and breaches; no control verb.
+- ``recorder``: reads market data, fills, order events and batches (``rampart record``);
+  publishes nothing.
 - ``person-<name>``, one per ``[[control.operators]]`` entry: that person's own NATS login with
   the permissions of ``operator`` (``viewer`` for a viewer). A login key of its own, never the
   key they sign control requests with: a NATS server signs its login nonce with the login key,
@@ -97,6 +99,11 @@ def roles(config: DaemonConfig) -> list[Role]:
         publish=(f"{p}.status.>", "$SRV.PING", "$SRV.INFO", "$SRV.STATS", "$SRV.*.>"),
         subscribe=(f"{p}.alert.>", f"{p}.breach.>"),
     )
+    recorder = Role(
+        "recorder",
+        publish=(),
+        subscribe=(s.market_all, s.fills_all, s.orders_all, s.batch_all),
+    )
     people = [
         Role(
             person_login(op.name),
@@ -105,7 +112,7 @@ def roles(config: DaemonConfig) -> list[Role]:
         )
         for op in config.control.operators
     ]
-    return [daemon, *gateways, feed, operator, viewer, *people]
+    return [daemon, *gateways, feed, operator, viewer, recorder, *people]
 
 
 def _list(subjects: tuple[str, ...]) -> str:
@@ -124,12 +131,14 @@ def authorization(users: list[tuple[Role, str]]) -> str:
     for role, key in users:
         subscribe = (*role.subscribe, f"{role.inbox}.>")
         responses = "\n        allow_responses: true" if role.responses else ""
+        # an empty allow list is no restriction at all for nats-server: deny everything instead
+        publish = f"allow: {_list(role.publish)}" if role.publish else 'deny: [">"]'
         lines += [
             f"    # {role.name} (replies to {role.inbox}.>)",
             "    {",
             f'      nkey: "{key}"',
             "      permissions: {",
-            f"        publish: {{ allow: {_list(role.publish)} }}",
+            f"        publish: {{ {publish} }}",
             f"        subscribe: {{ allow: {_list(subscribe)} }}{responses}",
             "      }",
             "    }",

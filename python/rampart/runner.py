@@ -187,28 +187,34 @@ class DeploymentRunner:
 
     def on_breaches(self, breaches: Iterable[Breach], now: int) -> list[Outcome]:
         """A limit tripped in the core: the deployments trading that algorithm are halted
-        (their rollback is the guard's; the state machine records it)."""
+        (their rollback is the guard's; the state machine records it, with the guard's trigger
+        ``limit:<kind>``)."""
         out = []
         for b in breaches:
             for dep_id, r in self.deployments.items():
                 if r.state.phase in TERMINAL or b.algo_id != r.state.active:
                     continue
-                decision = r.machine.command(r.state, "halt", f"rampart:limit:{b.kind}", now)
+                trigger = f"limit:{b.kind}"
+                decision = r.machine.command(
+                    r.state, "halt", f"rampart:{trigger}", now, trigger=trigger
+                )
                 if decision.refused is None:
                     r.state = decision.state
                     self._apply_local(decision)
                     out.append(Outcome(dep_id, decision, breach=b))
         return out
 
-    def on_rollback(self, algos: Iterable[str], actor: str, now: int) -> list[Outcome]:
+    def on_rollback(
+        self, algos: Iterable[str], actor: str, now: int, trigger: str = "manual"
+    ) -> list[Outcome]:
         """A rollback outside the strategy (a limit, staleness, a person): the deployments
-        trading those algorithms record the halt."""
+        trading those algorithms record the halt, caused by ``trigger`` (the guard's)."""
         out = []
         hit = set(algos)
         for dep_id, r in self.deployments.items():
             if r.state.phase in TERMINAL or r.state.active not in hit:
                 continue
-            decision = r.machine.command(r.state, "halt", actor, now)
+            decision = r.machine.command(r.state, "halt", actor, now, trigger=trigger)
             if decision.refused is None:
                 r.state = decision.state
                 self._apply_local(decision)

@@ -43,7 +43,12 @@ class Machine(Protocol):
 
     def start(self, now: int, actor: str = "rampart") -> Decision: ...
     def step(self, state: DeploymentState, obs: Observation, now: int) -> Decision: ...
-    def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision: ...
+    def command(
+        self, state: DeploymentState, verb: Verb, actor: str, now: int, *, trigger: str = "manual"
+    ) -> Decision:
+        """``trigger``: what a ``halt``'s rollback names as its cause (``manual`` for a person;
+        ``limit:<kind>`` for a core limit breach, a guard trigger for its rollbacks)."""
+        ...
 
 
 def machine_for(doc: Deployment) -> Machine:

@@ -143,14 +143,17 @@ class BlueGreenMachine:
             SetAllocation(algo=self.blue, allocation=1.0, reason="rollback to blue"),
         )
 
-    def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision:
+    def command(
+        self, state: DeploymentState, verb: Verb, actor: str, now: int, *, trigger: str = "manual"
+    ) -> Decision:
         if state.phase in TERMINAL:
             return refuse(state, f"deployment is {state.phase}")
         move = Move(state, now, actor)
         if verb in ("abort", "halt"):
             phase: Phase = "aborted" if verb == "abort" else "rolled_back"
             if state.phase == "monitoring":
-                self._roll_back(move, f"{verb} by {actor}", "manual", None, phase)
+                cause = trigger if verb == "halt" else "manual"
+                self._roll_back(move, f"{verb} by {actor}", cause, None, phase)
             else:
                 move.go(phase, f"{verb} by {actor} before cutover")
                 move.state.standby = None

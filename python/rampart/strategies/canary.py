@@ -161,7 +161,9 @@ class CanaryMachine:
         move.state.outcome = reason
         move.do(RollbackAction(algos=[self.algo], trigger=trigger, reason=reason))
 
-    def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision:
+    def command(
+        self, state: DeploymentState, verb: Verb, actor: str, now: int, *, trigger: str = "manual"
+    ) -> Decision:
         if state.phase in TERMINAL:
             return refuse(state, f"deployment is {state.phase}")
         move = Move(state, now, actor)
@@ -170,7 +172,7 @@ class CanaryMachine:
             return move.decision()
         if verb == "halt":
             move.state.halted = True
-            self.roll_back(move, f"halted by {actor}", "manual", None)
+            self.roll_back(move, f"halted by {actor}", trigger, None)
             return move.decision()
         if verb == "pause":
             move.state.paused = True

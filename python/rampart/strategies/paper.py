@@ -103,11 +103,13 @@ class PaperMachine:
             )
         return move.decision()
 
-    def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision:
+    def command(
+        self, state: DeploymentState, verb: Verb, actor: str, now: int, *, trigger: str = "manual"
+    ) -> Decision:
         if state.phase not in ("paper", "awaiting_approval"):
             if verb == "approve":
                 return refuse(state, f"nothing to approve: the deployment is {state.phase}")
-            return self.canary.command(state, verb, actor, now)
+            return self.canary.command(state, verb, actor, now, trigger=trigger)
         if state.phase in TERMINAL:
             return refuse(state, f"deployment is {state.phase}")
         move = Move(state, now, actor)
@@ -126,4 +128,4 @@ class PaperMachine:
             move.state.outcome = f"aborted by {actor}"
             move.do(SetAllocation(algo=self.algo, allocation=0.0, reason="abort"))
             return move.decision()
-        return self.canary.command(state, verb, actor, now)
+        return self.canary.command(state, verb, actor, now, trigger=trigger)

@@ -94,7 +94,9 @@ class ProgressiveMachine:
             )
         return move.decision()
 
-    def command(self, state: DeploymentState, verb: Verb, actor: str, now: int) -> Decision:
+    def command(
+        self, state: DeploymentState, verb: Verb, actor: str, now: int, *, trigger: str = "manual"
+    ) -> Decision:
         if state.phase in TERMINAL:
             return refuse(state, f"deployment is {state.phase}")
         move = Move(state, now, actor)
@@ -109,7 +111,11 @@ class ProgressiveMachine:
             move.state.halted = verb == "halt"
             move.state.outcome = f"{verb} by {actor}"
             move.do(
-                RollbackAction(algos=[self.algo], trigger="manual", reason=f"{verb} by {actor}")
+                RollbackAction(
+                    algos=[self.algo],
+                    trigger=trigger if verb == "halt" else "manual",
+                    reason=f"{verb} by {actor}",
+                )
             )
             return move.decision()
         if verb == "pause":
