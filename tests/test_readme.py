@@ -113,6 +113,7 @@ def test_the_readme_commands_work_together(tmp_path: Path) -> None:
         assert "rollback SUCCEEDED" in outputs["rollback"], outputs["rollback"]
         assert "local-admin <" in outputs["release"], outputs["release"]
         assert "transition canary" in outputs["replay"], outputs["replay"]
+        assert (tmp_path / "recorded.jsonl").exists(), outputs["record"]
         assert "intact" in outputs["audit"] or "ok" in outputs["audit"].lower(), outputs["audit"]
         assert list((tmp_path / "backups").glob("*.db")), outputs["backup"]
     finally:
