@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
-from support import control, live_config, until
+from support import control, eventually, live_config, until
 
 from rampart._core import SigningKey
 from rampart.config import (
@@ -378,6 +378,15 @@ def test_each_verb_by_each_role_forged_replayed_and_out_of_role_end_to_end(
             await daemon.close()
             daemon = Daemon(config, servers=[server.url])
             await daemon.start()
+
+            async def answers() -> bool:
+                try:
+                    await nc.request(SUBJ.status("algorithms"), b"", timeout=1)
+                except Exception:
+                    return False
+                return True
+
+            await eventually(answers, 20, "the restarted daemon answers")
             subject = SUBJ.control("rollback")
             replayed = await nc.request(subject, replay_body, headers=replay_headers, timeout=10)
             assert b"replayed request" in replayed.data

@@ -65,3 +65,11 @@ def test_a_deployment_says_what_it_is_now() -> None:
     assert "(PaperTrading, promoted to Canary by rita <UAB>)" in promoted and "stage 3" in promoted
     paper = format_deployment(state(strategy="PaperTrading", phase="paper"))
     assert "(PaperTrading)" in paper and "paper since" in paper
+
+
+def test_a_promoted_paper_deployment_is_labelled_as_a_canary_in_the_live_view() -> None:
+    from rampart.status import strategy_label
+
+    assert strategy_label(state(strategy="PaperTrading", phase="paper")) == "PaperTrading"
+    promoted = state(strategy="PaperTrading", phase="canary", approved_by="rita <UAB>")
+    assert strategy_label(promoted) == "PaperTrading->Canary"

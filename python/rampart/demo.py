@@ -43,6 +43,7 @@ from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.gateway.slippage import SpreadCrossing
 from rampart.protocol import Quote, Subjects, encoder
 from rampart.report import Marker, Sample, render_html, write_report
+from rampart.status import strategy_label
 from rampart.store import RollbackRecord
 from rampart.strategies import TERMINAL
 from rampart.strategies.canary import CanaryMachine
@@ -267,7 +268,7 @@ class Demo:
             rows.append(
                 ViewRow(
                     deployment=run.state.deployment_id if run else None,
-                    strategy=run.state.strategy if run else None,
+                    strategy=strategy_label(run.state) if run else None,
                     phase=phase,
                     stage=stage,
                     algo=algo,

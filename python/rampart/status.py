@@ -326,6 +326,14 @@ def format_metrics(rows: Sequence[MetricsRow]) -> str:
     return "\n".join([head, "-" * len(head), *(line(c) for c in cells)])
 
 
+def strategy_label(dep: DeploymentState) -> str:
+    """The deployment's strategy as it is now: a paper deployment approved into its canary
+    stages reads as such, not as paper trading."""
+    if dep.strategy == "PaperTrading" and dep.approved_by is not None:
+        return "PaperTrading->Canary"
+    return dep.strategy
+
+
 def format_deployment(dep: DeploymentState) -> str:
     """One deployment: what it is now (a paper deployment promoted to canary says so), since
     when, with what capital."""
@@ -452,7 +460,7 @@ def view_rows(reply: StatusReply) -> list[ViewRow]:
         rows.append(
             ViewRow(
                 deployment=dep.deployment_id if dep else None,
-                strategy=dep.strategy if dep else None,
+                strategy=strategy_label(dep) if dep else None,
                 phase=dep.phase if dep else None,
                 stage=f"stage {dep.stage + 1}" if dep and dep.strategy != "BlueGreen" else None,
                 algo=a.algo_id,
