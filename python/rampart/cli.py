@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rampart.config import DaemonConfig
     from rampart.deployment import Deployment
 
-ENV_CONFIG = "RAMPART_CONFIG"
+ENV_CONFIG = "RAMPART_CONFIG"  # as rampart.config.ENV_CONFIG (not imported: a fast --help)
 ENV_OPERATOR = "RAMPART_OPERATOR"
 ENV_KEY = "RAMPART_KEY"
 # exit status of a control verb recorded but waiting for a second operator (two-person rule)
@@ -61,10 +61,9 @@ def setup_logging(level: str, as_json: bool) -> None:
 
 
 def _load_config(path: str | None) -> DaemonConfig:
-    from rampart.config import DaemonConfig, load_config
+    from rampart.config import load_config_or_default
 
-    path = path or os.environ.get(ENV_CONFIG)
-    return load_config(path) if path else DaemonConfig()
+    return load_config_or_default(path)
 
 
 # ---- commands -------------------------------------------------------------------------------

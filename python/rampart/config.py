@@ -612,3 +612,13 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         return parse_config(data, suffix=p.suffix.lower())
     except ConfigFileError as e:
         raise ConfigFileError(f"{p}: {e}") from None
+
+
+ENV_CONFIG: Final = "RAMPART_CONFIG"
+
+
+def load_config_or_default(path: str | os.PathLike[str] | None) -> DaemonConfig:
+    """The configuration a command uses: ``path`` (its --config), else ``$RAMPART_CONFIG``,
+    else the defaults."""
+    path = path or os.environ.get(ENV_CONFIG)
+    return load_config(path) if path else DaemonConfig()

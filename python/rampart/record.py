@@ -406,8 +406,7 @@ async def _record(
 
 def cmd_record(args: argparse.Namespace) -> int:
     """``rampart record``: see the module's docstring and docs/events.md, "Recording"."""
-    from rampart.cli import _load_config
-    from rampart.config import ConfigFileError
+    from rampart.config import ConfigFileError, load_config_or_default
 
     if args.duration is not None and not args.duration > 0:
         print("rampart record: --duration must be > 0 seconds", file=sys.stderr)
@@ -416,7 +415,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         print("rampart record: --count must be > 0", file=sys.stderr)
         return 2
     try:
-        config = _load_config(args.config)
+        config = load_config_or_default(args.config)
         subj = Subjects(args.prefix or config.subject_prefix)
     except (ConfigFileError, ValueError, OSError) as e:
         print(f"rampart record: {e}", file=sys.stderr)
