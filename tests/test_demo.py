@@ -62,6 +62,18 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, seed: int) -> None:
     assert "canary stage Micro" in printed and "\x1b[" not in printed
 
 
+def test_the_promotion_line_says_how_long_paper_trading_took() -> None:
+    """Paper trading lasts the minimum duration or longer (until the criteria hold): the story
+    says which, not "after 7 days" for a build promoted on day 8.5."""
+    from rampart.demo import SEC, _duration
+
+    day = 86_400 * SEC
+    assert _duration(7 * day) == "7 days"
+    assert _duration(7 * day + 30 * SEC) == "7 days"
+    assert _duration(8 * day + day // 2) == "8 days 12 h"
+    assert _duration(day + 3_600 * SEC) == "1 day 1 h"
+
+
 def test_demo_refuses_a_missing_data_file(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "rampart", "demo", "--data", str(tmp_path / "nope.csv")],

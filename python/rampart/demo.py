@@ -465,8 +465,11 @@ class Demo:
         run = daemon.runner.deployments[dep_id]
         if phase == "awaiting_approval":
             s = daemon.engine.snapshot(run.state.active)
+            # the paper trading it took: the criteria are checked from the minimum duration on,
+            # and a build that misses them then keeps paper trading until they hold
+            took = _duration(run.state.phase_started_at - run.state.started_at)
             self.say(
-                f"promotion criteria met after 7 days: Sharpe {s.sharpe:.2f}, max DD "
+                f"promotion criteria met after {took}: Sharpe {s.sharpe:.2f}, max DD "
                 f"{s.max_drawdown:.2%}, win rate {s.win_rate:.0%}, {s.trades} trades",
                 "promotion",
             )
@@ -527,6 +530,13 @@ class Demo:
         if rollback is not None:
             out.append(("rollback", f"{rollback.trigger}: {rollback.reason} ({rollback.state})"))
         return out
+
+
+def _duration(ns: int) -> str:
+    """An event-time span in whole days and hours: ``7 days``, ``8 days 12 h``, ``1 day``."""
+    days, hours = divmod(round(ns / (3600 * SEC)), 24)
+    text = f"{days} day{'' if days == 1 else 's'}"
+    return f"{text} {hours} h" if hours else text
 
 
 def _steps(r: RollbackRecord | None) -> list[tuple[str, float, float]]:
