@@ -178,7 +178,7 @@ def _validate_one(path: Path) -> tuple[str, object]:
 
     if path.suffix.lower() != ".json":
         cfg = load_config(path)
-        return f"daemon configuration, {len(cfg.algorithms)} algorithms", cfg
+        return _config_summary(cfg), cfg
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -199,7 +199,12 @@ def _validate_one(path: Path) -> tuple[str, object]:
         cfg = parse_config(data, suffix=".json")
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    return f"daemon configuration, {len(cfg.algorithms)} algorithms", cfg
+    return _config_summary(cfg), cfg
+
+
+def _config_summary(cfg: DaemonConfig) -> str:
+    n = len(cfg.algorithms)
+    return f"daemon configuration, {n} algorithm{'' if n == 1 else 's'}"
 
 
 def _ungoverned(name: str, deployment: Deployment, config_name: str, config: DaemonConfig) -> str:
