@@ -284,8 +284,13 @@ class Demo:
             )
         return rows
 
+    def phase(self, name: str) -> None:
+        """The report's panels: a phase starts here (the report plots each on its own axis)."""
+        self.markers.append(Marker(ts=self.now, kind="phase", text=name))
+
     def sample(self, daemon: Daemon, rows: list[ViewRow]) -> None:
         for r in rows:
+            snap = daemon.engine.snapshot(r.algo)
             self.samples.append(
                 Sample(
                     ts=self.now,
@@ -293,7 +298,8 @@ class Demo:
                     equity=r.equity,
                     allocation=r.allocation or 0.0,
                     drawdown=r.drawdown,
-                    max_drawdown=daemon.engine.snapshot(r.algo).max_drawdown,
+                    max_drawdown=snap.max_drawdown,
+                    capital=snap.capital,
                 )
             )
 
@@ -394,6 +400,7 @@ class Demo:
         await feed.flush()
         while daemon.engine.now is None:
             await asyncio.sleep(0.001)
+        self.phase("paper trading (simulated capital)")
         await self.deploy(daemon, paper, "alice@quant")
         self.say(f"paper trading {GOOD} on 1,000,000 simulated; promotion needs 7 days", "stage")
         seen: set[tuple[str, str, int]] = set()
@@ -420,8 +427,10 @@ class Demo:
                 decision = await daemon.command(paper.deployment_id, "approve", "risk@desk")
                 if decision.refused is None:
                     self.say("risk manager risk@desk approved: promoted to canary", "approval")
+                    self.phase("canary: 1% to 100% of capital")
             if p is not None and p.phase == "completed" and not upgraded:
                 upgraded = True
+                self.phase("blue/green upgrade")
                 await self.deploy(daemon, upgrade, "alice@quant")
                 self.say(f"blue/green upgrade: {FAULTY} deployed at 0% beside {GOOD}", "stage")
             u = runs.get(upgrade.deployment_id)
@@ -435,7 +444,7 @@ class Demo:
                 over_at = i
             if finish_at is None and (upgrade_over or paper_failed) and recorded:
                 finish_at = self.now + 60 * QUOTE_SPACING_NS
-            if i % 20 == 0:
+            if i % 20 == 0 or upgraded:  # every quote once the upgrade is out: minutes matter
                 rows = self.rows(daemon)
                 self.sample(daemon, rows)
                 self.view.update(rows, [], fmt_ts(self.now))
