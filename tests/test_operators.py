@@ -31,8 +31,8 @@ from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.operators import (
     PER_KEY_CAP,
-    RANK,
     ROLE_FOR,
+    ROLE_RANK,
     ControlAuth,
     Identity,
     Pending,
@@ -273,7 +273,7 @@ def test_property_every_admitted_request_is_fresh_unseen_and_in_role(
         assert msg[1] not in seen, "a request admitted twice"
         seen.add(msg[1])
         assert abs(ctl.ts - clock.now) <= 30 * S and ctl.ts >= T0
-        assert RANK[who.role] >= RANK[ROLE_FOR[verb]]
+        assert ROLE_RANK[who.role] >= ROLE_RANK[ROLE_FOR[verb]]
         last = msg
 
 
@@ -346,7 +346,7 @@ def test_each_verb_by_each_role_forged_replayed_and_out_of_role_end_to_end(
                     target = "alpha" if verb in ("rollback", "release") else "no-such-deployment"
                     reply = await control(nc, None, verb, target, key=KEYS[name], reason="matrix")
                     refused = "needs the role" in (reply.error or "")
-                    should = RANK[ROLE_OF[name]] < RANK[ROLE_FOR[verb]]
+                    should = ROLE_RANK[ROLE_OF[name]] < ROLE_RANK[ROLE_FOR[verb]]
                     if refused != should:
                         wrong.append(f"{name} ({ROLE_OF[name]}) {verb}: {reply}")
                     if not refused:

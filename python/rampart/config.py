@@ -17,7 +17,7 @@ import msgspec
 
 from rampart._core import AlgoConfig, ConfigError, Engine, RampartError, is_public_key
 from rampart.jsonpos import describe as describe_json_error
-from rampart.protocol import DEFAULT_PREFIX, Subjects
+from rampart.protocol import DEFAULT_PREFIX, ControlVerb, Subjects
 from rampart.tokens import is_subject, is_token
 
 NS_PER_SECOND: Final = 1_000_000_000
@@ -278,6 +278,24 @@ class SigningConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 OperatorRole = Literal["viewer", "operator", "risk_manager", "admin"]
+ROLE_RANK: Final[dict[OperatorRole, int]] = {
+    "viewer": 0,
+    "operator": 1,
+    "risk_manager": 2,
+    "admin": 3,
+}
+# The least role that may use each control verb. A viewer reads status and nothing else.
+ROLE_FOR: Final[dict[ControlVerb, OperatorRole]] = {
+    "rollback": "operator",
+    "halt": "operator",
+    "release": "operator",
+    "deploy": "operator",
+    "promote": "operator",
+    "pause": "operator",
+    "resume": "operator",
+    "abort": "operator",
+    "approve": "risk_manager",
+}
 # The verbs a second, distinct operator key may be required for (never rollback or halt: an
 # emergency stop does not wait for a second person).
 TwoPersonVerb = Literal["release", "approve", "deploy", "promote", "resume"]
@@ -556,9 +574,8 @@ def _check_control(c: ControlConfig) -> None:
             f"`$.control.two_person_window` must be > 0, got {c.two_person_window}"
         )
     for verb in c.two_person:
-        need = "risk_manager" if verb == "approve" else "operator"
-        rank = {"viewer": 0, "operator": 1, "risk_manager": 2, "admin": 3}
-        able = [op for op in c.operators if rank[op.role] >= rank[need]]
+        need = ROLE_FOR[verb]
+        able = [op for op in c.operators if ROLE_RANK[op.role] >= ROLE_RANK[need]]
         if len(able) < 2:
             raise ConfigFileError(
                 f"`$.control.two_person` has `{verb}`, which needs two configured operators "

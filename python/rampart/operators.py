@@ -29,7 +29,15 @@ from typing import Final, Literal
 import msgspec
 
 from rampart._core import SigningKey
-from rampart.config import LOCAL_ADMIN, ControlConfig, DaemonConfig, OperatorRole, ns
+from rampart.config import (
+    LOCAL_ADMIN,
+    ROLE_FOR,
+    ROLE_RANK,
+    ControlConfig,
+    DaemonConfig,
+    OperatorRole,
+    ns,
+)
 from rampart.protocol import ControlRequest, ControlVerb, control_request_decoder, encoder
 from rampart.signing import (
     KEY_DIR,
@@ -44,6 +52,7 @@ from rampart.signing import (
 __all__ = [
     "LOCAL_ADMIN_FILE",
     "ROLE_FOR",
+    "ROLE_RANK",
     "ControlAuth",
     "Identity",
     "NoOperatorKeyError",
@@ -55,19 +64,6 @@ __all__ = [
 ]
 
 LOCAL_ADMIN_FILE: Final = "local-admin.nk"
-RANK: Final[dict[OperatorRole, int]] = {"viewer": 0, "operator": 1, "risk_manager": 2, "admin": 3}
-# The least role that may use each verb. A viewer reads status and nothing else.
-ROLE_FOR: Final[dict[ControlVerb, OperatorRole]] = {
-    "rollback": "operator",
-    "halt": "operator",
-    "release": "operator",
-    "deploy": "operator",
-    "promote": "operator",
-    "pause": "operator",
-    "resume": "operator",
-    "abort": "operator",
-    "approve": "risk_manager",
-}
 NONCE_MIN: Final = 16
 NONCE_MAX: Final = 64
 # Requests one key may have admitted within the replay window; more are refused (never is a
@@ -116,7 +112,7 @@ class Identity:
         return f"{self.name} <{self.key}>"
 
     def may(self, verb: ControlVerb) -> bool:
-        return RANK[self.role] >= RANK[ROLE_FOR[verb]]
+        return ROLE_RANK[self.role] >= ROLE_RANK[ROLE_FOR[verb]]
 
 
 @dataclass(frozen=True)
