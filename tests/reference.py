@@ -752,6 +752,31 @@ class ReferenceEngine:
         a = self._algo(algo_id)
         a.stage_mark = self._equity(a)
 
+    def new_measurement(self, algo_id: str, ts: int) -> None:
+        """docs/metrics.md "A new measurement": equity restarts at C, positions held on at their
+        marks, the PnL-derived state restarts, the orders' state is kept."""
+        a = self._algo(algo_id)
+        self._check_ts(ts)
+        t = self._tick(ts)
+        self._roll(a, t)
+        for symbol, pos in a.positions.items():
+            if pos.qty != 0.0:
+                # "held on as if opened at its current mark"
+                pos.avg_cost = self._marks[symbol]
+                pos.trade = _Trade()
+            pos.realized = 0.0
+        a.realized = a.fees = a.abs_flow = 0.0
+        a.peak = a.session_start = a.stage_mark = a.period_start = a.capital
+        a.period_start_scale = a.capital
+        a.max_drawdown = 0.0
+        a.returns.clear()
+        a.noise.clear()
+        a.recent_returns.clear()
+        a.trades = a.wins = a.near_zero_trades = 0
+        for kind in ("daily_loss", "drawdown"):
+            a.limits[kind].latched = False
+            a.limits[kind].streak = 0
+
     def reset_breaches(self, algo_id: str) -> None:
         a = self._algo(algo_id)
         for limit in a.limits.values():

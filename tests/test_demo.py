@@ -57,9 +57,63 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path, seed: int) -> None:
     assert len(summary_dds) == 2
     for dd in summary_dds:
         assert f">{dd}<" in html, (dd, summary_dds)
+    # numbers a quant would believe: the promotion's Sharpe with its standard error and sample
+    # (a week of hourly returns: +-7), and the canary measured on its own capital (the paper
+    # PnL carried into 1% of the capital made its drawdown 20%+ and its Sharpe 35-57)
+    promo = next(line for line in result.story if line.startswith("promotion criteria met"))
+    m = re.search(r"Sharpe (-?[0-9.]+) ± ([0-9.]+) \((\d+) h\)", promo)
+    assert m is not None, promo
+    sharpe, se, hours = float(m[1]), float(m[2]), int(m[3])
+    assert 1.5 <= sharpe < 20 and hours >= 7 * 24 and 3 < se < 8, promo
+    good = [smp for smp in result.samples if smp.algo == "momentum-v2.1.0"]
+    assert good and max(smp.max_drawdown for smp in good) < 0.05
+    (kept,) = re.findall(r"momentum-v2\.1\.0</td><td[^>]*>equity ([0-9,.]+), max DD", html)
+    assert 0.95 < float(kept.replace(",", "")) / 1_000_000 < 1.05, kept
     # plain mode printed one line per event, no terminal escapes
     printed = out.getvalue()
     assert "canary stage Micro" in printed and "\x1b[" not in printed
+
+
+def test_the_synthetic_market_gives_the_good_build_a_believable_sharpe() -> None:
+    """Months of the demo's market, traded by the good build's momentum rule with the demo's
+    spread and commission, measured by the core: a Sharpe ratio a real intraday strategy could
+    have (1.5-5), not the 37-57 of the old market's 10%-a-day trends."""
+    from rampart._core import AlgoConfig, Engine
+    from rampart.demo import START_NS, synthetic_market
+    from rampart.gateway.reference import Momentum
+
+    days = 90
+    sharpes = []
+    for seed in (1, 2, 3):
+        engine = Engine()
+        engine.register(AlgoConfig("good", "2.1.0", 1_000_000.0, sharpe_window=days * 24))
+        rule, held = Momentum(lot=20, lookback=15, threshold=4.0), 0.0
+        for _, (ts, bid, ask) in zip(range(days * 1440), synthetic_market(seed), strict=False):
+            engine.quote("ESZ5", bid, ask, ts)
+            want = rule.target((bid + ask) / 2)
+            if want != held:
+                price = ask if want > held else bid  # crossing the spread, as the demo's venue
+                qty = want - held
+                engine.fill("good", "ESZ5", qty, price, abs(qty) * price * 0.00002, ts)
+                held = want
+        engine.advance(START_NS + days * 86_400 * 10**9)
+        s = engine.snapshot("good")
+        assert s.returns_count == days * 24 and s.sharpe is not None
+        sharpes.append(s.sharpe)
+    mean = sum(sharpes) / len(sharpes)
+    assert 1.5 <= mean <= 5, sharpes
+
+
+def test_a_sharpe_is_shown_with_its_standard_error() -> None:
+    from rampart.demo import sharpe_text
+    from rampart.view import sharpe_standard_error
+
+    # a week of hourly returns: sqrt(8760 / 168) = 7.2 (plus a hair for the Sharpe itself)
+    assert sharpe_text(4.15, 168, 8760.0) == "4.15 ± 7.2 (168 h)"
+    assert sharpe_text(None, 5, 8760.0) == "- (5 h)"
+    se = sharpe_standard_error(3.0, 8760, 8760.0)
+    assert se is not None and 1.0 < se < 1.01
+    assert sharpe_standard_error(3.0, 1, 8760.0) is None
 
 
 def test_the_promotion_line_says_how_long_paper_trading_took() -> None:

@@ -66,6 +66,7 @@ class EngineLike(Protocol):
     def order_cancelled(self, algo_id: str, ts: int) -> Result: ...
     def set_capital(self, algo_id: str, capital: float, ts: int) -> Result: ...
     def mark_stage(self, algo_id: str) -> None: ...
+    def new_measurement(self, algo_id: str, ts: int) -> None: ...
     def reset_breaches(self, algo_id: str) -> None: ...
     def advance(self, ts: int) -> None: ...
     def snapshot(self, algo_id: str) -> SnapshotLike: ...
@@ -135,6 +136,12 @@ class Reset:
 
 
 @dataclass(frozen=True)
+class NewMeasurement:
+    algo: str
+    dt: int
+
+
+@dataclass(frozen=True)
 class Advance:
     dt: int
 
@@ -175,6 +182,7 @@ BAD_KINDS = (
     "old_order",
     "old_ack",
     "old_capital",
+    "old_measurement",
 )
 
 
@@ -185,7 +193,19 @@ class Bad:
     back: int  # how far beyond the tolerance an "old_*" event is
 
 
-Op = Quote | Mark | Fill | Order | SetCapital | MarkStage | Reset | Advance | Look | Bad
+Op = (
+    Quote
+    | Mark
+    | Fill
+    | Order
+    | SetCapital
+    | MarkStage
+    | Reset
+    | NewMeasurement
+    | Advance
+    | Look
+    | Bad
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,6 +262,7 @@ ops: st.SearchStrategy[Op] = _weighted(
     ),
     (1, st.builds(MarkStage, algos)),
     (1, st.builds(Reset, algos)),
+    (1, st.builds(NewMeasurement, algos, dts)),
     (1, st.builds(Advance, dts)),
     (1, st.builds(Look, algos)),
     (2, st.builds(Bad, st.sampled_from(BAD_KINDS), algos, st.integers(1, 10**10))),
@@ -319,6 +340,9 @@ def apply(op: Op, engine: EngineLike, ts: int) -> Result:
         case Reset(algo):
             engine.reset_breaches(algo)
             return None
+        case NewMeasurement(algo, _):
+            engine.new_measurement(algo, ts)
+            return None
         case Advance(_):
             engine.advance(ts)
             return None
@@ -344,6 +368,7 @@ def bad_call(bad: Bad, now: int | None, tolerance: int) -> tuple[BadCall, type[E
             "old_order": lambda e: e.order_submitted(a, old),
             "old_ack": lambda e: e.order_acked(a, 10, old),
             "old_capital": lambda e: e.set_capital(a, 5_000.0, old),
+            "old_measurement": lambda e: e.new_measurement(a, old),
         }
         return old_calls[bad.kind], OutOfOrderError
     calls: dict[str, tuple[BadCall, type[Exception]]] = {
@@ -775,6 +800,8 @@ def random_op(rng: random.Random, prices: dict[str, float]) -> Op:
         return MarkStage(algo)
     if u < 0.92:
         return Reset(algo)
+    if u < 0.93:
+        return NewMeasurement(algo, dt)
     if u < 0.95:
         return Advance(dt)
     if u < 0.97:

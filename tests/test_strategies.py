@@ -25,6 +25,7 @@ from rampart.strategies.base import (
     Activate,
     Complete,
     Decommission,
+    NewMeasurement,
     RequestApproval,
     RollbackAction,
     SetAllocation,
@@ -125,6 +126,41 @@ def test_paper_promotes_to_the_first_canary_stage_only_with_approval() -> None:
     assert isinstance(alloc, SetAllocation)
     assert (alloc.allocation, alloc.capital) == (0.01, 1_000_000)
     assert promoted.transitions[0].actor == "risk@desk"
+    # and the canary is measured on its real capital: a new measurement after the capital change
+    assert kinds(promoted)[-1] == "NewMeasurement"
+    assert isinstance(promoted.actions[-1], NewMeasurement) and promoted.actions[-1].algo == algo
+
+
+def test_promotion_measures_the_canary_on_its_capital_not_on_the_paper_pnl() -> None:
+    """Paper trading on 1,000,000 ends 0.5% below its peak; the canary gets 1% of the real
+    capital. As a cash flow the paper drawdown in money would be 20%+ of the canary's 10,000
+    (its 5% drawdown limit would trip at once); the new measurement starts it at 10,000."""
+    from rampart._core import AlgoConfig, Engine
+    from rampart.runner import DeploymentRunner
+
+    doc = load("paper-trading.json")
+    algo = doc.algorithm_id
+    engine = Engine()
+    engine.register(AlgoConfig(algo, algo, 1_000_000.0, max_drawdown=0.05))
+    engine.quote("ES", 100.0, 100.0, T0)
+    runner = DeploymentRunner(engine)
+    runner.deploy(doc, T0, "alice")
+    engine.fill(algo, "ES", 1_000.0, 100.0, 2.0, T0 + S)
+    engine.quote("ES", 110.0, 110.0, T0 + H)
+    engine.quote("ES", 105.0, 105.0, T0 + 2 * H)  # 0.5% below the peak
+    paper_dd = engine.snapshot(algo).drawdown
+    assert 0.004 < paper_dd < 0.006
+    run = runner.deployments[doc.deployment_id]
+    run.state.phase = "awaiting_approval"  # the criteria held (tested above)
+    outcome = runner.command(doc.deployment_id, "approve", "risk@desk", T0 + 3 * H)
+    assert outcome.decision.refused is None and outcome.decision.state.phase == "canary"
+    s = engine.snapshot(algo)
+    assert (s.capital, s.equity, s.peak_equity) == (10_000.0, 10_000.0, 10_000.0)
+    assert (s.drawdown, s.max_drawdown, s.trades, s.breached) == (0.0, 0.0, 0, [])
+    assert s.positions[0].avg_cost == 105.0, "the position is held on at its mark"
+    # from here the canary's own PnL: a 1% move of the held position is 10% of 10,000
+    assert engine.quote("ES", 106.0, 106.0, T0 + 3 * H + S) is None
+    assert engine.snapshot(algo).equity == 11_000.0
 
 
 def test_paper_seven_days_run_in_event_time() -> None:

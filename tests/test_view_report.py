@@ -446,6 +446,31 @@ def test_report_tables() -> None:
     assert fmt_utc(T0 + 450 * S + 840_000) in text
 
 
+def test_report_tables_keep_measurements_apart() -> None:
+    """A promotion restarts the measurement on real capital: the paper trading's numbers and
+    the canary's are two rows, never one "change" from simulated to real equity."""
+    samples = [
+        Sample(T0, "a", 1_000_000.0, 1.0, 0.0, 0.0, 1_000_000.0, "paper trading"),
+        Sample(T0 + S, "a", 1_004_000.0, 1.0, 0.005, 0.007, 1_000_000.0, "paper trading"),
+        Sample(T0 + 2 * S, "a", 10_000.0, 0.01, 0.0, 0.0, 10_000.0),
+        Sample(T0 + 3 * S, "a", 10_100.0, 0.01, 0.001, 0.002, 10_000.0),
+    ]
+    html = render_html(samples, [], title="t", summary=[], rollback_steps=[])
+    cells = [t.strip() for t in check_html(html).text if t.strip()]
+    a = cells.index("Algorithms")
+    p = cells.index("a (paper trading)", a)
+    assert cells[p : p + 6] == [
+        "a (paper trading)",
+        "2",
+        "1,000,000.00",
+        "1,004,000.00",
+        "0.40%",
+        "0.70%",
+    ]
+    r = cells.index("a", a)
+    assert cells[r : r + 6] == ["a", "2", "10,000.00", "10,100.00", "1.00%", "0.20%"]
+
+
 def test_report_empty_inputs() -> None:
     html = render_html([], [], title="empty", summary=[], rollback_steps=[])
     parser = check_html(html)

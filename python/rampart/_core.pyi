@@ -260,6 +260,11 @@ class Engine:
     # --- control ---
     def set_capital(self, algo_id: str, capital: float, ts: int) -> list[Breach] | None: ...
     def mark_stage(self, algo_id: str) -> None: ...
+    def new_measurement(self, algo_id: str, ts: int) -> None:
+        """Start a new measurement at the current capital (paper trading promoted to real
+        capital): equity restarts at the capital; positions are held on at their marks; realized
+        PnL, fees, peak, max drawdown, session/stage/period references, returns and trades
+        restart; order counts and windows are kept (docs/metrics.md)."""
     def reset_breaches(self, algo_id: str) -> None: ...
     def advance(self, ts: int) -> None:
         """Move the engine clock to ``ts`` and roll every algorithm's periods and session to it."""

@@ -201,8 +201,8 @@ def split_actions(
     """A decision's actions as (reductions, increases, notices), each in its order: a rollback,
     an allocation to 0, a standby or a decommission reduces; any other allocation and an
     activation may increase, so they are sent only once the reductions are acked (a cutover
-    takes blue's capital before green gets it). Engine-side actions (``MarkStage``) are left out:
-    the runner applies them."""
+    takes blue's capital before green gets it). Engine-side actions (``MarkStage``,
+    ``NewMeasurement``) are left out: the runner applies them."""
     reductions: list[Reduction] = []
     increases: list[Increase] = []
     notices: list[Notice] = []

@@ -36,7 +36,10 @@ class Sample(msgspec.Struct, frozen=True):
     """One algorithm's state at an event time (ns). Allocation and drawdown are fractions;
     ``max_drawdown`` is the core's own (exact, over every event), NaN when unknown. ``capital``
     is the capital allocated to it (the core's): PnL is ``equity - capital``; when it is NaN the
-    report plots the change in equity since the algorithm's first sample instead."""
+    report plots the change in equity since the algorithm's first sample instead.
+    ``measurement`` names the measurement the sample belongs to when an algorithm has more than
+    one (``"paper trading"`` before a promotion restarts it on real capital): the algorithms
+    table has a row per algorithm and measurement."""
 
     ts: int
     algo: str
@@ -45,6 +48,7 @@ class Sample(msgspec.Struct, frozen=True):
     drawdown: float
     max_drawdown: float = math.nan
     capital: float = math.nan
+    measurement: str = ""
 
 
 class Marker(msgspec.Struct, frozen=True):
@@ -694,8 +698,14 @@ def _money(v: float) -> str:
 
 
 def _per_algo(series: dict[str, list[Sample]], pnl: Callable[[Sample], float]) -> str:
+    # one row per algorithm and measurement: numbers of two measurements never mix
+    measured: dict[str, list[Sample]] = {}
+    for algo, samples in series.items():
+        for smp in samples:
+            key = f"{algo} ({smp.measurement})" if smp.measurement else algo
+            measured.setdefault(key, []).append(smp)
     rows = []
-    for algo, ss in series.items():
+    for algo, ss in measured.items():
         first, last = ss[0], ss[-1]
         change = (last.equity / first.equity - 1.0) if first.equity else math.nan
         # the core's exact maximum when known: samples alone miss the peaks between them

@@ -31,7 +31,7 @@ from rampart.strategies import (
     Verb,
     machine_for,
 )
-from rampart.strategies.base import MarkStage, RollbackAction, SetAllocation
+from rampart.strategies.base import MarkStage, NewMeasurement, RollbackAction, SetAllocation
 
 DEFAULT_DECISION_INTERVAL_NS = 1_000_000_000
 
@@ -235,11 +235,13 @@ class DeploymentRunner:
     # ---- engine-side effects ------------------------------------------------------------------
 
     def _apply_local(self, decision: Decision) -> None:
-        """Effects on the engine itself, applied at once so live and replay agree: stage marks
-        and the capital each algorithm is measured against."""
+        """Effects on the engine itself, applied at once so live and replay agree: stage marks,
+        the capital each algorithm is measured against, and a new measurement."""
         for action in decision.actions:
             if isinstance(action, MarkStage):
                 self.engine.mark_stage(action.algo)
+            elif isinstance(action, NewMeasurement) and self.engine.now is not None:
+                self.engine.new_measurement(action.algo, self.engine.now)
             elif isinstance(action, SetAllocation) and action.allocation > 0:
                 base = action.capital
                 if base is None:

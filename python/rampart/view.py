@@ -68,6 +68,20 @@ class ViewRow(msgspec.Struct, frozen=True, kw_only=True):
     error_rate: float | None
     latency_p99_ms: float | None
     halted: bool
+    # the Sharpe ratio's standard error (``sharpe_standard_error``), when the caller knows it
+    sharpe_se: float | None = None
+
+
+def sharpe_standard_error(
+    sharpe: float | None, returns: int, periods_per_year: float
+) -> float | None:
+    """The standard error of an annualized Sharpe ratio estimated from ``returns`` returns
+    (Lo, 2002, for independent returns: ``sqrt((1 + s^2 / 2) / n)`` per period, annualized).
+    A week of hourly returns gives about 7: a week's Sharpe of 4 is "somewhere from -3 to 11"."""
+    if sharpe is None or not math.isfinite(sharpe) or returns < 2:
+        return None
+    per_period = sharpe / math.sqrt(periods_per_year)
+    return math.sqrt((1 + per_period**2 / 2) / returns * periods_per_year)
 
 
 # --- number formatting (shared by the table and the plain lines) ------------------------------
@@ -96,10 +110,11 @@ def _money(v: float) -> str:
     return f"{v / 1e6:,.1f}M"
 
 
-def _sharpe(v: float | None) -> str:
+def _sharpe(v: float | None, se: float | None = None) -> str:
     if v is None:
         return DASH
-    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+    text = f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+    return text if se is None else f"{text} ±{se:.1f}"
 
 
 def _ms(v: float | None) -> str:
@@ -152,7 +167,7 @@ def _num_cells(row: ViewRow) -> tuple[str, ...]:
         _alloc(row.allocation),
         _money(row.equity),
         _pct(row.drawdown),
-        _sharpe(row.sharpe),
+        _sharpe(row.sharpe, row.sharpe_se),
         _pct(row.win_rate),
         _pct(row.error_rate),
         _ms(row.latency_p99_ms),
@@ -314,7 +329,7 @@ def plain_rows(rows: Sequence[ViewRow]) -> list[str]:
         out.append(
             f"{r.algo} [{where}]{flag} alloc {_unit(_alloc(r.allocation), '%')} "
             f"equity {_money(r.equity)} dd {_unit(_pct(r.drawdown), '%')} "
-            f"sharpe {_sharpe(r.sharpe)} win {_unit(_pct(r.win_rate), '%')} "
+            f"sharpe {_sharpe(r.sharpe, r.sharpe_se)} win {_unit(_pct(r.win_rate), '%')} "
             f"rej {_unit(_pct(r.error_rate), '%')} p99 {_unit(_ms(r.latency_p99_ms), 'ms')}"
         )
     return out

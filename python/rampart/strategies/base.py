@@ -98,6 +98,13 @@ class MarkStage(_Action, frozen=True, kw_only=True, tag="mark_stage"):
     algo: str
 
 
+class NewMeasurement(_Action, frozen=True, kw_only=True, tag="new_measurement"):
+    """Measure ``algo`` afresh from its current capital (paper trading promoted to real
+    capital: the simulated PnL is not the canary's; docs/metrics.md "A new measurement")."""
+
+    algo: str
+
+
 class RequestApproval(_Action, frozen=True, kw_only=True, tag="request_approval"):
     """Ask a risk manager (``approve``) or an operator (``promote``) to let the deployment on."""
 
@@ -123,6 +130,7 @@ Action = (
     | Standby
     | Decommission
     | MarkStage
+    | NewMeasurement
     | RequestApproval
     | RollbackAction
     | Complete

@@ -17,6 +17,7 @@ from rampart.strategies.base import (
     DeploymentState,
     Metrics,
     Move,
+    NewMeasurement,
     Observation,
     RequestApproval,
     SetAllocation,
@@ -120,6 +121,13 @@ class PaperMachine:
                 return refuse(state, "the promotion criteria do not hold yet: nothing to approve")
             move.state.approved_by = actor
             self.canary.enter_stage(move, 0, f"approved by {actor}: promoted to canary", None)
+            # the canary is measured on its real capital from here, not on the paper PnL
+            move.do(
+                NewMeasurement(
+                    algo=self.algo,
+                    reason="promoted from paper trading: measured on real capital from here",
+                )
+            )
             return move.decision()
         if verb == "promote":
             return refuse(state, "paper trading is promoted by a risk manager's approve")

@@ -384,6 +384,36 @@ impl AlgoState {
         self.period_start_equity += delta;
     }
 
+    /// A new measurement at the current capital (paper trading promoted to real capital): the
+    /// PnL so far was not made on this capital, so equity restarts at it. Positions are held on
+    /// at `marks[i]` (the mark of `positions[i]`); realized PnL, fees, peak, max drawdown, the
+    /// session, stage and period references, the return window and the trade counts restart;
+    /// the equity limits' debounce and latches are cleared. Order counts and windows (the
+    /// gateway's health, not the PnL's) are kept. The caller rolls the periods to the clock
+    /// first.
+    pub fn new_measurement(&mut self, marks: &[Option<f64>]) {
+        debug_assert_eq!(marks.len(), self.positions.len());
+        for (p, &m) in self.positions.iter_mut().zip(marks) {
+            p.rebase(m);
+        }
+        let c = self.config.capital;
+        self.realized = 0.0;
+        self.fees = 0.0;
+        self.unrealized = 0.0;
+        self.unrealized_updates = 0;
+        self.peak = c;
+        self.max_drawdown = 0.0;
+        self.session_start_equity = c;
+        self.stage_mark_equity = c;
+        self.period_start_equity = c;
+        self.returns = RollingStats::new(self.config.sharpe_window);
+        self.returns_total = 0;
+        self.trades = 0;
+        self.wins = 0;
+        self.limit_state[BreachKind::DailyLoss.index()] = LimitState::default();
+        self.limit_state[BreachKind::Drawdown.index()] = LimitState::default();
+    }
+
     /// Raise the peak and the max drawdown to the current equity; returns the drawdown.
     fn track_peak(&mut self) -> f64 {
         let e = self.equity();

@@ -1258,6 +1258,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Start a new measurement of the algorithm at its current capital (docs/metrics.md, "A new
+    /// measurement"): equity restarts at the capital, positions are held on at their marks.
+    pub fn new_measurement(&mut self, algo_id: &str, ts: i64) -> Result<()> {
+        let slot = self.slot(algo_id)?;
+        self.check_time(ts)?;
+        let t = self.tick(ts);
+        let algo = self.algo(slot);
+        let marks: Vec<Option<f64>> = algo
+            .positions
+            .iter()
+            .map(|p| self.symbols[p.symbol as usize].mark)
+            .collect();
+        let algo = self.algo_mut(slot);
+        algo.roll(t);
+        algo.new_measurement(&marks);
+        Ok(())
+    }
+
     /// Unlatch every limit of the algorithm (after a rollback has been handled).
     pub fn reset_breaches(&mut self, algo_id: &str) -> Result<()> {
         let slot = self.slot(algo_id)?;

@@ -16,7 +16,8 @@ pub struct Position {
     pub symbol: u32,
     pub qty: f64,
     pub avg_cost: f64,
-    /// Realized PnL of this symbol (gross of fees), since registration.
+    /// Realized PnL of this symbol (gross of fees), since registration or the last new
+    /// measurement.
     pub realized: f64,
     /// qty x (mark - avg_cost), kept in step with the symbol's mark.
     pub unrealized: f64,
@@ -119,6 +120,21 @@ impl Position {
         ]
         .into_iter()
         .find_map(|(name, v)| (!v.is_finite()).then_some(name))
+    }
+
+    /// A new measurement: the position is held on at `mark` as if just opened there (its
+    /// realized PnL, its open trade and its unrealized PnL start from zero).
+    pub fn rebase(&mut self, mark: Option<f64>) {
+        if self.qty != 0.0 {
+            // without a mark (none yet), the cost basis stays and so does its zero unrealized
+            if let Some(m) = mark {
+                self.avg_cost = m;
+            }
+        }
+        self.realized = 0.0;
+        self.unrealized = 0.0;
+        self.trade_pnl = 0.0;
+        self.trade_fees = 0.0;
     }
 
     /// Re-mark; returns the change in unrealized PnL.

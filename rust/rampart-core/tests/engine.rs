@@ -213,6 +213,60 @@ fn stage_pnl_and_capital_changes_are_cash_flows() {
 }
 
 #[test]
+fn a_new_measurement_restarts_pnl_at_the_capital_and_holds_positions_at_their_marks() {
+    // paper trading on 1,000,000 with a 0.5% drawdown at promotion, then 1% of it for real
+    let mut cfg = AlgoConfig::new("a", "v1", 1_000_000.0);
+    cfg.limits.drawdown = Some(LimitSpec::new(0.05));
+    cfg.error_min_orders = 1;
+    let mut e = engine(cfg);
+    fill(&mut e, 1_000.0, 100.0, 10.0, T0);
+    quote(&mut e, 110.0, T0 + HOUR); // +10,000
+    quote(&mut e, 105.0, T0 + 2 * HOUR); // peak 1,009,990, equity 1,004,990
+    order(&mut e, OrderEvent::Submitted, T0 + 3 * HOUR - 10);
+    order(&mut e, OrderEvent::Rejected, T0 + 3 * HOUR - 10);
+    let before = e.snapshot("a").unwrap();
+    assert!(before.drawdown > 0.004 && before.returns_count > 0 && before.error_rate.is_some());
+    let mut out = Vec::new();
+    e.set_capital("a", 10_000.0, T0 + 3 * HOUR, &mut out)
+        .unwrap();
+    assert!(
+        e.snapshot("a").unwrap().drawdown > 0.2,
+        "as a cash flow, the paper drawdown in money is a 20%+ drawdown of the canary"
+    );
+    e.new_measurement("a", T0 + 3 * HOUR).unwrap();
+    let s = e.snapshot("a").unwrap();
+    assert_approx!(s.equity, 10_000.0);
+    assert_approx!(s.peak_equity, 10_000.0);
+    assert_eq!((s.drawdown, s.max_drawdown), (0.0, 0.0));
+    assert_eq!((s.realized_pnl, s.fees, s.unrealized_pnl), (0.0, 0.0, 0.0));
+    assert_eq!((s.daily_pnl, s.stage_pnl), (0.0, 0.0));
+    assert_eq!((s.trades, s.wins, s.returns_count), (0, 0, 0));
+    assert_eq!(s.sharpe, None);
+    assert_approx!(s.positions[0].qty, 1_000.0);
+    assert_approx!(s.positions[0].avg_cost, 105.0);
+    assert_eq!(s.positions[0].realized_pnl, 0.0);
+    // the orders' health is kept
+    assert_eq!(s.orders_rejected_total, before.orders_rejected_total);
+    assert_eq!(s.error_rate, before.error_rate);
+    // PnL from here is the canary's: selling at 106 realizes 1,000 on 10,000
+    fill(&mut e, -1_000.0, 106.0, 1.0, T0 + 3 * HOUR + 1);
+    let s = e.snapshot("a").unwrap();
+    assert_approx!(s.realized_pnl, 1_000.0);
+    assert_approx!(s.equity, 10_999.0);
+    assert_eq!(
+        (s.trades, s.wins),
+        (1, 1),
+        "the trade counts from the new basis"
+    );
+    // and a checkpoint carries the new basis
+    let ck = e.checkpoint("a").unwrap();
+    let mut e2 = Engine::default();
+    e2.restore(&ck, None).unwrap();
+    assert_approx!(e2.snapshot("a").unwrap().equity, 10_999.0);
+    assert!(e.new_measurement("nobody", T0 + 4 * HOUR).is_err());
+}
+
+#[test]
 fn reject_rate_slides_and_trips_after_min_orders() {
     let mut cfg = AlgoConfig::new("a", "v1", 1_000.0);
     cfg.error_window_ns = 10 * SECOND_NS;

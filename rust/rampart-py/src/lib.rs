@@ -974,6 +974,10 @@ impl PyEngine {
         guard(py, || self.inner.mark_stage(algo_id.0))
     }
 
+    fn new_measurement(&mut self, py: Python<'_>, algo_id: Text<'_>, ts: Ts) -> PyResult<()> {
+        guard(py, || self.inner.new_measurement(algo_id.0, ts.0))
+    }
+
     fn reset_breaches(&mut self, py: Python<'_>, algo_id: Text<'_>) -> PyResult<()> {
         guard(py, || self.inner.reset_breaches(algo_id.0))
     }
