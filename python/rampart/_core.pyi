@@ -304,6 +304,18 @@ class Engine:
         inconsistent), ``ConfigError`` (the embedded configuration is invalid, or the algorithm
         is already registered).
         """
+    def take_changed(self) -> list[str]:
+        """The algorithms changed since the last call (or registered, or restored), each then
+        marked unchanged: the ones whose stored checkpoint is out of date. Reads (``snapshot``)
+        and clock moves (``advance``) are not changes."""
+    def mark_all_changed(self) -> None:
+        """Mark every algorithm changed (after a checkpoint write failed)."""
+    def marks_checkpoint(self) -> bytes:
+        """Every symbol's mark and last quote time, and the engine clock (versioned JSON)."""
+    def restore_marks(self, data: bytes, *, max_clock: int | None = None) -> None:
+        """Take the marks and clock of ``marks_checkpoint`` before restoring algorithms (their
+        positions are then re-marked to these). Symbols with a mark keep it; times beyond
+        ``max_clock`` are clamped. Raises ``DecodeError`` with the engine unchanged."""
 
 @final
 class SigningKey:

@@ -1,6 +1,13 @@
 """Every algorithm's core state in the store: written every ``checkpoint_interval`` and with each
 deployment decision, read back into the engine at start (docs/metrics.md, "Checkpoints").
 
+Incremental: a round writes the checkpoints of the algorithms changed since the last round (the
+core's ``take_changed``), every symbol's mark with the engine clock, and the events cursor, in one
+transaction; an unchanged algorithm's stored checkpoint is still exact. The rounds are written in
+the order they were taken, by one writer thread, and a round that failed is written again with
+the next (its items first, the newer ones over them), so the store always holds one consistent
+state: nothing waits on the event loop for a thousand quiet algorithms.
+
 One algorithm whose state cannot be checkpointed is left out and failed closed (halted, alerted);
 the others are never held back by it, and the loop never dies. A checkpoint whose event clock is
 ahead of this host's wall clock by more than ``ingest.max_future`` is not trusted on restore.
@@ -13,8 +20,9 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from rampart._core import Engine, RampartError
 from rampart.config import DaemonConfig, ns
@@ -31,10 +39,13 @@ CHECKPOINT_KEY: Final = "checkpoint/"
 CURSOR_KEY: Final = "ingest/events_seq"
 # each gateway's last durable event the core has applied (position_watch.py), JSON
 GATEWAY_EVENTS_KEY: Final = "ingest/gateway_events"
+# every symbol's mark and the engine clock (the core's ``marks_checkpoint``), JSON
+MARKS_KEY: Final = "engine/marks"
 # the Throttle key of a checkpoint write that failed as a whole
 ALL_CHECKPOINTS: Final = "*"
 
 Spawn = Callable[[Awaitable[None], str], None]
+T = TypeVar("T")
 
 
 def put_all(store: Store, items: list[tuple[str, bytes]]) -> None:
@@ -77,26 +88,66 @@ class Checkpointer:
         # when the last periodic checkpoint of every algorithm was stored (wall clock, ns)
         self.checkpoint_at: int | None = None
         self._failures = Throttle(REPEAT_EVERY)
+        # algorithms whose checkpoint failed: tried again in every round until one is taken
+        self._retry: set[str] = set()
+        # one writer: rounds commit in the order they were taken
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rampart-checkpoints")
+        # the items of rounds that failed to commit (touched only on the writer thread)
+        self._unwritten: dict[str, bytes] = {}
 
     def take(self) -> list[tuple[str, bytes]]:
-        """Every algorithm's core state at this instant (all at once: restore advances the
-        engine clock to the checkpoint's), with the events cursor and each gateway's last
-        applied event. One whose state cannot be
-        checkpointed is left out and failed closed; the others are never held back by it."""
+        """A round: the core state of every algorithm changed since the last round, every
+        symbol's mark with the engine clock, the events cursor and each gateway's last applied
+        event, all at this instant. An unchanged algorithm's stored checkpoint is still exact
+        (reads and clock moves are not changes). One whose state cannot be checkpointed is left
+        out, failed closed and tried again next round; the others are never held back by it."""
         items = []
         cursor = self.cursor()
         if cursor is not None:
             items.append((CURSOR_KEY, str(cursor).encode()))
             items.append((GATEWAY_EVENTS_KEY, json.dumps(self.gateway_events()).encode()))
-        for a in self.engine.algorithms():
+        items.append((MARKS_KEY, self.engine.marks_checkpoint()))
+        changed = self.engine.take_changed()
+        retry, self._retry = self._retry, set()
+        for a in [*changed, *sorted(retry.difference(changed))]:
             try:
                 items.append((CHECKPOINT_KEY + a, self.engine.checkpoint(a)))
             except Exception as e:
+                if a in self.engine:
+                    self._retry.add(a)
                 self._failed(a, e)
             else:
                 if self._failures.clear(a):
                     log.warning("%s: checkpoints work again (it stays halted until released)", a)
         return items
+
+    async def write(
+        self, items: list[tuple[str, bytes]], also: Callable[[], T] | None = None
+    ) -> T | None:
+        """Commit a round (and ``also``, run in the same transaction) on the writer thread,
+        after every round taken before it. If it fails it raises, and its items are written
+        again with the next round."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write, items, also)
+
+    def _write(self, items: list[tuple[str, bytes]], also: Callable[[], T] | None) -> T | None:
+        # a failed round's items first, this round's over them: an algorithm in the failed
+        # round and not in this one has not changed since, so the union is one instant's state
+        merged = {**self._unwritten, **dict(items)}
+        try:
+            with self.store.transaction():
+                for key, value in merged.items():
+                    self.store.put(key, value)
+                result = also() if also is not None else None
+        except BaseException:
+            self._unwritten = merged
+            raise
+        self._unwritten = {}
+        return result
+
+    def close(self) -> None:
+        """Wait for the rounds in flight, then stop the writer thread."""
+        self._writer.shutdown(wait=True)
 
     def _failed(self, algo: str, error: Exception) -> None:
         """Fail closed: halt the algorithm (once: an algorithm already halted is not rolled back
@@ -131,6 +182,13 @@ class Checkpointer:
         algorithms with the untrusted clock, for ``report_untrusted``."""
         max_clock = self.wall_clock() + ns(self.config.ingest.max_future)
         untrusted: dict[str, int] = {}
+        marks = self.store.get(MARKS_KEY)
+        if marks is not None:
+            # first: an algorithm whose own checkpoint is older is re-marked to these
+            try:
+                self.engine.restore_marks(marks, max_clock=max_clock)
+            except RampartError as e:
+                log.error("stored marks unreadable (%s); each algorithm keeps its own", e)
         for key, data in self.store.items(CHECKPOINT_KEY):
             algo = key.removeprefix(CHECKPOINT_KEY)
             if algo not in self.engine:
@@ -185,7 +243,7 @@ class Checkpointer:
             if self.engine.now is None and cursor == self._stored_cursor:
                 continue
             try:
-                await asyncio.to_thread(put_all, self.store, self.take())
+                await self.write(self.take())
                 self._stored_cursor = cursor
             except Exception as e:  # the loop never dies: the next interval tries again
                 self._loop_failed(e)

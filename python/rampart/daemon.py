@@ -755,6 +755,8 @@ class Daemon:
                     await self.nc.close()
         self._subs.clear()
         await self._stop_embedded()
+        if self.checkpointer is not None:  # the rounds in flight commit before the store closes
+            await asyncio.to_thread(self.checkpointer.close)
         if self.store is not None:
             self.store.close()  # checkpoints the WAL into the main file
         if self.head_mirror is not None:

@@ -176,14 +176,14 @@ class DeploymentEffects:
         items = [Reconciler.item(i) for i in intents]
 
         def write() -> None:
-            with store.transaction():
-                store.put(DEPLOYMENT_KEY + dep_id, data)
-                for key, value in (*checkpoints, *items):
-                    store.put(key, value)
-                for t in transitions:
-                    store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
+            store.put(DEPLOYMENT_KEY + dep_id, data)
+            for key, value in items:
+                store.put(key, value)
+            for t in transitions:
+                store.append_audit("transition", msgspec.to_builtins(t), actor=t.actor, ts=t.at)
 
-        await asyncio.to_thread(write)
+        # with the core checkpoints, in one transaction, after every round taken before them
+        await self.checkpointer.write(checkpoints, write)
         self.stored_states[dep_id] = outcome.decision.state
         self.reconciler.remember(intents)
         if transitions:

@@ -108,6 +108,10 @@ pub struct AlgoState {
     pub last_order_ts: Option<i64>,
     pub last_event_ts: Option<i64>,
     limit_state: [LimitState; 4],
+    /// Changed since the last `Engine::take_changed` (its stored checkpoint is out of date).
+    /// Not serialized: the engine sets it for a registered or restored algorithm.
+    #[serde(skip)]
+    pub(crate) changed: bool,
 }
 
 impl AlgoState {
@@ -147,6 +151,7 @@ impl AlgoState {
             last_order_ts: None,
             last_event_ts: None,
             limit_state: [LimitState::default(); 4],
+            changed: true,
         }
     }
 
@@ -209,6 +214,7 @@ impl AlgoState {
 
     pub fn reset_breaches(&mut self) {
         self.limit_state = [LimitState::default(); 4];
+        self.changed = true;
     }
 
     pub fn position_mut(&mut self, symbol: u32) -> (&mut Position, bool) {
@@ -229,13 +235,23 @@ impl AlgoState {
     /// equity before the event that caused the roll.
     /// Roll an algorithm that has seen its first event; reads (snapshots) and clock moves
     /// (`advance`) never start one.
+    /// Not a change for checkpoints: rolling later to a later time gives the same state, so a
+    /// checkpoint taken before it restores to the same metrics ("reads never change a later
+    /// result", docs/metrics.md).
     pub fn roll_if_started(&mut self, t: i64) {
         if self.started {
-            self.roll(t);
+            self.roll_to(t);
         }
     }
 
+    /// Roll before a change of the algorithm's state: every change goes through here (or sets
+    /// `changed` itself), which marks the algorithm changed for incremental checkpoints.
     pub fn roll(&mut self, t: i64) {
+        self.changed = true;
+        self.roll_to(t);
+    }
+
+    fn roll_to(&mut self, t: i64) {
         let day = t
             .saturating_sub(self.config.session_offset_ns)
             .div_euclid(DAY_NS);

@@ -121,6 +121,24 @@ struct CheckpointIn {
     marks: BTreeMap<String, MarkState>,
 }
 
+/// Every symbol's mark, with the engine clock: written with each round of incremental
+/// checkpoints (docs/metrics.md, "Checkpoints"), so an algorithm whose own checkpoint is older
+/// still restores to the latest marks.
+#[derive(Serialize)]
+struct MarksOut<'a> {
+    v: u32,
+    now: Option<i64>,
+    marks: BTreeMap<&'a str, MarkState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarksIn {
+    v: u32,
+    now: Option<i64>,
+    marks: BTreeMap<String, MarkState>,
+}
+
 /// Just the version: read when a checkpoint does not decode, to say why in the terms that
 /// matter most (not a checkpoint at all, or another version).
 #[derive(Deserialize)]
@@ -380,8 +398,9 @@ impl Engine {
     }
 
     /// Put a new algorithm into a free slot and index it; returns the slot.
-    fn insert_algo(&mut self, state: AlgoState) -> usize {
+    fn insert_algo(&mut self, mut state: AlgoState) -> usize {
         let id = state.config.algo_id.clone();
+        state.changed = true; // its stored checkpoint, if any, is not known to be this state
         let slot = match self.free_slots.pop() {
             Some(s) => {
                 self.algos[s] = Some(state);
@@ -447,6 +466,82 @@ impl Engine {
             decode_checkpoint(&bytes).err()
         );
         Ok(bytes)
+    }
+
+    /// The algorithms changed since the last call (or registered, or restored), in slot order;
+    /// each is marked unchanged. Reads and clock moves (`snapshot`, `advance`) are not changes.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in self.algos.iter_mut().flatten() {
+            if std::mem::take(&mut a.changed) {
+                out.push(a.config.algo_id.clone());
+            }
+        }
+        out
+    }
+
+    /// Mark every algorithm changed (the next `take_changed` returns them all).
+    pub fn mark_all_changed(&mut self) {
+        for a in self.algos.iter_mut().flatten() {
+            a.changed = true;
+        }
+    }
+
+    /// Every symbol's mark and last quote time, and the engine clock, as a versioned JSON
+    /// document for `restore_marks`.
+    pub fn marks_checkpoint(&self) -> Vec<u8> {
+        let out = MarksOut {
+            v: CHECKPOINT_VERSION,
+            now: self.now,
+            marks: self
+                .symbols
+                .iter()
+                .filter_map(|s| {
+                    s.mark.map(|mark| {
+                        let m = MarkState {
+                            mark,
+                            last_quote_ts: s.last_quote_ts,
+                        };
+                        (s.name.as_str(), m)
+                    })
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&out).expect("marks are finite and always encode")
+    }
+
+    /// Take the marks and clock of `marks_checkpoint` (before restoring the algorithms: their
+    /// positions are then re-marked to these where their own checkpoint is older). A symbol
+    /// that already has a mark keeps it. Times beyond `max_clock` are clamped to it.
+    /// Errors (`Decode`), with no change: not a marks document, another version, a bad mark.
+    pub fn restore_marks(&mut self, data: &[u8], max_clock: Option<i64>) -> Result<()> {
+        let doc: MarksIn = serde_json::from_slice(data)
+            .map_err(|e| CoreError::Decode(format!("not a Rampart marks checkpoint: {e}")))?;
+        if doc.v != CHECKPOINT_VERSION {
+            return Err(version_error(u64::from(doc.v)));
+        }
+        for (name, m) in &doc.marks {
+            if !(m.mark.is_finite() && m.mark > 0.0) {
+                return Err(CoreError::Decode(format!(
+                    "the marks checkpoint is inconsistent: the mark of {name:?} must be a \
+                     finite number > 0, got {}",
+                    m.mark
+                )));
+            }
+        }
+        let clamp = |t: i64| max_clock.map_or(t, |m| t.min(m));
+        if let Some(t) = doc.now {
+            self.now = max_opt(self.now, clamp(t));
+        }
+        for (name, m) in &doc.marks {
+            let sid = self.symbol_id(name) as usize;
+            let sym = &mut self.symbols[sid];
+            if sym.mark.is_none() {
+                sym.mark = Some(m.mark);
+                sym.last_quote_ts = m.last_quote_ts.map(clamp);
+            }
+        }
+        Ok(())
     }
 
     /// Register an algorithm from a checkpoint written by `checkpoint`, in exactly the state it
@@ -1255,6 +1350,7 @@ impl Engine {
         let slot = self.slot(algo_id)?;
         let algo = self.algo_mut(slot);
         algo.stage_mark_equity = algo.equity();
+        algo.changed = true;
         Ok(())
     }
 

@@ -270,6 +270,125 @@ fn check_round_trip(algos: usize, steps: &[Step], split: usize) {
     }
 }
 
+/// Incremental checkpoints, as the daemon writes them: every `every` steps, a round stores the
+/// checkpoints of the algorithms `take_changed` names and the marks; at `split` (after a round)
+/// a fresh engine restores the marks, then every stored checkpoint, however old. It must continue
+/// exactly as the original.
+fn check_incremental(algos: usize, steps: &[Step], split: usize, every: usize) {
+    let mut orig = engine_with(algos);
+    let mut stored: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    let mut out = Vec::new();
+    let mut ts = T0;
+    let round = |e: &mut Engine, stored: &mut std::collections::BTreeMap<String, Vec<u8>>| {
+        for id in e.take_changed() {
+            stored.insert(id.clone(), e.checkpoint(&id).unwrap());
+        }
+        e.marks_checkpoint()
+    };
+    for (i, (dt, ev)) in steps[..split].iter().enumerate() {
+        ts += dt;
+        let _ = apply(&mut orig, ts, ev, &mut out);
+        if i % every == 0 {
+            // reads between rounds are not changes
+            let _ = snapshots(&mut orig);
+            round(&mut orig, &mut stored);
+        }
+    }
+    let marks = round(&mut orig, &mut stored);
+    assert_eq!(
+        orig.take_changed(),
+        Vec::<String>::new(),
+        "a round leaves nothing changed"
+    );
+    let mut restored = Engine::new(orig.time_tolerance_ns()).unwrap();
+    restored.restore_marks(&marks, None).unwrap();
+    for ck in stored.values() {
+        restored.restore(ck, None).unwrap();
+    }
+    assert_eq!(restored.now(), orig.now());
+    for s in SYMS {
+        assert_eq!(restored.last_quote_ts(s), orig.last_quote_ts(s), "{s}");
+    }
+    assert_eq!(snapshots(&mut restored), snapshots(&mut orig));
+    let (mut out_o, mut out_r) = (Vec::new(), Vec::new());
+    for (i, (dt, ev)) in steps[split..].iter().enumerate() {
+        ts += dt;
+        out_o.clear();
+        out_r.clear();
+        let ro = apply(&mut orig, ts, ev, &mut out_o);
+        let rr = apply(&mut restored, ts, ev, &mut out_r);
+        assert_eq!(rr, ro, "result of step {} ({ev:?})", split + i);
+        assert_eq!(canonical(out_r.clone()), canonical(out_o.clone()));
+    }
+    assert_eq!(snapshots(&mut restored), snapshots(&mut orig));
+}
+
+#[test]
+fn incremental_checkpoints_restore_exactly() {
+    for seed in [7u64, 11, 0xfeed] {
+        let steps = random_steps(seed, 400, 2);
+        for every in [1, 5, 40] {
+            for split in [0, 1, 41, 120, 399] {
+                check_incremental(2, &steps, split, every);
+            }
+        }
+    }
+}
+
+#[test]
+fn only_changes_mark_an_algorithm_changed() {
+    let mut e = engine_with(2);
+    assert_eq!(
+        e.take_changed(),
+        ["a", "b"],
+        "registered: no checkpoint yet"
+    );
+    assert!(e.take_changed().is_empty());
+    let mut out = Vec::new();
+    e.quote("ES", 100.0, 100.0, T0, &mut out).unwrap();
+    assert!(
+        e.take_changed().is_empty(),
+        "a quote nobody holds changes no algorithm"
+    );
+    e.fill("a", "ES", 1.0, 100.0, 0.0, T0 + 1, &mut out)
+        .unwrap();
+    assert_eq!(e.take_changed(), ["a"]);
+    e.quote("ES", 101.0, 101.0, T0 + 2, &mut out).unwrap();
+    assert_eq!(e.take_changed(), ["a"], "a quote re-marks its holder");
+    e.snapshot("a").unwrap();
+    e.advance(T0 + 10 * 3_600 * SEC).unwrap();
+    assert!(
+        e.take_changed().is_empty(),
+        "reads and clock moves are not changes"
+    );
+    e.order("b", OrderEvent::Submitted, T0 + 10 * 3_600 * SEC, &mut out)
+        .unwrap();
+    e.mark_stage("a").unwrap();
+    assert_eq!(e.take_changed(), ["a", "b"]);
+    e.reset_breaches("b").unwrap();
+    assert_eq!(e.take_changed(), ["b"]);
+    e.mark_all_changed();
+    assert_eq!(e.take_changed(), ["a", "b"]);
+    let ck = e.checkpoint("a").unwrap();
+    e.unregister("a").unwrap();
+    e.restore(&ck, None).unwrap();
+    assert_eq!(
+        e.take_changed(),
+        ["a"],
+        "restored: its stored checkpoint is not known to be it"
+    );
+    // a marks document that is not one is refused, the engine unchanged
+    let before = e.marks_checkpoint();
+    assert!(e.restore_marks(b"{}", None).is_err());
+    assert!(e
+        .restore_marks(
+            br#"{"v":1,"now":1,"marks":{"ES":{"mark":-1.0,"last_quote_ts":null}}}"#,
+            None
+        )
+        .is_err());
+    assert_eq!(e.marks_checkpoint(), before);
+}
+
 #[test]
 fn round_trip_one_algorithm_at_many_points() {
     let steps = random_steps(0x5eed_1234, 600, 1);

@@ -1045,6 +1045,35 @@ impl PyEngine {
         guard(py, || self.inner.restore(data, max_clock.map(|t| t.0)))
     }
 
+    /// The algorithms changed since the last call (or registered, or restored); each is then
+    /// marked unchanged. Reads and clock moves are not changes.
+    fn take_changed(&mut self) -> Vec<String> {
+        self.inner.take_changed()
+    }
+
+    /// Mark every algorithm changed (after a checkpoint write failed).
+    fn mark_all_changed(&mut self) {
+        self.inner.mark_all_changed()
+    }
+
+    /// Every symbol's mark and the engine clock (JSON), for `restore_marks`.
+    fn marks_checkpoint<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.marks_checkpoint())
+    }
+
+    /// Take the marks and clock of `marks_checkpoint` (before restoring the algorithms).
+    #[pyo3(signature = (data, *, max_clock=None))]
+    fn restore_marks(
+        &mut self,
+        py: Python<'_>,
+        data: &[u8],
+        max_clock: Option<Ts>,
+    ) -> PyResult<()> {
+        guard(py, || {
+            self.inner.restore_marks(data, max_clock.map(|t| t.0))
+        })
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Engine(algorithms={}, now={})",
