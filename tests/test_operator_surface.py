@@ -79,6 +79,9 @@ def test_prometheus_metrics_and_watch(server: EmbeddedNatsServer, tmp_path: Path
             assert 'rampart_events_refused_total{reason="decode"} 1.0' in body
             assert 'rampart_equity{algo="alpha",gateway="gw1",version="1.0.0"} 99500.0' in body
             assert "rampart_drawdown" in body and "rampart_halted" in body
+            # the event loop's lag, as a histogram (its probe runs from the daemon's start)
+            assert 'rampart_event_loop_lag_seconds_bucket{le="0.001"}' in body
+            assert re.search(r"rampart_event_loop_lag_seconds_count [1-9]", body), body
 
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from rampart._core import AlgoConfig, Engine
+from rampart.loop_lag import LoopLag
 from rampart.prom import DaemonCollector
 from rampart.protocol import IngestStats
 from rampart.strategies.base import DeploymentState
@@ -31,6 +32,7 @@ def allocation(halted: dict[str, Any]) -> float:
         engine=engine,
         gateway_of={"green": "gw1"},
         runner=SimpleNamespace(deployments={"d1": SimpleNamespace(state=state)}),
+        loop_lag=LoopLag(),
     )
     metric = next(m for m in DaemonCollector(daemon).collect() if m.name == "rampart_allocation")
     (sample,) = metric.samples

@@ -308,6 +308,10 @@ class Engine:
         """The algorithms changed since the last call (or registered, or restored), each then
         marked unchanged: the ones whose stored checkpoint is out of date. Reads (``snapshot``)
         and clock moves (``advance``) are not changes."""
+    def stale_holdings(self, now: int, limit_ns: int) -> list[tuple[str, str, float, int]]:
+        """Every open position whose symbol had neither a quote nor a fill of its algorithm for
+        more than ``limit_ns`` before ``now``: ``(algo, symbol, qty, last)`` (``last`` 0 if
+        never). One pass in the core, for the staleness watchdog."""
     def mark_all_changed(self) -> None:
         """Mark every algorithm changed (after a checkpoint write failed)."""
     def marks_checkpoint(self) -> bytes:

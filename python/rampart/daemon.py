@@ -52,6 +52,7 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
+from rampart.loop_lag import LoopLag
 from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
 from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE, connect_options
@@ -153,6 +154,8 @@ class Daemon:
         self._last_state: dict[str, msgspec.Raw] = {}
         self.connectivity: deque[ConnectivityEvent] = deque(maxlen=50)
         self.breach_listeners: list[BreachListener] = []
+        # how late the event loop runs a timer (status, Prometheus, benchmarks)
+        self.loop_lag = LoopLag()
         self.connectivity_listeners: list[ConnectivityListener] = []
         self.nc: Client | None = None
         self.embedded: EmbeddedNatsServer | None = None
@@ -356,6 +359,7 @@ class Daemon:
         await self.checkpointer.report_untrusted(untrusted_clocks)
         self._spawn(effects.worker(), "deployment-effects")
         self._spawn(self.checkpointer.loop(), "checkpoints")
+        self._spawn(self.loop_lag.run(), "loop-lag")
         await effects.seed_intents()
         self.reconciler.start()
         await self._subscribe_events()

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rampart.guard")
 
 AUDIT_STREAM: Final = "RAMPART_AUDIT"
+# Algorithms whose metrics the watchdog reads per pass (fail closed if unreadable).
+READ_CHECKS_PER_PASS: Final = 64
 # A watchdog wake-up this much later than planned means Rampart itself was stalled.
 STALL_SECONDS: Final = 0.5
 STATE_BUCKET: Final = "RAMPART_STATE"
@@ -121,6 +123,7 @@ class Guard:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stale_gateways: set[str] = set()
         self._stale_symbols: set[tuple[str, str]] = set()
+        self._read_cursor = 0  # where the next readability check starts (_check_readable)
         self._link_lost = False
         # told of every rollback as it starts: (algorithms, trigger, actor)
         self.rollback_listeners: list[Callable[[tuple[str, ...], str, str], None]] = []
@@ -544,6 +547,7 @@ class Guard:
                     self._check_gateways(now)
                 if t.market_data_timeout is not None:
                     self._check_market_data(now, ns(t.market_data_timeout))
+                self._check_readable()
             except Exception:
                 if not failing:
                     log.exception("staleness check failed; retrying every %.3fs", interval)
@@ -583,34 +587,48 @@ class Guard:
                 self._stale_gateways.add(gw)
                 self.trigger(self.algos_of_gateway(gw), "gateway", *problem)
 
-    def _check_market_data(self, now: int, limit_ns: int) -> None:
-        """A symbol an algorithm holds is stale when neither a quote nor a fill of the algorithm
-        has arrived for ``limit_ns`` (a position never quoted counts from its last fill)."""
-        for algo in self.algo_config:
+    def _check_readable(self) -> None:
+        """An algorithm whose metrics cannot be read cannot have its limits watched: halt it
+        (fail closed). A slice of ``READ_CHECKS_PER_PASS`` algorithms per pass, in turn, so the
+        pass stays small however many there are (every one is read within a few passes)."""
+        algos = list(self.algo_config)
+        if not algos:
+            return
+        start = self._read_cursor % len(algos)
+        batch = (algos[start:] + algos[:start])[:READ_CHECKS_PER_PASS]
+        self._read_cursor = start + len(batch)
+        for algo in batch:
             if algo in self.halted or algo in self.in_flight:
                 continue
             try:
-                snap = self.engine.snapshot(algo)
+                self.engine.snapshot(algo)
             except Exception as e:  # its limits cannot be watched: fail closed
                 reason = f"metrics unreadable: {type(e).__name__}: {e}"[:500]
                 self.trigger((algo,), "algo", "metrics", reason)
+
+    def _check_market_data(self, now: int, limit_ns: int) -> None:
+        """A symbol an algorithm holds is stale when neither a quote nor a fill of the algorithm
+        has arrived for ``limit_ns`` (a position never quoted counts from its last fill). One
+        pass in the core over the open positions (not a snapshot of every algorithm)."""
+        skip = self.halted.keys() | self.in_flight
+        stale = {
+            (algo, symbol): (qty, last)
+            for algo, symbol, qty, last in self.engine.stale_holdings(now, limit_ns)
+            if algo in self.algo_config
+        }
+        for key in [k for k in self._stale_symbols if k not in stale and k[0] not in skip]:
+            self._stale_symbols.discard(key)  # quoted again (or flat): judged afresh
+        for key, (qty, last) in stale.items():
+            algo, symbol = key
+            if algo in skip or key in self._stale_symbols:
                 continue
-            for p in snap.positions:
-                if p.qty == 0:
-                    continue
-                key = (algo, p.symbol)
-                last = max(self.engine.last_quote_ts(p.symbol) or 0, snap.last_fill_ts or 0)
-                if now - last <= limit_ns:
-                    self._stale_symbols.discard(key)
-                elif key not in self._stale_symbols:
-                    self._stale_symbols.add(key)
-                    self.trigger(
-                        (algo,),
-                        "algo",
-                        "connectivity:market_data",
-                        f"no quote for {p.symbol} for {(now - last) / 1e9:.1f}s "
-                        f"while holding {p.qty:g}",
-                    )
+            self._stale_symbols.add(key)
+            self.trigger(
+                (algo,),
+                "algo",
+                "connectivity:market_data",
+                f"no quote for {symbol} for {(now - last) / 1e9:.1f}s while holding {qty:g}",
+            )
 
     # ---- operator actions ---------------------------------------------------------------------
 

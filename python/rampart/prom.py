@@ -11,11 +11,17 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from rampart._core import Engine
 from rampart.guard import Guard
+from rampart.loop_lag import BUCKETS, LoopLag
 from rampart.protocol import IngestStats
 from rampart.runner import DeploymentRunner
 
@@ -29,6 +35,7 @@ class Scraped(Protocol):
     engine: Engine
     gateway_of: dict[str, str]
     runner: DeploymentRunner
+    loop_lag: LoopLag
 
 
 PHASE_CODES = {
@@ -52,6 +59,17 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         d = self.daemon
+        lag = d.loop_lag
+        cumulative, buckets = 0, []
+        for bound, count in zip((*BUCKETS, float("inf")), lag.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "rampart_event_loop_lag_seconds",
+            "How late the daemon's event loop ran a 10 ms timer (resolution ~1 ms)",
+            buckets=buckets,
+            sum_value=lag.total,
+        )
         ingested = CounterMetricFamily("rampart_events_ingested", "Events applied to the core")
         ingested.add_metric([], d.stats.ingested)
         yield ingested

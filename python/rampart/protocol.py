@@ -559,6 +559,18 @@ class IngestStats(msgspec.Struct, kw_only=True):
     events_behind: int = 0
 
 
+class LoopLagStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How late the daemon's event loop ran a timer, over its life (``rampart.loop_lag``):
+    quantiles are bucket upper bounds in ms (``None``: no sample yet, or beyond the last bucket:
+    see ``max_ms``, exact). Resolution ~1 ms: below that it is the timer's noise."""
+
+    samples: int
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float
+
+
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: str
@@ -578,6 +590,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     # entries left out of a bounded list (``halted``, ``rollbacks``, ``gateways``,
     # ``connectivity``) so that the reply fits in one NATS message: list name -> count
     omitted: dict[str, int] = {}
+    # how late the event loop ran a timer (a stall delays every message, halts included)
+    loop_lag: LoopLagStats | None = None
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):

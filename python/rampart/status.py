@@ -20,6 +20,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart._core import SigningKey
 from rampart.config import DaemonConfig, NatsConfig
+from rampart.loop_lag import BUCKETS
 from rampart.nats_auth import embedded_login
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.operators import new_request
@@ -27,6 +28,7 @@ from rampart.position_watch import describe
 from rampart.protocol import (
     ControlReply,
     ControlVerb,
+    LoopLagStats,
     StatusReply,
     StatusRequest,
     Subjects,
@@ -355,6 +357,18 @@ def format_deployment(dep: DeploymentState) -> str:
     )
 
 
+def format_loop_lag(lag: LoopLagStats) -> str:
+    """``event loop lag p50 <= 1 ms, p99 <= 2 ms, p99.9 <= 5 ms, max 3.2 ms (41,200 probes)``."""
+
+    def bound(v: float | None) -> str:
+        return f"> {BUCKETS[-1] * 1e3:g} ms" if v is None else f"<= {v:g} ms"
+
+    return (
+        f"event loop lag p50 {bound(lag.p50_ms)}, p99 {bound(lag.p99_ms)}, "
+        f"p99.9 {bound(lag.p999_ms)}, max {lag.max_ms:.1f} ms ({lag.samples:,} probes)"
+    )
+
+
 def format_status(reply: StatusReply) -> str:
     d = reply.daemon
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items())) or "none"
@@ -366,6 +380,8 @@ def format_status(reply: StatusReply) -> str:
     ]
     if d.store_error:
         lines.append(f"STATE STORE PROBLEM, everything halted: {d.store_error}")
+    if d.loop_lag is not None and d.loop_lag.samples:
+        lines.append(format_loop_lag(d.loop_lag))
     for g in d.gateways:
         health = "healthy" if g.health.ok else "UNHEALTHY"
         if g.alive is False:

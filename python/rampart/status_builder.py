@@ -21,6 +21,7 @@ from rampart.checkpoints import Checkpointer
 from rampart.config import DaemonConfig, ns
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
+from rampart.loop_lag import LoopLag
 from rampart.paging import build_page
 from rampart.position_watch import PositionWatch
 from rampart.protocol import (
@@ -63,6 +64,7 @@ class StatusSource(Protocol):
     store_error: str | None
     started_at: int
     wall_clock: Callable[[], int]
+    loop_lag: LoopLag
 
 
 class StatusBuilder:
@@ -120,6 +122,7 @@ class StatusBuilder:
             gateways=self.gateway_statuses(),
             connectivity=list(d.connectivity),
             public_key=d.signing_key.public_key if d.signing_key is not None else None,
+            loop_lag=d.loop_lag.stats(),
         )
 
     def algo_status(self, algo_id: str) -> AlgoStatus:

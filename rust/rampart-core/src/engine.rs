@@ -362,6 +362,28 @@ impl Engine {
             .map(|(algo, _)| algo.as_str())
     }
 
+    /// Every open position (quantity not zero) whose symbol has had neither a quote nor a fill
+    /// of its algorithm for more than `limit_ns` before `now` (a position never quoted counts
+    /// from its algorithm's last fill): `(algo, symbol, qty, last)` with `last` that latest
+    /// time (0 if none). One pass over the positions, for the daemon's staleness watchdog.
+    pub fn stale_holdings(&self, now: i64, limit_ns: i64) -> Vec<(String, String, f64, i64)> {
+        let mut out = Vec::new();
+        for algo in self.algos.iter().flatten() {
+            let fill = algo.last_fill_ts.unwrap_or(0);
+            for p in &algo.positions {
+                if p.qty == 0.0 {
+                    continue;
+                }
+                let sym = &self.symbols[p.symbol as usize];
+                let last = sym.last_quote_ts.unwrap_or(0).max(fill);
+                if now.saturating_sub(last) > limit_ns {
+                    out.push((algo.config.algo_id.clone(), sym.name.clone(), p.qty, last));
+                }
+            }
+        }
+        out
+    }
+
     /// The open positions (quantity not zero) of a registered algorithm, by symbol name.
     pub fn open_positions<'a>(
         &'a self,

@@ -267,6 +267,33 @@ fn a_new_measurement_restarts_pnl_at_the_capital_and_holds_positions_at_their_ma
 }
 
 #[test]
+fn stale_holdings_are_open_positions_without_a_recent_quote_or_fill() {
+    let mut e = Engine::default();
+    for a in ["a", "b"] {
+        e.register(AlgoConfig::new(a, "v1", 100_000.0)).unwrap();
+    }
+    let mut out = Vec::new();
+    e.quote("ES", 100.0, 100.0, T0, &mut out).unwrap();
+    e.fill("a", "ES", 2.0, 100.0, 0.0, T0, &mut out).unwrap();
+    e.fill("b", "NQ", -1.0, 50.0, 0.0, T0 + 5 * SECOND_NS, &mut out)
+        .unwrap(); // never quoted
+    e.fill("b", "ES", 1.0, 100.0, 0.0, T0, &mut out).unwrap();
+    e.fill("b", "ES", -1.0, 100.0, 0.0, T0, &mut out).unwrap(); // flat: never stale
+    let limit = 3 * SECOND_NS;
+    assert!(e.stale_holdings(T0 + 3 * SECOND_NS, limit).is_empty());
+    let stale = e.stale_holdings(T0 + 4 * SECOND_NS, limit);
+    assert_eq!(stale, vec![("a".into(), "ES".into(), 2.0, T0)]);
+    // b's NQ counts from b's last fill; a fresh quote clears a's ES
+    e.quote("ES", 101.0, 101.0, T0 + 9 * SECOND_NS, &mut out)
+        .unwrap();
+    let stale = e.stale_holdings(T0 + 9 * SECOND_NS, limit);
+    assert_eq!(
+        stale,
+        vec![("b".into(), "NQ".into(), -1.0, T0 + 5 * SECOND_NS)]
+    );
+}
+
+#[test]
 fn reject_rate_slides_and_trips_after_min_orders() {
     let mut cfg = AlgoConfig::new("a", "v1", 1_000.0);
     cfg.error_window_ns = 10 * SECOND_NS;

@@ -1051,6 +1051,12 @@ impl PyEngine {
         self.inner.take_changed()
     }
 
+    /// Open positions with no quote (nor fill of their algorithm) for more than `limit_ns`
+    /// before `now`: `(algo, symbol, qty, last)`.
+    fn stale_holdings(&self, now: i64, limit_ns: i64) -> Vec<(String, String, f64, i64)> {
+        self.inner.stale_holdings(now, limit_ns)
+    }
+
     /// Mark every algorithm changed (after a checkpoint write failed).
     fn mark_all_changed(&mut self) {
         self.inner.mark_all_changed()
