@@ -35,6 +35,8 @@ def test_quantiles_are_bucket_bounds_and_the_max_is_exact() -> None:
     lag.record(60.0)  # beyond the last bucket: the quantile says so, the max says how far
     assert lag.quantile(1.0) == float("inf") and lag.stats().max_ms == 60_000.0
     assert format_loop_lag(lag.stats()).endswith("max 60000.0 ms (1,002 probes)")
+    lag.reset()
+    assert (lag.samples, lag.max, lag.total, lag.quantile(0.5)) == (0, 0.0, 0.0, None)
 
 
 def test_format_says_bounds() -> None:

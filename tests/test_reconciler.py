@@ -169,7 +169,13 @@ class FaultyExecutor(RollbackExecutor):
         self.reconciler: Reconciler | None = None
         self.sent = 0
 
-    async def send(self, gateway: str, command: Command, deadline: float) -> StepOutcome:
+    async def send(
+        self,
+        gateway: str,
+        command: Command,
+        deadline: float,
+        encoded: tuple[bytes, dict[str, str] | None] | None = None,
+    ) -> StepOutcome:
         self.sent += 1
         self._check(command)
         for late in self.delayed:  # a reordered command arrives before this one

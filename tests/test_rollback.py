@@ -240,3 +240,65 @@ def test_deadmans_switch_halts_everything_when_rampart_goes_silent(
             assert all(a.halted for a in gw.algos.values())
 
     asyncio.run(scenario())
+
+
+# ---- halts signed in advance (rollback.presign_validity) ---------------------------------------
+
+
+def test_a_halt_signed_in_advance_is_sent_as_it_is_and_applied(server: EmbeddedNatsServer) -> None:
+    """The gateway verifies it like any command; the rollback's other steps carry the reason."""
+
+    async def scenario() -> None:
+        async with gateway(server.url) as (_, gw):
+            rampart = await nats.connect(server.url)
+            ex = executor(rampart)
+            ex.presign("mom-v2")
+            held = ex._presigned["mom-v2"]
+            req = RollbackRequest(
+                algos=("mom-v2",), scope="algo", trigger="limit:drawdown", reason="dd", actor="r"
+            )
+            record = await ex.execute(req)
+            assert record.state == "succeeded" and ex.presigned_used == 1
+            assert gw.algos["mom-v2"].halted
+            assert gw.agent.book.control("mom-v2").halt_epoch == held.command.epoch
+            assert "mom-v2" not in ex._presigned, "used once: the next rollback signs anew"
+            # a second rollback (nothing signed in advance now) signs its halt on the way
+            record = await ex.execute(req)
+            assert record.state == "succeeded" and ex.presigned_used == 1
+            await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_halt_signed_before_a_release_is_never_sent() -> None:
+    """A release's resume has a newer epoch than a halt signed before it and would beat that
+    halt at the gateway (resume wins over an older halt): such a halt is dropped, as is one too
+    close to its end or made for another gateway."""
+    ex = RollbackExecutor(None, SUBJ, lambda algo: "gw1", sign=signed)  # type: ignore[arg-type]
+    ex.presign("a")
+    ex.note_halt_epoch(["a"], ex.epochs.next())  # the release's epoch, taken before its resume
+    assert ex._take_presigned("a", "gw1", 0.25) is None
+    ex.presign("a")
+    ex.command("resume", [CommandTarget(algo="a")], ex.epochs.next(), 1.0, "reconcile")
+    assert ex._take_presigned("a", "gw1", 0.25) is None
+    ex.presign("a")
+    assert ex._take_presigned("a", "gw2", 0.25) is None, "another gateway's"
+    ex.presign("a")
+    assert ex._take_presigned("a", "gw1", 31.0) is None, "valid for less than the step may take"
+    ex.presign("a")
+    ex.presign("b")
+    ex.command(
+        "set_allocation", [CommandTarget(algo="a", allocation=0.0)], ex.epochs.next(), 1.0, "x"
+    )
+    held = ex._take_presigned("a", "gw1", 0.25)
+    assert held is not None, "other dimensions do not touch the halt"
+    assert held.command.kind == "halt" and held.headers is not None
+    assert not ex.needs_presign("b") and ex.needs_presign("a")
+    off = RollbackExecutor(
+        None,  # type: ignore[arg-type]
+        SUBJ,
+        lambda algo: "gw1",
+        settings=ExecutorSettings(presign_validity=0.0),
+    )
+    off.presign("a")
+    assert not off.needs_presign("a") and off._take_presigned("a", "gw1", 0.25) is None

@@ -224,6 +224,9 @@ class RollbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     activate_deadline: timedelta = timedelta(seconds=1)
     # Pause between background retries of a step that missed its deadline.
     retry_interval: timedelta = timedelta(milliseconds=500)
+    # Each algorithm's halt is encoded and signed this long ahead, so a rollback's halt leaves
+    # without being signed on its way (refreshed at half-life; null: sign every halt when sent).
+    presign_validity: timedelta | None = timedelta(seconds=30)
 
 
 class ReconcileConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

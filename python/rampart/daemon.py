@@ -383,6 +383,7 @@ class Daemon:
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
         await self._subscribe_market_data()
         await self.nc.flush()
+        self.loop_lag.reset()  # the lag of the running daemon, not of its start-up
         log.info(
             "rampart %s up: %d algorithms, NATS %s, prefix %r",
             __version__,

@@ -73,6 +73,7 @@ def executor_settings(config: DaemonConfig) -> ExecutorSettings:
             "activate": r.activate_deadline.total_seconds(),
         },
         retry_interval=r.retry_interval.total_seconds(),
+        presign_validity=0.0 if r.presign_validity is None else r.presign_validity.total_seconds(),
         # halt, allocation and activation: the reconciler's (see ExecutorSettings)
         retried_steps=("cancel", "flatten"),
     )
@@ -162,11 +163,13 @@ class Guard:
             log.warning("re-asserting the halt of %d algorithms from the store", len(self.halted))
             self.reassert_halts(list(self.halted), "restart: halted before")
         self._spawn(self._watchdog(), "guard-watchdog")
+        if self.executor.settings.presign_validity > 0:
+            self._spawn(self.executor.presign_loop(lambda: self.algo_config), "presign-halts")
 
     async def close(self) -> None:
         await self.executor.cancel_retries()
         for task in list(self._tasks):
-            if task.get_name() in ("guard-watchdog", "reassert-halts"):
+            if task.get_name() in ("guard-watchdog", "reassert-halts", "presign-halts"):
                 task.cancel()
         # let rollbacks, alerts and audit copies in flight finish
         pending = [t for t in self._tasks if not t.done()]
@@ -639,6 +642,8 @@ class Guard:
         release lifted (and nothing newer) and this raises to say so."""
         ts = self.wall_clock()
         epoch = self.executor.epochs.next()
+        # a halt signed in advance before this release would lose to its resume: never sent
+        self.executor.note_halt_epoch(algos, epoch)
         rec = self.reconciler
         intents = [rec.wanted(a, released_epoch=epoch) for a in algos] if rec else []
         items = [rec.item(i) for i in intents] if rec else []

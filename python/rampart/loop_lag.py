@@ -1,6 +1,7 @@
 """How long the daemon's event loop keeps a ready callback waiting: a timer every ``interval``
 records how late it fired. A message that arrives during a stall (a long callback, periodic work,
 a SIGSTOP, the GIL held by another thread) waits about as long, the halt it causes included.
+Counted from the moment the daemon is up (start-up work is not a stall of a running daemon).
 
 The timer's own resolution is the event loop's (libuv's timers are whole milliseconds): lags
 below ~1 ms are noise; what this is for is the stalls above it. Histogram buckets are fixed (in
@@ -43,6 +44,13 @@ class LoopLag:
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.max = 0.0
+
+    def reset(self) -> None:
+        """Start counting afresh (the daemon does once it is up: its start-up work, restoring
+        checkpoints and the first round of them, is not a stall of a running daemon)."""
         self.counts = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
         self.max = 0.0
