@@ -106,7 +106,7 @@ def test_the_synthetic_market_gives_the_good_build_a_believable_sharpe() -> None
 
 def test_a_sharpe_is_shown_with_its_standard_error() -> None:
     from rampart.demo import sharpe_text
-    from rampart.view import sharpe_standard_error
+    from rampart.sharpe import sharpe_standard_error
 
     # a week of hourly returns: sqrt(8760 / 168) = 7.2 (plus a hair for the Sharpe itself)
     assert sharpe_text(4.15, 168, 8760.0) == "4.15 ± 7.2 (168 h)"

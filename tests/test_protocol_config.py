@@ -61,7 +61,7 @@ def test_protocol_structs_decode_in_the_core_like_direct_calls(
 def test_status_struct_has_exactly_the_snapshot_fields() -> None:
     snap = _engine().snapshot("a").to_dict()
     # the daemon adds these
-    added = {"gateway", "halted", "positions_omitted", "control", "position_check"}
+    added = {"gateway", "halted", "positions_omitted", "control", "position_check", "sharpe_se"}
     assert set(AlgoStatus.__struct_fields__) == set(snap) | added
     msgspec.convert({**snap, "gateway": "gw"}, AlgoStatus)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from rampart.status import format_deployment, format_metrics
 from rampart.strategies.base import DeploymentState
 
@@ -41,6 +43,29 @@ def test_columns_never_run_together() -> None:
         for title in ("equity", "daily PnL", "Sharpe", "conf"):
             end = head.index(title) + len(title)
             assert line[end - 1] != " " and (len(line) == end or line[end] == " "), (title, line)
+
+
+@dataclass
+class RowWithError(Row):
+    sharpe_se: float | None = 7.2
+
+
+def test_a_sharpe_shows_its_standard_error_when_the_row_has_one() -> None:
+    """The daemon sends each Sharpe's standard error (a week of hourly returns: about 7): the
+    table shows it beside the ratio; a row without one (the scenario's snapshots) shows the
+    ratio alone."""
+    text = format_metrics([RowWithError("a"), RowWithError("b", sharpe=None), Row("c")])
+    lines = text.splitlines()
+    assert "1.25 ±7.2" in lines[2]
+    assert " - " in lines[3] and "±" not in lines[3]
+    assert "1.25" in lines[4] and "±" not in lines[4]
+
+
+def test_the_standard_error_follows_the_annualization() -> None:
+    from rampart.sharpe import sharpe_standard_error
+
+    assert sharpe_standard_error(1.25, 168, 8760.0) == pytest.approx(7.22, abs=0.01)
+    assert sharpe_standard_error(1.25, 168, 252.0) == pytest.approx(1.227, abs=0.001)
 
 
 def state(**kw: object) -> DeploymentState:

@@ -42,12 +42,13 @@ from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.gateway.slippage import SpreadCrossing
 from rampart.protocol import Quote, Subjects, encoder
 from rampart.report import Marker, Sample, render_html, write_report
+from rampart.sharpe import sharpe_standard_error
 from rampart.status import strategy_label
 from rampart.store import RollbackRecord
 from rampart.strategies import TERMINAL
 from rampart.strategies.canary import CanaryMachine
 from rampart.strategies.paper import PaperMachine
-from rampart.view import LiveView, ViewRow, sharpe_standard_error
+from rampart.view import LiveView, ViewRow
 
 SEC = 1_000_000_000
 START_NS = 1_764_028_800_000_000_000  # 2025-11-25 00:00 UTC

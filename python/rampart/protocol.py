@@ -523,6 +523,8 @@ class AlgoStatus(msgspec.Struct, frozen=True, kw_only=True):
     control: ControlStatus | None = None
     # its positions against its gateway's (None: the gateway reports no positions)
     position_check: PositionCheck | None = None
+    # the standard error of ``sharpe`` from the returns behind it (rampart.sharpe)
+    sharpe_se: float | None = None
 
 
 class AlgoUnavailable(msgspec.Struct, frozen=True, kw_only=True):

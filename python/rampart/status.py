@@ -275,6 +275,11 @@ def _opt(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _sharpe(v: float | None, se: float | None) -> str:
+    """``3.10 ±7.2``: a Sharpe ratio with its standard error when the row carries one."""
+    return _opt(v, ".2f") if v is None or se is None else f"{v:.2f} ±{se:.1f}"
+
+
 class MetricsRow(Metrics, Protocol):
     """What the table needs: satisfied by the core's Snapshot and by protocol.AlgoStatus."""
 
@@ -305,7 +310,7 @@ def format_metrics(rows: Sequence[MetricsRow]) -> str:
                 f"{s.daily_pnl:,.2f}",
                 f"{s.drawdown:.2%}",
                 f"{s.max_drawdown:.2%}",
-                _opt(s.sharpe, ".2f"),
+                _sharpe(s.sharpe, getattr(s, "sharpe_se", None)),
                 str(s.trades),
                 _opt(win, ".0f"),
                 _opt(rej, ".0f"),
@@ -484,6 +489,7 @@ def view_rows(reply: StatusReply) -> list[ViewRow]:
                 equity=a.equity,
                 drawdown=a.drawdown,
                 sharpe=a.sharpe,
+                sharpe_se=a.sharpe_se,
                 win_rate=a.win_rate,
                 error_rate=a.error_rate,
                 latency_p99_ms=None if a.latency_p99_ns is None else a.latency_p99_ns / 1e6,

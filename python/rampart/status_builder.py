@@ -35,6 +35,7 @@ from rampart.protocol import (
 )
 from rampart.reconciler import Reconciler
 from rampart.runner import DeploymentRunner, algorithms_of
+from rampart.sharpe import sharpe_standard_error
 from rampart.signing import SigningKey
 from rampart.store import HaltLatch
 from rampart.strategies import DeploymentState
@@ -133,6 +134,10 @@ class StatusBuilder:
         snap["gateway"] = gateway
         snap["halted"] = d.guard is not None and algo_id in d.guard.halted
         status = msgspec.convert(snap, AlgoStatus)
+        ppy = self._periods_per_year.get(algo_id)
+        if ppy is not None:
+            se = sharpe_standard_error(status.sharpe, status.returns_count, ppy)
+            status = msgspec.structs.replace(status, sharpe_se=se)
         if d.reconciler is not None and gateway is not None:
             control = d.reconciler.control_status(algo_id, gateway)
             status = msgspec.structs.replace(status, control=control)
@@ -141,6 +146,11 @@ class StatusBuilder:
             if check is not None:
                 status = msgspec.structs.replace(status, position_check=check)
         return status
+
+    @functools.cached_property
+    def _periods_per_year(self) -> dict[str, float]:
+        """Each configured algorithm's annualization (for its Sharpe's standard error)."""
+        return {a.id: a.to_core().periods_per_year for a in self.d.config.algorithms}
 
     @functools.cached_property
     def _failures(self) -> Throttle:
