@@ -391,7 +391,10 @@ def test_a_dragged_clock_in_a_checkpoint_is_reset_alerted_and_recorded_on_restar
             except AssertionError:
                 raise AssertionError(
                     f"the quote at the present was not applied: clock {daemon.engine.now}, "
-                    f"quote {t}, refused {daemon.stats.rejected}"
+                    f"quote {t}, last quote {daemon.engine.last_quote_ts('ES')}, ingested "
+                    f"{daemon.stats.ingested}, refused {daemon.stats.rejected}, events seq "
+                    f"{daemon.stats.events_seq}, failed {daemon.failed!r}, "
+                    f"NATS connected {daemon.nc is not None and daemon.nc.is_connected}"
                 ) from None
         finally:
             await nc.close()
