@@ -3,15 +3,17 @@ algorithms on one gateway, over a real nats-server on 127.0.0.1.
 
 Run: ``.venv/bin/python benches/rollback_latency.py [--t2h-iterations 1000]
 [--sizes 1:1000,100:200,1000:50] [--gateway both] [--open-orders 1] [--events core|durable]
-[--signing on|ab] [--json PATH]``
+[--signing on|ab] [--fast-halt on|ab] [--t2h-gateway process|in-process] [--json PATH]``
 
 baselines: bare nats-py on the same server: one hop (publish -> callback on another connection)
    and one request -> reply round trip; the floor under every step below.
-a. tick-to-halt, all in this one uvloop process, each party on its own NATS connection: the
-   daemon (``rampart.daemon.Daemon``), the reference gateway (``ReferenceGateway`` and its
-   ``GatewayAgent``) and the publisher of the breaching events, so one monotonic clock
-   (``time.perf_counter_ns``) times them all; they also share one event loop (in production they
-   are separate processes). Timed from just before ``publish`` of a fill that breaches the
+a. tick-to-halt, each party on its own NATS connection: the daemon (``rampart.daemon.Daemon``)
+   and the publisher of the breaching events in this uvloop process, the reference gateway
+   (``ReferenceGateway`` and its ``GatewayAgent``) in a child process as in production
+   (``--t2h-gateway in-process``: on this process's event loop, as before issue 15); one
+   monotonic clock times them all (``time.perf_counter_ns`` is CLOCK_MONOTONIC, the same in
+   every process of the host; the child reports its times after the halt). Timed from just
+   before ``publish`` of a fill that breaches the
    algorithm's drawdown limit (buying 10 at 6000 with the market at 5400: 6% of a 100k capital,
    limit 5%) to the moment the gateway's ``halt`` handler is entered, split at the daemon's
    breach listeners, the executor sending the halt and the gateway receiving it. Each iteration
@@ -229,6 +231,8 @@ class TimedGateway(ReferenceGateway):
         # algo -> future of (halt handler entered, its command message arrived)
         self.waiting: dict[str, asyncio.Future[tuple[int, int]]] = {}
         self.command_rx = 0
+        # in a child process: told of each halt (algo, halt handler entered, command arrived)
+        self.report: Callable[[str, int, int], None] | None = None
         on_command = self.agent._on_command
 
         async def timed(msg: Msg) -> None:
@@ -242,7 +246,58 @@ class TimedGateway(ReferenceGateway):
         fut = self.waiting.pop(algo, None)
         if fut is not None and not fut.done():
             fut.set_result((t, self.command_rx))
+        if self.report is not None:
+            self.report(algo, t, self.command_rx)
         await super().halt(algo)
+
+
+T2H_REPORTS = "bench.t2h.halted"
+
+
+def t2h_gateway(nc: Client, spec: dict[str, Any]) -> TimedGateway:
+    """Part a's gateway, in this process or in a child (the same ``spec`` either way)."""
+    gateway = TimedGateway(
+        nc,
+        GATEWAY,
+        [
+            HostedAlgo(a, sym, Momentum(), allocation=1.0, active=False)
+            for a, sym in spec["symbols"].items()
+        ],
+        deadman_timeout=3600.0,
+        **({"durable": spec["durable"]} if GATEWAY_HAS_DURABLE else {}),
+        **trusting(spec["keys"]),
+    )
+    if spec["accept_unsigned"]:
+        verify = gateway.agent.verifier.check
+        gateway.agent.verifier.check = (  # type: ignore[method-assign]
+            lambda subject, body, headers: verify(subject, body, headers) if headers else None
+        )
+    return gateway
+
+
+async def serve_t2h_gateway(url: str, spec_path: str) -> None:
+    """Part a's gateway as a child process: each halt handler's entry and its command's arrival
+    (``time.perf_counter_ns``: CLOCK_MONOTONIC, one clock for every process on the host) are
+    published on ``T2H_REPORTS`` after the fact; ``ready`` on stdout once it listens, EOF on
+    stdin ends it."""
+    loop = asyncio.get_running_loop()
+    nc = await nats.connect(url, name="bench-gateway")
+    gateway = t2h_gateway(nc, json.loads(Path(spec_path).read_text()))
+    reports: set[asyncio.Task[None]] = set()
+
+    def report(algo: str, t_halt: int, t_rx: int) -> None:
+        task = asyncio.ensure_future(nc.publish(T2H_REPORTS, f"{algo} {t_halt} {t_rx}".encode()))
+        reports.add(task)
+        task.add_done_callback(reports.discard)
+
+    gateway.report = report
+    try:
+        await gateway.start()
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+    finally:
+        await gateway.close()
+        await nc.close()
 
 
 # Since issue 10 fills travel on a JetStream stream (``[events] durable = true``, the default);
@@ -254,6 +309,8 @@ GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).
 GATEWAY_TRUSTS = "trusted_keys" in inspect.signature(ReferenceGateway.__init__).parameters
 # part b's executor signs with this key when the tree signs (its gateway trusts it)
 BENCH_SEED: str | None = None
+# a tree from before issue 15's halt from the ingest path
+HAS_FAST_HALT = hasattr(RollbackExecutor, "fire_halt")
 if GATEWAY_TRUSTS:
     from rampart.signing import SigningKey, sign_headers
 
@@ -307,6 +364,10 @@ async def tick_to_halt(
     gw_nc: Client | None = None
     feed: Client | None = None
     gateway: TimedGateway | None = None
+    child: ChildProcess | None = None
+    reports: Client | None = None
+    # algo -> future of (halt handler entered, its command message arrived)
+    waiting: dict[str, asyncio.Future[tuple[int, int]]] = {}
     alerts: dict[str, asyncio.Future[None]] = {}
     breach_at: dict[str, int] = {}
 
@@ -327,10 +388,21 @@ async def tick_to_halt(
     # --signing ab: iterations alternate (ABBA) between the signed path and the same path with
     # the signing switched off (the executor sends no signature headers; the gateway takes an
     # unsigned command as the SDK did before issue 12, and still verifies a signed one)
-    modes = ["signed", "unsigned"] if args.signing == "ab" and GATEWAY_TRUSTS else ["as built"]
+    #
+    # --fast-halt ab: iterations alternate (ABBA) between the halt sent from the ingest path
+    # (issue 15: ``RollbackExecutor.fire_halt``, before the rollback's task runs) and the halt
+    # sent by the rollback's task, as before
+    if args.signing == "ab" and args.fast_halt == "ab":
+        raise SystemExit("--signing ab and --fast-halt ab: one comparison per run")
+    if args.signing == "ab" and GATEWAY_TRUSTS:
+        modes = ["signed", "unsigned"]
+    elif args.fast_halt == "ab" and HAS_FAST_HALT:
+        modes = ["fast halt", "halt from the task"]
+    else:
+        modes = ["as built"]
     per_mode: dict[str, list[Metric]] = {}
     for mode in modes:
-        tag = "" if mode in ("signed", "as built") else f"[{mode}] "
+        tag = "" if mode in ("signed", "as built", "fast halt") else f"[{mode}] "
         t2h = Metric(
             f"{tag}tick-to-halt (publish -> gateway halt handler)", seed_ms=SEED_MS["halt"]
         )
@@ -374,22 +446,45 @@ async def tick_to_halt(
             return await send(gateway, command, deadline, encoded)
 
         executor.send = timed_send  # type: ignore[method-assign]
-        gw_nc = await nats.connect(url, name="bench-gateway")
-        gateway = TimedGateway(
-            gw_nc,
-            GATEWAY,
-            [HostedAlgo(a, symbol[a], Momentum(), allocation=1.0, active=False) for a in algos],
-            deadman_timeout=3600.0,
-            **({"durable": args.events == "durable"} if GATEWAY_HAS_DURABLE else {}),
-            **trusting([daemon.public_key] if GATEWAY_TRUSTS else []),
-        )
+        fire = getattr(executor, "fire_halt", None)
+
+        async def timed_fire(algo: str) -> Any:
+            if fast_off:
+                return None
+            sent_at.setdefault(algo, time.perf_counter_ns())
+            return await fire(algo)  # type: ignore[misc]
+
+        fast_off = False
+        if fire is not None:
+            executor.fire_halt = timed_fire  # type: ignore[method-assign]
         sign = executor.sign
-        if len(modes) > 1:
-            verify = gateway.agent.verifier.check
-            gateway.agent.verifier.check = (  # type: ignore[method-assign]
-                lambda subject, body, headers: verify(subject, body, headers) if headers else None
-            )
-        await gateway.start()
+        spec = {
+            "symbols": symbol,
+            "durable": args.events == "durable",
+            "keys": [daemon.public_key] if GATEWAY_TRUSTS else [],
+            # the unsigned half of --signing ab: taken as the SDK did before issue 12
+            "accept_unsigned": modes == ["signed", "unsigned"],
+        }
+        if args.t2h_gateway == "process":
+            spec_path = workdir / "t2h-gateway.json"
+            spec_path.write_text(json.dumps(spec))
+            reports = await nats.connect(url, name="bench-reports")
+
+            async def on_report(msg: Msg) -> None:
+                algo, t_halt, t_rx = msg.data.decode().split()
+                fut = waiting.pop(algo, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((int(t_halt), int(t_rx)))
+
+            await reports.subscribe(T2H_REPORTS, cb=on_report)
+            await reports.flush()
+            child = ChildProcess(["--serve-t2h-gateway", url, str(spec_path)])
+            await child.start(30)
+        else:
+            gw_nc = await nats.connect(url, name="bench-gateway")
+            gateway = t2h_gateway(gw_nc, spec)
+            gateway.waiting = waiting
+            await gateway.start()
         feed = await nats.connect(url, name="bench-feed")
         await feed.subscribe(f"{SUBJ.prefix}.alert.>", cb=on_alert)
         await until(lambda: GATEWAY in daemon.gateways, 10, "the daemon did not see the gateway")
@@ -407,6 +502,7 @@ async def tick_to_halt(
         for i, algo in enumerate(algos[: args.t2h_warmup + args.t2h_iterations]):
             mode = modes[0] if len(modes) == 1 else modes[(i % 4) in (1, 2)]  # ABBA
             executor.sign = sign if mode != "unsigned" else None
+            fast_off = mode == "halt from the task"
             if hasattr(executor, "presign"):
                 # its halt signed in advance (or not, for the unsigned path), as the daemon
                 # keeps one ready for every algorithm (rollback.presign_validity)
@@ -424,7 +520,7 @@ async def tick_to_halt(
             subject = SUBJ.fills(GATEWAY, algo)
             halted: asyncio.Future[tuple[int, int]] = loop.create_future()
             alerted: asyncio.Future[None] = loop.create_future()
-            gateway.waiting[algo] = halted
+            waiting[algo] = halted
             alerts[algo] = alerted
             start = time.perf_counter_ns()
             await feed.publish(subject, data)
@@ -466,6 +562,10 @@ async def tick_to_halt(
             await gateway.close()
         if gw_nc is not None:
             await gw_nc.close()
+        if child is not None:
+            await child.stop()
+        if reports is not None:
+            await reports.close()
         if started:
             if os.environ.get("RAMPART_BENCH_DEBUG") and daemon.reconciler is not None:
                 print("reconciler sends", daemon.reconciler.sends, file=sys.stderr)
@@ -473,6 +573,16 @@ async def tick_to_halt(
     if len(modes) > 1:
         p99 = {mode: pct(sorted(per_mode[mode][0].samples), 99) for mode in modes}
         p50 = {mode: pct(sorted(per_mode[mode][0].samples), 50) for mode in modes}
+    if modes == ["fast halt", "halt from the task"]:
+        a, b = modes
+        extra["fast_halt_ab"] = {
+            "t2h_p50_ms": p50,
+            "t2h_p99_ms": p99,
+            "p50_ratio_fast_task": p50[a] / p50[b],
+            "p99_ratio_fast_task": p99[a] / p99[b],
+        }
+        extra["fast_halts_used"] = getattr(executor, "fired_used", None)
+    if modes == ["signed", "unsigned"]:
         extra["signing_ab"] = {
             "t2h_p50_ms": p50,
             "t2h_p99_ms": p99,
@@ -558,18 +668,18 @@ async def serve_gateway(url: str, n: int, open_orders: int, seed: str | None) ->
         await nc.close()
 
 
-class GatewayProcess:
-    """``serve_gateway`` in a child process (this script with the hidden ``--serve-gateway``)."""
+class ChildProcess:
+    """This script in a child process with ``args`` (a hidden ``--serve-...`` option); it says
+    ``ready`` on stdout once it serves, and ends at EOF on its stdin."""
 
-    def __init__(self, url: str, n: int, open_orders: int) -> None:
-        self.args = [url, str(n), str(open_orders), BENCH_SEED or "-"]
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(Path(__file__).resolve()),
-            "--serve-gateway",
             *self.args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -584,16 +694,23 @@ class GatewayProcess:
             raise RuntimeError(f"the gateway process said {line!r}, expected {word!r}")
         return words[1:]
 
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        await stop_child(proc)
+
+
+class GatewayProcess(ChildProcess):
+    """``serve_gateway`` in a child process (this script with the hidden ``--serve-gateway``)."""
+
+    def __init__(self, url: str, n: int, open_orders: int) -> None:
+        super().__init__(["--serve-gateway", url, str(n), str(open_orders), BENCH_SEED or "-"])
+
     async def stats(self, timeout: float) -> tuple[int, int]:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(b"stats\n")
         await self.proc.stdin.drain()
         commands, cancels = await self._expect("stats", timeout)
         return int(commands), int(cancels)
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        await stop_child(proc)
 
 
 async def executor_rollbacks(
@@ -739,7 +856,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         url = await asyncio.to_thread(server.start)
-        print(f"nats-server {url}; daemon, gateway and publisher in this process (uvloop)")
+        where = "in a child process" if args.t2h_gateway == "process" else "in this process"
+        print(
+            f"nats-server {url}; daemon and publisher in this process (uvloop), part a's "
+            f"gateway {where}"
+        )
         if args.baseline_iterations:
             metrics = await nats_baselines(url, args.baseline_iterations, args.timeout)
             title = f"baselines: bare nats-py, {args.baseline_iterations} round trips each"
@@ -772,6 +893,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f"  signing: tick-to-halt signed / unsigned, same run (ABBA): p50 "
                     f"{ab['p50_ratio_signed_unsigned']:.3f}x, p99 "
                     f"{ab['p99_ratio_signed_unsigned']:.3f}x (aim: p99 within 1.10x)"
+                )
+            fast = extra.get("fast_halt_ab")
+            if fast is not None:
+                print(
+                    f"  halt from the ingest path / from the rollback's task, same run (ABBA): "
+                    f"p50 {fast['p50_ratio_fast_task']:.3f}x, p99 "
+                    f"{fast['p99_ratio_fast_task']:.3f}x ({extra['fast_halts_used']} sent from "
+                    "the ingest path)"
                 )
             result["tick_to_halt"] = {"rows": rows, **extra}
         result["executor"] = []
@@ -825,6 +954,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "open_orders": args.open_orders,
         "events": args.events,
         "signing": args.signing,
+        "fast_halt": args.fast_halt,
+        "t2h_gateway": args.t2h_gateway,
     }
     return result
 
@@ -859,16 +990,34 @@ def main() -> int:
         help="ab: tick-to-halt alternates (ABBA) signed and unsigned commands in one run",
     )
     p.add_argument(
+        "--fast-halt",
+        choices=("on", "ab"),
+        default="on",
+        help="ab: tick-to-halt alternates (ABBA) the halt sent from the ingest path and the "
+        "halt sent by the rollback's task",
+    )
+    p.add_argument(
         "--gateway",
         choices=("in-process", "process", "both"),
         default="both",
         help="part b: the gateway in this process, in a child process, or both in turn",
     )
+    p.add_argument(
+        "--t2h-gateway",
+        choices=("process", "in-process"),
+        default="process",
+        help="part a: the gateway in a child process (as in production) or on this process's "
+        "event loop beside the daemon (as before issue 15)",
+    )
     p.add_argument("--serve-gateway", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
+    p.add_argument("--serve-t2h-gateway", nargs=2, metavar="ARG", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=10.0, help="bound of one iteration, s")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--raw", action="store_true", help="include every sample in the JSON")
     args = p.parse_args()
+    if args.serve_t2h_gateway:
+        uvloop.run(serve_t2h_gateway(*args.serve_t2h_gateway))
+        return 0
     if args.serve_gateway:
         url, n, open_orders, seed = args.serve_gateway
         uvloop.run(serve_gateway(url, int(n), int(open_orders), None if seed == "-" else seed))

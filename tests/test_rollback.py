@@ -23,6 +23,7 @@ from rampart.protocol import (
     SidecarHeartbeat,
     Subjects,
     command_ack_decoder,
+    command_decoder,
     encoder,
 )
 from rampart.rollback import ExecutorSettings, RollbackExecutor, RollbackRequest
@@ -266,6 +267,82 @@ def test_a_halt_signed_in_advance_is_sent_as_it_is_and_applied(server: EmbeddedN
             record = await ex.execute(req)
             assert record.state == "succeeded" and ex.presigned_used == 1
             await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_halt_fired_from_the_ingest_path_is_waited_for_not_sent_again(
+    server: EmbeddedNatsServer,
+) -> None:
+    async def scenario() -> None:
+        async with gateway(server.url) as (gw_nc, gw):
+            seen: list[Msg] = []
+
+            async def on_command(msg: Msg) -> None:
+                seen.append(msg)
+
+            await gw_nc.subscribe(SUBJ.command("gw1"), cb=on_command)
+            rampart = await nats.connect(server.url)
+            ex = executor(rampart)
+            assert await ex.fire_halt("mom-v2") is None, "no reply subscription yet: not sent"
+            await ex.start_fast_acks()
+            ex.presign("mom-v2")
+            held = ex._presigned["mom-v2"]
+            fired = await ex.fire_halt("mom-v2")
+            assert fired is not None and fired.command == held.command, "the one signed ahead"
+            assert ex.fired_used == 1 and ex.presigned_used == 1
+            req = RollbackRequest(
+                algos=("mom-v2",),
+                scope="algo",
+                trigger="limit:drawdown",
+                reason="dd",
+                actor="r",
+                fired={"mom-v2": fired},
+            )
+            record = await ex.execute(req)
+            halt = next(s for s in record.steps if s.name == "halt")
+            assert record.state == "succeeded" and halt.attempts == 1
+            assert gw.algos["mom-v2"].halted
+            assert gw.agent.book.control("mom-v2").halt_epoch == held.command.epoch
+            await until(lambda: len(seen) >= 3)
+            kinds = [command_decoder.decode(m.data).kind for m in seen]
+            assert kinds.count("halt") == 1, kinds
+            # nothing signed ahead: the halt is encoded and signed on the spot, still sent
+            fired = await ex.fire_halt("mom-v1")
+            assert fired is not None and fired.headers is not None and ex.presigned_used == 1
+            ex.drop_fired(fired)
+            await rampart.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_fired_halt_nobody_answers_is_requested_again_until_acked(
+    server: EmbeddedNatsServer,
+) -> None:
+    async def scenario() -> None:
+        rampart = await nats.connect(server.url)
+        ex = executor(rampart, attempt_timeout=0.02)
+        await ex.start_fast_acks()
+        fired = await ex.fire_halt("mom-v2")  # no gateway listens: the server says so
+        assert fired is not None
+        req = RollbackRequest(
+            algos=("mom-v2",),
+            scope="algo",
+            trigger="limit:drawdown",
+            reason="dd",
+            actor="r",
+            fired={"mom-v2": fired},
+        )
+        execution = asyncio.ensure_future(ex.execute(req))
+        await asyncio.sleep(0.1)
+        async with gateway(server.url) as (_, gw):
+            record = await execution
+            halt = next(s for s in record.steps if s.name == "halt")
+            assert halt.status == "acked" and halt.attempts > 1
+            assert gw.algos["mom-v2"].halted
+            assert gw.agent.book.control("mom-v2").halt_epoch == fired.command.epoch
+        assert not ex._fired_acks, "no reply waited for any more"
+        await rampart.close()
 
     asyncio.run(scenario())
 

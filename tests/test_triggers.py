@@ -187,6 +187,60 @@ def test_a_drawdown_breach_rolls_back_end_to_end(
     asyncio.run(scenario())
 
 
+def test_a_breachs_halt_is_on_the_socket_before_anything_else_runs(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Issue 15: the halt leaves from the ingest callback's own step, already signed, before the
+    rollback's task, the breach's log line and event, or any later breach listener; the
+    rollback waits for that halt's ack instead of sending another."""
+
+    async def scenario() -> None:
+        config = make_config(tmp_path)
+        async with world(config, server.url) as w:
+            daemon, guard = w.daemon, w.daemon.guard
+            assert guard is not None and daemon.nc is not None
+            nc = daemon.nc
+            seen: list[tuple[int, int, bool]] = []
+
+            def after_guard(breaches: object) -> None:
+                # nats-py's own buffer of commands not yet written to the socket (no public API)
+                seen.append(
+                    (nc._pending_data_size, guard.executor.fired_used, "mom-v2" in guard.in_flight)
+                )
+
+            daemon.breach_listeners.append(after_guard)
+            commands: list[Msg] = []
+
+            async def on_command(msg: Msg) -> None:
+                commands.append(msg)
+
+            await w.feed.subscribe(SUBJ.command("gw1"), cb=on_command)
+            now = time.time_ns()
+            fill = Fill(algo="mom-v2", symbol="ESZ5", side="buy", qty=10, price=6000.0, ts=now)
+            await w.send(SUBJ.fills("gw1", "mom-v2"), fill)
+            await w.send(SUBJ.market("ESZ5"), Quote(symbol="ESZ5", bid=5400, ask=5400, ts=now + 1))
+            await w.rolled_back()
+            assert seen and seen[0] == (0, 1, True), (
+                f"when the next listener ran: (bytes not yet written, halts fired, rolling back) "
+                f"= {seen[0] if seen else None}"
+            )
+            record = guard.recent[0]
+            halt = next(s for s in record.steps if s.name == "halt")
+            assert record.state == "succeeded" and halt.status == "acked" and halt.attempts == 1
+            # the first command on the wire is the fired halt (signed), applied by the gateway
+            await until(lambda: len(commands) >= 2)
+            first = msgspec.json.decode(commands[0].data)
+            assert first["kind"] == "halt" and [t["algo"] for t in first["targets"]] == ["mom-v2"]
+            assert commands[0].headers, "signed"
+            control = w.gateway.agent.book.control("mom-v2")
+            assert control.halt_epoch == first["epoch"]
+            halts = [c for c in commands if msgspec.json.decode(c.data)["kind"] == "halt"]
+            assert len(halts) == 1, "the rollback did not send its halt a second time"
+            assert_rolled_back_to_v1(w)
+
+    asyncio.run(scenario())
+
+
 def test_a_reject_storm_rolls_back(server: EmbeddedNatsServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with world(make_config(tmp_path), server.url) as w:

@@ -41,6 +41,7 @@ from rampart.reconcile import Op
 from rampart.rollback import (
     EpochClock,
     ExecutorSettings,
+    FiredHalt,
     RollbackExecutor,
     RollbackRequest,
     Scope,
@@ -112,6 +113,8 @@ class Guard:
         )
         self.halted: dict[str, HaltLatch] = {}
         self.in_flight: set[str] = set()
+        # algorithms whose halt on_breaches has just sent, until their rollback starts
+        self._firing: set[str] = set()
         # algorithms whose release is sending its resume
         self.releasing: set[str] = set()
         self.recent: list[RollbackRecord] = []
@@ -158,6 +161,7 @@ class Guard:
             r.rollback_id: r for r in await asyncio.to_thread(self.store.open_rollbacks)
         }
         await self._setup_jetstream()
+        await self.executor.start_fast_acks()
         if self.halted:
             # A halted algorithm stays halted: re-assert it on every start.
             log.warning("re-asserting the halt of %d algorithms from the store", len(self.halted))
@@ -250,12 +254,32 @@ class Guard:
     # ---- triggers -----------------------------------------------------------------------------
 
     async def on_breaches(self, breaches: list[Breach]) -> None:
+        """The ingest path's breaches: each algorithm's halt is published here, in the ingest
+        callback's own step, before its rollback task exists (``RollbackExecutor.fire_halt``);
+        the loop then runs once, so the halt is on the socket before anything else is done."""
         by_algo: dict[str, list[Breach]] = {}
         for b in breaches:
             by_algo.setdefault(b.algo_id, []).append(b)
+        fired: dict[str, FiredHalt] = {}
+        for algo in by_algo:
+            if algo not in self.in_flight and algo not in self.halted and algo not in self._firing:
+                f = await self.executor.fire_halt(algo)
+                if f is not None:
+                    fired[algo] = f
+        if fired:
+            # nats-py writes from its flusher task, woken by the publish: let it run now, before
+            # the rollbacks' bookkeeping, the caller's logging and the deployments' decisions
+            self._firing.update(fired)
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._firing.difference_update(fired)
         for algo, found in by_algo.items():
+            f = fired.get(algo)
             reason = "; ".join(f"{b.kind} {b.value:.6g} beyond {b.threshold:.6g}" for b in found)
-            self.trigger((algo,), "algo", f"limit:{found[0].kind}", reason)
+            task = self.trigger((algo,), "algo", f"limit:{found[0].kind}", reason, fired=f)
+            if task is None and f is not None:  # another rollback took it meanwhile
+                self.executor.drop_fired(f)
 
     async def on_connectivity(self, event: ConnectivityEvent) -> None:
         if event.state == "disconnected":
@@ -280,9 +304,11 @@ class Guard:
         *,
         force: bool = False,
         previous: dict[str, str] | None = None,
+        fired: FiredHalt | None = None,
     ) -> asyncio.Task[RollbackRecord | None] | None:
         """Start a rollback of ``algos`` unless each is already halted or rolling back
-        (``force``: roll back anyway, for a person's explicit request)."""
+        (``force``: roll back anyway, for a person's explicit request). ``fired``: the halt of
+        the one algorithm already sent from the ingest path."""
         todo = tuple(
             a for a in algos if a not in self.in_flight and (force or a not in self.halted)
         )
@@ -292,7 +318,8 @@ class Guard:
         for listener in self.rollback_listeners:
             listener(todo, trigger, actor)
         task: asyncio.Task[RollbackRecord | None] = self._spawn(
-            self.rollback(todo, scope, trigger, reason, actor, previous), f"rollback-{trigger}"
+            self.rollback(todo, scope, trigger, reason, actor, previous, fired),
+            f"rollback-{trigger}",
         )
         return task
 
@@ -304,6 +331,7 @@ class Guard:
         reason: str,
         actor: str,
         previous_override: dict[str, str] | None = None,
+        fired: FiredHalt | None = None,
     ) -> RollbackRecord | None:
         """``previous_override``: the versions to re-activate when the caller knows them (a
         blue/green deployment's blue); otherwise each algorithm's ``previous_version``."""
@@ -311,7 +339,16 @@ class Guard:
         previous = {a: p for a in algos if (p := self.algo_config[a].previous_version) is not None}
         previous.update({a: p for a, p in (previous_override or {}).items() if a in algos})
         flatten = any(self.algo_config[a].flatten_on_rollback for a in algos)
-        request = RollbackRequest(algos, scope, trigger, reason, actor, flatten, previous)
+        request = RollbackRequest(
+            algos,
+            scope,
+            trigger,
+            reason,
+            actor,
+            flatten,
+            previous,
+            {fired.command.targets[0].algo: fired} if fired is not None else {},
+        )
         # The halt goes out first: the executor runs up to its first request before anything
         # else here; the log line and the latch (written to disk in a thread) follow it.
         execution = asyncio.ensure_future(self.executor.execute(request))

@@ -22,6 +22,8 @@ from typing import Final, Literal
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -70,6 +72,9 @@ class RollbackRequest:
     actor: str
     flatten: bool = False
     previous: dict[str, str] = field(default_factory=dict)
+    # halts already sent from the ingest path (``RollbackExecutor.fire_halt``), by algorithm:
+    # the halt step waits for their acks instead of sending them
+    fired: dict[str, FiredHalt] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +124,19 @@ class PresignedHalt:
     headers: dict[str, str] | None
 
 
+@dataclass(frozen=True)
+class FiredHalt:
+    """A halt of one algorithm already published from the ingest path, before the rollback's
+    task ran (``RollbackExecutor.fire_halt``); ``ack`` resolves with the gateway's reply."""
+
+    gateway: str
+    command: Command
+    payload: bytes
+    headers: dict[str, str] | None
+    ack: asyncio.Future[Msg]
+    sent_at: int  # the executor's monotonic clock, ns
+
+
 # the reason a halt signed in advance carries (the rollback's own follows in its next commands)
 PRESIGNED_REASON: Final = "emergency halt (signed in advance; the reason follows)"
 
@@ -155,6 +173,11 @@ class RollbackExecutor:
         self._presigned: dict[str, PresignedHalt] = {}
         self._halt_floor: dict[str, int] = {}
         self.presigned_used = 0
+        # halts sent from the ingest path: their replies come to <_ack_prefix>.<command id>
+        self._ack_prefix: str | None = None
+        self._ack_sub: Subscription | None = None
+        self._fired_acks: dict[str, asyncio.Future[Msg]] = {}
+        self.fired_used = 0
 
     # ---- halts signed in advance ----------------------------------------------------------
 
@@ -174,7 +197,9 @@ class RollbackExecutor:
         validity = self.settings.presign_validity
         if validity <= 0:
             return
-        gateway = self.gateway_of(algo)
+        self._presigned[algo] = self._encode_halt(algo, self.gateway_of(algo), validity)
+
+    def _encode_halt(self, algo: str, gateway: str, validity: float) -> PresignedHalt:
         now = self.wall_clock()
         cmd = Command(
             command_id=uuid.uuid4().hex,
@@ -188,7 +213,7 @@ class RollbackExecutor:
         payload = encoder.encode(cmd)
         subject = self.subjects.command(gateway)
         headers = self.sign(subject, payload) if self.sign is not None else None
-        self._presigned[algo] = PresignedHalt(gateway, cmd, payload, headers)
+        return PresignedHalt(gateway, cmd, payload, headers)
 
     def needs_presign(self, algo: str) -> bool:
         """No usable signed halt, or less than half its validity left."""
@@ -226,6 +251,96 @@ class RollbackExecutor:
                         log.error("cannot sign a halt of %s in advance: %s", a, e)
                     signed += 1
             await asyncio.sleep(interval)
+
+    # ---- halts sent from the ingest path --------------------------------------------------
+
+    async def start_fast_acks(self) -> None:
+        """Subscribe to the replies of halts sent by ``fire_halt`` (one wildcard subscription
+        in this connection's inbox space, so a role's ``inbox_prefix`` permissions hold)."""
+        if self._ack_sub is None:
+            self._ack_prefix = self.nc.new_inbox()
+            self._ack_sub = await self.nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_fast_ack)
+
+    async def _on_fast_ack(self, msg: Msg) -> None:
+        fut = self._fired_acks.pop(msg.subject.rpartition(".")[2], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def fire_halt(self, algo: str) -> FiredHalt | None:
+        """Publish a halt of ``algo`` now, from the caller's own step (the ingest path), before
+        any task runs: its halt signed in advance, or one encoded and signed here. The rollback
+        that follows waits for its ack (``RollbackRequest.fired``). ``None`` when it could not be
+        sent (no reply subscription, NATS refused the publish): the rollback sends it then."""
+        if self._ack_prefix is None or self._closing:
+            return None
+        gateway = self.gateway_of(algo)
+        deadline = self.settings.step_deadline["halt"]
+        held = self._take_presigned(algo, gateway, deadline)
+        if held is not None:
+            self.presigned_used += 1
+        else:
+            held = self._encode_halt(algo, gateway, deadline)
+        self.note_halt_epoch((algo,), held.command.epoch)
+        token = held.command.command_id
+        ack: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._fired_acks[token] = ack
+        sent_at = self.monotonic()
+        try:
+            await self.nc.publish(
+                self.subjects.command(gateway),
+                held.payload,
+                reply=f"{self._ack_prefix}.{token}",
+                headers=held.headers,
+            )
+        except Exception as e:  # NATS down, buffer full: the rollback's halt step sends it
+            self._fired_acks.pop(token, None)
+            log.warning("could not send the halt of %s from the ingest path: %s", algo, e)
+            return None
+        self.fired_used += 1
+        return FiredHalt(gateway, held.command, held.payload, held.headers, ack, sent_at)
+
+    def drop_fired(self, fired: FiredHalt) -> None:
+        """A fired halt no rollback will wait for (its algorithm was already rolling back)."""
+        self._fired_acks.pop(fired.command.command_id, None)
+
+    async def _await_fired(self, fired: FiredHalt, deadline: float) -> StepOutcome:
+        """The halt step of a halt sent by ``fire_halt``: its ack within one attempt's timeout;
+        otherwise (no answer, an error) the same command is requested again as ``send`` does
+        until ``deadline`` from when it was fired."""
+        pending = {t.algo for t in fired.command.targets}
+        timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
+        detail = f"no ack from gateway {fired.gateway} within {timeout * 1000:.0f} ms"
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fired.ack), timeout)
+            if reply.headers and reply.headers.get("Status") == "503":
+                raise NoRespondersError
+            ack = command_ack_decoder.decode(reply.data)
+            pending, detail = _unacked(ack.results, pending)
+            if not pending:
+                return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
+            if {r.status for r in ack.results if r.algo in pending} <= FINAL_REFUSALS:
+                return StepOutcome(
+                    False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending)
+                )
+        except TimeoutError:
+            pass
+        except NoRespondersError:
+            detail = f"gateway {fired.gateway} is not listening on its command subject"
+        except msgspec.DecodeError as e:
+            detail = f"unreadable ack from gateway {fired.gateway}: {e}"
+        finally:
+            self.drop_fired(fired)
+        left = deadline - (self.monotonic() - fired.sent_at) / 1e9
+        if left <= 0:
+            return StepOutcome(False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending))
+        again = await self.send(fired.gateway, fired.command, left, (fired.payload, fired.headers))
+        return StepOutcome(
+            again.ok,
+            again.attempts + 1,
+            self.monotonic() - fired.sent_at,
+            again.detail,
+            again.failed,
+        )
 
     # ---- one command, one gateway --------------------------------------------------------
 
@@ -392,8 +507,14 @@ class RollbackExecutor:
             out[name] = (await self.send(gateway, cmd, s[name]), cmd)
 
         targets = [CommandTarget(algo=a) for a in algos]
-        held = self._take_presigned(algos[0], gateway, s["halt"]) if len(algos) == 1 else None
-        if held is not None:
+        fired = req.fired.get(algos[0]) if len(algos) == 1 else None
+        held = None
+        if fired is None and len(algos) == 1:
+            held = self._take_presigned(algos[0], gateway, s["halt"])
+        if fired is not None and fired.gateway == gateway:
+            # sent from the ingest path already: only its ack is waited for
+            out["halt"] = (await self._await_fired(fired, s["halt"]), fired.command)
+        elif held is not None:
             # the halt leaves already encoded and signed; the next commands carry the reason
             self.presigned_used += 1
             encoded = (held.payload, held.headers)
@@ -487,6 +608,9 @@ class RollbackExecutor:
         swallowed inside a request (``wait_for`` on Python 3.11) ends at its next turn, and one
         that does not within 2 s is left behind with a warning rather than hanging shutdown."""
         self._closing = True
+        for fut in self._fired_acks.values():
+            fut.cancel()
+        self._fired_acks.clear()
         tasks = list(self._retries)
         for task in tasks:
             task.cancel()
