@@ -69,6 +69,7 @@ from machine_info import machine
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+import rampart.daemon as daemon_module
 from rampart._core import Breach
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import Daemon
@@ -427,6 +428,8 @@ async def tick_to_halt(
     try:
         await daemon.start()
         started = True
+        if args.gc_freeze and hasattr(daemon_module, "freeze_startup_heap"):
+            daemon_module.freeze_startup_heap()  # as ``Daemon.run`` does
         assert daemon.guard is not None
         guard = daemon.guard
         daemon.breach_listeners.insert(0, on_breaches)
@@ -789,7 +792,10 @@ async def executor_rollbacks(
                 issued_at=now,
                 valid_until=now + 60 * 10**9,
             )
-            await ex_nc.request(SUBJ.command(GATEWAY), encoder.encode(barrier), args.timeout)
+            body = encoder.encode(barrier)
+            sign = getattr(executor, "sign", None)  # a gateway since issue 12 ignores unsigned
+            headers = sign(SUBJ.command(GATEWAY), body) if sign is not None else None
+            await ex_nc.request(SUBJ.command(GATEWAY), body, args.timeout, headers=headers)
             if i < warmup:
                 continue
             steps = {s.name: s for s in record.steps}
@@ -960,6 +966,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "signing": args.signing,
         "fast_halt": args.fast_halt,
         "t2h_gateway": args.t2h_gateway,
+        "gc_freeze": args.gc_freeze,
     }
     return result
 
@@ -1012,6 +1019,13 @@ def main() -> int:
         default="process",
         help="part a: the gateway in a child process (as in production) or on this process's "
         "event loop beside the daemon (as before issue 15)",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="part a: leave the start-up heap to the collector (as before issue 15; `rampart "
+        "run` freezes it, rampart.daemon.freeze_startup_heap)",
     )
     p.add_argument("--serve-gateway", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
     p.add_argument("--serve-t2h-gateway", nargs=2, metavar="ARG", help=argparse.SUPPRESS)

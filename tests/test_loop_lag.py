@@ -4,7 +4,10 @@ event-loop lag"; a stall delays every message, halts included)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -67,3 +70,52 @@ def test_a_blocked_loop_is_seen(loop: str) -> None:
     (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
     assert lag.max >= 0.05, lag.max
     assert sum(lag.counts[BUCKETS.index(0.05) :]) >= 1
+
+
+FROZEN_CHILD = """
+import asyncio, gc, sys
+from rampart.config import parse_config
+from rampart.daemon import Daemon
+
+config = parse_config(open(sys.argv[1], "rb").read())
+daemon = Daemon(config, servers=[sys.argv[2]])
+
+async def main():
+    before = gc.get_freeze_count()
+    run = asyncio.ensure_future(daemon.run())
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while daemon.nc is None or not daemon.nc.is_connected or gc.get_freeze_count() == before:
+        if run.done():
+            run.result()
+            raise SystemExit("the daemon stopped before freezing")
+        if loop.time() > end:
+            raise SystemExit("the running daemon froze nothing within 30 s")
+        await asyncio.sleep(0.01)
+    print(before, gc.get_freeze_count(), flush=True)
+    daemon.request_stop()
+    await run
+
+asyncio.run(main())
+"""
+
+
+def test_a_running_daemon_freezes_its_start_up_heap(server: object, tmp_path: Path) -> None:
+    """``Daemon.run`` (``rampart run``) takes what start-up built out of the collector's sight:
+    a full collection over it stalled the loop 16-21 ms with 1,020 algorithms (BENCHMARKS.md).
+    In a child process: the freeze is process-wide."""
+    url = server.url  # type: ignore[attr-defined]
+    config = tmp_path / "rampart.toml"
+    config.write_text(
+        f'name = "frozen"\ndata_dir = "{tmp_path / "data"}"\n\n[[algorithms]]\n'
+        'id = "alpha"\nversion = "1"\ngateway = "gw1"\ncapital = 100000\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", FROZEN_CHILD, str(config), url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = map(int, out.stdout.split())
+    assert before == 0 and after > 1000, (before, after)

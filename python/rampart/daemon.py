@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import tempfile
 import time
@@ -122,6 +123,18 @@ ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
 class DaemonError(RuntimeError):
     """The daemon cannot start (NATS unreachable, embedded server failed, another daemon holds
     the data directory)."""
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then move everything alive (configuration, algorithms, engine bindings,
+    connections: what lives as long as the process) out of the collector's sight
+    (``gc.freeze``). A full collection otherwise walks all of it: 16-21 ms with 1,020
+    algorithms, one stall of the event loop, and of any halt behind it, every few thousand
+    events (BENCHMARKS.md, "The event loop's stalls"). Once per process, after start-up: what
+    is frozen is never collected, so a process that starts many daemons (tests) should not."""
+    gc.collect()
+    gc.freeze()
+    log.debug("%d objects of the start-up heap frozen", gc.get_freeze_count())
 
 
 class Daemon:
@@ -731,6 +744,7 @@ class Daemon:
     async def run(self) -> None:
         """Start, serve until ``request_stop()``, then shut down cleanly."""
         await self.start()
+        freeze_startup_heap()
         try:
             await self._stop.wait()
         finally:
