@@ -283,7 +283,7 @@ def test_a_halt_fired_from_the_ingest_path_is_waited_for_not_sent_again(
 
             await gw_nc.subscribe(SUBJ.command("gw1"), cb=on_command)
             rampart = await nats.connect(server.url)
-            ex = executor(rampart)
+            ex = executor(rampart, attempt_timeout=2.0)  # (a slow machine: no second request)
             assert await ex.fire_halt("mom-v2") is None, "no reply subscription yet: not sent"
             await ex.start_fast_acks()
             ex.presign("mom-v2")
@@ -321,7 +321,16 @@ def test_a_fired_halt_nobody_answers_is_requested_again_until_acked(
 ) -> None:
     async def scenario() -> None:
         rampart = await nats.connect(server.url)
-        ex = executor(rampart, attempt_timeout=0.02)
+        ex = RollbackExecutor(
+            rampart,
+            SUBJ,
+            lambda algo: "gw1",
+            settings=ExecutorSettings(
+                attempt_timeout=0.02,
+                step_deadline={**ExecutorSettings().step_deadline, "halt": 30.0},
+            ),
+            sign=signed,
+        )
         await ex.start_fast_acks()
         fired = await ex.fire_halt("mom-v2")  # no gateway listens: the server says so
         assert fired is not None

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
@@ -195,7 +196,15 @@ def test_a_breachs_halt_is_on_the_socket_before_anything_else_runs(
     rollback waits for that halt's ack instead of sending another."""
 
     async def scenario() -> None:
-        config = make_config(tmp_path)
+        # a slow machine must not make the rollback request the halt again (one attempt: 2 s)
+        config = msgspec.structs.replace(
+            make_config(tmp_path),
+            rollback=msgspec.structs.replace(
+                make_config(tmp_path).rollback,
+                attempt_timeout=timedelta(seconds=2),
+                halt_deadline=timedelta(seconds=5),
+            ),
+        )
         async with world(config, server.url) as w:
             daemon, guard = w.daemon, w.daemon.guard
             assert guard is not None and daemon.nc is not None
@@ -237,6 +246,44 @@ def test_a_breachs_halt_is_on_the_socket_before_anything_else_runs(
             halts = [c for c in commands if msgspec.json.decode(c.data)["kind"] == "halt"]
             assert len(halts) == 1, "the rollback did not send its halt a second time"
             assert_rolled_back_to_v1(w)
+
+    asyncio.run(scenario())
+
+
+def test_a_release_resumes_with_its_own_epoch_and_never_lifts_a_newer_halt(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The resume carries the epoch the release was decided with (a halt decided after it,
+    with a newer epoch, beats it at the gateway in any order), and a rollback that starts
+    while the release is being stored keeps its latch, in memory and in the store."""
+
+    async def scenario() -> None:
+        async with world(make_config(tmp_path), server.url) as w:
+            guard = w.daemon.guard
+            assert guard is not None and w.daemon.store is not None
+            guard.trigger(("mom-v2",), "algo", "manual", "first", "op", force=True)
+            await w.rolled_back()
+            await guard.release(("mom-v2",), "op", "looked")
+            control = w.gateway.agent.book.control("mom-v2")
+            assert not control.halted
+            assert control.epochs["halt"] == guard.executor._halt_floor["mom-v2"], (
+                "the resume's epoch is the release's"
+            )
+            # halted again, then a release that a person's rollback overtakes while it is stored
+            guard.trigger(("mom-v2",), "algo", "manual", "second", "op", force=True)
+            await w.rolled_back()
+            await until(lambda: not guard.in_flight)
+            release = asyncio.ensure_future(guard.release(("mom-v2",), "op", "looked again"))
+            await asyncio.sleep(0)  # the release runs up to its store write
+            guard.trigger(("mom-v2",), "algo", "manual", "third", "op", force=True)
+            with pytest.raises(RuntimeError, match="halted again while the release"):
+                await release
+            await until(lambda: not guard.in_flight)
+            assert guard.halted["mom-v2"].reason == "third"
+            assert w.daemon.store.is_halted("mom-v2"), "the store still has the latch"
+            await until(lambda: w.v2().halted)
+            await asyncio.sleep(0.2)  # nothing resumes it behind the scenes
+            assert w.v2().halted and w.daemon.store.is_halted("mom-v2")
 
     asyncio.run(scenario())
 

@@ -113,8 +113,6 @@ class Guard:
         )
         self.halted: dict[str, HaltLatch] = {}
         self.in_flight: set[str] = set()
-        # algorithms whose halt on_breaches has just sent, until their rollback starts
-        self._firing: set[str] = set()
         # algorithms whose release is sending its resume
         self.releasing: set[str] = set()
         self.recent: list[RollbackRecord] = []
@@ -255,31 +253,34 @@ class Guard:
 
     async def on_breaches(self, breaches: list[Breach]) -> None:
         """The ingest path's breaches: each algorithm's halt is published here, in the ingest
-        callback's own step, before its rollback task exists (``RollbackExecutor.fire_halt``);
-        the loop then runs once, so the halt is on the socket before anything else is done."""
+        callback's own step, before its rollback task runs (``RollbackExecutor.fire_halt``);
+        the loop then runs once, so nats-py writes the halts before anything else is done.
+        An algorithm is rolling back (``in_flight``, which every path that resumes respects)
+        before its halt's epoch is chosen, so no resume decided meanwhile can beat it."""
         by_algo: dict[str, list[Breach]] = {}
         for b in breaches:
             by_algo.setdefault(b.algo_id, []).append(b)
-        fired: dict[str, FiredHalt] = {}
-        for algo in by_algo:
-            if algo not in self.in_flight and algo not in self.halted and algo not in self._firing:
-                f = await self.executor.fire_halt(algo)
-                if f is not None:
-                    fired[algo] = f
-        if fired:
-            # nats-py writes from its flusher task, woken by the publish: let it run now, before
-            # the rollbacks' bookkeeping, the caller's logging and the deployments' decisions
-            self._firing.update(fired)
-            try:
-                await asyncio.sleep(0)
-            finally:
-                self._firing.difference_update(fired)
+        fired_any = False
         for algo, found in by_algo.items():
-            f = fired.get(algo)
             reason = "; ".join(f"{b.kind} {b.value:.6g} beyond {b.threshold:.6g}" for b in found)
-            task = self.trigger((algo,), "algo", f"limit:{found[0].kind}", reason, fired=f)
-            if task is None and f is not None:  # another rollback took it meanwhile
-                self.executor.drop_fired(f)
+            trigger = f"limit:{found[0].kind}"
+            if algo in self.in_flight or algo in self.halted:
+                continue
+            self.in_flight.add(algo)
+            fired: FiredHalt | None = None
+            try:
+                fired = await self.executor.fire_halt(algo)
+            except Exception as e:  # the rollback's halt step sends it, signed there
+                log.error("cannot send the halt of %s from the ingest path: %s", algo, e)
+            finally:
+                # (started even if the above raised: the halt must go out and be latched)
+                self._start_rollback((algo,), "algo", trigger, reason, SYSTEM_ACTOR, None, fired)
+            fired_any = fired_any or fired is not None
+        if fired_any:
+            # nats-py writes from its flusher task, woken by the publish and queued before the
+            # rollbacks' tasks: let it run now, before the caller's logging, breach events and
+            # deployment decisions
+            await asyncio.sleep(0)
 
     async def on_connectivity(self, event: ConnectivityEvent) -> None:
         if event.state == "disconnected":
@@ -313,14 +314,33 @@ class Guard:
             a for a in algos if a not in self.in_flight and (force or a not in self.halted)
         )
         if not todo:
+            if fired is not None:
+                self.executor.drop_fired(fired)
             return None
         self.in_flight.update(todo)
-        for listener in self.rollback_listeners:
-            listener(todo, trigger, actor)
+        return self._start_rollback(todo, scope, trigger, reason, actor, previous, fired)
+
+    def _start_rollback(
+        self,
+        todo: tuple[str, ...],
+        scope: Scope,
+        trigger: str,
+        reason: str,
+        actor: str,
+        previous: dict[str, str] | None,
+        fired: FiredHalt | None,
+    ) -> asyncio.Task[RollbackRecord | None]:
+        """The rollback task of ``todo``, already marked ``in_flight``; its listeners told
+        (a listener that raises is logged: the rollback starts regardless)."""
         task: asyncio.Task[RollbackRecord | None] = self._spawn(
             self.rollback(todo, scope, trigger, reason, actor, previous, fired),
             f"rollback-{trigger}",
         )
+        for listener in self.rollback_listeners:
+            try:
+                listener(todo, trigger, actor)
+            except Exception:
+                log.exception("a rollback listener failed for %s", ", ".join(todo))
         return task
 
     async def rollback(
@@ -681,6 +701,9 @@ class Guard:
         epoch = self.executor.epochs.next()
         # a halt signed in advance before this release would lose to its resume: never sent
         self.executor.note_halt_epoch(algos, epoch)
+        # the latches this release lifts: one made while it is stored (a person's rollback, a
+        # fail-closed halt) is newer than the release and stays
+        lifting = {a: self.halted.get(a) for a in algos}
         rec = self.reconciler
         intents = [rec.wanted(a, released_epoch=epoch) for a in algos] if rec else []
         items = [rec.item(i) for i in intents] if rec else []
@@ -696,6 +719,13 @@ class Guard:
                 )
 
         audit = await asyncio.to_thread(persist)
+        superseded = tuple(
+            a for a in algos if a in self.in_flight or self.halted.get(a) is not lifting[a]
+        )
+        if superseded:
+            await self._keep_latched(superseded)
+            algos = tuple(a for a in algos if a not in superseded)
+            intents = [i for i in intents if i.algo not in superseded]
         # the resume in flight is the release's own: the reconciler keeps out until it is acked
         # (a breach meanwhile still rolls back: ``in_flight`` is untouched)
         self.releasing.update(algos)
@@ -705,8 +735,14 @@ class Guard:
                 self.engine.reset_breaches(a)
             if rec is not None:
                 rec.remember(intents)
+            # with the release's own epoch: a halt decided after the release (a newer epoch)
+            # beats this resume at the gateway, whatever order they arrive in
+            outcomes = (
+                await self.executor.broadcast("resume", algos, reason, deadline=1.0, epoch=epoch)
+                if algos
+                else {}
+            )
             await self._publish_audit(audit.kind, encode_record(audit))
-            outcomes = await self.executor.broadcast("resume", algos, reason, deadline=1.0)
         finally:
             self.releasing.difference_update(algos)
         if rec is not None:
@@ -719,6 +755,24 @@ class Guard:
                     f"released (stored), but gateway {gw} did not ack the resume yet: "
                     f"{outcome.detail}; Rampart keeps sending it"
                 )
+        if superseded:
+            raise RuntimeError(
+                f"not released: {', '.join(superseded)} halted again while the release was "
+                "being stored (a newer halt stands); release again once it is understood"
+            )
+
+    async def _keep_latched(self, algos: tuple[str, ...]) -> None:
+        """Latches made while a release of ``algos`` was being stored: written again, so the
+        release's store transaction, whichever thread ran first, cannot have lifted them."""
+        rec = self.reconciler
+        for a in algos:
+            latch = self.halted.get(a)
+            if latch is None:  # rolling back, latched in memory in a moment by its own task
+                latch = HaltLatch(algo=a, reason="rolling back", actor=SYSTEM_ACTOR, ts=0)
+            items = [rec.item(rec.wanted(a, allocation=0.0))] if rec is not None else []
+            await asyncio.to_thread(
+                self._latch, (a,), latch.reason, latch.actor, latch.ts or self.wall_clock(), items
+            )
 
     # ---- alerts and audit copies ----------------------------------------------------------------
 

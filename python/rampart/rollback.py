@@ -417,10 +417,18 @@ class RollbackExecutor:
                 )
 
     async def broadcast(
-        self, kind: CommandKind, algos: Iterable[str], reason: str, *, deadline: float
+        self,
+        kind: CommandKind,
+        algos: Iterable[str],
+        reason: str,
+        *,
+        deadline: float,
+        epoch: int | None = None,
     ) -> dict[str, StepOutcome]:
-        """Send one command kind to every gateway of ``algos`` at once, with a new epoch."""
-        epoch = self.epochs.next()
+        """Send one command kind to every gateway of ``algos`` at once, with ``epoch`` (the
+        decision's, taken when it was made) or a new one."""
+        if epoch is None:
+            epoch = self.epochs.next()
         by_gateway = _group(algos, self.gateway_of)
 
         async def one(gw: str, members: list[str]) -> StepOutcome:
@@ -608,8 +616,8 @@ class RollbackExecutor:
         swallowed inside a request (``wait_for`` on Python 3.11) ends at its next turn, and one
         that does not within 2 s is left behind with a warning rather than hanging shutdown."""
         self._closing = True
-        for fut in self._fired_acks.values():
-            fut.cancel()
+        # a rollback waiting for a fired halt's ack goes on as if none came (it requests the
+        # halt again and finishes its steps): its futures are forgotten, never cancelled
         self._fired_acks.clear()
         tasks = list(self._retries)
         for task in tasks:
