@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import nats
+import pytest
 from support import control, local_admin
 
 from rampart.config import parse_config
@@ -105,6 +106,13 @@ def test_prometheus_metrics_and_watch(server: EmbeddedNatsServer, tmp_path: Path
         finally:
             await nc.close()
             await daemon.close()
+        # closed: the endpoint is gone and its port free for the next daemon
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        with socket.socket() as s:  # as the next daemon's server binds it (reuse: TIME_WAIT)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
 
     asyncio.run(scenario())
 

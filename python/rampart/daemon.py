@@ -167,6 +167,8 @@ class Daemon:
         self._last_state: dict[str, msgspec.Raw] = {}
         self.connectivity: deque[ConnectivityEvent] = deque(maxlen=50)
         self.breach_listeners: list[BreachListener] = []
+        # stops the Prometheus endpoint's server thread (``metrics_port``)
+        self._stop_metrics: Callable[[], None] | None = None
         # how late the event loop runs a timer (status, Prometheus, benchmarks)
         self.loop_lag = LoopLag()
         self.connectivity_listeners: list[ConnectivityListener] = []
@@ -390,7 +392,9 @@ class Daemon:
         if self.config.metrics_port is not None:
             from rampart.prom import serve_metrics
 
-            serve_metrics(self, self.config.metrics_port, self.config.metrics_host)
+            self._stop_metrics = serve_metrics(
+                self, self.config.metrics_port, self.config.metrics_host
+            )
         # heartbeats (the gateways' dead-man's switch) and status while the events stream is
         # caught up: Rampart applies fills and judges breaches meanwhile
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
@@ -761,6 +765,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.service.stop()
         await stop_tasks(list(self._tasks), "daemon")
+        if self._stop_metrics is not None:  # the port is free for the next daemon
+            stop_metrics, self._stop_metrics = self._stop_metrics, None
+            await asyncio.to_thread(stop_metrics)
         if self.head_mirror is not None and self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):  # the head file is written again below
                 async with asyncio.timeout(5):

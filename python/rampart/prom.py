@@ -7,7 +7,7 @@ allocation and deployment stage, breaches, and rollbacks with their step duratio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -148,9 +148,16 @@ class DaemonCollector(Collector):
         yield from (rollbacks, steps)
 
 
-def serve_metrics(daemon: Scraped, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
-    """Expose the daemon's metrics on ``http://host:port/metrics``."""
+def serve_metrics(daemon: Scraped, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+    """Expose the daemon's metrics on ``http://host:port/metrics`` (a server thread); returns
+    what stops it and frees the port."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+    server, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
