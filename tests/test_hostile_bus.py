@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import rampart_keys, until
 
-from rampart.checkpoints import CHECKPOINT_KEY
+from rampart.checkpoints import CHECKPOINT_KEY, MARKS_KEY
 from rampart.config import DaemonConfig, parse_config
 from rampart.daemon import STORE_FILE, Daemon
 from rampart.deployment import decode_deployment
@@ -366,6 +366,11 @@ def test_a_dragged_clock_in_a_checkpoint_is_reset_alerted_and_recorded_on_restar
     doc["now"] = future
     doc["algo"]["last_event_ts"] = future
     store.put(key, json.dumps(doc).encode())
+    marks = store.get(MARKS_KEY)
+    assert marks is not None, "the first run stored the symbols' marks"
+    marks_doc = json.loads(marks)
+    marks_doc["now"] = future
+    store.put(MARKS_KEY, json.dumps(marks_doc).encode())
     store.close()
 
     async def second_run() -> None:
@@ -378,8 +383,11 @@ def test_a_dragged_clock_in_a_checkpoint_is_reset_alerted_and_recorded_on_restar
             assert now is not None and now <= now_ns() + 5 * S, "the clock is not in 2100"
             assert daemon.engine.snapshot("alpha").positions[0].qty == 2.0, "positions kept"
             await until(lambda: any(a.title == "untrusted event clock reset" for a in alerts))
+            alert = next(a for a in alerts if a.title == "untrusted event clock reset")
+            assert alert.algos == ["alpha"] and "the marks of every symbol" in alert.detail
             assert daemon.store is not None
-            assert any(r.kind == "clock_reset" for r in daemon.store.audit())
+            record = next(r for r in daemon.store.audit() if r.kind == "clock_reset")
+            assert record.payload["algos"] == ["alpha"]
             # events at the present flow again
             t = now_ns()
             await nc.publish(SUBJ.market("ES"), ev(type="quote", symbol="ES", bid=99, ask=99, ts=t))

@@ -316,10 +316,11 @@ class Engine:
         """Mark every algorithm changed (after a checkpoint write failed)."""
     def marks_checkpoint(self) -> bytes:
         """Every symbol's mark and last quote time, and the engine clock (versioned JSON)."""
-    def restore_marks(self, data: bytes, *, max_clock: int | None = None) -> None:
+    def restore_marks(self, data: bytes, *, max_clock: int | None = None) -> int | None:
         """Take the marks and clock of ``marks_checkpoint`` before restoring algorithms (their
         positions are then re-marked to these). Symbols with a mark keep it; times beyond
-        ``max_clock`` are clamped. Raises ``DecodeError`` with the engine unchanged."""
+        ``max_clock`` are clamped, and the latest of them is returned (the untrusted clock);
+        ``None`` if none was. Raises ``DecodeError`` with the engine unchanged."""
 
 @final
 class SigningKey:

@@ -178,17 +178,21 @@ class Checkpointer:
 
         A checkpoint whose event clock is further ahead of this host's wall clock than
         ``ingest.max_future`` is not trusted (a clock dragged forward before, or a wall clock
-        stepped back): its times are reset to the bound (the core's ``restore``). Returns those
-        algorithms with the untrusted clock, for ``report_untrusted``."""
+        stepped back): its times are reset to the bound (the core's ``restore``), and so are the
+        stored marks' (``MARKS_KEY``). Returns those algorithms with the untrusted clock (and
+        ``MARKS_KEY`` for the marks), for ``report_untrusted``."""
         max_clock = self.wall_clock() + ns(self.config.ingest.max_future)
         untrusted: dict[str, int] = {}
         marks = self.store.get(MARKS_KEY)
         if marks is not None:
             # first: an algorithm whose own checkpoint is older is re-marked to these
             try:
-                self.engine.restore_marks(marks, max_clock=max_clock)
+                clock = self.engine.restore_marks(marks, max_clock=max_clock)
             except RampartError as e:
                 log.error("stored marks unreadable (%s); each algorithm keeps its own", e)
+            else:
+                if clock is not None:  # the symbols' quote times and the engine clock
+                    untrusted[MARKS_KEY] = clock
         for key, data in self.store.items(CHECKPOINT_KEY):
             algo = key.removeprefix(CHECKPOINT_KEY)
             if algo not in self.engine:
@@ -215,10 +219,11 @@ class Checkpointer:
         if not untrusted or guard is None:
             return
         wall = self.wall_clock()
+        algos = sorted(a for a in untrusted if a != MARKS_KEY)
         detail = "; ".join(
-            f"{algo}: checkpoint clock {_iso(clock)} is {(clock - wall) / 1e9:,.0f} s ahead of "
-            f"the wall clock {_iso(wall)}"
-            for algo, clock in sorted(untrusted.items())
+            f"{'the marks of every symbol' if key == MARKS_KEY else key}: checkpoint clock "
+            f"{_iso(clock)} is {(clock - wall) / 1e9:,.0f} s ahead of the wall clock {_iso(wall)}"
+            for key, clock in sorted(untrusted.items())
         )
         detail += (
             f" (more than ingest.max_future = {self.config.ingest.max_future}); their event "
@@ -226,13 +231,11 @@ class Checkpointer:
             "restarted; positions, PnL and peak equity are kept"
         )
         log.critical("untrusted event clock in checkpoints: %s", detail)
-        payload = {"algos": sorted(untrusted), "clocks": untrusted, "wall_clock": wall}
+        payload = {"algos": algos, "clocks": untrusted, "wall_clock": wall}
         await asyncio.to_thread(
             self.store.append_audit, "clock_reset", payload, actor="rampart", ts=wall
         )
-        await guard.alert(
-            "critical", "untrusted event clock reset", detail, algos=sorted(untrusted)
-        )
+        await guard.alert("critical", "untrusted event clock reset", detail, algos=algos)
 
     async def loop(self) -> None:
         """Every ``checkpoint_interval``, once the engine has seen an event."""

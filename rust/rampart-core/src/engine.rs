@@ -534,9 +534,11 @@ impl Engine {
 
     /// Take the marks and clock of `marks_checkpoint` (before restoring the algorithms: their
     /// positions are then re-marked to these where their own checkpoint is older). A symbol
-    /// that already has a mark keeps it. Times beyond `max_clock` are clamped to it.
+    /// that already has a mark keeps it. Times beyond `max_clock` are clamped to it, and the
+    /// latest of them is returned (the untrusted clock, for the caller to alert and record, as
+    /// `restore` does); `None` when every time was within it.
     /// Errors (`Decode`), with no change: not a marks document, another version, a bad mark.
-    pub fn restore_marks(&mut self, data: &[u8], max_clock: Option<i64>) -> Result<()> {
+    pub fn restore_marks(&mut self, data: &[u8], max_clock: Option<i64>) -> Result<Option<i64>> {
         let doc: MarksIn = serde_json::from_slice(data)
             .map_err(|e| CoreError::Decode(format!("not a Rampart marks checkpoint: {e}")))?;
         if doc.v != CHECKPOINT_VERSION {
@@ -551,6 +553,15 @@ impl Engine {
                 )));
             }
         }
+        let latest = doc
+            .marks
+            .values()
+            .filter_map(|m| m.last_quote_ts)
+            .fold(doc.now, max_opt);
+        let untrusted = match (latest, max_clock) {
+            (Some(t), Some(m)) if t > m => Some(t),
+            _ => None,
+        };
         let clamp = |t: i64| max_clock.map_or(t, |m| t.min(m));
         if let Some(t) = doc.now {
             self.now = max_opt(self.now, clamp(t));
@@ -563,7 +574,7 @@ impl Engine {
                 sym.last_quote_ts = m.last_quote_ts.map(clamp);
             }
         }
-        Ok(())
+        Ok(untrusted)
     }
 
     /// Register an algorithm from a checkpoint written by `checkpoint`, in exactly the state it

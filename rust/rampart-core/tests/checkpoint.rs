@@ -390,6 +390,28 @@ fn only_changes_mark_an_algorithm_changed() {
 }
 
 #[test]
+fn stored_marks_beyond_the_trusted_clock_are_clamped_and_reported() {
+    let doc = br#"{"v":1,"now":100,"marks":{"ES":{"mark":5.0,"last_quote_ts":200}}}"#;
+    let mut e = Engine::new(0).unwrap();
+    assert_eq!(e.restore_marks(doc, Some(150)).unwrap(), Some(200));
+    assert_eq!(e.last_quote_ts("ES"), Some(150));
+    assert_eq!(e.now(), Some(100));
+    let mut e = Engine::new(0).unwrap();
+    assert_eq!(
+        e.restore_marks(doc, Some(300)).unwrap(),
+        None,
+        "within the bound"
+    );
+    assert_eq!(e.last_quote_ts("ES"), Some(200));
+    let mut e = Engine::new(0).unwrap();
+    assert_eq!(
+        e.restore_marks(doc, None).unwrap(),
+        None,
+        "no bound: nothing to distrust"
+    );
+}
+
+#[test]
 fn round_trip_one_algorithm_at_many_points() {
     let steps = random_steps(0x5eed_1234, 600, 1);
     for split in (0..=600).step_by(37) {

@@ -1067,14 +1067,15 @@ impl PyEngine {
         PyBytes::new(py, &self.inner.marks_checkpoint())
     }
 
-    /// Take the marks and clock of `marks_checkpoint` (before restoring the algorithms).
+    /// Take the marks and clock of `marks_checkpoint` (before restoring the algorithms); the
+    /// untrusted clock (beyond `max_clock`, clamped) or `None`.
     #[pyo3(signature = (data, *, max_clock=None))]
     fn restore_marks(
         &mut self,
         py: Python<'_>,
         data: &[u8],
         max_clock: Option<Ts>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Option<i64>> {
         guard(py, || {
             self.inner.restore_marks(data, max_clock.map(|t| t.0))
         })
