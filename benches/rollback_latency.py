@@ -310,6 +310,8 @@ GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).
 GATEWAY_TRUSTS = "trusted_keys" in inspect.signature(ReferenceGateway.__init__).parameters
 # part b's executor signs with this key when the tree signs (its gateway trusts it)
 BENCH_SEED: str | None = None
+# a tree from before issue 15's batch-applying gateways
+GATEWAY_BATCHES = hasattr(ReferenceGateway, "apply_batch")
 # a tree from before issue 15's halt from the ingest path
 HAS_FAST_HALT = hasattr(RollbackExecutor, "fire_halt")
 if GATEWAY_TRUSTS:
@@ -645,8 +647,15 @@ class BenchGateway(ReferenceGateway):
             self._order_seq += 1
             self.venue.submit(algo, "ESZ5", "buy", 1.0, ts, f"o{self._order_seq}", 5000.0)
 
+    async def apply_batch(self, kind: Any, targets: list[Any]) -> dict[str, BaseException]:
+        # (only called by an SDK with batches: GatewayHandlers.apply_batch, issue 15)
+        if kind == "cancel_all":
+            self.cancel_calls += len(targets)
+        return await super().apply_batch(kind, targets)
+
     async def cancel_all(self, algo: str) -> None:
-        self.cancel_calls += 1
+        if not GATEWAY_BATCHES:  # (counted by the batch)
+            self.cancel_calls += 1
         await super().cancel_all(algo)
 
     async def resume(self, algo: str) -> None:

@@ -170,3 +170,46 @@ def test_deadmans_switch_arms_on_the_first_heartbeat_and_trips_once() -> None:
     assert d.tripped, "heartbeats coming back do not lift the halt"
     d.reset()
     assert not d.check(650) and d.check(701)
+
+
+class Batcher(Recorder):
+    """A gateway that cancels in one pass and leaves the other kinds to the default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[str, list[str]]] = []
+
+    async def apply_batch(
+        self, kind: CommandKind, targets: list[CommandTarget]
+    ) -> dict[str, BaseException]:
+        if kind != "cancel_all":
+            return await super().apply_batch(kind, targets)
+        self.batches.append((kind, [t.algo for t in targets]))
+        if "boom" in self.fail:
+            raise RuntimeError("venue down")
+        return {t.algo: RuntimeError("wedged") for t in targets if t.algo in self.fail}
+
+
+def test_a_command_is_applied_as_one_batch_and_its_failures_are_told_apart() -> None:
+    """Issue 15: the targets a command applies go to the handlers in one call; a failure of one
+    algorithm is that algorithm's, a batch that raises fails each of its targets."""
+    h = Batcher()
+    ag = agent(h)
+    h.fail.add("b")
+    first = asyncio.run(ag.handle(cmd("cancel_all", 1, "a", "b", "c")))
+    assert [r.status for r in first] == ["applied", "error", "applied"]
+    assert h.batches == [("cancel_all", ["a", "b", "c"])], "one call for the three"
+    # a retry sends only what is not applied yet
+    h.fail.clear()
+    again = asyncio.run(ag.handle(cmd("cancel_all", 1, "a", "b", "c")))
+    assert [r.status for r in again] == ["duplicate", "applied", "duplicate"]
+    assert h.batches[-1] == ("cancel_all", ["b"])
+    h.fail.add("boom")
+    whole = asyncio.run(ag.handle(cmd("cancel_all", 2, "a", "c", cid="c2")))
+    assert [(r.status, r.detail) for r in whole] == [("error", "venue down")] * 2
+    # other kinds: the default, one handler call per algorithm, set_allocation with its value
+    h.fail.clear()
+    alloc = asyncio.run(ag.handle(cmd("set_allocation", 3, "a", "b", allocation=0.0)))
+    assert [r.status for r in alloc] == ["applied", "applied"]
+    assert h.calls[-2:] == [("allocation=0.0", "a"), ("allocation=0.0", "b")]
+    assert ag.book.control("a").allocation == 0.0

@@ -388,3 +388,34 @@ def test_a_halt_signed_before_a_release_is_never_sent() -> None:
     )
     off.presign("a")
     assert not off.needs_presign("a") and off._take_presigned("a", "gw1", 0.25) is None
+
+
+def test_the_reference_gateway_cancels_many_algorithms_in_one_pass(
+    server: EmbeddedNatsServer,
+) -> None:
+    """Issue 15: a cancel-all of several algorithms is one batch (GatewayHandlers.apply_batch):
+    every working order of each is cancelled and its events published; an algorithm the
+    gateway does not host fails alone."""
+
+    async def scenario() -> None:
+        async with gateway(server.url) as (_, gw):
+            gw.venue.latency_ns = 10**12
+            await trade(gw)
+            assert gw.venue.open_orders("mom-v2"), "working orders to cancel"
+            published = gw.events_published
+            now = time.time_ns()
+            command = Command(
+                command_id="cancel-many",
+                epoch=now,
+                kind="cancel_all",
+                targets=[CommandTarget(algo=a) for a in ("mom-v1", "ghost", "mom-v2")],
+                issued_at=now,
+                valid_until=now + 10**9,
+            )
+            results = await gw.agent.handle(command)
+            assert [r.status for r in results] == ["applied", "error", "applied"]
+            assert "does not host 'ghost'" in results[1].detail
+            assert gw.venue.open_orders("mom-v1") == gw.venue.open_orders("mom-v2") == []
+            assert gw.events_published > published, "the cancellations were published"
+
+    asyncio.run(scenario())

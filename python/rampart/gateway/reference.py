@@ -24,7 +24,16 @@ from rampart.gateway.outbox import Outbox
 from rampart.gateway.paper import PaperVenue, VenueEvent
 from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
 from rampart.gateway.slippage import FixedBps, Side
-from rampart.protocol import Fill, Health, Quote, Subjects, encoder, hot_event_decoder
+from rampart.protocol import (
+    CommandKind,
+    CommandTarget,
+    Fill,
+    Health,
+    Quote,
+    Subjects,
+    encoder,
+    hot_event_decoder,
+)
 
 log = logging.getLogger("rampart.gateway.reference")
 
@@ -204,6 +213,26 @@ class ReferenceGateway(GatewayHandlers):
     async def flatten(self, algo: str) -> None:
         self._algo(algo)
         await self._publish(self.venue.flatten(algo, self.now))
+
+    async def apply_batch(
+        self, kind: CommandKind, targets: list[CommandTarget]
+    ) -> dict[str, BaseException]:
+        """Cancel-all and flatten of many algorithms in one pass: the venue's events of all of
+        them go out together (one batch on the events stream where the outbox can); the other
+        kinds one algorithm after another (``GatewayHandlers.apply_batch``)."""
+        if kind not in ("cancel_all", "flatten"):
+            return await super().apply_batch(kind, targets)
+        failures: dict[str, BaseException] = {}
+        events: list[VenueEvent] = []
+        for t in targets:
+            if t.algo not in self.algos:
+                failures[t.algo] = KeyError(f"gateway {self.gateway} does not host {t.algo!r}")
+            elif kind == "cancel_all":
+                events.extend(self.venue.cancel_all(t.algo, self.now))
+            else:
+                events.extend(self.venue.flatten(t.algo, self.now))
+        await self._publish(events)
+        return failures
 
     async def set_allocation(self, algo: str, allocation: float) -> None:
         self._algo(algo).allocation = allocation

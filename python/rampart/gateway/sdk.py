@@ -25,6 +25,7 @@ from rampart.protocol import (
     HEARTBEAT_VERSION,
     Command,
     CommandAck,
+    CommandKind,
     CommandTarget,
     ErrorReply,
     Health,
@@ -39,6 +40,11 @@ from rampart.protocol import (
 from rampart.signing import Verifier
 
 log = logging.getLogger("rampart.gateway")
+
+# the command kinds whose handler takes the algorithm alone (``set_allocation`` takes its value)
+ONE_ALGO_KINDS: frozenset[str] = frozenset(
+    {"halt", "resume", "cancel_all", "flatten", "activate", "standby"}
+)
 
 
 class GatewayHandlers:
@@ -65,6 +71,33 @@ class GatewayHandlers:
 
     async def standby(self, algo: str) -> None:
         raise NotImplementedError
+
+    async def apply_batch(
+        self, kind: CommandKind, targets: list[CommandTarget]
+    ) -> dict[str, BaseException]:
+        """Apply one command to several algorithms (a rollback of a whole gateway sends one
+        command for all of them); return the failures by algorithm, the others count as done.
+        This default calls the per-algorithm handler of ``kind`` for each target in turn;
+        override it where your gateway does a batch in one pass (one venue call, one message),
+        and fall back to ``super().apply_batch`` for the kinds you do not batch."""
+        failures: dict[str, BaseException] = {}
+        if kind == "set_allocation":
+            for t in targets:
+                try:
+                    assert t.allocation is not None  # admit() refuses a missing allocation
+                    await self.set_allocation(t.algo, t.allocation)
+                except Exception as e:
+                    failures[t.algo] = e
+            return failures
+        if kind not in ONE_ALGO_KINDS:
+            raise ValueError(f"unknown command kind {kind!r}")
+        handler: Callable[[str], Awaitable[None]] = getattr(self, kind)
+        for t in targets:
+            try:
+                await handler(t.algo)
+            except Exception as e:
+                failures[t.algo] = e
+        return failures
 
     def health(self) -> Health:
         """Market data connected, order routing operational, risk engine initialised."""
@@ -209,43 +242,29 @@ class GatewayAgent:
                     "%s: %s %s refused: %s", self.gateway, command.kind, target.algo, detail
                 )
                 results[target.algo] = TargetResult(algo=target.algo, status=status, detail=detail)
-        # one after another: a task per target costs more than the handlers themselves
-        for target in to_apply:
-            outcome: BaseException | None = None
+        # one batch for the targets to apply (GatewayHandlers.apply_batch): one after another
+        # by default, in one pass where the gateway can
+        if to_apply:
             try:
-                await self._apply(command, target)
-            except Exception as e:
-                outcome = e
-            if outcome is not None:
-                log.error("%s: %s %s failed: %s", self.gateway, command.kind, target.algo, outcome)
-                results[target.algo] = TargetResult(
-                    algo=target.algo, status="error", detail=str(outcome) or type(outcome).__name__
-                )
-            else:
-                self.book.applied(command, target)
-                results[target.algo] = TargetResult(algo=target.algo, status="applied")
+                failures = await self.handlers.apply_batch(command.kind, to_apply)
+            except Exception as e:  # the batch as a whole: every target failed
+                failures = {t.algo: e for t in to_apply}
+            for target in to_apply:
+                outcome = failures.get(target.algo)
+                if outcome is not None:
+                    log.error(
+                        "%s: %s %s failed: %s", self.gateway, command.kind, target.algo, outcome
+                    )
+                    detail = str(outcome) or type(outcome).__name__
+                    results[target.algo] = TargetResult(
+                        algo=target.algo, status="error", detail=detail
+                    )
+                else:
+                    self.book.applied(command, target)
+                    results[target.algo] = TargetResult(algo=target.algo, status="applied")
         if command.kind == "resume" and self.deadman.tripped:
             self.deadman.reset()  # Rampart is back and has decided to resume: re-arm
         return [results[t.algo] for t in command.targets]
-
-    async def _apply(self, command: Command, target: CommandTarget) -> None:
-        h, algo = self.handlers, target.algo
-        match command.kind:
-            case "halt":
-                await h.halt(algo)
-            case "resume":
-                await h.resume(algo)
-            case "cancel_all":
-                await h.cancel_all(algo)
-            case "flatten":
-                await h.flatten(algo)
-            case "set_allocation":
-                assert target.allocation is not None  # admit() refuses a missing allocation
-                await h.set_allocation(algo, target.allocation)
-            case "activate":
-                await h.activate(algo)
-            case "standby":
-                await h.standby(algo)
 
     # ---- heartbeats and the dead-man's switch -------------------------------------------------
 
