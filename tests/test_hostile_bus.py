@@ -388,22 +388,39 @@ def test_a_dragged_clock_in_a_checkpoint_is_reset_alerted_and_recorded_on_restar
             assert daemon.store is not None
             record = next(r for r in daemon.store.audit() if r.kind == "clock_reset")
             assert record.payload["algos"] == ["alpha"]
-            # events at the present flow again
-            t = now_ns()
-            await nc.publish(SUBJ.market("ES"), ev(type="quote", symbol="ES", bid=99, ask=99, ts=t))
-            await nc.flush()
-            # the quote itself applied (not a count of events: a restart may also replay the
-            # first run's fill from the events stream, depending on its last stored cursor)
-            try:
-                await until(lambda: daemon.engine.last_quote_ts("ES") == t)
-            except AssertionError:
+            # events at the present flow again. Market data is at most once, and on a loaded
+            # machine the very first quote after start-up was seen lost between two connections
+            # (1 in ~20 runs with two CPU burners beside it, the daemon's subscription then
+            # delivering the next one): a quote at the present is sent again until one applies
+            # (the quote itself, not a count of events: a restart may also replay the first
+            # run's fill from the events stream, depending on its last stored cursor)
+            sent: list[int] = []
+
+            async def one_applied() -> bool:
+                t = now_ns()
+                sent.append(t)
+                await nc.publish(
+                    SUBJ.market("ES"), ev(type="quote", symbol="ES", bid=99, ask=99, ts=t)
+                )
+                await nc.flush()
+                for _ in range(100):
+                    if daemon.engine.last_quote_ts("ES") == t:
+                        return True
+                    await asyncio.sleep(0.005)
+                return False
+
+            for _ in range(20):
+                if await one_applied():
+                    break
+            else:
                 raise AssertionError(
-                    f"the quote at the present was not applied: clock {daemon.engine.now}, "
-                    f"quote {t}, last quote {daemon.engine.last_quote_ts('ES')}, ingested "
+                    f"no quote at the present was applied: clock {daemon.engine.now}, quotes "
+                    f"{sent}, last quote {daemon.engine.last_quote_ts('ES')}, ingested "
                     f"{daemon.stats.ingested}, refused {daemon.stats.rejected}, events seq "
-                    f"{daemon.stats.events_seq}, failed {daemon.failed!r}, "
-                    f"NATS connected {daemon.nc is not None and daemon.nc.is_connected}"
-                ) from None
+                    f"{daemon.stats.events_seq}, failed {daemon.failed!r}, subscriptions "
+                    f"(subject, delivered) {[(x.subject, x.delivered) for x in daemon._subs]}"
+                )
+            assert not daemon.stats.rejected, daemon.stats.rejected
         finally:
             await nc.close()
             await daemon.close()
