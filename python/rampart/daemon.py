@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from rampart import __version__
+from rampart import __version__, nats_flush
 from rampart._core import Breach, InvalidEventError
 from rampart.checkpoints import CURSOR_KEY, GATEWAY_EVENTS_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
@@ -399,7 +399,7 @@ class Daemon:
         # caught up: Rampart applies fills and judges breaches meanwhile
         self._spawn(self._heartbeat_loop(), "sidecar-heartbeat")
         await self._subscribe_market_data()
-        await self.nc.flush()
+        await nats_flush.flush(self.nc)  # the subscriptions are at the server
         self.loop_lag.reset()  # the lag of the running daemon, not of its start-up
         log.info(
             "rampart %s up: %d algorithms, NATS %s, prefix %r",

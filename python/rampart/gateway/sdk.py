@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from rampart import nats_flush
 from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
 from rampart.gateway.outbox import Outbox
 from rampart.protocol import (
@@ -168,7 +169,7 @@ class GatewayAgent:
             task.set_name(f"{name}-{self.gateway}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await self.nc.flush()
+        await nats_flush.flush(self.nc)  # the subscriptions are at the server
 
     async def close(self) -> None:
         for task in list(self._tasks):
