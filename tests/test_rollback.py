@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import nats
 import pytest
@@ -56,12 +57,12 @@ async def gateway(url: str, **kw: float) -> AsyncIterator[tuple[Client, Referenc
         await nc.close()
 
 
-def executor(nc: Client, **settings: float) -> RollbackExecutor:
+def executor(nc: Client, **settings: Any) -> RollbackExecutor:
     return RollbackExecutor(
         nc,
         SUBJ,
         lambda algo: "gw1",
-        settings=ExecutorSettings(**settings),  # type: ignore[arg-type]
+        settings=ExecutorSettings(**settings),
         sign=signed,
     )
 
@@ -321,16 +322,8 @@ def test_a_fired_halt_nobody_answers_is_requested_again_until_acked(
 ) -> None:
     async def scenario() -> None:
         rampart = await nats.connect(server.url)
-        ex = RollbackExecutor(
-            rampart,
-            SUBJ,
-            lambda algo: "gw1",
-            settings=ExecutorSettings(
-                attempt_timeout=0.02,
-                step_deadline={**ExecutorSettings().step_deadline, "halt": 30.0},
-            ),
-            sign=signed,
-        )
+        halt_30s = {**ExecutorSettings().step_deadline, "halt": 30.0}
+        ex = executor(rampart, attempt_timeout=0.02, step_deadline=halt_30s)
         await ex.start_fast_acks()
         fired = await ex.fire_halt("mom-v2")  # no gateway listens: the server says so
         assert fired is not None

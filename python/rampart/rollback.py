@@ -314,18 +314,18 @@ class RollbackExecutor:
             reply = await asyncio.wait_for(asyncio.shield(fired.ack), timeout)
             if reply.headers and reply.headers.get("Status") == "503":
                 raise NoRespondersError
-            ack = command_ack_decoder.decode(reply.data)
-            pending, detail = _unacked(ack.results, pending)
+            pending, detail, final = _judge_ack(reply.data, pending)
             if not pending:
                 return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
-            if {r.status for r in ack.results if r.algo in pending} <= FINAL_REFUSALS:
+            if final:
                 return StepOutcome(
                     False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending)
                 )
         except TimeoutError:
             pass
         except NoRespondersError:
-            detail = f"gateway {fired.gateway} is not listening on its command subject"
+            subject = self.subjects.command(fired.gateway)
+            detail = f"gateway {fired.gateway} is not listening on {subject}"
         except msgspec.DecodeError as e:
             detail = f"unreadable ack from gateway {fired.gateway}: {e}"
         finally:
@@ -387,10 +387,8 @@ class RollbackExecutor:
             timeout = max(min(attempt_timeout, remaining), 0.001)
             try:
                 reply = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
-                ack = command_ack_decoder.decode(reply.data)
-                pending, detail = _unacked(ack.results, pending)
-                final = {r.status for r in ack.results if r.algo in pending}
-                if pending and final <= FINAL_REFUSALS:
+                pending, detail, final = _judge_ack(reply.data, pending)
+                if final:
                     # the gateway answered and will answer the same to the same command: a
                     # superseded epoch, an expiry, an invalid target. Report it, do not resend.
                     return StepOutcome(
@@ -646,6 +644,17 @@ def _unacked(results: list[TargetResult], pending: set[str]) -> tuple[set[str], 
         else:
             problems.append(f"{r.algo}: {r.status}{' (' + r.detail + ')' if r.detail else ''}")
     return still, "; ".join(problems) or "some targets not acked"
+
+
+def _judge_ack(data: bytes, pending: set[str]) -> tuple[set[str], str, bool]:
+    """A gateway's ack of a command, for the targets still ``pending``: those it did not ack
+    yet, what it said of them, and whether that is final (it answers the same to the same
+    command: a superseded epoch, an expiry, an invalid target; resending cannot help).
+    Raises ``msgspec.DecodeError`` for an unreadable ack."""
+    ack = command_ack_decoder.decode(data)
+    still, detail = _unacked(ack.results, pending)
+    final = bool(still) and {r.status for r in ack.results if r.algo in still} <= FINAL_REFUSALS
+    return still, detail, final
 
 
 def _merge_steps(per_gateway: list[dict[str, tuple[StepOutcome, Command]]]) -> list[StepRecord]:
