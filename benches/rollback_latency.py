@@ -287,7 +287,10 @@ async def serve_t2h_gateway(url: str, spec_path: str) -> None:
     reports: set[asyncio.Task[None]] = set()
 
     def report(algo: str, t_halt: int, t_rx: int) -> None:
-        task = asyncio.ensure_future(nc.publish(T2H_REPORTS, f"{algo} {t_halt} {t_rx}".encode()))
+        armed = getattr(gateway.agent.verifier, "armed_used", 0)
+        task = asyncio.ensure_future(
+            nc.publish(T2H_REPORTS, f"{algo} {t_halt} {t_rx} {armed}".encode())
+        )
         reports.add(task)
         task.add_done_callback(reports.discard)
 
@@ -314,6 +317,8 @@ BENCH_SEED: str | None = None
 GATEWAY_BATCHES = hasattr(ReferenceGateway, "apply_batch")
 # a tree from before issue 15's halt from the ingest path
 HAS_FAST_HALT = hasattr(RollbackExecutor, "fire_halt")
+# armed halts (issue 12): halts signed in advance, their commitments in the sidecar heartbeat
+HAS_ARMED = hasattr(RollbackExecutor, "take_armed")
 if GATEWAY_TRUSTS:
     from rampart.signing import SigningKey, sign_headers
 
@@ -343,6 +348,9 @@ def t2h_config(data_dir: Path, algos: list[str], events: str) -> DaemonConfig:
         text += f"\n[events]\ndurable = {'true' if events == 'durable' else 'false'}\n"
     elif events == "durable":
         raise SystemExit("--events durable: this tree has no durable events stream")
+    if HAS_ARMED:
+        # every halt signed (and armed) once before the breaches, valid for the whole run
+        text += '\n[rollback]\npresign_validity = "PT1H"\n'
     text += "".join(ALGO.format(id=a, gateway=GATEWAY) for a in algos)
     return parse_config(text.encode())
 
@@ -387,6 +395,8 @@ async def tick_to_halt(
             breach_at.setdefault(b.algo_id, t)
 
     sent_at: dict[str, int] = {}
+    # the gateway's count of halts accepted armed (by their commitment, no Ed25519 verification)
+    armed_used = [0]
 
     # --signing ab: iterations alternate (ABBA) between the signed path and the same path with
     # the signing switched off (the executor sends no signature headers; the gateway takes an
@@ -476,7 +486,8 @@ async def tick_to_halt(
             reports = await nats.connect(url, name="bench-reports")
 
             async def on_report(msg: Msg) -> None:
-                algo, t_halt, t_rx = msg.data.decode().split()
+                algo, t_halt, t_rx, armed = msg.data.decode().split()
+                armed_used[0] = int(armed)
                 fut = waiting.pop(algo, None)
                 if fut is not None and not fut.done():
                     fut.set_result((int(t_halt), int(t_rx)))
@@ -504,12 +515,27 @@ async def tick_to_halt(
         )
         # The guard's watchdog walks the algorithms every check_interval on the event loop.
         extra["watchdog_check_ms"] = watchdog_cost(daemon)
-        for i, algo in enumerate(algos[: args.t2h_warmup + args.t2h_iterations]):
-            mode = modes[0] if len(modes) == 1 else modes[(i % 4) in (1, 2)]  # ABBA
+
+        def mode_of(i: int) -> str:
+            return modes[0] if len(modes) == 1 else modes[(i % 4) in (1, 2)]  # ABBA
+
+        measured = algos[: args.t2h_warmup + args.t2h_iterations]
+        if HAS_ARMED:
+            # As the daemon does (presign_loop, a sidecar heartbeat): each halt is signed in
+            # advance and its commitment reaches the gateway before any breach (the unsigned
+            # half has no signature and nothing to arm).
+            for i, algo in enumerate(measured):
+                executor.sign = sign if mode_of(i) != "unsigned" else None
+                executor.presign(algo)
+            executor.sign = sign
+            await until(lambda: not executor._to_arm, 30, "the halts were not armed")
+            await asyncio.sleep(2 * config.heartbeat_interval.total_seconds())
+        for i, algo in enumerate(measured):
+            mode = mode_of(i)
             if GATEWAY_TRUSTS:
                 executor.sign = sign if mode != "unsigned" else None
             fast_off = mode == "halt from the task"
-            if hasattr(executor, "presign"):
+            if hasattr(executor, "presign") and not HAS_ARMED:
                 # its halt signed in advance (or not, for the unsigned path), as the daemon
                 # keeps one ready for every algorithm (rollback.presign_validity)
                 executor.presign(algo)
@@ -561,6 +587,9 @@ async def tick_to_halt(
             extra["loop_lag"] = msgspec.structs.asdict(daemon.loop_lag.stats())
         extra["daemon_rejected"] = dict(daemon.stats.rejected)
         extra["presigned_halts_used"] = getattr(executor, "presigned_used", None)
+        if gateway is not None:
+            armed_used[0] = getattr(gateway.agent.verifier, "armed_used", 0)
+        extra["armed_halts_used"] = armed_used[0] if HAS_ARMED else None
         extra["daemon_breaches"] = daemon.stats.breaches
         extra["algorithms_registered"] = n_total
     finally:
@@ -899,6 +928,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             if extra.get("presigned_halts_used") is not None:
                 print(f"  halts sent signed in advance: {extra['presigned_halts_used']}")
+            if extra.get("armed_halts_used") is not None:
+                print(
+                    "  halts the gateway accepted armed (by their commitment, no Ed25519 "
+                    f"verification): {extra['armed_halts_used']}"
+                )
             lag = extra.get("loop_lag")
             if lag is not None:
                 print(

@@ -9,6 +9,7 @@ from typing import Final, Literal, Self, final
 __version__: Final[str]
 __all__ = [
     "AlgoConfig",
+    "ArmedHalts",
     "BatchResult",
     "Breach",
     "ConfigError",
@@ -23,6 +24,7 @@ __all__ = [
     "Snapshot",
     "UnknownAlgorithmError",
     "__version__",
+    "armed_commit",
     "is_public_key",
     "verify_message",
 ]
@@ -342,6 +344,24 @@ class SigningKey:
     def sign_message(self, subject: str, body: bytes) -> str:
         """The ``Rampart-Sig`` header value of a message on ``subject`` with ``body``: base64url
         (no padding) of the signature of ``b"rampart-sig-v1\n" + subject + b"\n" + body``."""
+
+@final
+class ArmedHalts:
+    """The halts a gateway holds armed: commitments learned from Rampart's signed heartbeats,
+    each accepted once in place of an Ed25519 verification (docs/protocol.md, "Armed halts")."""
+
+    def __new__(cls, capacity: int = 65536) -> Self: ...
+    def __len__(self) -> int: ...
+    def arm(self, commits: list[tuple[str, int]], now: int) -> int:
+        """Keep ``(commit, valid_until)`` pairs (a commit that is not base64url of 32 bytes is
+        skipped); forget those expired at ``now`` (ns) and the oldest beyond the capacity.
+        Returns how many were kept."""
+    def take(self, reveal: str, subject: str, body: bytes) -> bool:
+        """Whether the message revealing ``reveal`` (its ``Rampart-Reveal`` header) is a halt
+        armed here; if so it is used up."""
+
+def armed_commit(reveal: bytes, subject: str, body: bytes) -> str:
+    """base64url (no padding) of SHA-256(``reveal`` + the signed bytes of the message)."""
 
 @final
 class KeyRing:

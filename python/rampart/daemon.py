@@ -1070,6 +1070,8 @@ class Daemon:
             self._on_positions(watch.check(now) if found is None else found)
         if hb.refused_signatures:
             self._on_refused_signatures(gateway, hb.refused_signatures)
+        if hb.armed is not None and self.guard is not None:
+            self.guard.executor.note_armed_report(gateway, hb.armed)
         self.stats.heartbeats += 1
         first = hb.gateway not in self.gateways
         self.gateways[hb.gateway] = GatewayStatus(
@@ -1218,6 +1220,9 @@ class Daemon:
                     ts=self.wall_clock(),
                     interval_ms=int(interval * 1000),
                     boot=boot,
+                    # the halts signed in advance since the last one (docs/protocol.md,
+                    # "Armed halts")
+                    armed=self.guard.executor.take_armed() if self.guard is not None else [],
                 )
                 data = encoder.encode(hb)
                 with contextlib.suppress(Exception):

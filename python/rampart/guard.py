@@ -579,8 +579,10 @@ class Guard:
                 await asyncio.sleep(self.executor.settings.retry_interval)
 
     def on_gateway_seen(self, gateway: str) -> None:
-        """A gateway's first heartbeat (at start, or after it went stale): halts it must keep."""
+        """A gateway's first heartbeat (at start, or after it went stale): halts it must keep,
+        and the halts signed in advance for it, armed (docs/protocol.md, "Armed halts")."""
         self.reassert_halts(self.algos_of_gateway(gateway), f"gateway {gateway} (re)appeared")
+        self.executor.rearm((gateway,))
 
     # ---- staleness watchdog -----------------------------------------------------------------
 

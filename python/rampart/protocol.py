@@ -257,6 +257,9 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_
     # messages the gateway refused since it started because their signature was not Rampart's:
     # "commands", "heartbeats" -> count (Rampart alerts when one grows)
     refused_signatures: dict[str, int] = {}
+    # how many armed halts the gateway holds (docs/protocol.md, "Armed halts"); None: it does
+    # not arm halts. Fewer than Rampart announced: Rampart announces them again
+    armed: int | None = None
     v: int = HEARTBEAT_VERSION
 
 
@@ -274,7 +277,22 @@ class HeartbeatFrame(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat",
     interval_ms: int = 1000
     positions: PositionFrame | None = None
     refused_signatures: dict[str, int] = {}
+    armed: int | None = None
     v: int = 0
+
+
+class ArmedHalt(msgspec.Struct, frozen=True, kw_only=True):
+    """A halt Rampart has encoded and signed in advance, announced in its heartbeat so the
+    gateway can accept it, when it comes, by one SHA-256 instead of an Ed25519 verification
+    (docs/protocol.md, "Armed halts").
+
+    ``commit``: base64url (no padding) of SHA-256(reveal + the halt's signed bytes), where
+    ``reveal`` is 32 random bytes Rampart sends only with the halt (``Rampart-Reveal``).
+    """
+
+    gateway: str
+    commit: str
+    valid_until: int
 
 
 class SidecarHeartbeat(
@@ -291,6 +309,8 @@ class SidecarHeartbeat(
     # random per start of the daemon: a gateway orders heartbeats by ts within one boot, so a
     # restarted Rampart whose clock is behind the previous one's is still heard
     boot: str = ""
+    # halts signed in advance since the last heartbeat, for any gateway (each takes its own)
+    armed: list[ArmedHalt] = []
     v: int = SCHEMA_VERSION
 
 

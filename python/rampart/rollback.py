@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -28,6 +29,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.protocol import (
+    ArmedHalt,
     Command,
     CommandKind,
     CommandTarget,
@@ -36,6 +38,7 @@ from rampart.protocol import (
     command_ack_decoder,
     encoder,
 )
+from rampart.signing import MAX_ARMED, REVEAL_HEADER, armed_commit, b64url
 from rampart.store import RollbackRecord, StepRecord
 
 log = logging.getLogger("rampart.rollback")
@@ -122,6 +125,8 @@ class PresignedHalt:
     command: Command
     payload: bytes
     headers: dict[str, str] | None
+    # its commitment, announced to the gateway in a heartbeat (None: not armed, unsigned)
+    armed: ArmedHalt | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,13 @@ class RollbackExecutor:
         # epoch would beat it, and a newer halt makes it pointless)
         self._presigned: dict[str, PresignedHalt] = {}
         self._halt_floor: dict[str, int] = {}
+        # armed halts (docs/protocol.md, "Armed halts"): commitments not yet announced in a
+        # heartbeat (by algorithm), when each held one was announced (wall ns), and the count
+        # each gateway last reported holding (with when it came)
+        self._to_arm: list[tuple[str, ArmedHalt]] = []
+        self._announced: dict[str, int] = {}
+        self._armed_reports: dict[str, tuple[int, int]] = {}
+        self.rearmed = 0
         self.presigned_used = 0
         # halts sent from the ingest path: their replies come to <_ack_prefix>.<command id>
         self._ack_prefix: str | None = None
@@ -190,16 +202,70 @@ class RollbackExecutor:
             held = self._presigned.get(a)
             if held is not None and held.command.epoch < epoch:
                 del self._presigned[a]
+                self._announced.pop(a, None)
 
     def presign(self, algo: str) -> None:
         """Encode and sign a halt of ``algo`` now, valid ``presign_validity`` from now, with an
-        epoch newer than any halt or resume made for it so far."""
+        epoch newer than any halt or resume made for it so far; armed: its commitment goes to
+        the gateway in the next heartbeat (``take_armed``), so the gateway accepts it by a
+        SHA-256 instead of an Ed25519 verification (docs/protocol.md, "Armed halts")."""
         validity = self.settings.presign_validity
         if validity <= 0:
             return
-        self._presigned[algo] = self._encode_halt(algo, self.gateway_of(algo), validity)
+        held = self._encode_halt(algo, self.gateway_of(algo), validity, arm=True)
+        self._presigned[algo] = held
+        self._announced.pop(algo, None)
+        if held.armed is not None:
+            self._to_arm.append((algo, held.armed))
+            if len(self._to_arm) > MAX_ARMED:  # no heartbeat takes them (NATS down)
+                del self._to_arm[: len(self._to_arm) - MAX_ARMED]
 
-    def _encode_halt(self, algo: str, gateway: str, validity: float) -> PresignedHalt:
+    def take_armed(self, limit: int = 1024) -> list[ArmedHalt]:
+        """The commitments of halts signed in advance since the last call (at most ``limit``;
+        the rest wait for the next), for the sidecar heartbeat."""
+        taken, self._to_arm = self._to_arm[:limit], self._to_arm[limit:]
+        now = self.wall_clock()
+        out = []
+        for algo, armed in taken:
+            held = self._presigned.get(algo)
+            if held is not None and held.armed is armed and armed.valid_until > now:
+                self._announced[algo] = now
+                out.append(armed)
+        return out
+
+    def note_armed_report(self, gateway: str, count: int) -> None:
+        """``gateway`` says it holds ``count`` armed halts (its heartbeat)."""
+        self._armed_reports[gateway] = (count, self.wall_clock())
+
+    def rearm(self, gateways: Iterable[str]) -> None:
+        """Announce every armed halt of ``gateways`` again with the next heartbeat (a gateway
+        that appeared, restarted or missed a heartbeat)."""
+        wanted = set(gateways)
+        for algo, held in self._presigned.items():
+            if held.gateway in wanted and held.armed is not None:
+                self._announced.pop(algo, None)
+                self._to_arm.append((algo, held.armed))
+        self.rearmed += len(wanted)
+
+    def rearm_lost(self, grace: float = 0.25) -> list[str]:
+        """The gateways holding fewer armed halts than were announced to them ``grace``
+        (the two transit times) before their last report: ``rearm``. Returns them."""
+        grace_ns = int(grace * 1e9)
+        expected: dict[str, int] = defaultdict(int)
+        for algo, held in self._presigned.items():
+            at = self._announced.get(algo)
+            report = self._armed_reports.get(held.gateway)
+            if at is not None and report is not None and at < report[1] - grace_ns:
+                expected[held.gateway] += 1
+        lost = sorted(gw for gw, n in expected.items() if self._armed_reports[gw][0] < n)
+        if lost:
+            log.info("armed halts announced again to %s: fewer held than announced", lost)
+            self.rearm(lost)
+        return lost
+
+    def _encode_halt(
+        self, algo: str, gateway: str, validity: float, *, arm: bool = False
+    ) -> PresignedHalt:
         now = self.wall_clock()
         cmd = Command(
             command_id=uuid.uuid4().hex,
@@ -213,7 +279,13 @@ class RollbackExecutor:
         payload = encoder.encode(cmd)
         subject = self.subjects.command(gateway)
         headers = self.sign(subject, payload) if self.sign is not None else None
-        return PresignedHalt(gateway, cmd, payload, headers)
+        armed = None
+        if arm and headers is not None:
+            reveal = os.urandom(32)
+            headers = {**headers, REVEAL_HEADER: b64url(reveal)}
+            commit = armed_commit(reveal, subject, payload)
+            armed = ArmedHalt(gateway=gateway, commit=commit, valid_until=cmd.valid_until)
+        return PresignedHalt(gateway, cmd, payload, headers, armed)
 
     def needs_presign(self, algo: str) -> bool:
         """No usable signed halt, or less than half its validity left."""
@@ -225,6 +297,7 @@ class RollbackExecutor:
 
     def _take_presigned(self, algo: str, gateway: str, deadline: float) -> PresignedHalt | None:
         held = self._presigned.pop(algo, None)
+        self._announced.pop(algo, None)
         if held is None or held.gateway != gateway:
             return None
         if held.command.epoch < self._halt_floor.get(algo, -1):
@@ -239,7 +312,11 @@ class RollbackExecutor:
     ) -> None:
         """Keep a signed halt ready for every algorithm: at most 32 signatures per pass (~0.5 ms
         of the event loop), every ``interval``."""
+        passes = 0
         while not self._closing:
+            passes += 1
+            if passes % 4 == 0:  # every ~1 s: a gateway that lost its armed halts gets them
+                self.rearm_lost()
             signed = 0
             for a in algos():
                 if signed >= 32:

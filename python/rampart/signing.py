@@ -12,29 +12,47 @@ The key is an NKEY user seed in ``<data_dir>/keys/rampart.nk`` (mode 0600, creat
 start; ``[signing] seed_file`` puts it elsewhere), its public key beside it (``rampart.pub``: the
 seed file's name ending ``.pub``) for the gateways' configuration. Signing and verifying are in
 the Rust extension (``nkeys``, ``ed25519-dalek``).
+
+A halt signed in advance is also *armed* (docs/protocol.md, "Armed halts"): its commitment,
+SHA-256(reveal + signed bytes), goes to the gateway in a signed heartbeat, and the halt, sent with
+``Rampart-Reveal``, is accepted by that one hash instead of an Ed25519 verification.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from rampart._core import KeyRing, SigningKey, is_public_key, verify_message
+from rampart._core import (
+    ArmedHalts,
+    KeyRing,
+    SigningKey,
+    armed_commit,
+    is_public_key,
+    verify_message,
+)
 
 KEY_HEADER: Final = "Rampart-Key"
 SIG_HEADER: Final = "Rampart-Sig"
+REVEAL_HEADER: Final = "Rampart-Reveal"
+# the most armed halts a gateway keeps (the oldest go first); one per algorithm is the norm
+MAX_ARMED: Final = 65_536
 KEY_DIR: Final = "keys"
 SEED_FILE: Final = "rampart.nk"
 PUBLIC_FILE: Final = "rampart.pub"
 
 __all__ = [
     "KEY_HEADER",
+    "REVEAL_HEADER",
     "SIG_HEADER",
     "SigningKey",
     "SigningKeyError",
     "Verifier",
+    "armed_commit",
+    "b64url",
     "load_or_create",
     "read_key",
     "read_public_key",
@@ -131,6 +149,10 @@ def sign_headers(key: SigningKey, subject: str, body: bytes) -> dict[str, str]:
     return {KEY_HEADER: key.public_key, SIG_HEADER: key.sign_message(subject, body)}
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 class Verifier:
     """Checks a message's signature against the trusted public keys (more than one while a key
     is being rotated)."""
@@ -147,11 +169,32 @@ class Verifier:
             )
         self.trusted = frozenset(keys)
         self._ring = KeyRing(keys)
+        # armed halts (docs/protocol.md, "Armed halts"): commitments learned from signed
+        # heartbeats only, each accepted once by one SHA-256 in the extension
+        self._armed = ArmedHalts(MAX_ARMED)
+        self.armed_used = 0
+
+    def arm(self, commits: Iterable[tuple[str, int]], now: int) -> None:
+        """Keep the commitments of halts Rampart signed in advance (each ``(commit,
+        valid_until)``, from a heartbeat whose signature was checked); forget the expired."""
+        self._armed.arm(list(commits), now)
+
+    @property
+    def armed(self) -> int:
+        """How many armed halts are held."""
+        return len(self._armed)
 
     def check(self, subject: str, body: bytes, headers: Mapping[str, str] | None) -> str | None:
-        """None when the message is signed by a trusted key; else why not."""
+        """None when the message is signed by a trusted key, or is a halt Rampart armed (its
+        commitment, announced in a signed heartbeat, matches: used once); else why not."""
         if not headers:
             return "unsigned"
+        reveal = headers.get(REVEAL_HEADER)
+        if reveal is not None and self._armed.take(reveal, subject, body):
+            self.armed_used += 1
+            return None
+        # not armed here (this gateway restarted, the heartbeat was lost, used already): its
+        # signature is checked as any message's
         key = headers.get(KEY_HEADER)
         sig = headers.get(SIG_HEADER)
         if key is None or sig is None:

@@ -296,6 +296,12 @@ class GatewayAgent:
                     self._last_sidecar_ts[hb.boot] = hb.ts
                     while len(self._last_sidecar_ts) > 8:
                         del self._last_sidecar_ts[next(iter(self._last_sidecar_ts))]
+                    # halts Rampart signed in advance for this gateway: accepted, when they
+                    # come, by their commitment (docs/protocol.md, "Armed halts")
+                    self.verifier.arm(
+                        ((a.commit, a.valid_until) for a in hb.armed if a.gateway == self.gateway),
+                        self.wall_clock(),
+                    )
         if refusal is not None:
             self._refuse("heartbeats", msg.subject, refusal)
             return
@@ -321,6 +327,7 @@ class GatewayAgent:
                     interval_ms=interval_ms,
                     positions=self.position_report(),
                     refused_signatures=dict(self.refused_signatures),
+                    armed=self.verifier.armed,
                     v=HEARTBEAT_VERSION,
                 )
                 with contextlib.suppress(Exception):

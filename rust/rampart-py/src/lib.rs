@@ -1144,6 +1144,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<signing::PySigningKey>()?;
     m.add_class::<signing::PyKeyRing>()?;
+    m.add_class::<signing::PyArmedHalts>()?;
+    m.add_function(wrap_pyfunction!(signing::armed_commit, m)?)?;
     m.add_function(wrap_pyfunction!(signing::verify_message, m)?)?;
     m.add_function(wrap_pyfunction!(signing::is_public_key, m)?)?;
     Ok(())

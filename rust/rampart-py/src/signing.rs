@@ -2,13 +2,14 @@
 //! `rampart-sig-v1\n<subject>\n<body>`, keys as NATS NKEYs (`nkeys` crate: the public key is the
 //! key id), the signature base64url without padding.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use data_encoding::BASE64URL_NOPAD;
 use nkeys::KeyPair;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use sha2::{Digest, Sha256};
 
 /// What is signed, before the subject and the body.
 pub const DOMAIN: &[u8] = b"rampart-sig-v1\n";
@@ -143,6 +144,93 @@ impl PyKeyRing {
     }
 }
 
+/// SHA-256(`reveal` + the signed bytes of the message on `subject` with `body`): the commitment
+/// to a halt signed in advance (docs/protocol.md, "Armed halts").
+fn commitment(reveal: &[u8], subject: &str, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(reveal);
+    h.update(DOMAIN);
+    h.update(subject.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    h.finalize().into()
+}
+
+/// The `commit` of an armed halt: base64url (no padding) of its commitment.
+#[pyfunction]
+pub fn armed_commit(reveal: &[u8], subject: &str, body: &[u8]) -> String {
+    BASE64URL_NOPAD.encode(&commitment(reveal, subject, body))
+}
+
+/// The halts a gateway holds armed: commitments learned from Rampart's signed heartbeats, each
+/// accepted once, in place of an Ed25519 verification (docs/protocol.md, "Armed halts").
+#[pyclass(name = "ArmedHalts", module = "rampart._core")]
+pub struct PyArmedHalts {
+    valid_until: HashMap<[u8; 32], i64>,
+    // in the order they came (one validity: the order they expire), to forget the expired
+    order: VecDeque<([u8; 32], i64)>,
+    capacity: usize,
+}
+
+#[pymethods]
+impl PyArmedHalts {
+    #[new]
+    #[pyo3(signature = (capacity = 65_536))]
+    fn new(capacity: usize) -> Self {
+        PyArmedHalts {
+            valid_until: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn __len__(&self) -> usize {
+        self.valid_until.len()
+    }
+
+    /// Keep `(commit, valid_until)` pairs (commit: base64url of 32 bytes; anything else is
+    /// skipped), forget those expired at `now` (ns) and the oldest beyond the capacity.
+    /// Returns how many were kept.
+    fn arm(&mut self, commits: Vec<(String, i64)>, now: i64) -> usize {
+        let mut kept = 0;
+        for (commit, until) in commits {
+            let Ok(bytes) = BASE64URL_NOPAD.decode(commit.as_bytes()) else {
+                continue;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                continue;
+            };
+            if until > now {
+                self.valid_until.insert(key, until);
+                self.order.push_back((key, until));
+                kept += 1;
+            }
+        }
+        while let Some(&(key, until)) = self.order.front() {
+            let held = self.valid_until.get(&key).copied();
+            if held == Some(until) && until > now && self.valid_until.len() <= self.capacity {
+                break;
+            }
+            self.order.pop_front();
+            if held == Some(until) {
+                self.valid_until.remove(&key);
+            }
+        }
+        kept
+    }
+
+    /// Whether the message on `subject` with `body`, revealing `reveal` (the `Rampart-Reveal`
+    /// header, base64url), is a halt armed here: if so it is used up.
+    fn take(&mut self, reveal: &str, subject: &str, body: &[u8]) -> bool {
+        let Ok(secret) = BASE64URL_NOPAD.decode(reveal.as_bytes()) else {
+            return false;
+        };
+        self.valid_until
+            .remove(&commitment(&secret, subject, body))
+            .is_some()
+    }
+}
+
 /// Whether `key` is an NKEY public user key (`U...`, checksum included).
 #[pyfunction]
 pub fn is_public_key(key: &str) -> bool {
@@ -184,5 +272,38 @@ mod tests {
         assert!(ring.verify(&key.public, "rampart.cmd.gw1", b"{}", &sig));
         assert!(!ring.verify(&other.public, "rampart.cmd.gw1", b"{}", &sig));
         assert!(PyKeyRing::new(vec!["Ubad".into()]).is_err());
+    }
+
+    #[test]
+    fn an_armed_halt_is_taken_once_and_only_for_its_bytes() {
+        let reveal = [7u8; 32];
+        let body = b"{\"kind\":\"halt\"}";
+        let commit = armed_commit(&reveal, "rampart.cmd.gw1", body);
+        let shown = BASE64URL_NOPAD.encode(&reveal);
+        let mut armed = PyArmedHalts::new(16);
+        assert_eq!(
+            armed.arm(vec![(commit.clone(), 100), ("not-base64!".into(), 100)], 10),
+            1
+        );
+        assert!(!armed.take(&shown, "rampart.cmd.gw2", body)); // another subject
+        assert!(!armed.take(&shown, "rampart.cmd.gw1", b"{\"kind\":\"resume\"}")); // other bytes
+        assert!(!armed.take(&BASE64URL_NOPAD.encode(&[8u8; 32]), "rampart.cmd.gw1", body));
+        assert!(armed.take(&shown, "rampart.cmd.gw1", body));
+        assert!(!armed.take(&shown, "rampart.cmd.gw1", body)); // used up
+    }
+
+    #[test]
+    fn armed_halts_expire_and_are_bounded() {
+        let mut armed = PyArmedHalts::new(2);
+        let c = |i: u8| armed_commit(&[i; 32], "s", b"b");
+        armed.arm(vec![(c(1), 50), (c(2), 100)], 10);
+        assert_eq!(armed.__len__(), 2);
+        armed.arm(vec![(c(3), 100)], 10); // over capacity: the oldest goes
+        assert_eq!(armed.__len__(), 2);
+        assert!(!armed.take(&BASE64URL_NOPAD.encode(&[1u8; 32]), "s", b"b"));
+        armed.arm(vec![(c(4), 5)], 60); // already expired: not kept; nothing else expired
+        assert_eq!(armed.__len__(), 2);
+        armed.arm(vec![], 100); // both expire at 100
+        assert_eq!(armed.__len__(), 0);
     }
 }
