@@ -311,6 +311,9 @@ class SidecarHeartbeat(
     boot: str = ""
     # halts signed in advance since the last heartbeat, for any gateway (each takes its own)
     armed: list[ArmedHalt] = []
+    # the sender's leadership term (docs/ha.md): a gateway does not count the heartbeat of an
+    # older term than one it has seen for its dead-man's switch
+    term: int = 0
     v: int = SCHEMA_VERSION
 
 
@@ -342,10 +345,16 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag="command", tag_fiel
     issued_at: int
     valid_until: int
     reason: str = ""
+    # the leadership term of the Rampart that sent it (docs/ha.md): a gateway refuses a command
+    # of an older term than one it has seen (``stale_term``), so a deposed leader gets nothing
+    # applied; within a term, ``epoch`` orders decisions as before. 0: single node
+    term: int = 0
     v: int = SCHEMA_VERSION
 
 
-CommandStatus = Literal["applied", "duplicate", "expired", "stale_epoch", "refused", "error"]
+CommandStatus = Literal[
+    "applied", "duplicate", "expired", "stale_epoch", "stale_term", "refused", "error"
+]
 
 
 class TargetResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -44,7 +44,7 @@ from rampart.store import RollbackRecord, StepRecord
 log = logging.getLogger("rampart.rollback")
 
 # Answers a gateway gives again to the same command: resending it cannot help.
-FINAL_REFUSALS: Final = frozenset({"stale_epoch", "expired", "refused"})
+FINAL_REFUSALS: Final = frozenset({"stale_epoch", "stale_term", "expired", "refused"})
 # The seed's targets, in milliseconds.
 TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")

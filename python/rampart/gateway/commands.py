@@ -41,12 +41,19 @@ class AlgoControl:
 
     halted: bool = False
     halt_epoch: int = -1
+    halt_term: int = 0
     halt_cause: HaltCause | None = None
     # None while nothing has been set since the gateway started.
     allocation: float | None = None
     active: bool | None = None
-    # Highest epoch applied per dimension (see DIMENSIONS).
+    # Highest epoch applied per dimension (see DIMENSIONS), and the term it came in: decisions
+    # are ordered by (term, epoch), so a newer leader's beat an older one's whatever its clock
     epochs: dict[str, int] = field(default_factory=dict)
+    terms: dict[str, int] = field(default_factory=dict)
+
+    def last(self, dim: str) -> tuple[int, int]:
+        """(term, epoch) of the last decision applied in ``dim``."""
+        return (self.terms.get(dim, 0), self.epochs.get(dim, -1))
 
     def report(self, algo: str) -> AlgoActual:
         return AlgoActual(
@@ -68,6 +75,14 @@ class CommandBook:
     version: int = 0
     # command id -> algorithms it has been applied to (a retry of those is a duplicate)
     _applied: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
+    # the newest leadership term seen in a verified command or sidecar heartbeat (docs/ha.md)
+    term: int = 0
+
+    def see_term(self, term: int) -> None:
+        """A verified message of ``term``: from now on, what an older term sends is refused."""
+        if term > self.term:
+            self.term = term
+            self.version += 1
 
     def control(self, algo: str) -> AlgoControl:
         ctl = self.algos.get(algo)
@@ -84,13 +99,16 @@ class CommandBook:
         """
         if target.algo in self._applied.get(command.command_id, ()):
             return "duplicate"
+        if command.term < self.term:
+            return "stale_term"  # sent by a Rampart that no longer leads
         if now > command.valid_until:
             return "expired"
         ctl = self.control(target.algo)
         dim = DIMENSIONS.get(command.kind)
-        if dim is not None and command.epoch < ctl.epochs.get(dim, -1):
+        decision = (command.term, command.epoch)
+        if dim is not None and decision < ctl.last(dim):
             return "stale_epoch"
-        if command.kind == "resume" and command.epoch <= ctl.halt_epoch:
+        if command.kind == "resume" and decision <= (ctl.halt_term, ctl.halt_epoch):
             return "stale_epoch"  # halt beats resume: only a later decision lifts a halt
         if command.kind == "set_allocation":
             a = target.allocation
@@ -108,13 +126,14 @@ class CommandBook:
         done.add(target.algo)
         ctl = self.control(target.algo)
         dim = DIMENSIONS.get(command.kind)
-        if dim is not None:
-            ctl.epochs[dim] = max(ctl.epochs.get(dim, -1), command.epoch)
+        decision = (command.term, command.epoch)
+        if dim is not None and decision > ctl.last(dim):
+            ctl.terms[dim], ctl.epochs[dim] = decision
         match command.kind:
             case "halt":
                 ctl.halted = True
                 ctl.halt_cause = "command"
-                ctl.halt_epoch = max(ctl.halt_epoch, command.epoch)
+                ctl.halt_term, ctl.halt_epoch = max((ctl.halt_term, ctl.halt_epoch), decision)
             case "resume":
                 ctl.halted = False
                 ctl.halt_cause = None
@@ -132,7 +151,7 @@ class CommandBook:
         ctl = self.control(algo)
         ctl.halted = True
         ctl.halt_cause = cause
-        ctl.halt_epoch = max(ctl.halt_epoch, ctl.epochs.get("halt", -1))
+        ctl.halt_term, ctl.halt_epoch = max((ctl.halt_term, ctl.halt_epoch), ctl.last("halt"))
 
     def report(self, algo: str) -> AlgoActual:
         """The algorithm's actual state as this gateway knows it."""
@@ -140,7 +159,14 @@ class CommandBook:
         return ctl.report(algo) if ctl is not None else AlgoActual(algo=algo, halted=False)
 
 
-def refusal_detail(status: CommandStatus, command: Command, target: CommandTarget) -> str:
+def refusal_detail(
+    status: CommandStatus, command: Command, target: CommandTarget, term: int = 0
+) -> str:
+    if status == "stale_term":
+        return (
+            f"term {command.term} is older than term {term} this gateway has seen: sent by a "
+            "Rampart that no longer leads"
+        )
     if status == "expired":
         return f"received after valid_until {command.valid_until}"
     if status == "stale_epoch":

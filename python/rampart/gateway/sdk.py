@@ -229,6 +229,7 @@ class GatewayAgent:
         """Apply one command to each of its targets (concurrently) and say what happened."""
         self.commands_handled += 1
         now = self.wall_clock()
+        self.book.see_term(command.term)  # verified: a newer leader fences the older ones
         results: dict[str, TargetResult] = {}
         to_apply: list[CommandTarget] = []
         for target in command.targets:
@@ -238,7 +239,7 @@ class GatewayAgent:
             elif status == "duplicate":
                 results[target.algo] = TargetResult(algo=target.algo, status="duplicate")
             else:
-                detail = refusal_detail(status, command, target)
+                detail = refusal_detail(status, command, target, self.book.term)
                 log.warning(
                     "%s: %s %s refused: %s", self.gateway, command.kind, target.algo, detail
                 )
@@ -283,6 +284,16 @@ class GatewayAgent:
             else:
                 last = self._last_sidecar_ts.get(hb.boot)
                 age = self.wall_clock() - hb.ts
+                if hb.term < self.book.term:
+                    # a deposed leader's: it must not keep the switch armed for a shard that
+                    # may have nobody leading it (not a forgery: not counted as refused)
+                    log.info(
+                        "%s: sidecar heartbeat of term %d ignored (term %d seen)",
+                        self.gateway,
+                        hb.term,
+                        self.book.term,
+                    )
+                    return
                 if last is not None and hb.ts <= last:
                     refusal = f"not newer than the last one ({hb.ts} <= {last}): a replay"
                 elif abs(age) > self.deadman.timeout_ns:
@@ -294,6 +305,7 @@ class GatewayAgent:
                     # per boot of Rampart (a few kept): a recorded heartbeat of an earlier boot
                     # passes only while it is fresh, so at most once within the timeout
                     self._last_sidecar_ts[hb.boot] = hb.ts
+                    self.book.see_term(hb.term)
                     while len(self._last_sidecar_ts) > 8:
                         del self._last_sidecar_ts[next(iter(self._last_sidecar_ts))]
                     # halts Rampart signed in advance for this gateway: accepted, when they
