@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import nats
+from nats.aio.msg import Msg
 
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 
@@ -54,6 +55,29 @@ class LoggingGateway(ReferenceGateway):
         self._log("standby", algo)
 
 
+def log_ha(gw: LoggingGateway, path: Path) -> None:
+    """The dead-man's switch tripping, and the first sidecar heartbeat of each leadership term
+    (docs/ha.md), with CLOCK_MONOTONIC ("mono"): one clock for every process of the host."""
+
+    def write(line: dict[str, object]) -> None:
+        line = {"t": time.time_ns(), "mono": time.monotonic_ns(), **line}
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    gw.agent.deadman_listeners.append(lambda: write({"kind": "deadman"}))
+    on_beat = gw.agent._on_sidecar_heartbeat
+    seen = {"term": -1}
+
+    async def logged_beat(msg: Msg) -> None:
+        await on_beat(msg)
+        term = gw.agent.book.term
+        if term > seen["term"] and gw.agent.deadman.last_seen is not None:
+            seen["term"] = term
+            write({"kind": "term", "term": term})
+
+    gw.agent._on_sidecar_heartbeat = logged_beat  # type: ignore[method-assign]
+
+
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("url")
@@ -61,14 +85,22 @@ async def main() -> None:
     p.add_argument("algos")
     p.add_argument("log", type=Path)
     p.add_argument("--deadman", type=float, default=3.0)
-    p.add_argument("--trust", required=True, help="Rampart's public signing key")
+    p.add_argument("--trust", required=True, help="Rampart's public signing keys, by commas")
     p.add_argument("--nkey-seed", help="log in with this NKEY seed file (as gateway-<id>)")
     p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
+    p.add_argument(
+        "--ha-log",
+        type=Path,
+        help="append here the dead-man's switch tripping and the first sidecar heartbeat of "
+        "each leadership term, with CLOCK_MONOTONIC (docs/ha.md)",
+    )
     args = p.parse_args()
     login: dict[str, str] = {}
     if args.nkey_seed:
         login = {"nkeys_seed": args.nkey_seed, "inbox_prefix": f"_INBOX_gateway-{args.gateway}"}
-    nc = await nats.connect(args.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, **login)
+    nc = await nats.connect(
+        servers=args.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.1, **login
+    )
     algos = [
         HostedAlgo(a, "ES", Momentum(), allocation=0.0, active=True) for a in args.algos.split(",")
     ]
@@ -78,10 +110,12 @@ async def main() -> None:
         algos,
         heartbeat_interval=0.05,
         deadman_timeout=args.deadman,
-        trusted_keys=[args.trust],
+        trusted_keys=args.trust.split(","),
     )
     gw.log_path = args.log
     gw.stop_after_halt = args.stop_after_halt
+    if args.ha_log is not None:
+        log_ha(gw, args.ha_log)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await gw.start()

@@ -164,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except DaemonError as e:
             log.error("%s", e)
             return 1
-        return 0
+        # deposed (docs/ha.md): 75 (EX_TEMPFAIL), for the supervisor to start it again, standby
+        return 75 if daemon.deposed else 0
 
     return uvloop.run(main())
 

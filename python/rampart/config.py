@@ -339,6 +339,24 @@ class AlertsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     webhook_timeout: timedelta = timedelta(seconds=5)
 
 
+class HaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Active/standby (docs/ha.md): several ``rampart run`` processes for one shard, one leading
+    through a lease in JetStream KV, the others following its state stream, ready to take over."""
+
+    enabled: bool = False
+    # The shard this process governs with its peers (default: ``name``).
+    shard: str | None = None
+    # The leader stops acting this long (less a tenth) after its last renewal started; a
+    # standby takes over when the lease has not moved for this long.
+    lease_ttl: timedelta = timedelta(seconds=1)
+    # The leader renews its lease this often.
+    lease_renew: timedelta = timedelta(milliseconds=250)
+    # How often every process reads the lease, and a standby the state stream.
+    poll_interval: timedelta = timedelta(milliseconds=100)
+    # JetStream replicas of the lease bucket and the state stream: 3 on a 3-node cluster.
+    replicas: int = 1
+
+
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole daemon configuration file."""
 
@@ -374,6 +392,7 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     alerts: AlertsConfig = AlertsConfig()
     signing: SigningConfig = SigningConfig()
     control: ControlConfig = ControlConfig()
+    ha: HaConfig = HaConfig()
     algorithms: list[AlgorithmConfig] = []
 
     @property
@@ -418,6 +437,21 @@ def _check(cfg: DaemonConfig) -> None:
         raise ConfigFileError(f"`$.subject_prefix`: {e}") from None
     if not is_token(cfg.name):
         raise ConfigFileError(f"`$.name` {cfg.name!r} must be a NATS subject token")
+    ha = cfg.ha
+    if ha.enabled:
+        if ha.shard is not None and not is_token(ha.shard):
+            raise ConfigFileError(f"`$.ha.shard` {ha.shard!r} must be a NATS subject token")
+        if not cfg.events.durable:
+            raise ConfigFileError(
+                "`$.ha.enabled` needs `$.events.durable = true`: a standby taking over must "
+                "find every fill the leader had not applied yet on the durable stream"
+            )
+        if not timedelta(0) < ha.lease_renew < ha.lease_ttl:
+            raise ConfigFileError("`$.ha.lease_renew` must be > 0 and shorter than `lease_ttl`")
+        if not timedelta(0) < ha.poll_interval < ha.lease_ttl:
+            raise ConfigFileError("`$.ha.poll_interval` must be > 0 and shorter than `lease_ttl`")
+        if ha.replicas not in (1, 3, 5):
+            raise ConfigFileError(f"`$.ha.replicas` must be 1, 3 or 5, got {ha.replicas}")
     seen: set[str] = set()
     for i, algo in enumerate(cfg.algorithms):
         path = f"$.algorithms[{i}]"

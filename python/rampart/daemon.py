@@ -15,6 +15,8 @@ import contextlib
 import functools
 import gc
 import logging
+import os
+import socket
 import tempfile
 import time
 import uuid
@@ -53,6 +55,7 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
+from rampart.lease import LeaseKeeper, lease_bucket
 from rampart.loop_lag import LoopLag
 from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
 from rampart.nats_auth import write as write_nats_auth
@@ -68,6 +71,7 @@ from rampart.protocol import (
     DaemonStatus,
     DeadLetter,
     GatewayStatus,
+    HaStatus,
     IngestStats,
     SidecarHeartbeat,
     StatusReply,
@@ -86,6 +90,7 @@ from rampart.signing import (
     load_or_create,
     sign_headers,
 )
+from rampart.state_stream import StateStream
 from rampart.status_builder import StatusBuilder
 from rampart.store import Store, StoreError, StoreReadOnly
 from rampart.strategies import Decision, DeploymentState, Verb
@@ -183,6 +188,13 @@ class Daemon:
         self._file_head: MirroredHead | None = None
         self._head_file_error: str | None = None
         self.guard: Guard | None = None
+        # high availability (docs/ha.md): "single" unless [ha] is on, then "standby" until
+        # this process holds the lease, "leader", or "deposed" (it then stops)
+        self.role = "single"
+        self.term = 0
+        self.deposed = False
+        self.lease: LeaseKeeper | None = None
+        self.state_stream: StateStream | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -296,6 +308,8 @@ class Daemon:
             raise DaemonError(
                 f"cannot connect to NATS at {', '.join(self._servers)}: {e or type(e).__name__}"
             ) from e
+        if self.config.ha.enabled and not await self._lead():
+            return  # stopped while a standby
         await self._check_mirrors()
         self.guard = Guard(
             self.config,
@@ -310,6 +324,7 @@ class Daemon:
         self.guard.rollback_listeners.append(self._on_rollback)
         self.connectivity_listeners.append(self.guard.on_connectivity)
         guard = self.guard
+        guard.executor.term = self.term  # every command carries it (docs/ha.md, fencing)
         self.reconciler = Reconciler(
             guard.executor,
             {gw: guard.algos_of_gateway(gw) for gw in sorted(self.configured_gateways)},
@@ -408,6 +423,111 @@ class Daemon:
             ", ".join(self._servers),
             self.subjects.prefix,
         )
+
+    # ---- high availability (docs/ha.md) -----------------------------------------------------
+
+    async def _lead(self) -> bool:
+        """Follow the shard's state stream as a standby until this process holds the lease;
+        then catch up, make the stream this process's (a first write with the expected last
+        sequence), and go on starting as the leader with the lease's term. False: stopped
+        (``request_stop``) while a standby."""
+        ha = self.config.ha
+        shard = ha.shard or self.config.name
+        assert self.nc is not None and self.store is not None
+        if not self._servers or self.embedded is not None:
+            raise DaemonError(
+                "ha.enabled: configure nats.servers (a NATS cluster with JetStream); an "
+                "embedded server dies with its daemon, and the standby with it"
+            )
+        stream = self.state_stream = StateStream(
+            self.nc, self.subjects.prefix, shard, replicas=ha.replicas
+        )
+        js = self.nc.jetstream(timeout=2.0)
+        kv = None
+        deadline = time.monotonic() + 30
+        while kv is None:  # a cluster elects its JetStream meta leader first
+            try:
+                await stream.ensure()
+                kv = await lease_bucket(js, ha.replicas)
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise DaemonError(
+                        f"ha: cannot create the lease bucket or the state stream: {e}"
+                    ) from e
+                await asyncio.sleep(0.2)
+        elected = asyncio.Event()
+
+        def on_change(leader: bool, term: int) -> None:
+            if leader:
+                elected.set()
+            elif self.role == "leader":
+                self._deposed(shard, term)
+
+        me = f"{self.config.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        poll = ha.poll_interval.total_seconds()
+        self.lease = LeaseKeeper(
+            kv,
+            shard,
+            me,
+            ttl=ha.lease_ttl.total_seconds(),
+            renew=ha.lease_renew.total_seconds(),
+            poll=poll,
+            on_change=on_change,
+        )
+        self.lease.start()
+        self.role = "standby"
+        log.warning("%s: standby for shard %s, following its state stream", me, shard)
+        follow = asyncio.get_running_loop().create_task(stream.follow(self.store, poll))
+        waits = [asyncio.ensure_future(elected.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (follow, *waits):
+                task.cancel()
+            await asyncio.gather(follow, *waits, return_exceptions=True)
+        if self._stop.is_set():
+            return False
+        seq = await stream.catch_up(self.store)
+        self.term = self.lease.term
+        self.store.replicator = stream.replicator(self.lease.is_leader, asyncio.get_running_loop())
+        # the term's first write: with the expected last sequence, it fails if anybody else
+        # wrote since this process caught up, and from now on anybody else's fails
+        await asyncio.to_thread(
+            self.store.append_audit,
+            "leader_elected",
+            {"shard": shard, "term": self.term, "holder": me, "state_seq": seq},
+            actor=SYSTEM_ACTOR,
+            ts=self.wall_clock(),
+        )
+        self.role = "leader"
+        log.warning("%s leads shard %s (term %d, state at %d)", me, shard, self.term, seq)
+        return True
+
+    def ha_status(self) -> HaStatus | None:
+        if not self.config.ha.enabled:
+            return None
+        lease = self.lease
+        return HaStatus(
+            shard=self.config.ha.shard or self.config.name,
+            role=self.role,  # type: ignore[arg-type]
+            term=self.term,
+            holder=lease.machine.me if lease is not None else None,
+        )
+
+    def _deposed(self, shard: str, term: int) -> None:
+        """The lease ran out or somebody else took it: send nothing more, and stop (the
+        supervisor starts this process again, as a standby)."""
+        log.critical(
+            "this process no longer leads shard %s (it led term %d): it sends nothing more and "
+            "stops; another process leads",
+            shard,
+            term,
+        )
+        self.role = "deposed"
+        self.deposed = True
+        if self.guard is not None:
+            self.guard.executor.fenced = True
+        self.request_stop()
 
     def _open_store(self) -> Store:
         path = self.store_path
@@ -757,6 +877,11 @@ class Daemon:
     async def close(self) -> None:
         """Drain subscriptions, flush, stop tasks and the service, stop an embedded server."""
         self._closing = True
+        if self.lease is not None:  # a standby takes over at once (not when deposed)
+            lease, self.lease = self.lease, None
+            if self.guard is not None and not self.deposed:
+                self.guard.executor.fenced = True  # nothing more after the lease is given back
+            await lease.close(release=not self.deposed)
         if self.reconciler is not None:
             await self.reconciler.close()
         if self.guard is not None:
@@ -768,7 +893,12 @@ class Daemon:
         if self._stop_metrics is not None:  # the port is free for the next daemon
             stop_metrics, self._stop_metrics = self._stop_metrics, None
             await asyncio.to_thread(stop_metrics)
-        if self.head_mirror is not None and self.nc is not None and not self.nc.is_closed:
+        if (
+            self.head_mirror is not None
+            and self.nc is not None
+            and not self.nc.is_closed
+            and not self.deposed
+        ):
             with contextlib.suppress(Exception):  # the head file is written again below
                 async with asyncio.timeout(5):
                     await self.head_mirror.flush()  # file and JetStream KV, while NATS is up
@@ -1215,8 +1345,11 @@ class Daemon:
         boot = uuid.uuid4().hex[:12]
         while True:
             if self.nc is not None and self.nc.is_connected:
+                if self.deposed:
+                    return
                 hb = SidecarHeartbeat(
                     daemon=self.config.name,
+                    term=self.term,
                     ts=self.wall_clock(),
                     interval_ms=int(interval * 1000),
                     boot=boot,

@@ -602,6 +602,15 @@ class LoopLagStats(msgspec.Struct, frozen=True, kw_only=True):
     max_ms: float
 
 
+class HaStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """This process's place in its shard (docs/ha.md): only the leader answers status."""
+
+    shard: str
+    role: Literal["single", "standby", "leader", "deposed"]
+    term: int
+    holder: str | None = None
+
+
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: str
@@ -623,6 +632,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     omitted: dict[str, int] = {}
     # how late the event loop ran a timer (a stall delays every message, halts included)
     loop_lag: LoopLagStats | None = None
+    # with [ha] on: the shard, this process's role and term
+    ha: HaStatus | None = None
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -190,6 +190,10 @@ class RollbackExecutor:
         self._ack_sub: Subscription | None = None
         self._fired_acks: dict[str, asyncio.Future[Msg]] = {}
         self.fired_used = 0
+        # high availability (docs/ha.md): the leadership term every command carries, and
+        # whether this process was deposed (then it sends nothing at all)
+        self.term = 0
+        self.fenced = False
 
     # ---- halts signed in advance ----------------------------------------------------------
 
@@ -275,6 +279,7 @@ class RollbackExecutor:
             issued_at=now,
             valid_until=now + int(validity * 1e9),
             reason=PRESIGNED_REASON,
+            term=self.term,
         )
         payload = encoder.encode(cmd)
         subject = self.subjects.command(gateway)
@@ -348,7 +353,7 @@ class RollbackExecutor:
         any task runs: its halt signed in advance, or one encoded and signed here. The rollback
         that follows waits for its ack (``RollbackRequest.fired``). ``None`` when it could not be
         sent (no reply subscription, NATS refused the publish): the rollback sends it then."""
-        if self._ack_prefix is None or self._closing:
+        if self._ack_prefix is None or self._closing or self.fenced:
             return None
         gateway = self.gateway_of(algo)
         deadline = self.settings.step_deadline["halt"]
@@ -435,6 +440,7 @@ class RollbackExecutor:
             issued_at=now,
             valid_until=now + int(deadline * 1e9),
             reason=why,
+            term=self.term,
         )
 
     async def send(
@@ -459,6 +465,14 @@ class RollbackExecutor:
         attempt_timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
         detail = "no answer"
         while True:
+            if self.fenced:
+                return StepOutcome(
+                    False,
+                    attempts,
+                    self.monotonic() - start,
+                    "this Rampart no longer leads its shard: it sends nothing",
+                    sorted(pending),
+                )
             attempts += 1
             remaining = (stop_at - self.monotonic()) / 1e9
             timeout = max(min(attempt_timeout, remaining), 0.001)

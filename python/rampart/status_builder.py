@@ -30,6 +30,7 @@ from rampart.protocol import (
     ConnectivityEvent,
     DaemonStatus,
     GatewayStatus,
+    HaStatus,
     IngestStats,
     StatusReply,
 )
@@ -66,6 +67,8 @@ class StatusSource(Protocol):
     started_at: int
     wall_clock: Callable[[], int]
     loop_lag: LoopLag
+
+    def ha_status(self) -> HaStatus | None: ...
 
 
 class StatusBuilder:
@@ -124,6 +127,7 @@ class StatusBuilder:
             connectivity=list(d.connectivity),
             public_key=d.signing_key.public_key if d.signing_key is not None else None,
             loop_lag=d.loop_lag.stats(),
+            ha=d.ha_status(),
         )
 
     def algo_status(self, algo_id: str) -> AlgoStatus:

@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,24 @@ SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x52414D50  # "RAMP", in the SQLite header of every Rampart store
 # The store's identity and generation (see StoreIdentity), in the kv table.
 STORE_ID_KEY: Final = "store/id"
+# Keys of this process's own, never replicated (docs/ha.md): where it is in the state stream.
+LOCAL_PREFIX: Final = "local/"
+REPLICATED_SEQ_KEY: Final = LOCAL_PREFIX + "replicated_seq"
+
+# One write of a transaction, as replicated: ("put", key, value), ("delete", key),
+# ("halt", algo, halted, reason, actor, ts), ("rollback", body), ("audit", *row).
+Op = tuple[Any, ...]
+
+
+def encode_ops(ops: list[Op]) -> bytes:
+    """A transaction's writes as one state-stream message: msgpack, zlib-compressed."""
+    return zlib.compress(msgspec.msgpack.encode(ops), 1)
+
+
+def decode_ops(data: bytes) -> list[Op]:
+    return [tuple(op) for op in msgspec.msgpack.decode(zlib.decompress(data), type=list[list[Any]])]
+
+
 GENERATION_KEY: Final = "store/generation"
 # Busy timeout (ms) of the checkpoint at close: a reader (`rampart audit verify`, `rampart backup`)
 # may hold the log for this long before the close gives up on truncating it.
@@ -209,6 +228,11 @@ class Store:
         # Called (on the committing thread, under the store's lock) with the new audit head after
         # every commit that appended to the audit log. Must be quick and must not use the store.
         self.head_listener: Callable[[AuditHead], None] | None = None
+        # High availability (docs/ha.md): called on the committing thread with every top-level
+        # transaction's writes (``encode_ops``) before it commits; if it raises, nothing is
+        # committed. The leader's replicates them to its shard's state stream.
+        self.replicator: Callable[[bytes], int] | None = None
+        self._ops: list[Op] = []
         self._conn: sqlite3.Connection | None = self._open(create=create and not readonly)
 
     # -- opening ---------------------------------------------------------------------------
@@ -489,14 +513,33 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
             self._depth = depth + 1
             pending = self._pending_head
+            ops_before = len(self._ops)
             try:
                 yield
             except BaseException:
                 self._depth = depth
                 self._pending_head = pending
+                del self._ops[ops_before:]
                 self._rollback(conn, savepoint if depth else None)
                 raise
             self._depth = depth
+            if depth == 0 and self._ops:
+                ops, self._ops = self._ops, []
+                if self.replicator is not None:
+                    try:
+                        seq = self.replicator(encode_ops(ops))
+                        conn.execute(
+                            "INSERT INTO kv (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            (REPLICATED_SEQ_KEY, str(seq).encode()),
+                        )
+                    except BaseException as exc:
+                        self._pending_head = pending
+                        self._rollback(conn, None)
+                        raise self._fail(
+                            f"the write could not be replicated ({exc})",
+                            "nothing was committed; see docs/ha.md",
+                        ) from exc
             try:
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except sqlite3.Error as exc:
@@ -560,6 +603,7 @@ class Store:
                 "reason = excluded.reason, actor = excluded.actor, ts = excluded.ts",
                 (algo, int(bool(halted)), reason, actor, ts),
             )
+            self._op(("halt", algo, bool(halted), reason, actor, ts))
 
     def halts(self) -> dict[str, HaltLatch]:
         """The algorithms currently halted."""
@@ -595,6 +639,7 @@ class Store:
                 "VALUES (?, ?, ?)",
                 [(algo, rec.rollback_id, rec.started_at) for algo in rec.algos],
             )
+            self._op(("rollback", body))
 
     def rollbacks(self, algo: str | None = None, limit: int = 100) -> list[RollbackRecord]:
         """The newest ``limit`` rollbacks, newest first; only those naming ``algo`` if given."""
@@ -643,6 +688,8 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+            if not key.startswith(LOCAL_PREFIX):
+                self._op(("put", key, value))
 
     def get(self, key: str) -> bytes | None:
         rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
@@ -651,7 +698,10 @@ class Store:
     def delete(self, key: str) -> bool:
         """Remove ``key``; True when it existed."""
         with self.transaction(), self._errors("deleting a value"):
-            return self._db().execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount > 0
+            existed = self._db().execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount > 0
+            if not key.startswith(LOCAL_PREFIX):
+                self._op(("delete", key))
+            return existed
 
     def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, in key order."""
@@ -676,25 +726,65 @@ class Store:
         with self.transaction(), self._errors("appending to the audit log"):
             conn = self._db()
             rec = new_record(self._audit_head(conn), kind, payload, actor=actor, ts=ts)
-            conn.execute(
-                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rec.seq,
-                    rec.ts,
-                    rec.kind,
-                    rec.actor,
-                    msgspec.json.encode(rec.payload, order="sorted").decode(),
-                    rec.prev_hash,
-                    rec.hash,
-                ),
+            row = (
+                rec.seq,
+                rec.ts,
+                rec.kind,
+                rec.actor,
+                msgspec.json.encode(rec.payload, order="sorted").decode(),
+                rec.prev_hash,
+                rec.hash,
             )
-            conn.execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (rec.seq, rec.hash),
-            )
-            self._pending_head = AuditHead(seq=rec.seq, hash=rec.hash)
+            self._insert_audit(conn, row)
+            self._op(("audit", *row))
         return rec
+
+    def _insert_audit(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        conn.execute(f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        seq, digest = row[0], row[6]
+        conn.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, digest),
+        )
+        self._pending_head = AuditHead(seq=seq, hash=digest)
+
+    # -- replication (docs/ha.md) -----------------------------------------------------------
+
+    def _op(self, op: Op) -> None:
+        if self.replicator is not None:
+            self._ops.append(op)
+
+    def apply_replicated(self, data: bytes, seq: int) -> None:
+        """Apply one transaction of the leader's (``encode_ops``) as it was written, audit
+        records verbatim (the chain goes on across leaders), and note ``seq`` (its place in the
+        state stream) in the same transaction."""
+        ops = decode_ops(data)
+        with self.transaction(), self._errors("applying a replicated transaction"):
+            conn = self._db()
+            for op in ops:
+                match op[0]:
+                    case "put":
+                        self.put(op[1], op[2])
+                    case "delete":
+                        self.delete(op[1])
+                    case "halt":
+                        self.set_halt(op[1], halted=op[2], reason=op[3], actor=op[4], ts=op[5])
+                    case "rollback":
+                        self.save_rollback(_rollback_decoder.decode(op[1]))
+                    case "audit":
+                        self._insert_audit(conn, tuple(op[1:]))
+                    case other:
+                        raise self._fail(
+                            f"a replicated transaction holds an unknown write {other!r}",
+                            "run the same Rampart release on every process of the shard",
+                        )
+            self.put(REPLICATED_SEQ_KEY, str(seq).encode())
+
+    def replicated_seq(self) -> int:
+        """The state stream's sequence of the last transaction applied here (0: none)."""
+        raw = self.get(REPLICATED_SEQ_KEY)
+        return int(raw) if raw else 0
 
     def audit_head(self) -> AuditHead | None:
         """The newest record's ``(seq, hash)`` as recorded by the head row."""

@@ -1,0 +1,118 @@
+"""A shard's replicated state: one JetStream stream message per store transaction (docs/ha.md).
+
+The leader's store hands every top-level transaction's writes to ``replicator()`` before it
+commits: they are published with ``Nats-Expected-Last-Sequence`` set to the last sequence this
+leader wrote or read, so a second writer (a deposed leader, a second process that thinks it
+leads) fails instead of forking the history, and nothing it did not replicate is committed.
+Standbys apply the messages in order to their own store (``catch_up``, ``follow``): the audit
+chain goes on, record for record, across leaders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Final
+
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from rampart.store import Store
+
+log = logging.getLogger("rampart.state_stream")
+
+STREAM_PREFIX: Final = "RAMPART_STATE_"
+# how long a replicated write may wait for JetStream's ack before it fails (and is not committed)
+PUBLISH_TIMEOUT: Final = 5.0
+
+
+class NotLeaderError(RuntimeError):
+    """A write was attempted by a process that does not hold the lease."""
+
+
+def stream_name(shard: str) -> str:
+    return STREAM_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", shard)
+
+
+class StateStream:
+    def __init__(self, nc: Client, prefix: str, shard: str, *, replicas: int = 1) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self.name = stream_name(shard)
+        self.subject = f"{prefix}.state.{shard}"
+        self.replicas = replicas
+        self.last = 0  # the last sequence written or applied here
+
+    async def ensure(self) -> None:
+        """Create the stream when it is missing (file storage, every message kept)."""
+        try:
+            await self.js.stream_info(self.name)
+        except NotFoundError:
+            await self.js.add_stream(
+                StreamConfig(
+                    name=self.name,
+                    subjects=[self.subject],
+                    storage=StorageType.FILE,
+                    num_replicas=self.replicas,
+                )
+            )
+
+    async def last_seq(self) -> int:
+        info = await self.js.stream_info(self.name)
+        return int(info.state.last_seq)
+
+    async def catch_up(self, store: Store) -> int:
+        """Apply every message after the store's last applied one; returns the last sequence."""
+        applied = await asyncio.to_thread(store.replicated_seq)
+        last = await self.last_seq()
+        for seq in range(applied + 1, last + 1):
+            msg = await self.js.get_msg(self.name, seq)
+            if msg.data is None:
+                raise RuntimeError(f"state stream {self.name} has no message {seq}")
+            await asyncio.to_thread(store.apply_replicated, msg.data, seq)
+        self.last = max(applied, last)
+        return self.last
+
+    async def follow(self, store: Store, interval: float) -> None:
+        """A standby's loop: apply the leader's transactions as they come."""
+        while True:
+            try:
+                await self.catch_up(store)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS down, a timeout: try again
+                log.warning("state stream %s: %s: %s", self.name, type(e).__name__, e)
+            await asyncio.sleep(interval)
+
+    def replicator(
+        self, is_leader: Callable[[], bool], loop: asyncio.AbstractEventLoop
+    ) -> Callable[[bytes], int]:
+        """The store's ``replicator`` for the leader: runs on the store's writing thread (never
+        on the event loop's: it waits for JetStream's ack)."""
+
+        def replicate(data: bytes) -> int:
+            if not is_leader():
+                raise NotLeaderError("this process does not hold the lease")
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                raise RuntimeError("a replicated write on the event loop's thread")
+            fut = asyncio.run_coroutine_threadsafe(self._publish(data), loop)
+            return fut.result(PUBLISH_TIMEOUT + 1.0)
+
+        return replicate
+
+    async def _publish(self, data: bytes) -> int:
+        ack = await self.js.publish(
+            self.subject,
+            data,
+            stream=self.name,
+            headers={"Nats-Expected-Last-Sequence": str(self.last)},
+        )
+        self.last = ack.seq
+        return int(ack.seq)

@@ -1,0 +1,195 @@
+"""Active/standby (docs/ha.md) with separate processes on a real 3-node nats-server cluster:
+two ``rampart run`` for one shard and a reference gateway. The leader latches a halt and is
+killed (-9): the standby, which followed the state stream, takes over with a newer term before
+the gateway's dead-man's switch trips, keeps the halt, and the audit log is one chain across
+both. The killed one comes back as a standby; the leader is stopped (SIGSTOP) past its lease:
+the standby takes over, and the stopped one, resumed, finds itself deposed and exits (75)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster import NatsCluster
+from support import live_config, rampart_keys
+
+from rampart.store import Store
+
+GATEWAY = str(Path(__file__).with_name("gateway_proc.py"))
+DEADMAN = 5.0  # s; the takeover (lease ttl 1 s) is measured against it, not bounded by it
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout}s")
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+class Daemon:
+    def __init__(self, tmp: Path, name: str, urls: list[str]) -> None:
+        self.data = tmp / name
+        self.cfg = tmp / f"{name}.toml"
+        self.log = tmp / f"{name}.log"
+        text = live_config([("alpha", "gw1")]).format(data_dir=self.data)
+        text += f"\n[nats]\nservers = {json.dumps(urls)}\n"
+        text += '\n[ha]\nenabled = true\nreplicas = 3\nshard = "s1"\n'
+        self.cfg.write_text(text)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rampart", "run", "--config", str(self.cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def said(self, text: str) -> bool:
+        return self.log.exists() and text in self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rampart", *args, "--config", str(daemon.cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    out = cli(daemon, "status", "alpha", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    reply: dict[str, Any] = json.loads(out.stdout)
+    return reply
+
+
+def latched(daemon: Daemon) -> list[str]:
+    out = cli(daemon, "status", "alpha", "--json")
+    if out.returncode != 0:
+        return []
+    return [h["algo"] for h in json.loads(out.stdout)["daemon"]["halted"]]
+
+
+def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(tmp_path: Path) -> None:
+    with NatsCluster(tmp_path / "cluster") as cluster:
+        a, b = Daemon(tmp_path, "a", cluster.urls), Daemon(tmp_path, "b", cluster.urls)
+        keys = rampart_keys(a.data) + rampart_keys(b.data)
+        gw_log = tmp_path / "gateway.jsonl"
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                GATEWAY,
+                ",".join(cluster.urls),
+                "gw1",
+                "alpha",
+                str(gw_log),
+                "--deadman",
+                str(DEADMAN),
+                "--trust",
+                ",".join(keys),
+                "--ha-log",
+                str(gw_log),
+            ]
+        )
+        try:
+            a.start()
+            wait_for(lambda: a.said("leads shard s1"), 60, "daemon a leading")
+            b.start()
+            wait_for(lambda: b.said("standby for shard s1"), 60, "daemon b as a standby")
+
+            def terms() -> list[int]:
+                return [x["term"] for x in lines(gw_log) if x["kind"] == "term"]
+
+            wait_for(lambda: 1 in terms(), 30, "the gateway hearing term 1")
+            # the leader decides something durable: alpha rolled back and latched halted
+            out = cli(a, "rollback", "alpha", "--reason", "drill")
+            assert out.returncode == 0, out.stdout + out.stderr
+            wait_for(lambda: any(x["kind"] == "halt" for x in lines(gw_log)), 20, "alpha halted")
+            wait_for(lambda: latched(a) == ["alpha"], 20, "alpha's halt latched (stored)")
+            # kill -9 of the leader
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait()
+            killed = time.monotonic_ns()
+            wait_for(lambda: 2 in terms(), 30, "the standby's heartbeat, term 2, at the gateway")
+            took = next(x["mono"] for x in lines(gw_log) if x["kind"] == "term" and x["term"] == 2)
+            print(f"takeover after kill -9: {(took - killed) / 1e6:.0f} ms")
+            assert b.said("leads shard s1 (term 2")
+            # the halt survived the takeover: b reports it, from the replicated latch
+            reply = status(b)
+            assert [h["algo"] for h in reply["daemon"]["halted"]] == ["alpha"], reply
+            assert reply["daemon"]["ha"]["role"] == "leader"
+            assert reply["daemon"]["ha"]["term"] == 2
+            assert not any(x["kind"] == "deadman" for x in lines(gw_log)), lines(gw_log)
+
+            # a comes back as a standby; b is stopped past its lease
+            a.start()
+            wait_for(
+                lambda: (
+                    a.said("standby for shard s1")
+                    and a.log.read_text().count("standby for shard s1") >= 1
+                ),
+                60,
+                "daemon a back as a standby",
+            )
+            assert b.proc is not None
+            b.proc.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic_ns()
+            wait_for(lambda: 3 in terms(), 30, "a's heartbeat, term 3")
+            took = next(x["mono"] for x in lines(gw_log) if x["kind"] == "term" and x["term"] == 3)
+            print(f"takeover after SIGSTOP: {(took - stopped) / 1e6:.0f} ms")
+            b.proc.send_signal(signal.SIGCONT)
+            assert b.proc.wait(30) == 75, "the deposed leader exits with 75"
+            assert b.said("no longer leads shard s1")
+            assert not any(x["kind"] == "deadman" for x in lines(gw_log)), lines(gw_log)
+            # a standby stops at once when asked (it is not waiting to lead)
+            b.start()
+            wait_for(
+                lambda: b.log.read_text().count("standby for shard s1") >= 2,
+                60,
+                "daemon b back as a standby",
+            )
+            assert b.proc is not None
+            b.proc.terminate()
+            assert b.proc.wait(20) == 0
+            assert a.proc is not None and a.proc.poll() is None  # a still leads
+        finally:
+            for d in (a, b):
+                d.stop()
+            gateway.terminate()
+            gateway.wait(20)
+        # one audit chain across the three terms, in each process's store
+        for d in (a, b):
+            store = Store(d.data / "rampart.db", readonly=True)
+            try:
+                result = store.verify_audit()
+                kinds = [r.kind for r in store.audit()]
+            finally:
+                store.close()
+            assert result.ok, result.problems
+            assert kinds.count("leader_elected") >= 2, kinds
