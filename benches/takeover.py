@@ -25,6 +25,7 @@ from cluster import NatsCluster
 from support import live_config, rampart_keys
 
 GATEWAY = str(Path(__file__).resolve().parents[1] / "tests" / "gateway_proc.py")
+TMP = Path(".")
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -33,11 +34,17 @@ def lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+STUCK: list[subprocess.Popen[bytes]] = []  # dumped (SIGABRT: faulthandler) when a wait fails
+
+
 def wait_for(predicate: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not within {timeout}s")
+            for proc in STUCK:  # `rampart run` enables faulthandler: every thread's stack
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGABRT)
+            raise SystemExit(f"{what}: not within {timeout}s (daemon logs in {TMP})")
         time.sleep(0.005)
 
 
@@ -48,6 +55,8 @@ def main() -> None:
     p.add_argument("--deadman", type=float, default=3.0, help="the gateway's dead-man timeout, s")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rampart-takeover-"))
+    global TMP
+    TMP = tmp
     with NatsCluster(tmp / "cluster") as cluster:
         procs: dict[str, subprocess.Popen[bytes] | None] = {"a": None, "b": None}
         cfgs = {}
@@ -62,11 +71,12 @@ def main() -> None:
 
         def start(name: str) -> None:
             with (tmp / f"{name}.log").open("ab") as out:
-                procs[name] = subprocess.Popen(
+                procs[name] = proc = subprocess.Popen(
                     [sys.executable, "-m", "rampart", "run", "--config", str(cfgs[name])],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
+                STUCK.append(proc)
 
         def said(name: str, text: str) -> int:
             log = tmp / f"{name}.log"

@@ -7,7 +7,9 @@ the standby takes over, and the stopped one, resumed, finds itself deposed and e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -16,9 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 from cluster import NatsCluster
-from support import live_config, rampart_keys
+from support import control, live_config, rampart_keys
 
+from rampart.protocol import StatusReply, Subjects, status_reply_decoder
+from rampart.signing import SigningKey
 from rampart.store import Store
 
 GATEWAY = str(Path(__file__).with_name("gateway_proc.py"))
@@ -40,17 +45,19 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, name: str, urls: list[str]) -> None:
+    def __init__(self, tmp: Path, name: str, urls: list[str], extra: str = "") -> None:
         self.data = tmp / name
         self.cfg = tmp / f"{name}.toml"
         self.log = tmp / f"{name}.log"
-        text = live_config([("alpha", "gw1")]).format(data_dir=self.data)
+        self.starts = 0
+        text = live_config([("alpha", "gw1")]).format(data_dir=self.data) + extra
         text += f"\n[nats]\nservers = {json.dumps(urls)}\n"
         text += '\n[ha]\nenabled = true\nreplicas = 3\nshard = "s1"\n'
         self.cfg.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.starts += 1
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rampart", "run", "--config", str(self.cfg)],
@@ -193,3 +200,144 @@ def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(tmp_path: 
                 store.close()
             assert result.ok, result.problems
             assert kinds.count("leader_elected") >= 2, kinds
+
+
+# ---- kill -9 of the leader at many moments of rollbacks and releases ----------------------
+
+ROUNDS = 20
+
+
+def test_kill_9_of_the_leader_at_many_moments_of_rollbacks_and_releases(tmp_path: Path) -> None:
+    """Three processes for one shard. Each round the operator rolls alpha back (or releases it)
+    through whoever leads, and the leader is killed (-9) a random moment after the request left:
+    before it arrives, while the rollback runs, after. Each round ends with a new leader in a
+    newer term and the gateway doing what that leader wants (in sync); the gateway's dead-man's
+    switch never trips; every store's audit log is one unbroken chain."""
+    seed = random.SystemRandom().randrange(2**32)
+    rnd = random.Random(seed)
+    print(f"seed {seed}")
+    ops = SigningKey.generate()
+    operator = f'\n[[control.operators]]\nname = "ops"\nkey = "{ops.public_key}"\nrole = "admin"\n'
+
+    async def scenario(cluster: NatsCluster) -> None:
+        daemons = [Daemon(tmp_path, n, cluster.urls, extra=operator) for n in ("a", "b", "c")]
+        keys = [k for d in daemons for k in rampart_keys(d.data)]
+        gw_log = tmp_path / "gateway.jsonl"
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                GATEWAY,
+                ",".join(cluster.urls),
+                "gw1",
+                "alpha",
+                str(gw_log),
+                "--deadman",
+                str(DEADMAN),
+                "--trust",
+                ",".join(keys),
+                "--ha-log",
+                str(gw_log),
+            ]
+        )
+        nc = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1)
+        subj = Subjects()
+
+        async def status() -> StatusReply | None:
+            try:
+                msg = await nc.request(subj.status("algorithm"), b"alpha", timeout=1.0)
+                return status_reply_decoder.decode(msg.data)
+            except Exception:
+                return None
+
+        async def eventually(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+            deadline = time.monotonic() + timeout
+            while True:
+                got = await cond()
+                if got:
+                    return got
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what} within {timeout}s")
+                await asyncio.sleep(0.02)
+
+        def by_pid(holder: str) -> Daemon:
+            pid = int(holder.rsplit(":", 2)[1])
+            (d,) = [d for d in daemons if d.proc is not None and d.proc.pid == pid]
+            return d
+
+        try:
+            for d in daemons:
+                d.start()
+            for d in daemons:
+
+                async def up(d: Daemon = d) -> bool:
+                    return d.said("standby for shard s1")
+
+                await eventually(up, 60, f"{d.cfg.stem} up")
+            takeovers: list[float] = []
+            for r in range(ROUNDS):
+
+                async def in_sync() -> StatusReply | None:
+                    st = await status()
+                    ok = st is not None and st.daemon.ha is not None and st.algorithms
+                    control = st.algorithms[0].control if ok else None  # type: ignore[union-attr]
+                    return st if control is not None and control.in_sync else None
+
+                st = await eventually(in_sync, 30, f"round {r}: alpha in sync")
+                assert st.daemon.ha is not None and st.daemon.ha.holder is not None
+                leader, term = by_pid(st.daemon.ha.holder), st.daemon.ha.term
+
+                # a standby ready to take over (the one killed last round may still be starting)
+                async def standby(leader: Daemon = leader) -> bool:
+                    return any(
+                        d is not leader
+                        and d.proc is not None
+                        and d.proc.poll() is None
+                        and d.log.read_text().count("standby for shard s1") >= d.starts
+                        for d in daemons
+                    )
+
+                await eventually(standby, 60, f"round {r}: a standby")
+                halted = [h.algo for h in st.daemon.halted] == ["alpha"]
+                verb = "release" if halted else "rollback"
+                request = asyncio.ensure_future(
+                    control(nc, None, verb, "alpha", reason=f"round {r}", key=ops, timeout=2.0)
+                )
+                await asyncio.sleep(rnd.uniform(0.0, 0.03))
+                assert leader.proc is not None
+                leader.proc.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                leader.proc.wait()
+                await asyncio.gather(request, return_exceptions=True)
+
+                async def newer(term: int = term) -> StatusReply | None:
+                    st = await status()
+                    ha = st.daemon.ha if st is not None else None
+                    return st if ha is not None and ha.term > term else None
+
+                await eventually(newer, 30, f"round {r}: a leader after term {term}")
+                takeovers.append(time.monotonic() - killed)
+                leader.start()  # back, as a standby
+            await eventually(in_sync, 30, "alpha in sync at the end")
+            trips = [x for x in lines(gw_log) if x["kind"] == "deadman"]
+            assert not trips, trips
+            takeovers.sort()
+            print(
+                f"{ROUNDS} kills: status from the new leader after {takeovers[0]:.2f} to "
+                f"{takeovers[-1]:.2f} s, median {takeovers[len(takeovers) // 2]:.2f} s"
+            )
+        finally:
+            await nc.close()
+            for d in daemons:
+                d.stop()
+            gateway.terminate()
+            gateway.wait(20)
+        for d in daemons:
+            store = Store(d.data / "rampart.db", readonly=True)
+            try:
+                result = store.verify_audit()
+            finally:
+                store.close()
+            assert result.ok, result.problems
+
+    with NatsCluster(tmp_path / "cluster") as cluster:
+        asyncio.run(scenario(cluster))

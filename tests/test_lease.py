@@ -5,6 +5,7 @@ nats-server cluster (tests/cluster.py): kill -9, SIGSTOP past the lease, a NATS 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -15,13 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from cluster import NatsCluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.js.errors import KeyNotFoundError
 
-from rampart.lease import LeaseMachine, LeaseRecord, Write
+from rampart.lease import LeaseKeeper, LeaseMachine, LeaseRecord, Write
 
 MS = 1_000_000
 TTL = 1000 * MS
@@ -292,3 +295,65 @@ def test_kill_9_sigstop_and_a_lost_nats_node_never_make_two_leaders(tmp_path: Pa
         every = [line for c in contenders for line in claims(c.log)]
         terms = check_one_leader_at_a_time(every)
         assert len(terms) >= 3, terms
+
+
+class FlakyKV:
+    """A KV bucket that answers, then stops answering (NATS gone): counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.down = False
+        self.revision = 0
+        self.value: bytes | None = None
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("nats: outbound buffer limit exceeded")
+
+    async def get(self, key: str) -> Any:
+        self._call()
+        if self.value is None:
+            raise KeyNotFoundError
+        return SimpleNamespace(revision=self.revision, value=self.value)
+
+    async def create(self, key: str, value: bytes) -> int:
+        self._call()
+        self.revision += 1
+        self.value = value
+        return self.revision
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        return await self.create(key, value)
+
+
+def test_a_leader_whose_nats_is_gone_polls_at_its_pace_and_stops_leading() -> None:
+    """Once its lease has run out, a keeper that cannot reach NATS reads every ``poll``, not
+    in a busy loop (which once filled a daemon's memory with log lines), and no longer leads."""
+
+    async def scenario() -> tuple[int, bool, list[tuple[bool, int]]]:
+        kv = FlakyKV()
+        changes: list[tuple[bool, int]] = []
+        keeper = LeaseKeeper(
+            kv,  # type: ignore[arg-type]
+            "s",
+            "me",
+            ttl=0.2,
+            renew=0.05,
+            poll=0.05,
+            on_change=lambda leader, term: changes.append((leader, term)),
+        )
+        keeper.start()
+        await asyncio.sleep(0.1)
+        assert keeper.is_leader()
+        kv.down = True
+        before = kv.calls
+        await asyncio.sleep(0.6)
+        leading = keeper.is_leader()
+        await keeper.close(release=False)
+        return kv.calls - before, leading, changes
+
+    calls, leading, changes = asyncio.run(scenario())
+    assert not leading
+    assert changes == [(True, 1), (False, 1)]
+    assert calls <= 20, f"{calls} reads in 0.6 s with a poll of 0.05 s"

@@ -102,6 +102,8 @@ __all__ = ["DEPLOYMENT_KEY", "STORE_FILE", "URL_FILE", "Daemon", "DaemonError"]
 log = logging.getLogger("rampart.daemon")
 
 STORE_FILE: Final = "rampart.db"
+# the most a takeover's catching up and first write may take before the process gives up
+TAKEOVER_STEP_TIMEOUT: Final = 10.0
 # Refusals that look like a broken or hostile sender, not just noise: each raises an alert (at
 # most one per reason a minute), beside the dead letter.
 ALERTED_REFUSALS: Final[dict[str, AlertSeverity]] = {
@@ -487,18 +489,31 @@ class Daemon:
             await asyncio.gather(follow, *waits, return_exceptions=True)
         if self._stop.is_set():
             return False
-        seq = await stream.catch_up(self.store)
-        self.term = self.lease.term
-        self.store.replicator = stream.replicator(self.lease.is_leader, asyncio.get_running_loop())
-        # the term's first write: with the expected last sequence, it fails if anybody else
-        # wrote since this process caught up, and from now on anybody else's fails
-        await asyncio.to_thread(
-            self.store.append_audit,
-            "leader_elected",
-            {"shard": shard, "term": self.term, "holder": me, "state_seq": seq},
-            actor=SYSTEM_ACTOR,
-            ts=self.wall_clock(),
-        )
+        step = "catching up with the state stream"
+        try:
+            async with asyncio.timeout(TAKEOVER_STEP_TIMEOUT):
+                log.info("%s holds the lease of shard %s: %s", me, shard, step)
+                seq = await stream.catch_up(self.store)
+                self.term = self.lease.term
+                self.store.replicator = stream.replicator(
+                    self.lease.is_leader, asyncio.get_running_loop()
+                )
+                # the term's first write: with the expected last sequence, it fails if anybody
+                # else wrote since this process caught up, and from now on anybody else's fails
+                step = f"writing the term's first record (state at {seq})"
+                log.info("%s: %s", me, step)
+                await asyncio.to_thread(
+                    self.store.append_audit,
+                    "leader_elected",
+                    {"shard": shard, "term": self.term, "holder": me, "state_seq": seq},
+                    actor=SYSTEM_ACTOR,
+                    ts=self.wall_clock(),
+                )
+        except TimeoutError:
+            raise DaemonError(
+                f"ha: taking over shard {shard} stalled for {TAKEOVER_STEP_TIMEOUT:.0f}s "
+                f"while {step}: this process stops (its supervisor starts it again, standby)"
+            ) from None
         self.role = "leader"
         log.warning("%s leads shard %s (term %d, state at %d)", me, shard, self.term, seq)
         return True

@@ -236,19 +236,26 @@ class LeaseKeeper:
         self.machine.written(write, revision, started, self.monotonic())
 
     async def _run(self) -> None:
+        failing: str | None = None
         while not self._closing:
             try:
                 await self.step()
+                if failing is not None:
+                    log.warning("lease %s: NATS answers again", self.key)
+                    failing = None
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # NATS down, a timeout: the lease runs out by itself
-                log.warning("lease %s: %s: %s", self.key, type(e).__name__, e)
+                what = f"{type(e).__name__}: {e}"
+                if what != failing:  # once per kind of failure, not once per poll
+                    log.warning("lease %s: %s (retrying every %.3gs)", self.key, what, self.poll)
+                    failing = what
             self._notify()
             # wake when the lease would run out, if that is sooner than the next poll
             delay = self.poll
             until = self.machine.valid_until
-            if until is not None:
-                delay = max(0.0, min(delay, (until - self.monotonic()) / 1e9))
+            if until is not None and until > self.monotonic():
+                delay = min(delay, (until - self.monotonic()) / 1e9 + 0.001)
             await asyncio.sleep(delay)
 
     def _notify(self) -> None:
