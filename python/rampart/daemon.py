@@ -479,17 +479,20 @@ class Daemon:
         self.lease.start()
         self.role = "standby"
         log.warning("%s: standby for shard %s, following its state stream", me, shard)
-        follow = asyncio.get_running_loop().create_task(stream.follow(self.store, poll))
+        following = asyncio.Event()
+        follow = asyncio.get_running_loop().create_task(stream.follow(self.store, poll, following))
         waits = [asyncio.ensure_future(elected.wait()), asyncio.ensure_future(self._stop.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            following.set()  # ends the loop even if a cancellation is swallowed (follow())
             for task in (follow, *waits):
                 task.cancel()
             await asyncio.gather(follow, *waits, return_exceptions=True)
         if self._stop.is_set():
             return False
         step = "catching up with the state stream"
+        why: str | None = None
         try:
             async with asyncio.timeout(TAKEOVER_STEP_TIMEOUT):
                 log.info("%s holds the lease of shard %s: %s", me, shard, step)
@@ -510,10 +513,16 @@ class Daemon:
                     ts=self.wall_clock(),
                 )
         except TimeoutError:
-            raise DaemonError(
-                f"ha: taking over shard {shard} stalled for {TAKEOVER_STEP_TIMEOUT:.0f}s "
-                f"while {step}: this process stops (its supervisor starts it again, standby)"
-            ) from None
+            why = f"stalled for {TAKEOVER_STEP_TIMEOUT:.0f}s"
+        except Exception as e:
+            why = f"failed ({type(e).__name__}: {e})"
+        if why is not None:
+            text = (
+                f"ha: taking over shard {shard} {why} while {step}: this process stops (its "
+                "supervisor starts it again, as a standby)"
+            )
+            log.critical("%s", text)  # now: stopping may take a while
+            raise DaemonError(text)
         self.role = "leader"
         log.warning("%s leads shard %s (term %d, state at %d)", me, shard, self.term, seq)
         return True

@@ -76,9 +76,12 @@ class StateStream:
         self.last = max(applied, last)
         return self.last
 
-    async def follow(self, store: Store, interval: float) -> None:
-        """A standby's loop: apply the leader's transactions as they come."""
-        while True:
+    async def follow(self, store: Store, interval: float, stop: asyncio.Event) -> None:
+        """A standby's loop: apply the leader's transactions as they come, until ``stop``.
+        (Set ``stop`` before cancelling: Python 3.11's ``asyncio.wait_for``, inside nats-py's
+        requests, can swallow a cancellation that comes as its reply does, and the loop would
+        go on applying beside the new leader's own catching up.)"""
+        while not stop.is_set():
             try:
                 await self.catch_up(store)
             except asyncio.CancelledError:

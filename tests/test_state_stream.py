@@ -1,0 +1,146 @@
+"""The shard's replicated state (rampart.state_stream, docs/ha.md) against a real nats-server:
+a leader's transactions reach a standby's store whole and in order, audit chain included; a
+second writer (expected last sequence wrong) fails and commits nothing; a write by a process
+that does not hold the lease fails; a standby's follow loop stops when told, even if a
+cancellation is swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rampart.embedded import EmbeddedNatsServer
+from rampart.state_stream import StateStream
+from rampart.store import Store, StoreError, decode_ops, encode_ops
+
+
+def test_a_leaders_transactions_reach_a_standby_whole_and_in_order(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        leader_store, standby_store = Store(tmp_path / "l.db"), Store(tmp_path / "s.db")
+        try:
+            leader = StateStream(nc, "rampart", "t1")
+            await leader.ensure()
+            loop = asyncio.get_running_loop()
+            leading = [True]
+            leader_store.replicator = leader.replicator(lambda: leading[0], loop)
+
+            def writes() -> None:
+                with leader_store.transaction():
+                    leader_store.set_halt("alpha", halted=True, reason="r", actor="a", ts=1)
+                    leader_store.put("intent/alpha", b"halted")
+                    leader_store.append_audit("rollback", {"algo": "alpha"}, actor="a", ts=2)
+                leader_store.delete("intent/alpha")
+                leader_store.append_audit("release", {"algo": "alpha"}, actor="a", ts=3)
+                leader_store.set_halt("alpha", halted=False, reason="r", actor="a", ts=4)
+
+            await asyncio.to_thread(writes)
+            standby = StateStream(nc, "rampart", "t1")
+            assert await standby.catch_up(standby_store) == 4
+            assert standby_store.replicated_seq() == 4 == leader_store.replicated_seq()
+            assert standby_store.audit_head() == leader_store.audit_head()
+            assert standby_store.verify_audit().ok
+            assert standby_store.halts() == {} and standby_store.get("intent/alpha") is None
+            # caught up: nothing applied twice
+            assert await standby.catch_up(standby_store) == 4
+            assert len(standby_store.audit()) == 2
+
+            # a second writer that did not see the last write: refused, nothing committed
+            other_store = Store(tmp_path / "o.db")
+            try:
+                other = StateStream(nc, "rampart", "t1")
+                other.last = 2  # behind
+                other_store.replicator = other.replicator(lambda: True, loop)
+                with pytest.raises(StoreError, match="could not be replicated"):
+                    await asyncio.to_thread(other_store.put, "intent/alpha", b"resume")
+                assert other_store.get("intent/alpha") is None
+            finally:
+                other_store.close()
+            # a process that does not hold the lease writes nothing
+            leading[0] = False
+            with pytest.raises(StoreError, match="does not hold the lease"):
+                await asyncio.to_thread(leader_store.put, "intent/beta", b"x")
+            assert leader_store.get("intent/beta") is None
+            assert await standby.last_seq() == 4
+        finally:
+            leader_store.close()
+            standby_store.close()
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+class Abandon(BaseException):
+    """Raised into a loop that would not stop otherwise."""
+
+
+def test_a_standby_stops_following_when_told_even_if_a_cancellation_is_swallowed(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` (inside nats-py's requests) can swallow a cancellation
+    that arrives with the reply: a takeover once waited forever for its follow loop. The loop
+    ends at ``stop``."""
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        store = Store(tmp_path / "s.db")
+        try:
+            stream = StateStream(nc, "rampart", "t2")
+            await stream.ensure()
+
+            give_up = [False]
+
+            async def swallowing_catch_up(store: Store) -> int:
+                if give_up[0]:
+                    raise Abandon  # ends the loop whatever it does (the test's clean-up)
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass  # as wait_for does when its future completed at the same moment
+                return 0
+
+            stream.catch_up = swallowing_catch_up  # type: ignore[method-assign]
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(stream.follow(store, 0.001, stop))
+            await asyncio.sleep(0.05)
+            stop.set()
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            give_up[0] = True
+            await asyncio.wait({task}, timeout=5)
+            assert task in done, "the follow loop went on after stop was set"
+        finally:
+            store.close()
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.text(min_size=1, max_size=8), st.binary(max_size=16)),
+        st.tuples(st.just("delete"), st.text(min_size=1, max_size=8)),
+        st.tuples(
+            st.just("halt"),
+            st.text(max_size=8),
+            st.booleans(),
+            st.text(max_size=8),
+            st.text(max_size=8),
+            st.integers(0, 2**62),
+        ),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops)
+def test_a_transactions_writes_survive_their_encoding(writes: list[tuple[object, ...]]) -> None:
+    assert decode_ops(encode_ops(writes)) == writes
