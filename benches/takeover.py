@@ -41,7 +41,11 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            for proc in STUCK:  # `rampart run` enables faulthandler: every thread's stack
+            for proc in STUCK:  # every task's stack (SIGUSR1), then every thread's (SIGABRT)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            for proc in STUCK:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGABRT)
             raise SystemExit(f"{what}: not within {timeout}s (daemon logs in {TMP})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import io
 import json
 import logging
 import os
@@ -159,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)
+        # `kill -USR1 PID`: what every task of the daemon is waiting for, in its log
+        loop.add_signal_handler(signal.SIGUSR1, log_task_stacks)
         try:
             await daemon.run()
         except DaemonError as e:
@@ -168,6 +171,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 75 if daemon.deposed else 0
 
     return uvloop.run(main())
+
+
+def log_task_stacks() -> None:
+    """Every asyncio task's stack, in the log (SIGUSR1): where a stuck daemon waits."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"-- task {task.get_name()}", file=out)
+        task.print_stack(limit=12, file=out)
+    log.warning("SIGUSR1: the daemon's tasks:\n%s", out.getvalue())
 
 
 def _validate_one(path: Path) -> tuple[str, object]:
