@@ -8,7 +8,6 @@ the standby takes over, and the stopped one, resumed, finds itself deposed and e
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import signal
 import subprocess
@@ -20,7 +19,8 @@ from typing import Any
 
 import nats
 from cluster import NatsCluster
-from support import control, live_config, rampart_keys
+from ha_daemons import Daemon, cli, latched, lines, status, wait_for
+from support import control, rampart_keys
 
 from rampart.protocol import StatusReply, Subjects, status_reply_decoder
 from rampart.signing import SigningKey
@@ -28,78 +28,6 @@ from rampart.store import Store
 
 GATEWAY = str(Path(__file__).with_name("gateway_proc.py"))
 DEADMAN = 5.0  # s; the takeover (lease ttl 1 s) is measured against it, not bounded by it
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.02)
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-class Daemon:
-    def __init__(self, tmp: Path, name: str, urls: list[str], extra: str = "") -> None:
-        self.data = tmp / name
-        self.cfg = tmp / f"{name}.toml"
-        self.log = tmp / f"{name}.log"
-        self.starts = 0
-        text = live_config([("alpha", "gw1")]).format(data_dir=self.data) + extra
-        text += f"\n[nats]\nservers = {json.dumps(urls)}\n"
-        text += '\n[ha]\nenabled = true\nreplicas = 3\nshard = "s1"\n'
-        self.cfg.write_text(text)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rampart", "run", "--config", str(self.cfg)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def said(self, text: str) -> bool:
-        return self.log.exists() and text in self.log.read_text()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rampart", *args, "--config", str(daemon.cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def status(daemon: Daemon) -> dict[str, Any]:
-    out = cli(daemon, "status", "alpha", "--json")
-    assert out.returncode == 0, out.stdout + out.stderr
-    reply: dict[str, Any] = json.loads(out.stdout)
-    return reply
-
-
-def latched(daemon: Daemon) -> list[str]:
-    out = cli(daemon, "status", "alpha", "--json")
-    if out.returncode != 0:
-        return []
-    return [h["algo"] for h in json.loads(out.stdout)["daemon"]["halted"]]
 
 
 def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(tmp_path: Path) -> None:

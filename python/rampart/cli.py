@@ -23,6 +23,7 @@ from rampart import __version__
 if TYPE_CHECKING:
     from rampart.config import DaemonConfig
     from rampart.deployment import Deployment
+    from rampart.status import DaemonLink
 
 ENV_CONFIG = "RAMPART_CONFIG"  # as rampart.config.ENV_CONFIG (not imported: a fast --help)
 ENV_OPERATOR = "RAMPART_OPERATOR"
@@ -372,6 +373,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         config = _load_config(args.config)
         servers = resolve_servers(args.servers, config)
         prefix = args.prefix or config.subject_prefix
+        if args.fleet:
+            return _fleet(servers, args)
         if args.watch:
             from rich.console import Console
 
@@ -396,6 +399,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(reply))
     return 0
+
+
+def _fleet(servers: DaemonLink, args: argparse.Namespace) -> int:
+    """``rampart status --fleet``: every shard on the cluster; exit 1 if one has a problem."""
+    from rampart.fleet import fleet, fleet_json, format_fleet
+
+    if args.algo or args.watch:
+        print("rampart status: --fleet takes no ALGO and no --watch", file=sys.stderr)
+        return 2
+    views = asyncio.run(fleet(servers, args.timeout))
+    if args.json:
+        sys.stdout.write(json.dumps(fleet_json(views), indent=2) + "\n")
+    else:
+        print(format_fleet(views))
+    return 0 if all(v.ok for v in views) else 1
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -845,6 +863,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--prefix", help="subject prefix (default: from config, else rampart)")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     status.add_argument("--watch", action="store_true", help="the live view, refreshed")
+    status.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every shard on the cluster ($SRV discovery): who leads, who stands by; exit 1 if "
+        "a shard has no leader or two",
+    )
     status.add_argument("--interval", type=float, default=1.0, help="--watch refresh, seconds")
     status.add_argument("--count", type=int, help="--watch: stop after this many refreshes")
     status.set_defaults(func=cmd_status)

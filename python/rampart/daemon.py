@@ -32,6 +32,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.micro import add_service
+from nats.micro.service import Service
 
 from rampart import __version__, nats_flush
 from rampart._core import Breach, InvalidEventError
@@ -404,6 +406,7 @@ class Daemon:
             effects,
             control_auth,
             self._on_control_refused,
+            metadata=self.service_metadata(),
         )
         await self.service.start()
         if self.config.metrics_port is not None:
@@ -479,6 +482,7 @@ class Daemon:
         self.lease.start()
         self.role = "standby"
         log.warning("%s: standby for shard %s, following its state stream", me, shard)
+        standby = await self._standby_service()
         following = asyncio.Event()
         follow = asyncio.get_running_loop().create_task(stream.follow(self.store, poll, following))
         waits = [asyncio.ensure_future(elected.wait()), asyncio.ensure_future(self._stop.wait())]
@@ -489,6 +493,9 @@ class Daemon:
             for task in (follow, *waits):
                 task.cancel()
             await asyncio.gather(follow, *waits, return_exceptions=True)
+            if standby is not None:  # the leader's own service replaces it
+                with contextlib.suppress(Exception):
+                    await standby.stop()
         if self._stop.is_set():
             return False
         step = "catching up with the state stream"
@@ -526,6 +533,31 @@ class Daemon:
         self.role = "leader"
         log.warning("%s leads shard %s (term %d, state at %d)", me, shard, self.term, seq)
         return True
+
+    def service_metadata(self) -> dict[str, str]:
+        """What ``$SRV`` discovery shows of this process besides its subject prefix: its role
+        and, in a shard, the shard, its term and the lease holder's name (``rampart status
+        --fleet``, docs/ha.md). Fixed for the service's life: a leader never leads again."""
+        ha = self.ha_status()
+        if ha is None:
+            return {"role": "single"}
+        return {"role": ha.role, "shard": ha.shard, "term": str(ha.term), "holder": ha.holder or ""}
+
+    async def _standby_service(self) -> Service | None:
+        """A standby's answer to ``$SRV`` discovery, without endpoints (status and control are
+        the leader's): so the fleet view shows who is ready to take over."""
+        assert self.nc is not None
+        try:
+            return await add_service(
+                self.nc,
+                name=self.config.name,
+                version=__version__,
+                description="Rampart risk sidecar, standby (status: ask the shard's leader)",
+                metadata={"prefix": self.subjects.prefix, **self.service_metadata()},
+            )
+        except Exception as e:  # discovery only: the standby follows and takes over without it
+            log.warning("standby: not shown to $SRV discovery (rampart status --fleet): %s", e)
+            return None
 
     def ha_status(self) -> HaStatus | None:
         if not self.config.ha.enabled:

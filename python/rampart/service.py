@@ -62,8 +62,11 @@ class DaemonService:
         effects: DeploymentEffects,
         auth: ControlAuth,
         on_refusal: Callable[[ControlVerb, Refusal], None],
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self.nc = nc
+        # what `$SRV` discovery shows of this process (``rampart status --fleet``)
+        self.metadata = {"prefix": config.subjects.prefix, **(metadata or {})}
         self.config = config
         self.subjects = config.subjects
         self.status = status
@@ -83,7 +86,7 @@ class DaemonService:
             name=self.config.name,
             version=__version__,
             description="Rampart risk sidecar: algorithm metrics and deployment status",
-            metadata={"prefix": self.subjects.prefix},
+            metadata=self.metadata,
         )
         s = self.subjects
         await svc.add_endpoint(
