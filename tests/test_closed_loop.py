@@ -162,6 +162,45 @@ def test_a_deadman_trip_while_rampart_was_away_becomes_a_latch_only_an_operator_
     asyncio.run(scenario())
 
 
+def test_an_adopted_halt_keeps_the_capital_the_gateway_cut(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A gateway halts an algorithm and cuts its capital on its own (its risk check; or a
+    rollback whose daemon died before storing it, docs/ha.md): Rampart adopts the halt and lowers
+    its intent to the capital the gateway holds, so the algorithm is in sync, halted, and a
+    release resumes it without raising its capital back."""
+    config = make_config(tmp_path)
+
+    async def scenario() -> None:
+        async with daemon_up(config, server.url) as daemon:
+            guard, rec, store = daemon.guard, daemon.reconciler, daemon.store
+            assert guard is not None and rec is not None and store is not None
+            async with gateway_up(server.url, rampart_keys(tmp_path / "data")) as gw:
+                await until(lambda: "gw1" in rec.actual)
+                intent = rec.wanted("alpha", allocation=0.25)
+                store.put(*rec.item(intent))
+                rec.remember([intent])
+                book = gw.agent.book
+                await until(lambda: book.control("alpha").allocation == 0.25)
+                await until(lambda: rec.control_status("alpha", "gw1").in_sync)
+                # the gateway, on its own: halted, and no capital
+                book.halt_locally("alpha", "gateway")
+                book.control("alpha").allocation = 0.0
+                book.version += 1
+                await until(lambda: "alpha" in guard.halted)
+                await until(lambda: rec.control_status("alpha", "gw1").in_sync)
+                assert rec.intent("alpha").allocation == 0.0 and rec.intent("alpha").halted
+                assert store.get("intent/alpha") is not None
+                assert msgspec.json.decode(store.get("intent/alpha") or b"{}")["allocation"] == 0
+                await guard.release(("alpha",), "alice", "gateway checked")
+                await until(lambda: not book.control("alpha").halted)
+                await asyncio.sleep(0.3)  # the plans after the release: nothing raised
+                assert book.control("alpha").allocation == 0.0
+                assert rec.control_status("alpha", "gw1").in_sync
+
+    asyncio.run(scenario())
+
+
 def test_status_shows_intent_actual_and_drift(server: EmbeddedNatsServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with daemon_up(make_config(tmp_path), server.url) as daemon:
@@ -289,6 +328,49 @@ def test_a_stage_counts_from_when_the_gateway_applied_it() -> None:
     state = runner.deployments["c"].state
     assert state.stage == 1, "a minute after the gateway applied it, the stage is done"
     assert state.stage_started_at >= t0 + 180 * s
+
+
+def test_a_gateway_not_heard_yet_neither_holds_nor_advances_a_stage() -> None:
+    """After a restart or a takeover (docs/ha.md) this process has not heard the gateway: the
+    deployment neither advances nor restarts its stage timer (a failover does not restart a
+    stage's minimum duration); once the gateway reports, it is judged as before."""
+    import json
+
+    from rampart._core import AlgoConfig, Engine
+    from rampart.deployment import decode_deployment
+    from rampart.runner import DeploymentRunner
+
+    s = 1_000_000_000
+    t0 = 1_764_028_800 * s
+    stages = [
+        {"name": "Micro", "allocation": 0.01, "minDuration": "PT1M", "minPnL": 0},
+        {"name": "Full", "allocation": 1.0, "minDuration": "PT1H", "minPnL": 0},
+    ]
+    doc = decode_deployment(
+        json.dumps(
+            {
+                "deploymentId": "c",
+                "strategy": "Canary",
+                "algorithmId": "alpha",
+                "environment": "Production",
+                "configuration": {"totalCapital": 100000, "stages": stages, "autoProgress": True},
+            }
+        )
+    )
+    engine = Engine()
+    engine.register(AlgoConfig("alpha", "1", 100_000.0))
+    heard = {"alpha": False}
+    runner = DeploymentRunner(engine, converged=heard.__getitem__, reported=heard.__getitem__)
+    runner.deploy(doc, t0, "alice")
+    for i in range(1, 121):  # two minutes without a report: nothing moves
+        engine.mark("ES", 100.0, t0 + i * s)
+        runner.tick(t0 + i * s)
+    state = runner.deployments["c"].state
+    assert state.stage == 0 and state.stage_started_at == t0, "the timer kept, not restarted"
+    heard["alpha"] = True  # the gateway reports, in sync: the minute is long done
+    engine.mark("ES", 100.0, t0 + 121 * s)
+    runner.tick(t0 + 121 * s)
+    assert runner.deployments["c"].state.stage == 1
 
 
 def test_a_held_deployment_still_rolls_back_on_its_thresholds() -> None:

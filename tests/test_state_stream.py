@@ -8,15 +8,64 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.embedded import EmbeddedNatsServer
 from rampart.state_stream import StateStream
 from rampart.store import Store, StoreError, decode_ops, encode_ops
+
+
+def test_a_write_tried_again_after_a_lost_ack_is_stored_once(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The leader tries a write again when JetStream does not answer (a stream electing a new
+    leader after a NATS node died). If the first try was stored and only its ack was lost, the
+    next is refused as "wrong last sequence" (JetStream checks that before duplicates): the
+    message after the last sequence carries this write's id, so it is this write, stored once.
+    A message there with another id is another writer's: refused."""
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        try:
+            stream = StateStream(nc, "rampart", "t2")
+            await stream.ensure()
+            real = stream.js.publish
+            lost = {"acks": 0}
+
+            async def ack_lost(*args: Any, **kwargs: Any) -> Any:
+                ack = await real(*args, **kwargs)
+                if lost["acks"]:
+                    lost["acks"] -= 1
+                    raise NatsTimeoutError
+                return ack
+
+            stream.js.publish = ack_lost  # type: ignore[method-assign]
+            assert await stream._publish(b"one", "w1", lambda: True) == 1
+            lost["acks"] = 1
+            assert await stream._publish(b"two", "w1", lambda: True) == 2
+            assert await stream.last_seq() == 2 and stream.last == 2
+            # a lost ack while another writer's message took the place: refused
+            stream.last = 1
+            lost["acks"] = 1
+            with pytest.raises(nats.js.errors.BadRequestError):
+                await stream._publish(b"two'", "w2", lambda: True)
+            assert await stream.last_seq() == 2
+            # no longer leading: not tried again
+            stream.last = 2
+            lost["acks"] = 1
+            with pytest.raises(NatsTimeoutError):
+                await stream._publish(b"three", "w1", lambda: False)
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_leaders_transactions_reach_a_standby_whole_and_in_order(

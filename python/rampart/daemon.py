@@ -217,6 +217,7 @@ class Daemon:
             healthy=self._healthy,
             capital_of=self.capital_of.__getitem__,
             converged=self._converged,
+            reported=self._reported,
         )
         self.checkpointer: Checkpointer | None = None
         self.deployment_error: str | None = None
@@ -465,8 +466,10 @@ class Daemon:
         def on_change(leader: bool, term: int) -> None:
             if leader:
                 elected.set()
-            elif self.role == "leader":
+            elif self.role == "leader" and not self._closing:
                 self._deposed(shard, term)
+            elif self.role == "leader":  # this process stops and hands the lease over
+                log.warning("%s released the lease of shard %s (term %d)", me, shard, term)
 
         me = f"{self.config.name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         poll = ha.poll_interval.total_seconds()
@@ -1007,6 +1010,16 @@ class Daemon:
         re-reads the store and the gateways and resumes nothing by itself."""
         if self.failed is not None or self._closing:
             return
+        lease = self.lease
+        if self.role == "leader" and lease is not None and not lease.is_leader():
+            # Not a fault of the state: this process's lease ran out (NATS or JetStream did not
+            # answer for lease_ttl), so its writes are refused. It stops commanding and exits
+            # (75); the process that holds the lease next carries on from the replicated state,
+            # and if none does, the gateways' dead-man's switches halt (docs/ha.md, "A NATS
+            # node lost"). A halt from here would be latched by the next leader for nothing.
+            log.critical("%s, because its lease ran out", reason)
+            self._deposed(self.config.ha.shard or self.config.name, self.term)
+            return
         self.failed = reason
         self.store_error = self.store_error or reason
         log.critical("FAIL CLOSED: %s; halting every algorithm", reason)
@@ -1426,6 +1439,13 @@ class Daemon:
         if self.reconciler is None or gateway is None:
             return False
         return self.reconciler.control_status(algo, gateway).in_sync
+
+    def _reported(self, algo: str) -> bool:
+        """Has the algorithm's gateway reported it since this process started?"""
+        gateway = self.gateway_of.get(algo)
+        if self.reconciler is None or gateway is None:
+            return False
+        return self.reconciler.seen_one(gateway, algo) is not None
 
     def _healthy(self, algo: str) -> bool:
         status = self.gateways.get(self.gateway_of.get(algo, ""))

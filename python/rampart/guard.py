@@ -37,7 +37,7 @@ from rampart.protocol import (
     Intent,
     encoder,
 )
-from rampart.reconcile import Op
+from rampart.reconcile import ALLOCATION_EPS, Op
 from rampart.rollback import (
     EpochClock,
     ExecutorSettings,
@@ -438,6 +438,8 @@ class Guard:
         reasons = {a: f"halted by gateway {gateway} itself ({c})" for a, c in todo}
         for a in algos:
             self.halted[a] = HaltLatch(algo=a, reason=reasons[a], actor=SYSTEM_ACTOR, ts=ts)
+        lowered = self._adopted_allocations(gateway, algos)
+        items = [self.reconciler.item(i) for i in lowered] if self.reconciler else []
 
         def persist() -> Any:
             with self.store.transaction():
@@ -445,6 +447,8 @@ class Guard:
                     self.store.set_halt(
                         a, halted=True, reason=reasons[a], actor=SYSTEM_ACTOR, ts=ts
                     )
+                for key, value in items:
+                    self.store.put(key, value)
                 return self.store.append_audit(
                     "adopted_halt",
                     {"gateway": gateway, "halts": [list(h) for h in todo]},
@@ -453,6 +457,8 @@ class Guard:
                 )
 
         audit = await asyncio.to_thread(persist)
+        if lowered and self.reconciler is not None:
+            self.reconciler.remember(lowered)
         log.critical("gateway %s halted %s on its own: latched", gateway, ", ".join(algos))
         await self._publish_audit(audit.kind, encode_record(audit))
         await self.alert(
@@ -463,6 +469,24 @@ class Guard:
             "and `rampart release` when it is safe",
             algos=list(algos),
         )
+
+    def _adopted_allocations(self, gateway: str, algos: tuple[str, ...]) -> list[Intent]:
+        """The intents of adopted halts whose gateway holds less capital than Rampart wants:
+        lowered to what the gateway holds. Such a halt came with its reductions (a rollback of
+        a process that died before storing it, a gateway's own risk check): Rampart keeps
+        them, as it keeps the halt, and an operator's release does not raise them back."""
+        rec = self.reconciler
+        if rec is None:
+            return []
+        lowered = []
+        for a in algos:
+            want = rec.intents.get(a)
+            have = rec.seen_one(gateway, a)
+            if want is None or want.allocation is None or have is None:
+                continue
+            if have.allocation is not None and have.allocation < want.allocation - ALLOCATION_EPS:
+                lowered.append(rec.wanted(a, allocation=have.allocation))
+        return lowered
 
     async def complete_converged(self) -> None:
         """A failed rollback whose algorithms the reconciler has since brought to what Rampart

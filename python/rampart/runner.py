@@ -83,6 +83,8 @@ class DeploymentRunner:
     # algorithm id -> does its gateway report what Rampart wants of it (the reconciler's view;
     # replays have no gateways: always)
     converged: Callable[[str], bool] = field(default=lambda _algo: True)
+    # algorithm id -> has its gateway reported it since this process started (or took over)
+    reported: Callable[[str], bool] = field(default=lambda _algo: True)
     deployments: dict[str, Running] = field(default_factory=dict)
     next_decision_at: int = 0
 
@@ -159,8 +161,14 @@ class DeploymentRunner:
             if r.state.phase in TERMINAL:
                 continue
             decision = r.machine.step(r.state, self.observe(r), now)
-            settled = all(self.converged(a) for a in algorithms_of(r.document))
+            algos = algorithms_of(r.document)
+            settled = all(self.converged(a) for a in algos)
             if not settled and not r.state.halted and not _protects(decision):
+                if not all(self.reported(a) for a in algos):
+                    # This process has not heard the gateway since it started or took over: it
+                    # does not know that the gateway lags, so nothing moves, timers included
+                    # (a failover or a restart does not restart a stage's minimum duration).
+                    continue
                 # The gateway does not do what was decided yet: the deployment holds (its limits
                 # and thresholds still act: a rollback goes through), and its stage and phase
                 # count from when the gateway does, not from when it was sent.

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from typing import Final
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from rampart.store import Store
 
@@ -27,6 +30,10 @@ log = logging.getLogger("rampart.state_stream")
 STREAM_PREFIX: Final = "RAMPART_STATE_"
 # how long a replicated write may wait for JetStream's ack before it fails (and is not committed)
 PUBLISH_TIMEOUT: Final = 5.0
+# one try's wait for the ack, and the pause between tries (docs/ha.md, "A NATS node lost")
+ATTEMPT_TIMEOUT: Final = 1.0
+RETRY_EVERY: Final = 0.05
+WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code
 
 
 class NotLeaderError(RuntimeError):
@@ -96,6 +103,8 @@ class StateStream:
         """The store's ``replicator`` for the leader: runs on the store's writing thread (never
         on the event loop's: it waits for JetStream's ack)."""
 
+        writer = uuid.uuid4().hex[:12]
+
         def replicate(data: bytes) -> int:
             if not is_leader():
                 raise NotLeaderError("this process does not hold the lease")
@@ -105,17 +114,54 @@ class StateStream:
                 running = None
             if running is loop:
                 raise RuntimeError("a replicated write on the event loop's thread")
-            fut = asyncio.run_coroutine_threadsafe(self._publish(data), loop)
+            fut = asyncio.run_coroutine_threadsafe(self._publish(data, writer, is_leader), loop)
             return fut.result(PUBLISH_TIMEOUT + 1.0)
 
         return replicate
 
-    async def _publish(self, data: bytes) -> int:
-        ack = await self.js.publish(
-            self.subject,
-            data,
-            stream=self.name,
-            headers={"Nats-Expected-Last-Sequence": str(self.last)},
-        )
+    async def _publish(self, data: bytes, writer: str, is_leader: Callable[[], bool]) -> int:
+        """Publish one write after the last sequence. A stream without a leader for a moment
+        (a NATS node lost: its replicas elect another) answers 503 or nothing: the write is
+        tried again, with the same ``Nats-Msg-Id`` (stored once, whichever try got through),
+        while this process leads, for up to ``PUBLISH_TIMEOUT``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_TIMEOUT
+        headers = {
+            "Nats-Expected-Last-Sequence": str(self.last),
+            "Nats-Msg-Id": f"{writer}.{self.last + 1}",
+        }
+        tries = 0
+        while True:
+            tries += 1
+            left = deadline - loop.time()
+            try:
+                ack = await self.js.publish(
+                    self.subject,
+                    data,
+                    stream=self.name,
+                    headers=headers,
+                    timeout=max(min(left, ATTEMPT_TIMEOUT), 0.05),
+                )
+                break
+            except (NoStreamResponseError, NoRespondersError, NatsTimeoutError) as e:
+                if not is_leader() or deadline - loop.time() < RETRY_EVERY:
+                    raise
+                if tries == 1:
+                    log.warning("state stream %s: %s; trying again", self.name, e or type(e))
+                await asyncio.sleep(RETRY_EVERY)
+            except BadRequestError as e:
+                # JetStream checks the expected last sequence before duplicates: a try whose
+                # ack was lost makes the next one "wrong last sequence". Ours, if the message
+                # after ``last`` carries our id; anybody else's write is a refusal
+                if tries == 1 or e.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                stored = await self.js.get_msg(self.name, self.last + 1)
+                if (stored.headers or {}).get("Nats-Msg-Id") != headers["Nats-Msg-Id"]:
+                    raise
+                log.warning("state stream %s: written (its ack was lost)", self.name)
+                self.last = self.last + 1
+                return self.last
+        if tries > 1:
+            log.warning("state stream %s: written after %d tries", self.name, tries)
         self.last = ack.seq
         return int(ack.seq)
