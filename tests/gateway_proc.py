@@ -20,6 +20,7 @@ import nats
 from nats.aio.msg import Msg
 
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import Subjects
 
 
 class LoggingGateway(ReferenceGateway):
@@ -27,7 +28,13 @@ class LoggingGateway(ReferenceGateway):
     stop_after_halt: str | None = None
 
     def _log(self, kind: str, algo: str, allocation: float | None = None) -> None:
-        line = {"t": time.time_ns(), "kind": kind, "algo": algo, "allocation": allocation}
+        line = {
+            "t": time.time_ns(),
+            "mono": time.monotonic_ns(),
+            "kind": kind,
+            "algo": algo,
+            "allocation": allocation,
+        }
         with self.log_path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -85,6 +92,7 @@ async def main() -> None:
     p.add_argument("algos")
     p.add_argument("log", type=Path)
     p.add_argument("--deadman", type=float, default=3.0)
+    p.add_argument("--prefix", default="rampart", help="Rampart's subject prefix")
     p.add_argument("--trust", required=True, help="Rampart's public signing keys, by commas")
     p.add_argument("--nkey-seed", help="log in with this NKEY seed file (as gateway-<id>)")
     p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
@@ -111,6 +119,7 @@ async def main() -> None:
         heartbeat_interval=0.05,
         deadman_timeout=args.deadman,
         trusted_keys=args.trust.split(","),
+        subjects=Subjects(args.prefix),
     )
     gw.log_path = args.log
     gw.stop_after_halt = args.stop_after_halt
