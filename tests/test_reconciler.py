@@ -80,6 +80,29 @@ def test_nothing_is_raised_on_a_halted_algorithm_and_only_released_halts_are_res
     assert p.reductions == (Op("set_allocation", "a", 0.0),)
 
 
+def test_a_release_by_a_newer_leader_lifts_a_halt_whose_epoch_a_faster_clock_made() -> None:
+    """Epochs are each leader's wall clock: term 1's host ran 10 s ahead of term 2's. A halt
+    term 1 sent is older than term 2's release whatever their epochs say (gateways order
+    decisions by (term, epoch) too), so it is resumed, not adopted back as a latch."""
+    ahead = 10_000_000_000
+    halted_by_term_1 = actual(
+        "a", halted=True, halt_cause="command", epochs={"halt": 50 + ahead}, terms={"halt": 1}
+    )
+    release = Intent(algo="a", allocation=0.5, released_epoch=50, released_term=2)
+    p = plan([release], {"a": halted_by_term_1})
+    assert p.increases == (Op("resume", "a"),) and p.adopt == ()
+    # a halt term 2 itself sent after its release: newer, adopted (never resumed)
+    halted_by_term_2 = actual(
+        "a", halted=True, halt_cause="command", epochs={"halt": 60}, terms={"halt": 2}
+    )
+    p = plan([release], {"a": halted_by_term_2})
+    assert p.adopt == (("a", "command without a latch"),) and p.increases == ()
+    # a gateway that does not report terms: its halt epoch is compared alone, as before
+    no_terms = actual("a", halted=True, halt_cause="command", epochs={"halt": 50 + ahead})
+    p = plan([release], {"a": no_terms})
+    assert p.adopt == (("a", "command without a latch"),) and p.increases == ()
+
+
 def test_drift_says_what_differs_and_an_unknown_allocation_is_only_reduced_by_zero() -> None:
     i = Intent(algo="a", halted=True, allocation=0.25, active=True)
     assert describe(i, None) == "not reported by its gateway"
@@ -385,6 +408,7 @@ intents_st = st.builds(
     allocation=st.none() | st.sampled_from([0.0, 0.5, 1.0]),
     active=st.none() | st.booleans(),
     released_epoch=st.integers(0, 3),
+    released_term=st.integers(0, 2),
 )
 actuals_st = st.builds(
     AlgoActual,
@@ -394,6 +418,7 @@ actuals_st = st.builds(
     allocation=st.none() | st.sampled_from([0.0, 0.5, 1.0]),
     active=st.none() | st.booleans(),
     epochs=st.dictionaries(st.sampled_from(["halt", "allocation"]), st.integers(0, 3)),
+    terms=st.dictionaries(st.sampled_from(["halt", "allocation"]), st.integers(0, 2)),
 )
 changes = st.one_of(
     st.tuples(st.just("intent"), intents_st),

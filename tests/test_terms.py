@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from rampart.gateway.commands import CommandBook
 from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
-from rampart.protocol import Command, CommandTarget, SidecarHeartbeat, Subjects, encoder
+from rampart.protocol import Command, CommandTarget, Intent, SidecarHeartbeat, Subjects, encoder
+from rampart.reconcile import plan
 from rampart.signing import SigningKey, sign_headers
 
 SUBJ = Subjects()
@@ -59,6 +60,20 @@ def test_an_older_terms_commands_are_refused_and_a_newer_terms_win_whatever_the_
     assert send(book, cmd("halt", 2, 20)) == "applied"
     assert send(book, cmd("resume", 2, 15)) == "stale_epoch"
     assert send(book, cmd("resume", 3, 1)) == "applied"
+
+
+def test_the_report_carries_the_term_of_each_epoch_and_a_newer_leaders_release_is_resumed() -> None:
+    """What the reconciler needs to judge a halt against a release made by another host: the
+    gateway reports the term each epoch came in, and a release stored by term 2 lifts term 1's
+    halt even though term 1's clock ran ahead."""
+    book = CommandBook()
+    assert send(book, cmd("halt", 1, 5_000)) == "applied"
+    assert send(book, cmd("set_allocation", 2, 10, 0.5)) == "applied"
+    report = book.report("alpha")
+    assert report.epochs == {"halt": 5_000, "allocation": 10}
+    assert report.terms == {"halt": 1, "allocation": 2}
+    released = Intent(algo="alpha", allocation=0.5, released_epoch=20, released_term=2)
+    assert [op.kind for op in plan([released], {"alpha": report}).increases] == ["resume"]
 
 
 @st.composite

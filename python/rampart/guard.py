@@ -731,7 +731,10 @@ class Guard:
         # fail-closed halt) is newer than the release and stays
         lifting = {a: self.halted.get(a) for a in algos}
         rec = self.reconciler
-        intents = [rec.wanted(a, released_epoch=epoch) for a in algos] if rec else []
+        term = self.executor.term
+        intents = (
+            [rec.wanted(a, released_epoch=epoch, released_term=term) for a in algos] if rec else []
+        )
         items = [rec.item(i) for i in intents] if rec else []
 
         def persist() -> Any:

@@ -196,21 +196,27 @@ class AlgoActual(msgspec.Struct, frozen=True, kw_only=True):
     allocation: float | None = None
     active: bool | None = None
     epochs: dict[str, int] = {}
+    # the leadership term each of ``epochs`` came in (docs/ha.md); a gateway that leaves it out
+    # has its epochs compared alone, which is right when one host's clock made them all
+    terms: dict[str, int] = {}
 
 
 class Intent(msgspec.Struct, frozen=True, kw_only=True):
     """What Rampart wants of one algorithm; stored before anything is sent. ``None``: nothing
     decided (leave it as the gateway has it). ``halted`` mirrors the algorithm's halt latch.
 
-    ``released_epoch``: the epoch of the operator's last release. A halt the gateway applied
-    with an older epoch is one the release lifted (Rampart resumes it); a newer one Rampart has
-    no latch for (a crash between sending a halt and storing it) is adopted as a latch."""
+    ``released_epoch``: the epoch of the operator's last release, and ``released_term`` the
+    leadership term that sent it (0: single node). A halt the gateway applied with an older
+    (term, epoch) is one the release lifted (Rampart resumes it); a newer one Rampart has no
+    latch for (a crash between sending a halt and storing it) is adopted as a latch. The term
+    comes first because epochs are each leader's wall clock, and two hosts' clocks differ."""
 
     algo: str
     halted: bool = False
     allocation: float | None = None
     active: bool | None = None
     released_epoch: int = 0
+    released_term: int = 0
 
 
 class ControlStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -90,6 +90,20 @@ def _is_decrease(op: Op, actual: AlgoActual) -> bool:
     return want < actual.allocation
 
 
+def _released_after_halt(intent: Intent, actual: AlgoActual) -> bool:
+    """The operator's last release is newer than the halt the gateway holds. Decisions are
+    ordered by (term, epoch), as gateways order them: a release by a newer leader lifts an
+    older leader's halt even if the older leader's clock ran ahead. A gateway that does not
+    report terms has its halt epoch compared alone."""
+    halt_epoch = actual.epochs.get("halt")
+    if halt_epoch is None:
+        return False
+    halt_term = actual.terms.get("halt")
+    if halt_term is None:
+        return halt_epoch < intent.released_epoch
+    return (halt_term, halt_epoch) < (intent.released_term, intent.released_epoch)
+
+
 def algo_ops(intent: Intent, actual: AlgoActual) -> tuple[list[Op], list[Op], str | None]:
     """(reductions, increases, cause to adopt) for one algorithm."""
     reductions: list[Op] = []
@@ -100,8 +114,7 @@ def algo_ops(intent: Intent, actual: AlgoActual) -> tuple[list[Op], list[Op], st
     lifted = False  # a halt an operator's release lifted, still in place at the gateway
     if not intent.halted and actual.halted:
         cause = actual.halt_cause or "gateway"
-        halt_epoch = actual.epochs.get("halt")
-        if halt_epoch is not None and halt_epoch < intent.released_epoch:
+        if _released_after_halt(intent, actual):
             lifted = True
         else:
             # the gateway's own halt, or one of Rampart's that no latch records, newer than any

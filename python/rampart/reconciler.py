@@ -150,6 +150,7 @@ class Reconciler:
         allocation: float | None = None,
         active: bool | None = None,
         released_epoch: int | None = None,
+        released_term: int | None = None,
     ) -> Intent:
         """The stored intent of ``algo`` with these parts changed (``None`` keeps a part).
         Store it (``item``) before ``remember``-ing it: the loops act on what is remembered."""
@@ -159,6 +160,7 @@ class Reconciler:
             allocation=cur.allocation if allocation is None else allocation,
             active=cur.active if active is None else active,
             released_epoch=cur.released_epoch if released_epoch is None else released_epoch,
+            released_term=cur.released_term if released_term is None else released_term,
             halted=False,
         )
 

@@ -63,6 +63,7 @@ class AlgoControl:
             allocation=self.allocation,
             active=self.active,
             epochs=dict(self.epochs),
+            terms=dict(self.terms),
         )
 
 
