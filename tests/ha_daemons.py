@@ -49,7 +49,9 @@ class Daemon:
         self.starts = 0
         text = live_config(algos, top=top).format(data_dir=self.data) + extra
         text += f"\n[nats]\nservers = {json.dumps(urls)}\n"
-        text += f'\n[ha]\nenabled = true\nreplicas = 3\nshard = "{shard}"\n'
+        # snapshots every 30 writes (docs/ha.md, "Snapshots"): every HA test runs across
+        # snapshots and purges of the state stream, and restarted standbys behind them
+        text += f'\n[ha]\nenabled = true\nreplicas = 3\nshard = "{shard}"\nsnapshot_every = 30\n'
         self.cfg.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -257,6 +257,15 @@ def test_kill_9_of_the_leader_at_many_moments_of_rollbacks_and_releases(tmp_path
             assert st.daemon.ha is not None and not st.daemon.halted
             intent = st.algorithms[0].control.intent
             assert intent.released_term == st.daemon.ha.term >= 2, intent
+
+            # the state stream was snapshotted and purged as it went (ha.snapshot_every = 30),
+            # and standbys restarted behind it came back
+            async def purged() -> bool:
+                info = await nc.jetstream().stream_info("RAMPART_STATE_s1")
+                return info.state.first_seq > 1
+
+            await eventually(purged, 10, "the state stream purged after a snapshot")
+            assert any(d.said("snapshot at") for d in daemons)
             trips = [x for x in lines(gw_log) if x["kind"] == "deadman"]
             assert not trips, trips
             takeovers.sort()

@@ -126,6 +126,110 @@ def test_a_leaders_transactions_reach_a_standby_whole_and_in_order(
     asyncio.run(scenario())
 
 
+def _state(store: Store) -> tuple[Any, ...]:
+    """Everything a snapshot carries, to compare two stores."""
+    return (
+        store.items("intent/"),
+        store.items("checkpoint/"),
+        store.halts(),
+        store.rollbacks(),
+        store.audit(),
+        store.audit_head(),
+    )
+
+
+def test_a_snapshot_bounds_the_stream_and_rebuilds_a_store_that_was_behind_it(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The leader writes its whole state as a snapshot (here in many small parts) and purges
+    what came before: a new standby (empty store) is rebuilt from the snapshot and the writes
+    after it, audit chain whole; a standby in step skips the snapshot and ends equal; a
+    store behind a purged stream without a snapshot is refused with a clear error, and an
+    unfinished snapshot at the tail (a leader that died writing it) is skipped."""
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        stores = {n: Store(tmp_path / f"{n}.db") for n in ("l", "in_step", "new", "late")}
+        leader_store = stores["l"]
+        try:
+            leader = StateStream(nc, "rampart", "snap")
+            await leader.ensure()
+            loop = asyncio.get_running_loop()
+            leader_store.replicator = leader.replicator(lambda: True, loop)
+
+            def history(n: int, tag: str) -> None:
+                for i in range(n):
+                    with leader_store.transaction():
+                        algo = f"algo-{i % 7}"
+                        leader_store.put(f"intent/{algo}", f"{tag}{i}".encode())
+                        leader_store.put(f"checkpoint/{algo}", bytes([i % 256]) * 300)
+                        leader_store.set_halt(algo, halted=i % 2 == 0, reason=tag, actor="a", ts=i)
+                        leader_store.append_audit("note", {"i": i, "tag": tag}, actor="a", ts=i)
+                    if i % 10 == 3:
+                        leader_store.delete(f"intent/algo-{(i + 1) % 7}")
+
+            await asyncio.to_thread(history, 40, "before")
+            late = StateStream(nc, "rampart", "snap")
+            await late.catch_up(stores["late"])
+            await asyncio.to_thread(history, 5, "late")  # unseen by "late" before the purge
+            in_step = StateStream(nc, "rampart", "snap")
+            await in_step.catch_up(stores["in_step"])
+            first, last = await asyncio.to_thread(leader_store.write_snapshot, 2_000)
+            assert last - first >= 3, "the snapshot was meant to come in several parts"
+            await leader.purge_before(first)
+            assert await leader.first_seq() == first
+            await asyncio.to_thread(history, 6, "after")
+
+            fresh = StateStream(nc, "rampart", "snap")
+            assert await fresh.catch_up(stores["new"]) == leader.last
+            assert await in_step.catch_up(stores["in_step"]) == leader.last
+            for name in ("new", "in_step"):
+                assert _state(stores[name]) == _state(leader_store), name
+                assert stores[name].verify_audit().ok, name
+                assert stores[name].replicated_seq() == leader.last
+            assert len(stores["new"].audit()) == 51
+
+            # a standby that was away: behind the snapshot, its audit log a prefix of the
+            # shard's; rebuilt, the records it had kept, the newer ones added
+            assert len(stores["late"].audit()) == 40
+            assert await late.catch_up(stores["late"]) == leader.last
+            assert _state(stores["late"]) == _state(leader_store)
+            assert stores["late"].verify_audit().ok
+
+            # a store of another history (its audit head differs): refused, nothing applied
+            alien = Store(tmp_path / "alien.db")
+            stores["alien"] = alien
+            alien.append_audit("note", {"i": "elsewhere"}, actor="b", ts=1)
+            before = _state(alien)
+            with pytest.raises(StoreError, match="not the shard's"):
+                await StateStream(nc, "rampart", "snap").catch_up(alien)
+            assert _state(alien) == before and alien.replicated_seq() == 0
+
+            # behind the stream's start, which is no snapshot: refused, nothing applied
+            await leader.purge_before(last + 2)
+            gone = Store(tmp_path / "gone.db")
+            stores["gone"] = gone
+            with pytest.raises(RuntimeError, match="not with a snapshot"):
+                await StateStream(nc, "rampart", "snap").catch_up(gone)
+            stores["empty"] = Store(tmp_path / "empty.db")
+            assert _state(gone) == _state(stores["empty"])
+
+            # an unfinished snapshot (its leader died after part 1 of 2): skipped
+            from rampart.store import split_snapshot
+
+            parts = split_snapshot(leader_store.snapshot_ops(), 2_000)
+            await asyncio.to_thread(leader_store.replicator, parts[0])
+            await asyncio.to_thread(history, 2, "tail")
+            assert await in_step.catch_up(stores["in_step"]) == leader.last
+            assert _state(stores["in_step"]) == _state(leader_store)
+        finally:
+            for store in stores.values():
+                store.close()
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
 class Abandon(BaseException):
     """Raised into a loop that would not stop otherwise."""
 

@@ -355,6 +355,9 @@ class HaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     poll_interval: timedelta = timedelta(milliseconds=100)
     # JetStream replicas of the lease bucket and the state stream: 3 on a 3-node cluster.
     replicas: int = 1
+    # The leader writes a snapshot of its state into the state stream every this many messages
+    # and purges what came before it (0: never; the stream then grows with every transaction).
+    snapshot_every: int = 10_000
 
 
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -452,6 +455,10 @@ def _check(cfg: DaemonConfig) -> None:
             raise ConfigFileError("`$.ha.poll_interval` must be > 0 and shorter than `lease_ttl`")
         if ha.replicas not in (1, 3, 5):
             raise ConfigFileError(f"`$.ha.replicas` must be 1, 3 or 5, got {ha.replicas}")
+        if ha.snapshot_every < 0:
+            raise ConfigFileError(
+                f"`$.ha.snapshot_every` must be >= 0 (0: never), got {ha.snapshot_every}"
+            )
     seen: set[str] = set()
     for i, algo in enumerate(cfg.algorithms):
         path = f"$.algorithms[{i}]"

@@ -391,6 +391,10 @@ class Daemon:
             self.store.head_listener = mirror.wake
             self._spawn(mirror.run(), "head-mirror")
         self._spawn(self._wal_checkpoints(), "wal-checkpoint")
+        stream, every = self.state_stream, self.config.ha.snapshot_every
+        if stream is not None and self.role == "leader" and every > 0:
+            interval = self.config.ha.poll_interval.total_seconds()
+            self._spawn(stream.snapshots(self.store, every, interval), "state-snapshots")
         await self.checkpointer.report_untrusted(untrusted_clocks)
         self._spawn(effects.worker(), "deployment-effects")
         self._spawn(self.checkpointer.loop(), "checkpoints")

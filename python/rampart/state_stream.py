@@ -6,6 +6,10 @@ leader wrote or read, so a second writer (a deposed leader, a second process tha
 leads) fails instead of forking the history, and nothing it did not replicate is committed.
 Standbys apply the messages in order to their own store (``catch_up``, ``follow``): the audit
 chain goes on, record for record, across leaders.
+
+So that the stream does not grow forever, the leader writes a snapshot of its whole store every
+``ha.snapshot_every`` messages (``snapshots``) and purges what came before it: a standby behind
+the stream's start is rebuilt from the snapshot, one in step skips it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
-from rampart.store import Store
+from rampart.store import Op, Store, decode_ops, snapshot_part
 
 log = logging.getLogger("rampart.state_stream")
 
@@ -34,6 +38,9 @@ PUBLISH_TIMEOUT: Final = 5.0
 ATTEMPT_TIMEOUT: Final = 1.0
 RETRY_EVERY: Final = 0.05
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code
+# a snapshot message's content before compression, at most about (nats-server's max_payload
+# is 1 MB by default)
+SNAPSHOT_PART_BYTES: Final = 512 * 1024
 
 
 class NotLeaderError(RuntimeError):
@@ -71,17 +78,99 @@ class StateStream:
         info = await self.js.stream_info(self.name)
         return int(info.state.last_seq)
 
+    async def first_seq(self) -> int:
+        info = await self.js.stream_info(self.name)
+        return int(info.state.first_seq)
+
     async def catch_up(self, store: Store) -> int:
-        """Apply every message after the store's last applied one; returns the last sequence."""
+        """Apply every message after the store's last applied one; returns the last sequence.
+        A store behind the stream's first message (its history was purged after a snapshot)
+        is rebuilt from the snapshot the stream starts with; a store that has applied
+        everything before a snapshot skips it (its state is the snapshot's)."""
+        for attempt in range(3):
+            try:
+                return await self._catch_up(store)
+            except NotFoundError:  # purged while read (a snapshot was written): read again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _catch_up(self, store: Store) -> int:
         applied = await asyncio.to_thread(store.replicated_seq)
-        last = await self.last_seq()
-        for seq in range(applied + 1, last + 1):
+        info = await self.js.stream_info(self.name)
+        first, last = int(info.state.first_seq), int(info.state.last_seq)
+        behind = last > 0 and applied + 1 < first
+        parts: list[list[Op]] = []
+        for seq in range(first if behind else applied + 1, last + 1):
             msg = await self.js.get_msg(self.name, seq)
             if msg.data is None:
                 raise RuntimeError(f"state stream {self.name} has no message {seq}")
-            await asyncio.to_thread(store.apply_replicated, msg.data, seq)
+            ops = decode_ops(msg.data)
+            part = snapshot_part(ops)
+            if part is None and behind:
+                raise RuntimeError(
+                    f"state stream {self.name} starts at message {first}, after this store's "
+                    f"last transaction ({applied}), and not with a snapshot: this store cannot "
+                    "be brought up to date from it. Start this process with an empty data_dir "
+                    "only if the stream begins with a snapshot (docs/ha.md, 'Snapshots')"
+                )
+            if part is None:
+                await asyncio.to_thread(store.apply_ops, ops, seq)
+            elif not behind:
+                await asyncio.to_thread(store.note_replicated, seq)  # its state is here
+            else:
+                i, n = part
+                if i != len(parts) + 1:
+                    raise RuntimeError(
+                        f"state stream {self.name}: snapshot part {i}/{n} at message {seq} "
+                        f"follows {len(parts)} parts"
+                    )
+                parts.append(ops[1:])
+                if i == n:
+                    await asyncio.to_thread(store.apply_snapshot, parts, seq)
+                    log.info("state stream %s: store rebuilt from a snapshot (%d)", self.name, seq)
+                    behind, parts = False, []
+        if behind:  # the snapshot is still being written: what was read counts for nothing
+            return applied
         self.last = max(applied, last)
         return self.last
+
+    async def purge_before(self, seq: int) -> None:
+        """Drop the stream's messages before ``seq`` (the first part of a snapshot)."""
+        await self.js.purge_stream(self.name, seq=seq)
+
+    async def snapshots(
+        self,
+        store: Store,
+        every: int,
+        interval: float,
+        max_bytes: int = SNAPSHOT_PART_BYTES,
+    ) -> None:
+        """The leader's loop: when ``every`` messages were written since the stream's first,
+        write a snapshot of the store and purge what came before it, so the stream (and a new
+        standby's catching up) stays bounded. A failure is logged and tried again later:
+        nothing is lost by a snapshot not written."""
+        base: int | None = None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if base is None:
+                    base = await self.first_seq()
+                if self.last - base < every:
+                    continue
+                first, last = await asyncio.to_thread(store.write_snapshot, max_bytes)
+                await self.purge_before(first)
+            except Exception as e:
+                log.warning("state stream %s: no snapshot this time: %s", self.name, e)
+                continue
+            log.info(
+                "state stream %s: snapshot at %d-%d, the %d messages before it purged",
+                self.name,
+                first,
+                last,
+                first - base,
+            )
+            base = first
 
     async def follow(self, store: Store, interval: float, stop: asyncio.Event) -> None:
         """A standby's loop: apply the leader's transactions as they come, until ``stop``.

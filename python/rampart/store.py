@@ -67,6 +67,39 @@ def decode_ops(data: bytes) -> list[Op]:
     return [tuple(op) for op in msgspec.msgpack.decode(zlib.decompress(data), type=list[list[Any]])]
 
 
+# A snapshot of the replicated state in the state stream (docs/ha.md, "Snapshots"): n messages
+# in a row, each opening with ("snapshot", i, n), that together rebuild every replicated table.
+SNAPSHOT_OP: Final = "snapshot"
+# kv keys a snapshot neither carries nor clears: this process's own, and the store's identity
+KEPT_PREFIXES: Final = (LOCAL_PREFIX, "store/")
+
+
+def snapshot_part(ops: list[Op]) -> tuple[int, int] | None:
+    """``(i, n)`` when ``ops`` is part i of an n-part snapshot, else ``None``."""
+    if ops and ops[0][0] == SNAPSHOT_OP:
+        return int(ops[0][1]), int(ops[0][2])
+    return None
+
+
+def _op_size(op: Op) -> int:
+    return 32 + sum(len(x) if isinstance(x, (str, bytes)) else 8 for x in op)
+
+
+def split_snapshot(ops: list[Op], max_bytes: int) -> list[bytes]:
+    """``ops`` as snapshot messages of about ``max_bytes`` (before compression) each."""
+    parts: list[list[Op]] = [[]]
+    size = 0
+    for op in ops:
+        n = _op_size(op)
+        if parts[-1] and size + n > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(op)
+        size += n
+    total = len(parts)
+    return [encode_ops([(SNAPSHOT_OP, i, total), *part]) for i, part in enumerate(parts, 1)]
+
+
 GENERATION_KEY: Final = "store/generation"
 # Busy timeout (ms) of the checkpoint at close: a reader (`rampart audit verify`, `rampart backup`)
 # may hold the log for this long before the close gives up on truncating it.
@@ -759,7 +792,79 @@ class Store:
         """Apply one transaction of the leader's (``encode_ops``) as it was written, audit
         records verbatim (the chain goes on across leaders), and note ``seq`` (its place in the
         state stream) in the same transaction."""
-        ops = decode_ops(data)
+        self.apply_ops(decode_ops(data), seq)
+
+    def note_replicated(self, seq: int) -> None:
+        """The state stream's message ``seq`` is in this store's state already (a snapshot of
+        what was applied here): note the place only."""
+        self.put(REPLICATED_SEQ_KEY, str(seq).encode())
+
+    def apply_snapshot(self, parts: list[list[Op]], seq: int) -> None:
+        """Replace the replicated state with a snapshot's (its parts' ops, the ``("snapshot",
+        i, n)`` heads removed), in one transaction, noting ``seq`` (its last part's place in the
+        state stream). Keys of ``KEPT_PREFIXES`` stay. The audit log is append-only: the
+        snapshot's records up to this store's head must be this store's (the head's hash is
+        compared, the chain vouches for the rest), and only the newer ones are added."""
+        with self.transaction(), self._errors("applying a state snapshot"):
+            conn = self._db()
+            head = self._audit_head(conn)
+            have = head.seq if head is not None else 0
+            met = head is None
+            conn.execute(
+                "DELETE FROM kv WHERE " + " AND ".join("key NOT LIKE ?" for _ in KEPT_PREFIXES),
+                tuple(p + "%" for p in KEPT_PREFIXES),
+            )
+            for table in ("halts", "rollback_algos", "rollbacks"):
+                conn.execute(f"DELETE FROM {table}")
+            for part in parts:
+                rest: list[Op] = []
+                for op in part:
+                    if op[0] != "audit" or op[1] > have:
+                        rest.append(op)
+                    elif head is not None and op[1] == have and op[7] == head.hash:
+                        met = True
+                self.apply_ops(rest, seq)
+            if not met:  # the transaction is rolled back: nothing of the snapshot stays
+                raise self._fail(
+                    f"its audit log (to record {have}) is not the shard's: the state stream's "
+                    "snapshot does not hold the same record there",
+                    "this process's store belongs to another history: move its data_dir aside "
+                    "and start it again as a standby (docs/ha.md, 'Snapshots')",
+                )
+
+    def snapshot_ops(self) -> list[Op]:
+        """Every replicated write that rebuilds this store's state from nothing, as one
+        consistent read: the content of a snapshot (``write_snapshot``)."""
+        with self._lock, self._errors("reading the state for a snapshot"):
+            conn = self._db()
+            ops: list[Op] = []
+            for key, value in conn.execute("SELECT key, value FROM kv ORDER BY key"):
+                if not key.startswith(KEPT_PREFIXES):
+                    ops.append(("put", key, bytes(value)))
+            rows = conn.execute("SELECT algo, halted, reason, actor, ts FROM halts ORDER BY algo")
+            for algo, halted, reason, actor, ts in rows:
+                ops.append(("halt", algo, bool(halted), reason, actor, ts))
+            for (body,) in conn.execute("SELECT body FROM rollbacks ORDER BY rollback_id"):
+                ops.append(("rollback", bytes(body)))
+            for row in conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq"):
+                ops.append(("audit", *row))
+            return ops
+
+    def write_snapshot(self, max_bytes: int) -> tuple[int, int]:
+        """The leader's snapshot: read the whole replicated state and hand it to the
+        ``replicator`` as snapshot messages, holding the store's lock throughout so that no
+        transaction comes between the read and the last message. Returns the first and last
+        message's sequence; the stream's history before the first may then be purged."""
+        with self._lock:
+            replicate = self.replicator
+            if replicate is None:
+                raise StoreError("a snapshot is written by the leader only (no replicator)")
+            seqs = [replicate(data) for data in split_snapshot(self.snapshot_ops(), max_bytes)]
+            self.note_replicated(seqs[-1])
+            return seqs[0], seqs[-1]
+
+    def apply_ops(self, ops: list[Op], seq: int) -> None:
+        """Apply one transaction's writes (``decode_ops``) and note ``seq``."""
         with self.transaction(), self._errors("applying a replicated transaction"):
             conn = self._db()
             for op in ops:
