@@ -23,6 +23,8 @@ __all__ = [
     "SigningKey",
     "Snapshot",
     "UnknownAlgorithmError",
+    "WireIngest",
+    "WireResult",
     "__version__",
     "armed_commit",
     "is_public_key",
@@ -173,6 +175,41 @@ class BatchResult:
     accepted: int
     errors: list[tuple[int, str, str]]
     """(index in the batch, reason code, message) for each rejected event."""
+
+@final
+class WireResult:
+    """What one chunk of a NATS connection held (``WireIngest.feed``), for the caller to act on."""
+
+    breaches: list[Breach]
+    ingested: int
+    refused: list[tuple[str, str, str, bytes, int]]
+    """(subject, reason code, message, the payload's first ``keep`` bytes, payload size)."""
+    pings: int
+    """PINGs from the server: answer each with PONG."""
+    pongs: int
+    oks: int
+    errors: list[str]
+    """-ERR texts from the server."""
+    infos: list[bytes]
+    """INFO payloads (JSON)."""
+    failed: tuple[str, str] | None
+    """(reason, message): the stream is not the protocol; close the connection. Everything
+    before it in the chunk was applied once."""
+
+@final
+class WireIngest:
+    """A NATS connection's incoming bytes parsed in Rust, market data applied to an engine as
+    ``Engine.ingest_msg`` would (docs/protocol.md, "The wire path")."""
+
+    def __new__(
+        cls, max_payload: int = 1048576, max_event: int = 65536, keep: int = 4096
+    ) -> Self: ...
+    def set_max_payload(self, max_payload: int) -> None: ...
+    @property
+    def buffered(self) -> int: ...
+    def feed(self, engine: Engine, data: bytes, wall_ns: int | None = None) -> WireResult: ...
+    def scan(self, data: bytes) -> int:
+        """Count the messages in ``data``, applying nothing (the parser's own cost)."""
 
 @final
 class Engine:

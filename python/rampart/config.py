@@ -85,6 +85,10 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # Larger messages are refused as `oversize` (and dead-lettered, truncated).
     max_payload_bytes: int = 16 * 1024
+    # How market data is received (docs/protocol.md, "The wire path"): "nats-py", a callback per
+    # message on the daemon's connection; "rust", a connection of its own whose bytes the Rust
+    # core parses and applies in one call per chunk (not with TLS yet).
+    wire: Literal["nats-py", "rust"] = "nats-py"
     # Larger batches of durable events (a gateway outbox's, on <prefix>.batch.<gateway>) are
     # refused as `oversize`; the events stream takes messages up to this size. Keep the
     # gateways' outbox batch size below it.

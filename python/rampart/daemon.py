@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import nats
@@ -36,7 +36,7 @@ from nats.micro import add_service
 from nats.micro.service import Service
 
 from rampart import __version__, nats_flush
-from rampart._core import Breach, InvalidEventError
+from rampart._core import Breach, InvalidEventError, WireResult
 from rampart.checkpoints import CURSOR_KEY, GATEWAY_EVENTS_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
 from rampart.datalock import DataDirLock, DataDirLocked
@@ -77,6 +77,7 @@ from rampart.protocol import (
     IngestStats,
     SidecarHeartbeat,
     StatusReply,
+    WireStatus,
     encoder,
     heartbeat_frame_decoder,
     state_decoder,
@@ -98,6 +99,7 @@ from rampart.store import Store, StoreError, StoreReadOnly
 from rampart.strategies import Decision, DeploymentState, Verb
 from rampart.tasks import stop_tasks
 from rampart.throttle import Throttle
+from rampart.wire import WireError, WireSubscription
 
 __all__ = ["DEPLOYMENT_KEY", "STORE_FILE", "URL_FILE", "Daemon", "DaemonError"]
 
@@ -127,6 +129,14 @@ SUPERVISED: Final = frozenset({"deployment-effects", "checkpoints", "sidecar-hea
 
 BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
 ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
+
+
+class _Refused(NamedTuple):
+    """A message the wire path refused, as ``_reject`` reads it: its subject and the first
+    bytes of its payload."""
+
+    subject: str
+    data: bytes
 
 
 class DaemonError(RuntimeError):
@@ -201,6 +211,8 @@ class Daemon:
         self.state_stream: StateStream | None = None
         self.started_at = 0
         self._subs: list[Subscription] = []
+        # the market-data connection of the wire path (``[ingest] wire = "rust"``)
+        self.wire: WireSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._closing = False
@@ -566,6 +578,23 @@ class Daemon:
             log.warning("standby: not shown to $SRV discovery (rampart status --fleet): %s", e)
             return None
 
+    def wire_status(self) -> WireStatus | None:
+        wire = self.wire
+        if wire is None:
+            return None
+        s = wire.stats
+        return WireStatus(
+            connected=s.connected,
+            server=s.server,
+            connects=s.connects,
+            disconnects=s.disconnects,
+            bytes=s.bytes,
+            chunks=s.chunks,
+            slow_consumer=s.slow_consumer,
+            protocol_errors=s.protocol_errors,
+            last_error=s.last_error,
+        )
+
     def ha_status(self) -> HaStatus | None:
         if not self.config.ha.enabled:
             return None
@@ -916,6 +945,22 @@ class Daemon:
                     wait,
                     self.stats.events_behind,
                 )
+        if self.config.ingest.wire == "rust":
+            self.wire = WireSubscription(
+                self._nats,
+                self._servers,
+                self.subjects.market_all,
+                self.engine,
+                self.wall_clock,
+                self._on_wire_result,
+                max_event=self._max_payload,
+                keep=self.config.ingest.dead_letter_payload_limit,
+            )
+            try:
+                await self.wire.start()
+            except WireError as e:
+                raise DaemonError(str(e)) from e
+            return
         sub = await self.nc.subscribe(
             self.subjects.market_all,
             cb=self._on_event,
@@ -973,6 +1018,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.nc.close()
         self._subs.clear()
+        if self.wire is not None:
+            await self.wire.close()
         await self._stop_embedded()
         if self.checkpointer is not None:  # the rounds in flight commit before the store closes
             await asyncio.to_thread(self.checkpointer.close)
@@ -1127,10 +1174,26 @@ class Daemon:
         self.stats.ingested += 1
         await self._after_ingest(breaches)
 
+    def _on_wire_result(self, result: WireResult) -> None:
+        """A chunk of market data the Rust wire path applied (``rampart.wire``): count it,
+        refuse what it refused, and act on its breaches at once (the halts leave from the
+        task's first step, before anything else the loop has queued)."""
+        self.stats.ingested += result.ingested
+        for subject, reason, error, kept, size in result.refused:
+            self._spawn(self._reject(_Refused(subject, kept), reason, error, size), "wire-refusal")
+        if result.breaches:
+            self._spawn(self._after_ingest(result.breaches), "wire-breaches")
+        else:
+            self._decide(None)
+
     async def _after_ingest(self, breaches: list[Breach] | None) -> None:
         """Breaches first (the rollback), then the deployments' decisions."""
         if breaches is not None:
             await self._on_breaches(breaches)
+        self._decide(breaches)
+
+    def _decide(self, breaches: list[Breach] | None) -> None:
+        """The deployments' decisions after an ingest: on breaches, and when one is due."""
         runner = self.runner
         if runner.deployments and self.failed is None:
             now = self.engine.now
@@ -1148,7 +1211,9 @@ class Daemon:
         if outcomes and self.effects is not None and self.failed is None:
             self.effects.queue(outcomes)
 
-    async def _reject(self, msg: Msg, reason: str, error: str) -> None:
+    async def _reject(
+        self, msg: Msg | _Refused, reason: str, error: str, size: int | None = None
+    ) -> None:
         rejected = self.stats.rejected
         count = rejected.get(reason, 0) + 1
         rejected[reason] = count
@@ -1167,7 +1232,7 @@ class Daemon:
             error=error,
             subject=msg.subject,
             payload=msg.data[:limit].decode("utf-8", errors="replace"),
-            payload_size=len(msg.data),
+            payload_size=len(msg.data) if size is None else size,
             received_at=self.wall_clock(),
         )
         try:

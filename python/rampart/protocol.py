@@ -582,6 +582,20 @@ class GatewayStatus(msgspec.Struct, frozen=True, kw_only=True):
     alive: bool | None = None
 
 
+class WireStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The market-data wire path's connection (``[ingest] wire = "rust"``)."""
+
+    connected: bool
+    server: str | None = None
+    connects: int = 0
+    disconnects: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    slow_consumer: int = 0
+    protocol_errors: int = 0
+    last_error: str | None = None
+
+
 class IngestStats(msgspec.Struct, kw_only=True):
     ingested: int = 0
     rejected: dict[str, int] = {}
@@ -638,6 +652,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     omitted: dict[str, int] = {}
     # how late the event loop ran a timer (a stall delays every message, halts included)
     loop_lag: LoopLagStats | None = None
+    # the market-data connection of the wire path; None with ``[ingest] wire = "nats-py"``
+    wire: WireStatus | None = None
     # with [ha] on: the shard, this process's role and term
     ha: HaStatus | None = None
 

@@ -33,6 +33,7 @@ from rampart.protocol import (
     HaStatus,
     IngestStats,
     StatusReply,
+    WireStatus,
 )
 from rampart.reconciler import Reconciler
 from rampart.runner import DeploymentRunner, algorithms_of
@@ -69,6 +70,7 @@ class StatusSource(Protocol):
     loop_lag: LoopLag
 
     def ha_status(self) -> HaStatus | None: ...
+    def wire_status(self) -> WireStatus | None: ...
 
 
 class StatusBuilder:
@@ -127,6 +129,7 @@ class StatusBuilder:
             connectivity=list(d.connectivity),
             public_key=d.signing_key.public_key if d.signing_key is not None else None,
             loop_lag=d.loop_lag.stats(),
+            wire=d.wire_status(),
             ha=d.ha_status(),
         )
 

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod order_window;
 pub mod rolling;
 pub mod subject;
+pub mod wire;
 
 pub use algo::{Breach, BreachKind};
 pub use config::{AlgoConfig, LimitSpec, Limits, ReturnSampling};
@@ -23,3 +24,4 @@ pub use engine::{Engine, PositionView, Snapshot, CHECKPOINT_VERSION, DEFAULT_TIM
 pub use error::{CoreError, Result};
 pub use event::{decode_json, Event, OrderEvent, Side};
 pub use guards::Guards;
+pub use wire::{Frame, FrameParser, WireError};

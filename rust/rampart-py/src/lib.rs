@@ -12,6 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
 mod signing;
+mod wire;
 
 use rampart_core as core;
 use rampart_core::{CoreError, Guards, LimitSpec, OrderEvent, ReturnSampling};
@@ -1142,6 +1143,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySnapshot>()?;
     m.add_class::<PyBatchResult>()?;
     m.add_class::<PyEngine>()?;
+    m.add_class::<wire::PyWireIngest>()?;
+    m.add_class::<wire::PyWireResult>()?;
     m.add_class::<signing::PySigningKey>()?;
     m.add_class::<signing::PyKeyRing>()?;
     m.add_class::<signing::PyArmedHalts>()?;

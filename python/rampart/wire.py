@@ -1,0 +1,338 @@
+"""The market-data wire path (docs/protocol.md, "The wire path"; ``[ingest] wire = "rust"``).
+
+Market data comes on a NATS connection of its own, owned by the event loop as an
+``asyncio.Protocol``: each chunk the socket gives is handed to the Rust core in one call
+(``WireIngest.feed``), which parses the NATS frames, decodes the quotes and marks and applies
+them, and returns only what Python must act on: breaches, refusals, PINGs to answer, INFO,
+-ERR, and a stream that is not the protocol. nats-py stays for everything else (control,
+status, JetStream, commands).
+
+The connection keeps the semantics of the daemon's nats-py one: the same servers and
+credentials (user/password, token, NKEY seed, .creds; not TLS yet: refused at start), a PING
+every ``nats.ping_interval`` with the link declared dead after ``max_outstanding_pings``
+unanswered, and reconnection forever, every ``reconnect_time_wait``. Nothing is buffered in
+Python: a consumer too slow is cut off by the server (-ERR 'Slow Consumer'), counted, and
+reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from rampart import __version__
+from rampart._core import Engine, WireIngest, WireResult
+from rampart.config import NatsConfig
+
+log = logging.getLogger("rampart.wire")
+
+SID: Final = "1"
+# the blocks of a .creds file (as nats-py and nsc read and write them)
+_JWT = re.compile(rb"-+BEGIN NATS USER JWT-+\s*\n(.+?)\n\s*-+END NATS USER JWT-+", re.S)
+_SEED = re.compile(rb"-+BEGIN USER NKEY SEED-+\s*\n(.+?)\n\s*-+END USER NKEY SEED-+", re.S)
+
+
+class WireError(RuntimeError):
+    """The wire path cannot connect as configured (credentials, TLS, the server refused)."""
+
+
+def _read_creds(path: str) -> tuple[str, bytes]:
+    """(user JWT, user seed) of a .creds file."""
+    data = Path(path).read_bytes()
+    jwt, seed = _JWT.search(data), _SEED.search(data)
+    if jwt is None or seed is None:
+        raise WireError(f"{path}: not a NATS .creds file (no user JWT and NKEY seed in it)")
+    return jwt.group(1).strip().decode(), seed.group(1).strip()
+
+
+def _read_seed(path: str) -> bytes:
+    data = Path(path).read_bytes().strip()
+    found = _SEED.search(data)  # a .creds file given as the seed works too
+    return found.group(1).strip() if found else data
+
+
+def _sign(seed: bytes, nonce: str) -> tuple[str, str]:
+    """(public key, signature of ``nonce``) for an NKEY seed, as nats-py sends them."""
+    import nkeys  # type: ignore[import-untyped]
+
+    kp = nkeys.from_seed(bytearray(seed))
+    try:
+        return kp.public_key.decode(), base64.b64encode(kp.sign(nonce.encode())).decode()
+    finally:
+        kp.wipe()
+
+
+def connect_fields(cfg: NatsConfig, info: dict[str, Any], url: str) -> dict[str, Any]:
+    """The CONNECT options for ``cfg``'s credentials, after the server's ``info`` (its nonce),
+    as nats-py would send them for the same configuration."""
+    fields: dict[str, Any] = {
+        "verbose": False,
+        "pedantic": False,
+        "lang": "python-rampart-wire",
+        "version": __version__,
+        "protocol": 1,
+        "name": f"{cfg.name}-market-data",
+        "echo": False,
+        "headers": True,
+    }
+    nonce = info.get("nonce")
+    if cfg.credentials is not None or cfg.nkeys_seed is not None:
+        if not isinstance(nonce, str):
+            raise WireError("the server sent no nonce to sign: it does not take NKEY logins")
+        if cfg.credentials is not None:
+            jwt, seed = _read_creds(cfg.credentials)
+            fields["jwt"] = jwt
+            fields["sig"] = _sign(seed, nonce)[1]
+        else:
+            assert cfg.nkeys_seed is not None
+            fields["nkey"], fields["sig"] = _sign(_read_seed(cfg.nkeys_seed), nonce)
+        if cfg.token is not None:
+            fields["auth_token"] = cfg.token
+    elif cfg.user is not None and cfg.password is not None:
+        fields["user"], fields["pass"] = cfg.user, cfg.password
+    elif cfg.token is not None:
+        fields["auth_token"] = cfg.token
+    else:
+        parts = urlsplit(url)
+        if parts.username is not None and parts.password is None:
+            fields["auth_token"] = unquote(parts.username)
+        elif parts.username is not None:
+            fields["user"] = unquote(parts.username)
+            fields["pass"] = unquote(parts.password or "")
+    return fields
+
+
+@dataclass
+class WireStats:
+    """The wire path's counters, shown in status (``daemon.wire``)."""
+
+    connected: bool = False
+    server: str | None = None
+    connects: int = 0
+    disconnects: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    slow_consumer: int = 0
+    protocol_errors: int = 0
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class _Protocol(asyncio.Protocol):
+    """One TCP connection's bytes into ``WireIngest``; what comes back to ``on_result``."""
+
+    def __init__(self, owner: WireSubscription) -> None:
+        self.owner = owner
+        # a fresh parser per connection: a partial frame never outlives its connection
+        self.ingest = WireIngest(max_event=owner.max_event, keep=owner.keep)
+        self.transport: asyncio.Transport | None = None
+        self.info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.outstanding = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        result = self.ingest.feed(owner.engine, data, owner.wall_clock())
+        stats = owner.stats
+        stats.bytes += len(data)
+        stats.chunks += 1
+        if result.pings and self.transport is not None:
+            self.transport.write(b"PONG\r\n" * result.pings)
+        for raw in result.infos:
+            self._on_info(raw)
+        for text in result.errors:  # before the PONG: a refused login or SUB is not ready
+            self._on_err(text)
+        if result.pongs:
+            self.outstanding = 0
+            if not self.ready.done():
+                self.ready.set_result(None)
+        if result.ingested or result.breaches or result.refused:
+            owner.on_result(result)
+        if result.failed is not None:
+            reason, text = result.failed
+            stats.protocol_errors += 1
+            self._close(f"the server's bytes are not the NATS protocol ({reason}: {text})")
+
+    def _on_info(self, raw: bytes) -> None:
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            self._close(f"an INFO that is not JSON: {raw[:200]!r}")
+            return
+        max_payload = info.get("max_payload")
+        if isinstance(max_payload, int) and max_payload > 0:
+            self.ingest.set_max_payload(max_payload)
+        if not self.info.done():
+            self.info.set_result(info)
+
+    def _on_err(self, text: str) -> None:
+        stats = self.owner.stats
+        stats.last_error = text
+        stats.errors = [*stats.errors[-9:], text]
+        if "slow consumer" in text.lower():
+            stats.slow_consumer += 1
+        log.error("market-data connection: the server says -ERR %s", text)
+        if not self.ready.done():
+            self.ready.set_exception(WireError(f"the server refused the login: {text}"))
+
+    def _close(self, why: str) -> None:
+        log.error("market-data connection: %s; closing it", why)
+        if not self.lost.done():
+            self.lost.set_result(why)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = f"connection lost ({exc})" if exc else "connection closed"
+        if not self.lost.done():
+            self.lost.set_result(why)
+        for fut in (self.info, self.ready):
+            if not fut.done():
+                fut.set_exception(WireError(why))
+                fut.exception()  # retrieved: nobody may be waiting any more
+
+    def ping(self) -> bool:
+        """Send a PING; False when too many went unanswered (the link is dead)."""
+        if self.transport is None or self.transport.is_closing():
+            return False
+        if self.outstanding > self.owner.cfg.max_outstanding_pings:
+            return False
+        self.outstanding += 1
+        self.transport.write(b"PING\r\n")
+        return True
+
+
+class WireSubscription:
+    """The market-data subscription (``subject``) on its own connection, applied to
+    ``engine`` in Rust; ``on_result`` gets every chunk's ingested count, breaches and
+    refusals (synchronously, from ``data_received``)."""
+
+    def __init__(
+        self,
+        cfg: NatsConfig,
+        servers: list[str],
+        subject: str,
+        engine: Engine,
+        wall_clock: Callable[[], int],
+        on_result: Callable[[WireResult], None],
+        *,
+        max_event: int,
+        keep: int = 4096,
+    ) -> None:
+        if cfg.tls is not None or any(s.startswith("tls://") for s in servers):
+            raise WireError(
+                "ingest.wire = 'rust' does not speak TLS yet: use ingest.wire = 'nats-py' with "
+                "[nats.tls] (docs/configuration.md)"
+            )
+        if not servers:
+            raise WireError("ingest.wire = 'rust' needs a NATS server URL")
+        self.cfg = cfg
+        self.servers = servers
+        self.subject = subject
+        self.engine = engine
+        self.wall_clock = wall_clock
+        self.on_result = on_result
+        self.max_event = max_event
+        self.keep = keep
+        self.stats = WireStats()
+        self._protocol: _Protocol | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Connect and subscribe (raises ``WireError`` when no server takes the login), then
+        keep the connection up in the background."""
+        await self._connect_any()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="market-data-wire")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        proto = self._protocol
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        self.stats.connected = False
+
+    async def _connect_any(self) -> None:
+        errors = []
+        for url in self.servers:
+            try:
+                await self._connect(url)
+                return
+            except (OSError, TimeoutError, WireError) as e:
+                errors.append(f"{url}: {e}")
+        raise WireError("market-data connection: " + "; ".join(errors))
+
+    async def _connect(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+        loop = asyncio.get_running_loop()
+        timeout = self.cfg.connect_timeout.total_seconds()
+        proto = _Protocol(self)
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: proto, host, port)
+            try:
+                info = await proto.info
+                if info.get("tls_required"):
+                    raise WireError(
+                        "the server requires TLS, which ingest.wire = 'rust' does not speak yet"
+                    )
+                connect = json.dumps(connect_fields(self.cfg, info, url), sort_keys=True)
+                assert proto.transport is not None
+                proto.transport.write(
+                    f"CONNECT {connect}\r\nSUB {self.subject} {SID}\r\nPING\r\n".encode()
+                )
+                await proto.ready
+            except BaseException:
+                if proto.transport is not None:
+                    proto.transport.close()
+                raise
+        self._protocol = proto
+        stats = self.stats
+        stats.connected, stats.server = True, f"{host}:{port}"
+        stats.connects += 1
+        log.info("market data on its own connection to %s:%d (the Rust wire path)", host, port)
+
+    async def _run(self) -> None:
+        """Ping while connected; reconnect, forever, when the link is lost or dead."""
+        interval = self.cfg.ping_interval.total_seconds()
+        wait = self.cfg.reconnect_time_wait.total_seconds()
+        while not self._closing:
+            proto = self._protocol
+            if proto is not None:
+                while True:
+                    done, _ = await asyncio.wait({proto.lost}, timeout=interval)
+                    if done:
+                        why = proto.lost.result()
+                        break
+                    if not proto.ping():
+                        why = "no PONG to the last PINGs: the link is dead"
+                        if proto.transport is not None:
+                            proto.transport.close()
+                        break
+                self.stats.connected = False
+                self.stats.disconnects += 1
+                self._protocol = None
+                log.warning("market-data connection: %s; reconnecting", why)
+            await asyncio.sleep(wait)
+            try:
+                await self._connect_any()
+            except (WireError, OSError, TimeoutError) as e:
+                log.warning("%s; trying again in %.3gs", e, wait)

@@ -1,0 +1,363 @@
+"""The market-data wire path (``[ingest] wire = "rust"``, rampart.wire, docs/protocol.md "The wire
+path"): the same market data, refusals and dead letters as through nats-py, against a real
+nats-server; a breach on it halts the gateway; it logs in with NKEYs on the secure embedded
+server, reconnects after a server restart and notices a hung one; against a server that sends
+garbage, refuses a login or calls it a slow consumer, it closes, counts and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import functools
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+import nkeys  # type: ignore[import-untyped]
+import pytest
+from nats.aio.msg import Msg
+from support import live_config, rampart_keys, until
+
+from rampart._core import Engine, WireResult
+from rampart.config import DaemonConfig, NatsConfig, parse_config
+from rampart.daemon import Daemon
+from rampart.embedded import EmbeddedNatsServer
+from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.protocol import Fill, Quote, Subjects, dead_letter_decoder, encoder
+from rampart.signing import SigningKey
+from rampart.wire import WireError, WireSubscription, connect_fields
+
+T0 = 1_764_028_800_000_000_000
+SEC = 1_000_000_000
+SUBJ = Subjects()
+MD = SUBJ.market("ES")
+
+
+def config(tmp_path: Path, wire: str) -> DaemonConfig:
+    text = live_config([("alpha", "gw1")]).format(data_dir=tmp_path / "data")
+    limits = "capital = 100000\nlimits = { max_drawdown = 0.05 }\n"
+    text = text.replace("capital = 100000\n", limits)
+    text += f'\n[ingest]\nmax_payload_bytes = 2048\nwire = "{wire}"\n'
+    text += '\n[nats]\nping_interval = "PT0.2S"\nmax_outstanding_pings = 2\n'
+    text += 'reconnect_time_wait = "PT0.05S"\n'
+    return parse_config(text.encode())
+
+
+@asynccontextmanager
+async def running(cfg: DaemonConfig, url: str | None) -> AsyncIterator[Daemon]:
+    daemon = Daemon(cfg, servers=[url] if url else None)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.close()
+
+
+def quote(px: float, ts: int) -> bytes:
+    return encoder.encode(Quote(symbol="ES", bid=px - 0.25, ask=px + 0.25, ts=ts))
+
+
+@pytest.mark.parametrize("wire", ["nats-py", "rust"])
+def test_market_data_is_applied_refused_and_dead_lettered_the_same_on_both_paths(
+    server: EmbeddedNatsServer, tmp_path: Path, wire: str
+) -> None:
+    bad: list[tuple[bytes, str]] = [
+        (b"{not json", "decode"),
+        (b'{"type":"quote","symbol":"ES","bid":1e999,"ask":6001,"ts":1}', "decode"),
+        (b'{"type":"quote","symbol":"ES","bid":6002,"ask":6001,"ts":%d}' % T0, "bad_price"),
+        (
+            encoder.encode(Fill(algo="alpha", symbol="ES", side="buy", qty=1, price=1, ts=T0)),
+            "wrong_subject",
+        ),
+        (b'{"type":"quote","symbol":"NQ","bid":1,"ask":2,"ts":%d}' % T0, "wrong_subject"),
+        (quote(6000.0, T0 - 3600 * SEC), "out_of_order"),
+        (b'{"type":"quote","pad":"' + b"x" * 4096 + b'"}', "oversize"),
+    ]
+
+    async def scenario() -> None:
+        async with running(config(tmp_path, wire), server.url) as daemon:
+            nc = await nats.connect(server.url)
+            letters: list[Msg] = []
+
+            async def on_letter(msg: Msg) -> None:
+                letters.append(msg)
+
+            await nc.subscribe(SUBJ.dead_letter_all, cb=on_letter)
+            await nc.flush()
+            for i, (payload, _) in enumerate(bad):
+                await nc.publish(MD, quote(6000.0 + i, T0 + i))
+                await nc.publish(MD, payload)
+            await nc.flush()
+            await until(lambda: len(letters) == len(bad))
+            expected: dict[str, int] = {}
+            for _, reason in bad:
+                expected[reason] = expected.get(reason, 0) + 1
+            assert daemon.stats.rejected == expected
+            assert daemon.stats.ingested == len(bad)
+            assert daemon.engine.last_quote_ts("ES") == T0 + len(bad) - 1
+            oversize = next(
+                dead_letter_decoder.decode(m.data)
+                for m in letters
+                if m.subject == SUBJ.dead_letter("oversize")
+            )
+            assert oversize.payload_size > 4096 and len(oversize.payload) <= 4096
+            assert oversize.subject == MD
+            status = daemon.daemon_status()
+            if wire == "rust":
+                assert status.wire is not None and status.wire.connected
+                assert status.wire.bytes > 0 and status.wire.protocol_errors == 0
+            else:
+                assert status.wire is None
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("wire", ["nats-py", "rust"])
+def test_a_breach_on_the_market_data_halts_the_gateway(
+    server: EmbeddedNatsServer, tmp_path: Path, wire: str
+) -> None:
+    async def scenario() -> None:
+        async with running(config(tmp_path, wire), server.url) as daemon:
+            gw_nc = await nats.connect(server.url)
+            gw = ReferenceGateway(
+                gw_nc,
+                "gw1",
+                [HostedAlgo("alpha", "ES", Momentum(), allocation=1.0, active=True)],
+                heartbeat_interval=0.05,
+                deadman_timeout=3600,
+                trusted_keys=rampart_keys(tmp_path / "data"),
+            )
+            await gw.start()
+            nc = await nats.connect(server.url)
+            try:
+                await until(lambda: "gw1" in daemon.gateways)
+                fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=6000, ts=T0)
+                await nc.publish(SUBJ.fills("gw1", "alpha"), encoder.encode(fill))
+                await nc.flush()
+                await until(lambda: daemon.engine.snapshot("alpha").fills == 1)
+                assert not gw.agent.is_halted("alpha")
+                # 10 ES down 600: 6,000 of 100,000, past the 5 % drawdown limit
+                await nc.publish(MD, quote(5400.0, T0 + SEC))
+                await nc.flush()
+                await until(lambda: gw.agent.is_halted("alpha"))
+                assert daemon.guard is not None and "alpha" in daemon.guard.halted
+            finally:
+                await nc.close()
+                await gw.close()
+                await gw_nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_wire_path_logs_in_with_its_nkey_on_the_secure_embedded_server(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, "rust")
+
+    async def scenario() -> None:
+        async with running(cfg, None) as daemon:
+            assert daemon.embedded is not None and daemon.wire is not None
+            assert daemon.wire.stats.connected
+            seeds = tmp_path / "data" / "nats-auth"
+            feed = await nats.connect(
+                daemon.servers[0], nkeys_seed=str(seeds / "feed.nk"), inbox_prefix="_INBOX_feed"
+            )
+            await feed.publish(MD, quote(6000.0, T0))
+            await feed.flush()
+            await until(lambda: daemon.stats.ingested == 1)
+            await feed.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running(config(tmp_path, "rust"), server.url) as daemon:
+            wire = daemon.wire
+            assert wire is not None
+            nc = await nats.connect(server.url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)
+            await nc.publish(MD, quote(6000.0, T0))
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == 1)
+
+            port = server.port
+            await asyncio.to_thread(server.stop)
+            await until(lambda: not wire.stats.connected)
+            server.port = port
+            await asyncio.to_thread(server.start)
+            await until(lambda: wire.stats.connected and wire.stats.connects == 2, timeout=20)
+            await until(lambda: nc.is_connected, timeout=20)
+            await nc.publish(MD, quote(6001.0, T0 + SEC))
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == 2)
+
+            # hung (SIGSTOP): the TCP connection stays, nothing answers its PINGs
+            server.freeze()
+            try:
+                await until(lambda: wire.stats.disconnects == 2, timeout=10)
+            finally:
+                server.thaw()
+            await until(lambda: wire.stats.connected and wire.stats.connects == 3, timeout=20)
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+# ---- against a server that is not well behaved ------------------------------------------------
+
+
+HANG_UP = b""
+
+
+class FakeServer:
+    """A TCP server on loopback speaking as much NATS as each test needs: an INFO, then what
+    ``script`` answers to the client's CONNECT/SUB/PING (a list: written 50 ms apart)."""
+
+    def __init__(self, script: Callable[[int], bytes | list[bytes]]) -> None:
+        self.script = script
+        self.logins = 0
+        self.received: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{port}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"fake","max_payload":1048576,"nonce":"abc"}\r\n')
+        try:
+            line = await reader.readuntil(b"PING\r\n")
+            self.received.append(line)
+            self.logins += 1
+            answer = self.script(self.logins)
+            for part in answer if isinstance(answer, list) else [answer]:
+                if part is HANG_UP:
+                    return
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            while data := await reader.read(4096):
+                self.received.append(data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _subscription(url: str, results: list[WireResult]) -> WireSubscription:
+    nats_cfg = NatsConfig(servers=[url], reconnect_time_wait=datetime.timedelta(seconds=0.02))
+    return WireSubscription(
+        nats_cfg,
+        [url],
+        "rampart.md.>",
+        Engine(),
+        lambda: T0,
+        results.append,
+        max_event=2048,
+    )
+
+
+def test_garbage_from_the_server_closes_the_connection_and_it_reconnects() -> None:
+    body = quote(6000.0, T0)
+    good = b"MSG rampart.md.ES 1 %d\r\n%s\r\n" % (len(body), body)
+
+    def script(login: int) -> bytes:
+        if login == 1:  # a quote, then bytes that are not the protocol
+            return b"PONG\r\n" + good + b"HELLO\r\n" + good
+        return b"PONG\r\n" + good
+
+    async def scenario() -> None:
+        fake = FakeServer(script)
+        url = await fake.start()
+        results: list[WireResult] = []
+        sub = _subscription(url, results)
+        await sub.start()
+        try:
+            await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
+            await until(lambda: sum(r.ingested for r in results) == 2)
+            assert sub.stats.protocol_errors == 1 and sub.stats.disconnects == 1
+            login = fake.received[0]
+            assert login.startswith(b"CONNECT {") and b"SUB rampart.md.> 1\r\n" in login
+        finally:
+            await sub.close()
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_login_is_a_clear_error_and_a_slow_consumer_is_counted() -> None:
+    async def scenario() -> None:
+        fake = FakeServer(lambda _: b"-ERR 'Authorization Violation'\r\n")
+        url = await fake.start()
+        with pytest.raises(WireError, match="Authorization Violation"):
+            await _subscription(url, []).start()
+        await fake.stop()
+
+        # the server cuts a slow consumer off: -ERR, then it hangs up
+        slow = [b"PONG\r\n", b"-ERR 'Slow Consumer Detected'\r\n", HANG_UP]
+        fake = FakeServer(lambda login: slow if login == 1 else b"PONG\r\n")
+        url = await fake.start()
+        sub = _subscription(url, [])
+        await sub.start()
+        try:
+            await until(lambda: sub.stats.slow_consumer == 1)
+            assert "Slow Consumer" in (sub.stats.last_error or "")
+            await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
+        finally:
+            await sub.close()
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+# ---- credentials ---------------------------------------------------------------------------
+
+
+def test_connect_fields_carry_each_kind_of_credentials_as_nats_py_does(tmp_path: Path) -> None:
+    info = {"nonce": "n0nce"}
+    fields = connect_fields(NatsConfig(user="u", password="p"), info, "nats://h:1")
+    assert (fields["user"], fields["pass"]) == ("u", "p") and "auth_token" not in fields
+    assert connect_fields(NatsConfig(token="t"), info, "nats://h:1")["auth_token"] == "t"
+    fields = connect_fields(NatsConfig(), info, "nats://al%40ice:s3cret@h:1")
+    assert (fields["user"], fields["pass"]) == ("al@ice", "s3cret")
+    assert connect_fields(NatsConfig(), info, "nats://tok@h:1")["auth_token"] == "tok"
+    assert not {"user", "auth_token", "nkey"} & set(connect_fields(NatsConfig(), info, "h:1"))
+
+    kp = nkeys.from_seed(bytearray(_user_seed()))
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(_user_seed())
+    fields = connect_fields(NatsConfig(nkeys_seed=str(seed_file)), info, "nats://h:1")
+    assert fields["nkey"] == kp.public_key.decode()
+    assert kp.verify(b"n0nce", base64.b64decode(fields["sig"]))
+
+    creds = tmp_path / "user.creds"
+    creds.write_bytes(
+        b"-----BEGIN NATS USER JWT-----\neyJhbGciOi.jwt.body\n------END NATS USER JWT------\n\n"
+        b"************************* IMPORTANT *************************\n\n"
+        b"-----BEGIN USER NKEY SEED-----\n" + _user_seed() + b"\n------END USER NKEY SEED------\n"
+    )
+    fields = connect_fields(NatsConfig(credentials=str(creds)), info, "nats://h:1")
+    assert fields["jwt"] == "eyJhbGciOi.jwt.body" and "nkey" not in fields
+    assert kp.verify(b"n0nce", base64.b64decode(fields["sig"]))
+    with pytest.raises(WireError, match="no nonce"):
+        connect_fields(NatsConfig(nkeys_seed=str(seed_file)), {}, "nats://h:1")
+    (tmp_path / "bad.creds").write_text("nothing here")
+    with pytest.raises(WireError, match=r"not a NATS \.creds file"):
+        connect_fields(NatsConfig(credentials=str(tmp_path / "bad.creds")), info, "h:1")
+    json.dumps(fields)  # what goes on the wire
+
+
+@functools.cache
+def _user_seed() -> bytes:
+    return SigningKey.generate().seed().encode()  # an NKEY user seed (SU...)
