@@ -71,7 +71,7 @@ from nats.aio.msg import Msg
 
 import rampart.daemon as daemon_module
 from rampart._core import Breach
-from rampart.config import DaemonConfig, parse_config
+from rampart.config import DaemonConfig, IngestConfig, parse_config
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
@@ -317,6 +317,8 @@ BENCH_SEED: str | None = None
 GATEWAY_BATCHES = hasattr(ReferenceGateway, "apply_batch")
 # a tree from before issue 15's halt from the ingest path
 HAS_FAST_HALT = hasattr(RollbackExecutor, "fire_halt")
+# issue 15: market data parsed and applied in Rust on its own connection ([ingest] wire)
+HAS_WIRE = "wire" in IngestConfig.__struct_fields__
 # armed halts (issue 12): halts signed in advance, their commitments in the sidecar heartbeat
 HAS_ARMED = hasattr(RollbackExecutor, "take_armed")
 if GATEWAY_TRUSTS:
@@ -342,8 +344,12 @@ def bench_keys(seed: str | None) -> list[str]:
     return [SigningKey(seed).public_key] if seed is not None and GATEWAY_TRUSTS else []
 
 
-def t2h_config(data_dir: Path, algos: list[str], events: str) -> DaemonConfig:
+def t2h_config(data_dir: Path, algos: list[str], events: str, wire: str) -> DaemonConfig:
     text = CONFIG.format(data_dir=data_dir)
+    if HAS_WIRE:
+        text = text.replace("[ingest]\n", f'[ingest]\nwire = "{wire}"\n', 1)
+    elif wire != "nats-py":
+        raise SystemExit("--wire rust: this tree has no Rust wire path")
     if HAS_EVENTS:
         text += f"\n[events]\ndurable = {'true' if events == 'durable' else 'false'}\n"
     elif events == "durable":
@@ -370,7 +376,7 @@ async def tick_to_halt(
     n_total = max(args.t2h_algos, args.t2h_warmup + args.t2h_iterations)
     algos = [f"t2h-{i:05d}" for i in range(n_total)]
     symbol = {a: f"S{i:05d}" for i, a in enumerate(algos)}
-    config = t2h_config(workdir / "t2h", algos, args.events)
+    config = t2h_config(workdir / "t2h", algos, args.events, args.wire)
     daemon = Daemon(config, servers=[url])
     gw_nc: Client | None = None
     feed: Client | None = None
@@ -1022,6 +1028,12 @@ def main() -> int:
         choices=("core", "durable"),
         default="core",
         help="part a: fills from core NATS (as before issue 10) or from the durable events stream",
+    )
+    p.add_argument(
+        "--wire",
+        choices=("nats-py", "rust"),
+        default="nats-py",
+        help="part a: how the daemon takes market data ([ingest] wire, docs/protocol.md)",
     )
     p.add_argument("--t2h-warmup", type=int, default=20)
     p.add_argument("--baseline-iterations", type=int, default=1000, help="0: skip")

@@ -18,6 +18,7 @@ from pathlib import Path
 import nats
 import nkeys  # type: ignore[import-untyped]
 import pytest
+import uvloop
 from nats.aio.msg import Msg
 from support import live_config, rampart_keys, until
 
@@ -46,6 +47,13 @@ def config(tmp_path: Path, wire: str) -> DaemonConfig:
     return parse_config(text.encode())
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[..., object]:
+    """Run a coroutine on asyncio and on uvloop (``rampart run``'s loop): the wire path's
+    transport must work on both."""
+    return uvloop.run if request.param == "uvloop" else asyncio.run
+
+
 @asynccontextmanager
 async def running(cfg: DaemonConfig, url: str | None) -> AsyncIterator[Daemon]:
     daemon = Daemon(cfg, servers=[url] if url else None)
@@ -62,7 +70,7 @@ def quote(px: float, ts: int) -> bytes:
 
 @pytest.mark.parametrize("wire", ["nats-py", "rust"])
 def test_market_data_is_applied_refused_and_dead_lettered_the_same_on_both_paths(
-    server: EmbeddedNatsServer, tmp_path: Path, wire: str
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path, wire: str
 ) -> None:
     bad: list[tuple[bytes, str]] = [
         (b"{not json", "decode"),
@@ -113,12 +121,12 @@ def test_market_data_is_applied_refused_and_dead_lettered_the_same_on_both_paths
                 assert status.wire is None
             await nc.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 @pytest.mark.parametrize("wire", ["nats-py", "rust"])
 def test_a_breach_on_the_market_data_halts_the_gateway(
-    server: EmbeddedNatsServer, tmp_path: Path, wire: str
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path, wire: str
 ) -> None:
     async def scenario() -> None:
         async with running(config(tmp_path, wire), server.url) as daemon:
@@ -150,7 +158,7 @@ def test_a_breach_on_the_market_data_halts_the_gateway(
                 await gw.close()
                 await gw_nc.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_the_wire_path_logs_in_with_its_nkey_on_the_secure_embedded_server(
@@ -175,7 +183,7 @@ def test_the_wire_path_logs_in_with_its_nkey_on_the_secure_embedded_server(
 
 
 def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
-    server: EmbeddedNatsServer, tmp_path: Path
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
         async with running(config(tmp_path, "rust"), server.url) as daemon:
@@ -206,7 +214,7 @@ def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
             await until(lambda: wire.stats.connected and wire.stats.connects == 3, timeout=20)
             await nc.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 # ---- against a server that is not well behaved ------------------------------------------------
@@ -268,7 +276,9 @@ def _subscription(url: str, results: list[WireResult]) -> WireSubscription:
     )
 
 
-def test_garbage_from_the_server_closes_the_connection_and_it_reconnects() -> None:
+def test_garbage_from_the_server_closes_the_connection_and_it_reconnects(
+    run: Callable[..., object],
+) -> None:
     body = quote(6000.0, T0)
     good = b"MSG rampart.md.ES 1 %d\r\n%s\r\n" % (len(body), body)
 
@@ -293,10 +303,12 @@ def test_garbage_from_the_server_closes_the_connection_and_it_reconnects() -> No
             await sub.close()
             await fake.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
-def test_a_refused_login_is_a_clear_error_and_a_slow_consumer_is_counted() -> None:
+def test_a_refused_login_is_a_clear_error_and_a_slow_consumer_is_counted(
+    run: Callable[..., object],
+) -> None:
     async def scenario() -> None:
         fake = FakeServer(lambda _: b"-ERR 'Authorization Violation'\r\n")
         url = await fake.start()
@@ -318,7 +330,7 @@ def test_a_refused_login_is_a_clear_error_and_a_slow_consumer_is_counted() -> No
             await sub.close()
             await fake.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 # ---- credentials ---------------------------------------------------------------------------

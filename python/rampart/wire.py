@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 from rampart import __version__
@@ -141,8 +141,8 @@ class _Protocol(asyncio.Protocol):
         self.outstanding = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses; they behave as one)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
@@ -276,7 +276,10 @@ class WireSubscription:
             try:
                 await self._connect(url)
                 return
-            except (OSError, TimeoutError, WireError) as e:
+            except TimeoutError:
+                wait = self.cfg.connect_timeout.total_seconds()
+                errors.append(f"{url}: no login within nats.connect_timeout ({wait:g}s)")
+            except (OSError, WireError) as e:
                 errors.append(f"{url}: {e}")
         raise WireError("market-data connection: " + "; ".join(errors))
 
