@@ -11,19 +11,22 @@ import base64
 import datetime
 import functools
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import nats
 import nkeys  # type: ignore[import-untyped]
 import pytest
+import trustme
 import uvloop
 from nats.aio.msg import Msg
 from support import live_config, rampart_keys, until
 
 from rampart._core import Engine, WireResult
-from rampart.config import DaemonConfig, NatsConfig, parse_config
+from rampart.config import DaemonConfig, NatsConfig, TlsConfig, parse_config
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
@@ -180,6 +183,56 @@ def test_the_wire_path_logs_in_with_its_nkey_on_the_secure_embedded_server(
             await feed.close()
 
     asyncio.run(scenario())
+
+
+def test_the_wire_path_speaks_tls_and_refuses_a_server_it_cannot_verify(
+    run: Callable[..., object], tmp_path: Path
+) -> None:
+    """A nats-server that requires TLS (a certificate of a test CA): the daemon's connections,
+    nats-py's and the wire path's, log in over TLS with ``[nats.tls] ca_file``; with another CA
+    the wire path refuses the server and says why."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    pem = json.dumps(str(tmp_path / "server.pem"))
+    server = EmbeddedNatsServer(
+        store_dir=tmp_path / "nats",
+        extra_config=f"tls {{\n  cert_file: {pem}\n  key_file: {pem}\n}}\n",
+    )
+    url = server.start()
+
+    async def scenario() -> None:
+        text = config(tmp_path, "rust")
+        cfg = msgspec.structs.replace(
+            text,
+            nats=msgspec.structs.replace(
+                text.nats, tls=TlsConfig(ca_file=str(tmp_path / "ca.pem"))
+            ),
+        )
+        async with running(cfg, url) as daemon:
+            wire = daemon.wire
+            assert wire is not None and wire.stats.connected and wire.stats.tls
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            nc = await nats.connect(url, tls=ctx)
+            await nc.publish(MD, quote(6000.0, T0))
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == 1)
+            status = daemon.daemon_status().wire
+            assert status is not None and status.tls
+            await nc.close()
+        wrong = NatsConfig(tls=TlsConfig(ca_file=str(tmp_path / "other-ca.pem")))
+        sub = WireSubscription(
+            wrong, [url], "rampart.md.>", Engine(), lambda: T0, print, max_event=1
+        )
+        with pytest.raises(WireError, match="CERTIFICATE_VERIFY_FAILED"):
+            await sub.start()
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
 
 
 def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(

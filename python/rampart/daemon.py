@@ -586,6 +586,7 @@ class Daemon:
         return WireStatus(
             connected=s.connected,
             server=s.server,
+            tls=s.tls,
             connects=s.connects,
             disconnects=s.disconnects,
             bytes=s.bytes,

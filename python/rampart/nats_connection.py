@@ -20,7 +20,8 @@ def _seconds(cfg: NatsConfig) -> dict[str, float]:
     }
 
 
-def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+def tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``[nats.tls]`` (None when it is not configured)."""
     if cfg.tls is None:
         return None
     ctx = ssl.create_default_context(cafile=cfg.tls.ca_file)
@@ -56,7 +57,7 @@ def connect_options(cfg: NatsConfig, servers: list[str]) -> dict[str, Any]:
         opts["nkeys_seed"] = cfg.nkeys_seed
     if cfg.credentials is not None:
         opts["user_credentials"] = cfg.credentials
-    tls = _tls_context(cfg)
+    tls = tls_context(cfg)
     if tls is not None:
         opts["tls"] = tls
     return opts

@@ -587,6 +587,7 @@ class WireStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     connected: bool
     server: str | None = None
+    tls: bool = False
     connects: int = 0
     disconnects: int = 0
     bytes: int = 0

@@ -8,7 +8,8 @@ them, and returns only what Python must act on: breaches, refusals, PINGs to ans
 status, JetStream, commands).
 
 The connection keeps the semantics of the daemon's nats-py one: the same servers and
-credentials (user/password, token, NKEY seed, .creds; not TLS yet: refused at start), a PING
+credentials (user/password, token, NKEY seed, .creds) and TLS (``[nats.tls]``, a ``tls://`` URL or
+a server that requires it: the INFO in the clear, then the handshake, as nats-py), a PING
 every ``nats.ping_interval`` with the link declared dead after ``max_outstanding_pings``
 unanswered, and reconnection forever, every ``reconnect_time_wait``. Nothing is buffered in
 Python: a consumer too slow is cut off by the server (-ERR 'Slow Consumer'), counted, and
@@ -23,6 +24,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 from rampart import __version__
 from rampart._core import Engine, WireIngest, WireResult
 from rampart.config import NatsConfig
+from rampart.nats_connection import tls_context
 
 log = logging.getLogger("rampart.wire")
 
@@ -117,6 +120,7 @@ class WireStats:
 
     connected: bool = False
     server: str | None = None
+    tls: bool = False
     connects: int = 0
     disconnects: int = 0
     bytes: int = 0
@@ -233,11 +237,6 @@ class WireSubscription:
         max_event: int,
         keep: int = 4096,
     ) -> None:
-        if cfg.tls is not None or any(s.startswith("tls://") for s in servers):
-            raise WireError(
-                "ingest.wire = 'rust' does not speak TLS yet: use ingest.wire = 'nats-py' with "
-                "[nats.tls] (docs/configuration.md)"
-            )
         if not servers:
             raise WireError("ingest.wire = 'rust' needs a NATS server URL")
         self.cfg = cfg
@@ -279,7 +278,7 @@ class WireSubscription:
             except TimeoutError:
                 wait = self.cfg.connect_timeout.total_seconds()
                 errors.append(f"{url}: no login within nats.connect_timeout ({wait:g}s)")
-            except (OSError, WireError) as e:
+            except (OSError, WireError) as e:  # ssl.SSLError is an OSError
                 errors.append(f"{url}: {e}")
         raise WireError("market-data connection: " + "; ".join(errors))
 
@@ -293,10 +292,15 @@ class WireSubscription:
             await loop.create_connection(lambda: proto, host, port)
             try:
                 info = await proto.info
-                if info.get("tls_required"):
-                    raise WireError(
-                        "the server requires TLS, which ingest.wire = 'rust' does not speak yet"
-                    )
+                if self.cfg.tls is not None or parts.scheme == "tls" or info.get("tls_required"):
+                    # as nats-py does: the INFO in the clear, then TLS before the CONNECT
+                    ctx = tls_context(self.cfg) or ssl.create_default_context()
+                    assert proto.transport is not None
+                    tls = await loop.start_tls(proto.transport, proto, ctx, server_hostname=host)
+                    if tls is None:
+                        raise WireError("the TLS handshake did not complete")
+                    proto.transport = tls
+                    self.stats.tls = True
                 connect = json.dumps(connect_fields(self.cfg, info, url), sort_keys=True)
                 assert proto.transport is not None
                 proto.transport.write(
