@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import numpy as np
 import pytest
 from reference import ReferenceEngine
 
@@ -469,6 +470,56 @@ def test_ingest_json_per_call(per_event: PerEvent) -> None:
 @pytest.mark.parametrize("cls", ENGINES)
 def test_quotes_batch(per_event: PerEvent, cls: type[AnyEngine]) -> None:
     QUOTES_BATCH.run(per_event, cls)
+
+
+def column_args(engine: Engine, clock: Clock) -> tuple[Any, ...]:
+    """One round of quotes as numpy columns, the symbol interned (untimed)."""
+    (es,) = engine.intern(["ES"])
+    return (
+        engine,
+        np.full(N, es, dtype=np.uint32),
+        np.array(BIDS),
+        np.array(ASKS),
+        np.array(clock.take(N, STEP), dtype=np.int64),
+    )
+
+
+def call_columns(engine: Engine, ids: Any, bids: Any, asks: Any, ts: Any) -> None:
+    engine.quote_columns(ids, bids, asks, ts)
+
+
+def test_quote_columns(per_event: PerEvent) -> None:
+    """``Engine.quote_columns``: numpy columns, the symbol interned (issue 15: >= 3x per call)."""
+    engine, clock = make_engine(Engine), Clock()
+    per_event(
+        "core.quote_columns",
+        f"engine.quote_columns(numpy columns of {N}, interned symbol)",
+        call_columns,
+        lambda: column_args(engine, clock),
+        n=N,
+        rounds=CORE_ROUNDS,
+    )
+    check_no_breach(engine)
+
+
+def test_quote_per_call_paired_with_columns(per_event: PerEvent) -> None:
+    """Per-call ``engine.quote``, each round paired with a round of ``quote_columns`` on an
+    engine of its own: the columnar ratio, robust to other load."""
+    engine, clock = make_engine(Engine), Clock()
+    other, other_clock = make_engine(Engine), Clock()
+    per_event(
+        "core.quote_paired",
+        "engine.quote per call, paired round by round with quote_columns",
+        run_quotes_on,
+        lambda: (engine, *quote_columns(clock, N)),
+        n=N,
+        rounds=CORE_ROUNDS,
+        partner=per_event.partner(
+            "core.quote_columns", call_columns, lambda: column_args(other, other_clock), N
+        ),
+    )
+    check_no_breach(engine)
+    check_no_breach(other)
 
 
 @pytest.mark.parametrize("cls", ENGINES)

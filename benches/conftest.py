@@ -167,6 +167,12 @@ RATIOS: list[tuple[str, str, str, float | None]] = [
         30,
     ),
     ("core.quote", "core.quotes_batch", "batching: per-call quote / columnar quotes", None),
+    (
+        "core.quote_paired",
+        "core.quote_columns",
+        "columnar: per-call quote / quote_columns (numpy, interned symbol)",
+        3,
+    ),
     ("core.quote", "core.json_batch_quotes", "batching: per-call quote / JSON batch", None),
     ("core.ingest_json", "core.json_batch_quotes", "batching: ingest_json / JSON batch", None),
     (

@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 import rampart
@@ -535,6 +536,44 @@ def test_quotes_batch() -> None:
     assert engine.last_quote_ts("Z") is None
     snap = engine.snapshot("algo")
     assert snap.unrealized_pnl == pytest.approx(10 * (90.25 - 100.0))
+
+
+def test_quote_columns_of_numpy_arrays_are_quotes_by_name() -> None:
+    """The columnar entry point: interned symbols and buffers, each row as ``quote`` would
+    apply it (the same refusals, breaches and state), and clear errors for wrong columns."""
+    by_name = registered(capital=1_000.0, max_drawdown=0.05)
+    by_id = registered(capital=1_000.0, max_drawdown=0.05)
+    for e in (by_name, by_id):
+        e.fill("algo", "X", 10.0, 100.0, 0.0, T0)
+    symbols = ["X", "Y", "Y", "X", "Z"]
+    bids = [99.0, 10.0, 12.0, 90.0, 5.0]
+    asks = [99.5, 10.5, 11.0, 90.5, 5.5]
+    ts = [T0 + 1, T0 + 2, T0 + 3, T0 + 4, T0 - 60 * SEC]
+    want = by_name.quotes(symbols, bids, asks, ts)
+    ids = by_id.intern(symbols)
+    assert ids[1] == ids[2] != ids[0] and by_id.intern(["X"]) == [ids[0]]
+    got = by_id.quote_columns(
+        np.array(ids, dtype=np.uint32),
+        np.array(bids),
+        np.array(asks),
+        np.array(ts, dtype=np.int64),
+    )
+    assert (got.accepted, got.errors, got.breaches) == (want.accepted, want.errors, want.breaches)
+    assert state(by_id) == state(by_name)
+    one = (np.array([0], dtype=np.uint32), np.array([1.0]), np.array([2.0]))
+    with pytest.raises(TypeError, match="ts must be a buffer of int64"):
+        by_id.quote_columns(*one, [T0])
+    with pytest.raises(TypeError, match="symbol_ids must be a buffer of uint32"):
+        by_id.quote_columns(np.array([0], dtype=np.int64), *one[1:], np.array([T0]))
+    with pytest.raises(ValueError, match="same length"):
+        by_id.quote_columns(*one, np.array([T0, T0], dtype=np.int64))
+    two = (np.array([0, 0], dtype=np.uint32), np.ones(2), np.ones(4)[::2])  # asks: strided
+    with pytest.raises(ValueError, match="asks must be a C-contiguous buffer"):
+        by_id.quote_columns(*two, np.array([T0 + 5, T0 + 6], dtype=np.int64))
+    unknown = by_id.quote_columns(
+        np.array([99], dtype=np.uint32), np.array([1.0]), np.array([2.0]), np.array([T0 + 9])
+    )
+    assert [(i, code) for i, code, _ in unknown.errors] == [(0, "decode")]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Metric definitions: ``docs/metrics.md``. All times are integer nanoseconds since the Unix epoch.
 """
 
-from collections.abc import Sequence
+from collections.abc import Buffer, Sequence
 from typing import Final, Literal, Self, final
 
 __version__: Final[str]
@@ -275,6 +275,13 @@ class Engine:
         asks: Sequence[float],
         ts: Sequence[int],
     ) -> BatchResult: ...
+    def intern(self, symbols: Sequence[str]) -> list[int]:
+        """The ids of ``symbols`` for ``quote_columns`` (the same for the engine's life)."""
+    def quote_columns(
+        self, symbol_ids: Buffer, bids: Buffer, asks: Buffer, ts: Buffer
+    ) -> BatchResult:
+        """Quotes as C-contiguous buffers (numpy arrays): uint32 ids from ``intern``, float64
+        bids and asks, int64 ts. Each row applied as ``quote`` would; refusals in ``errors``."""
     def ingest_json(self, data: bytes) -> list[Breach] | None:
         """Decode and apply one JSON event (format: docs/events.md); raises on bad input.
 

@@ -708,6 +708,12 @@ impl Engine {
         self.algos[slot].as_mut().expect("indexed slot is live")
     }
 
+    /// The symbol's id for [`Engine::quote_id`] (interned: the same name, the same id, for the
+    /// engine's life). A symbol interned and never quoted has no mark.
+    pub fn intern(&mut self, symbol: &str) -> u32 {
+        self.symbol_id(symbol)
+    }
+
     fn symbol_id(&mut self, symbol: &str) -> u32 {
         if let Some(&id) = self.symbol_index.get(symbol) {
             return id;
@@ -883,6 +889,34 @@ impl Engine {
         self.apply_mark(symbol, 0.5 * bid + 0.5 * ask, ts, out)
     }
 
+    /// [`Engine::quote`] of the symbol interned as `sid` ([`Engine::intern`]): the same checks
+    /// and effects, without looking its name up.
+    pub fn quote_id(
+        &mut self,
+        sid: u32,
+        bid: f64,
+        ask: f64,
+        ts: i64,
+        out: &mut Vec<Breach>,
+    ) -> Result<()> {
+        let Some(sym) = self.symbols.get(sid as usize) else {
+            return Err(CoreError::Decode(format!(
+                "symbol id {sid} was not interned by this engine ({} symbols)",
+                self.symbols.len()
+            )));
+        };
+        self.check_time(ts)?;
+        self.check_price("bid", bid)?;
+        self.check_price("ask", ask)?;
+        if bid > ask {
+            return Err(CoreError::BadPrice(format!(
+                "crossed quote for {}: bid {bid} > ask {ask}",
+                sym.name
+            )));
+        }
+        self.mark_known(sid as usize, 0.5 * bid + 0.5 * ask, ts, out)
+    }
+
     pub fn mark(&mut self, symbol: &str, price: f64, ts: i64, out: &mut Vec<Breach>) -> Result<()> {
         self.check_time(ts)?;
         self.check_price("price", price)?;
@@ -898,19 +932,25 @@ impl Engine {
         ts: i64,
         out: &mut Vec<Breach>,
     ) -> Result<()> {
-        let known = self.symbol_index.get(symbol).copied();
-        let band_move = match known {
-            Some(sid) => self.band_verdict(sid as usize, price)?,
-            None => None,
-        };
-        if let Some(sid) = known {
-            self.check_remark(sid as usize, price, None)?;
+        match self.symbol_index.get(symbol).copied() {
+            Some(sid) => self.mark_known(sid as usize, price, ts, out),
+            None => {
+                // nobody holds a symbol never seen: no band, nothing to re-mark
+                self.tick(ts);
+                let sid = self.symbol_id(symbol) as usize;
+                let sym = &mut self.symbols[sid];
+                sym.mark = Some(price);
+                sym.last_quote_ts = max_opt(sym.last_quote_ts, ts);
+                Ok(())
+            }
         }
+    }
+
+    /// `apply_mark` of a symbol the engine knows.
+    fn mark_known(&mut self, sid: usize, price: f64, ts: i64, out: &mut Vec<Breach>) -> Result<()> {
+        let band_move = self.band_verdict(sid, price)?;
+        self.check_remark(sid, price, None)?;
         let t = self.tick(ts);
-        let sid = match known {
-            Some(sid) => sid as usize,
-            None => self.symbol_id(symbol) as usize,
-        };
         let sym = &mut self.symbols[sid];
         sym.mark = Some(price);
         sym.band_misses = 0;

@@ -1,7 +1,7 @@
 //! Property tests of the pure core (no Python).
 
 use proptest::prelude::*;
-use rampart_core::{AlgoConfig, Engine, OrderEvent};
+use rampart_core::{AlgoConfig, Engine, LimitSpec, OrderEvent};
 
 #[derive(Debug, Clone)]
 enum Ev {
@@ -92,5 +92,50 @@ proptest! {
             prop_assert!(s.wins <= s.trades);
             if let Some(r) = s.error_rate { prop_assert!((0.0..=1.0).contains(&r)); }
         }
+    }
+}
+
+proptest! {
+    /// A quote by interned id (`quote_id`, the columnar path) is the same as by name, refusals
+    /// included, whatever the events before it.
+    #[test]
+    fn quote_by_id_is_quote_by_name(events in prop::collection::vec(event(), 1..120)) {
+        let mut by_name = Engine::default();
+        let mut by_id = Engine::default();
+        for e in [&mut by_name, &mut by_id] {
+            let mut cfg = AlgoConfig::new("a", "v1", 1_000_000.0);
+            cfg.limits.drawdown = Some(LimitSpec::new(0.0002));
+            e.register(cfg).unwrap();
+        }
+        let ids: Vec<u32> = SYMS.iter().map(|s| by_id.intern(s)).collect();
+        let (mut out_name, mut out_id) = (Vec::new(), Vec::new());
+        for (i, ev) in events.iter().enumerate() {
+            let ts = 1_000 + i as i64;
+            let (a, b) = match ev {
+                Ev::Fill { sym, qty, price, fee } => (
+                    by_name.fill("a", SYMS[*sym], *qty, *price, *fee, ts, &mut out_name),
+                    by_id.fill("a", SYMS[*sym], *qty, *price, *fee, ts, &mut out_id),
+                ),
+                Ev::Quote { sym, price } => {
+                    // a crossed quote now and then: refused the same way
+                    let (bid, ask) = if i % 7 == 3 { (price + 1.0, *price) } else { (price - 0.25, *price) };
+                    (
+                        by_name.quote(SYMS[*sym], bid, ask, ts, &mut out_name),
+                        by_id.quote_id(ids[*sym], bid, ask, ts, &mut out_id),
+                    )
+                }
+                Ev::Order(_) => continue,
+            };
+            prop_assert_eq!(a.is_ok(), b.is_ok());
+            if let (Err(x), Err(y)) = (&a, &b) {
+                prop_assert_eq!(x.reason(), y.reason());
+            }
+        }
+        prop_assert_eq!(&out_name, &out_id);
+        prop_assert_eq!(
+            format!("{:?}", by_name.snapshot("a").unwrap()),
+            format!("{:?}", by_id.snapshot("a").unwrap())
+        );
+        prop_assert!(by_id.quote_id(99, 1.0, 2.0, 10_000, &mut out_id).is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -583,6 +584,33 @@ impl PyBatchResult {
 
 // ---- the engine ---------------------------------------------------------------------------
 
+/// `obj` as a buffer of `T`, or a `TypeError` naming the column and the type it must have.
+fn buffer<T: pyo3::buffer::Element>(
+    obj: &Bound<'_, PyAny>,
+    name: &str,
+    want: &str,
+) -> PyResult<PyBuffer<T>> {
+    PyBuffer::<T>::get(obj).map_err(|e| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "quote_columns: {name} must be a buffer of {want}, e.g. a numpy array of that dtype \
+             ({e})"
+        ))
+    })
+}
+
+/// A buffer's items in place (C-contiguous), or a `ValueError` naming the column.
+fn column<'a, T: pyo3::buffer::Element>(
+    py: Python<'a>,
+    buf: &'a PyBuffer<T>,
+    name: &str,
+) -> PyResult<&'a [pyo3::buffer::ReadOnlyCell<T>]> {
+    buf.as_slice(py).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "quote_columns: {name} must be a C-contiguous buffer (numpy.ascontiguousarray)"
+        ))
+    })
+}
+
 /// The per-algorithm risk engine. Per-event calls return `None` unless a limit trips.
 #[pyclass(module = "rampart._core", name = "Engine")]
 struct PyEngine {
@@ -875,6 +903,49 @@ impl PyEngine {
             .zip(ts)
             .map(|(((s, b), a), t)| (s, b, a, t));
         self.batch(py, rows, |e, (s, b, a, t), out| e.quote(s, b, a, t, out))
+    }
+
+    /// The ids of `symbols` for `quote_columns` (interned for the engine's life).
+    fn intern(&mut self, py: Python<'_>, symbols: Vec<String>) -> PyResult<Vec<u32>> {
+        guard(py, || {
+            Ok(symbols.iter().map(|s| self.inner.intern(s)).collect())
+        })
+    }
+
+    /// Quotes as columns of buffers (numpy arrays, `array.array`, any C-contiguous buffer):
+    /// symbol ids from `intern` (uint32), bids and asks (float64), ts (int64). Each row is
+    /// applied as `quote` would; the refused ones are listed in `errors` with their index.
+    fn quote_columns(
+        &mut self,
+        py: Python<'_>,
+        symbol_ids: &Bound<'_, PyAny>,
+        bids: &Bound<'_, PyAny>,
+        asks: &Bound<'_, PyAny>,
+        ts: &Bound<'_, PyAny>,
+    ) -> PyResult<PyBatchResult> {
+        let symbol_ids = buffer::<u32>(symbol_ids, "symbol_ids", "uint32 (the ids from intern)")?;
+        let bids = buffer::<f64>(bids, "bids", "float64")?;
+        let asks = buffer::<f64>(asks, "asks", "float64")?;
+        let ts = buffer::<i64>(ts, "ts", "int64 (ns since the epoch)")?;
+        let n = symbol_ids.item_count();
+        if bids.item_count() != n || asks.item_count() != n || ts.item_count() != n {
+            return Err(PyValueError::new_err(format!(
+                "quote_columns: symbol_ids, bids, asks and ts must have the same length, got \
+                 {}, {}, {}, {}",
+                n,
+                bids.item_count(),
+                asks.item_count(),
+                ts.item_count()
+            )));
+        }
+        let (ids, b, a, t) = (
+            column(py, &symbol_ids, "symbol_ids")?,
+            column(py, &bids, "bids")?,
+            column(py, &asks, "asks")?,
+            column(py, &ts, "ts")?,
+        );
+        let rows = (0..n).map(|i| (ids[i].get(), b[i].get(), a[i].get(), t[i].get()));
+        self.batch(py, rows, |e, (s, b, a, t), out| e.quote_id(s, b, a, t, out))
     }
 
     /// Decode one JSON event and apply it, with no identity check (replays, tests).
