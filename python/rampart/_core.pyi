@@ -3,8 +3,12 @@
 Metric definitions: ``docs/metrics.md``. All times are integer nanoseconds since the Unix epoch.
 """
 
-from collections.abc import Buffer, Sequence
-from typing import Final, Literal, Self, final
+from collections.abc import Sequence
+from typing import Final, Literal, Self, TypeAlias, final
+
+# An object with the buffer protocol (a numpy array, array.array, memoryview): numpy's stubs
+# declare it to type checkers only from Python 3.12 (collections.abc.Buffer), so any object here.
+BufferLike: TypeAlias = object
 
 __version__: Final[str]
 __all__ = [
@@ -278,7 +282,7 @@ class Engine:
     def intern(self, symbols: Sequence[str]) -> list[int]:
         """The ids of ``symbols`` for ``quote_columns`` (the same for the engine's life)."""
     def quote_columns(
-        self, symbol_ids: Buffer, bids: Buffer, asks: Buffer, ts: Buffer
+        self, symbol_ids: BufferLike, bids: BufferLike, asks: BufferLike, ts: BufferLike
     ) -> BatchResult:
         """Quotes as C-contiguous buffers (numpy arrays): uint32 ids from ``intern``, float64
         bids and asks, int64 ts. Each row applied as ``quote`` would; refusals in ``errors``."""
