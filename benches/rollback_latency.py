@@ -478,6 +478,18 @@ async def tick_to_halt(
         fast_off = False
         if fire is not None:
             executor.fire_halt = timed_fire  # type: ignore[method-assign]
+        fire_direct = getattr(executor, "fire_halt_direct", None)
+
+        def timed_fire_direct(algo: str) -> Any:
+            # the wire path writes the halt before the breach listeners run: this row
+            # ("breach listeners -> executor sends the halt") is then negative
+            if fast_off:
+                return None
+            sent_at.setdefault(algo, time.perf_counter_ns())
+            return fire_direct(algo)  # type: ignore[misc]
+
+        if fire_direct is not None:
+            executor.fire_halt_direct = timed_fire_direct  # type: ignore[method-assign]
         sign = getattr(executor, "sign", None)
         spec = {
             "symbols": symbol,
@@ -513,7 +525,10 @@ async def tick_to_halt(
         # Quote every symbol once (no algorithm holds anything yet: nothing happens).
         t0 = time.time_ns()
         for i, a in enumerate(algos):
-            q = Quote(symbol=symbol[a], bid=5399.75, ask=5400.25, ts=t0 + i)
+            # --tick fill: marked at 5400, a buy at 6000 breaches; --tick quote: marked at
+            # 6000, the buy does not, the quote at 5400 that follows does
+            mid = 6000.0 if args.tick == "quote" else 5400.0
+            q = Quote(symbol=symbol[a], bid=mid - 0.25, ask=mid + 0.25, ts=t0 + i)
             await feed.publish(SUBJ.market(symbol[a]), encoder.encode(q))
         await feed.flush()
         await until(
@@ -556,6 +571,13 @@ async def tick_to_halt(
             )
             data = encoder.encode(fill)
             subject = SUBJ.fills(GATEWAY, algo)
+            if args.tick == "quote":  # the fill first, untimed; the breaching quote is the tick
+                await feed.publish(subject, data)
+                await until(
+                    lambda a=algo: daemon.engine.snapshot(a).fills == 1, 10, "fill not applied"
+                )
+                tick = Quote(symbol=symbol[algo], bid=5399.75, ask=5400.25, ts=time.time_ns())
+                subject, data = SUBJ.market(symbol[algo]), encoder.encode(tick)
             halted: asyncio.Future[tuple[int, int]] = loop.create_future()
             alerted: asyncio.Future[None] = loop.create_future()
             waiting[algo] = halted
@@ -625,6 +647,9 @@ async def tick_to_halt(
             "p99_ratio_fast_task": p99[a] / p99[b],
         }
         extra["fast_halts_used"] = getattr(executor, "fired_used", None)
+    extra["halts_fired"] = getattr(executor, "fired_used", None)
+    # issue 15: halts written on the market-data wire connection from data_received
+    extra["halts_fired_on_the_wire"] = getattr(executor, "fired_direct", None)
     if modes == ["signed", "unsigned"]:
         extra["signing_ab"] = {
             "t2h_p50_ms": p50,
@@ -934,6 +959,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             if extra.get("presigned_halts_used") is not None:
                 print(f"  halts sent signed in advance: {extra['presigned_halts_used']}")
+            if extra.get("halts_fired_on_the_wire") is not None:
+                print(
+                    f"  halts sent from the ingest path: {extra['halts_fired']}, of them written "
+                    f"on the market-data wire connection: {extra['halts_fired_on_the_wire']}"
+                )
             if extra.get("armed_halts_used") is not None:
                 print(
                     "  halts the gateway accepted armed (by their commitment, no Ed25519 "
@@ -1034,6 +1064,13 @@ def main() -> int:
         choices=("nats-py", "rust"),
         default="nats-py",
         help="part a: how the daemon takes market data ([ingest] wire, docs/protocol.md)",
+    )
+    p.add_argument(
+        "--tick",
+        choices=("fill", "quote"),
+        default="fill",
+        help="part a: what breaches: a fill against the mark (as before), or a quote moving "
+        "the mark of a position filled just before (market data: the wire path's input)",
     )
     p.add_argument("--t2h-warmup", type=int, default=20)
     p.add_argument("--baseline-iterations", type=int, default=1000, help="0: skip")

@@ -156,6 +156,10 @@ def test_a_breach_on_the_market_data_halts_the_gateway(
                 await nc.flush()
                 await until(lambda: gw.agent.is_halted("alpha"))
                 assert daemon.guard is not None and "alpha" in daemon.guard.halted
+                # on the wire path the halt left on its socket from data_received itself
+                executor = daemon.guard.executor
+                assert executor.fired_used == 1
+                assert executor.fired_direct == (1 if wire == "rust" else 0)
             finally:
                 await nc.close()
                 await gw.close()
@@ -355,6 +359,36 @@ def test_garbage_from_the_server_closes_the_connection_and_it_reconnects(
         finally:
             await sub.close()
             await fake.stop()
+
+    run(scenario())
+
+
+def test_a_halt_written_on_the_wire_connection_is_one_hpub_frame(
+    run: Callable[..., object],
+) -> None:
+    async def scenario() -> None:
+        fake = FakeServer(lambda _: b"PONG\r\n")
+        url = await fake.start()
+        sub = _subscription(url, [])
+        await sub.start()
+        try:
+            headers = {"Rampart-Key": "UKEY", "Rampart-Sig": "c2ln"}
+            assert sub.publish("rampart.cmd.gw1", b'{"k":1}', "_INBOX.a.1", headers)
+            assert sub.publish("rampart.cmd.gw2", b"{}", "_INBOX.a.2", None)
+            with pytest.raises(ValueError, match="CR or LF"):
+                sub.publish("rampart.cmd.gw1", b"{}", "_INBOX.a.3", {"K": "v\r\nX: injected"})
+            hdr = b"NATS/1.0\r\nRampart-Key: UKEY\r\nRampart-Sig: c2ln\r\n\r\n"
+            want = (
+                b'HPUB rampart.cmd.gw1 _INBOX.a.1 %d %d\r\n%s{"k":1}\r\n'
+                % (len(hdr), len(hdr) + 7, hdr)
+                + b"PUB rampart.cmd.gw2 _INBOX.a.2 2\r\n{}\r\n"
+            )
+            await until(lambda: want in b"".join(fake.received))
+            assert sub.stats.published == 2
+        finally:
+            await sub.close()
+            await fake.stop()
+        assert not sub.publish("rampart.cmd.gw1", b"{}", "_INBOX.a.4", None)  # closed
 
     run(scenario())
 

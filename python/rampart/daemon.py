@@ -961,6 +961,8 @@ class Daemon:
                 await self.wire.start()
             except WireError as e:
                 raise DaemonError(str(e)) from e
+            if self.guard is not None:  # halts fired from the ingest path leave on its socket
+                self.guard.executor.direct = self.wire.publish
             return
         sub = await self.nc.subscribe(
             self.subjects.market_all,
@@ -1176,16 +1178,19 @@ class Daemon:
         await self._after_ingest(breaches)
 
     def _on_wire_result(self, result: WireResult) -> None:
-        """A chunk of market data the Rust wire path applied (``rampart.wire``): count it,
-        refuse what it refused, and act on its breaches at once (the halts leave from the
-        task's first step, before anything else the loop has queued)."""
+        """A chunk of market data the Rust wire path applied (``rampart.wire``): its breaches'
+        halts are written on that connection's socket in this call, before anything else
+        (``Guard.on_breaches_now``); then the breaches' other work and the refusals are queued,
+        and the deployments decide."""
         self.stats.ingested += result.ingested
-        for subject, reason, error, kept, size in result.refused:
-            self._spawn(self._reject(_Refused(subject, kept), reason, error, size), "wire-refusal")
         if result.breaches:
+            if self.guard is not None:
+                self.guard.on_breaches_now(result.breaches)
             self._spawn(self._after_ingest(result.breaches), "wire-breaches")
         else:
             self._decide(None)
+        for subject, reason, error, kept, size in result.refused:
+            self._spawn(self._reject(_Refused(subject, kept), reason, error, size), "wire-refusal")
 
     async def _after_ingest(self, breaches: list[Breach] | None) -> None:
         """Breaches first (the rollback), then the deployments' decisions."""

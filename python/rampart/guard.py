@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -257,16 +257,8 @@ class Guard:
         the loop then runs once, so nats-py writes the halts before anything else is done.
         An algorithm is rolling back (``in_flight``, which every path that resumes respects)
         before its halt's epoch is chosen, so no resume decided meanwhile can beat it."""
-        by_algo: dict[str, list[Breach]] = {}
-        for b in breaches:
-            by_algo.setdefault(b.algo_id, []).append(b)
         fired_any = False
-        for algo, found in by_algo.items():
-            reason = "; ".join(f"{b.kind} {b.value:.6g} beyond {b.threshold:.6g}" for b in found)
-            trigger = f"limit:{found[0].kind}"
-            if algo in self.in_flight or algo in self.halted:
-                continue
-            self.in_flight.add(algo)
+        for algo, trigger, reason in self._to_halt(breaches):
             fired: FiredHalt | None = None
             try:
                 fired = await self.executor.fire_halt(algo)
@@ -281,6 +273,33 @@ class Guard:
             # rollbacks' tasks: let it run now, before the caller's logging, breach events and
             # deployment decisions
             await asyncio.sleep(0)
+
+    def on_breaches_now(self, breaches: list[Breach]) -> None:
+        """``on_breaches`` without awaiting anything, for the market-data wire path's
+        ``data_received``: each halt is written on that connection's socket in this call
+        (``RollbackExecutor.fire_halt_direct``), before any task runs; one that cannot be is
+        sent by its rollback's halt step. ``on_breaches`` then finds them rolling back."""
+        for algo, trigger, reason in self._to_halt(breaches):
+            fired: FiredHalt | None = None
+            try:
+                fired = self.executor.fire_halt_direct(algo)
+            except Exception as e:
+                log.error("cannot send the halt of %s from the ingest path: %s", algo, e)
+            finally:
+                self._start_rollback((algo,), "algo", trigger, reason, SYSTEM_ACTOR, None, fired)
+
+    def _to_halt(self, breaches: list[Breach]) -> Iterator[tuple[str, str, str]]:
+        """(algorithm, trigger, reason) of each breaching algorithm not halted or rolling back
+        yet, marked rolling back (``in_flight``) before its halt's epoch is chosen."""
+        by_algo: dict[str, list[Breach]] = {}
+        for b in breaches:
+            by_algo.setdefault(b.algo_id, []).append(b)
+        for algo, found in by_algo.items():
+            if algo in self.in_flight or algo in self.halted:
+                continue
+            self.in_flight.add(algo)
+            reason = "; ".join(f"{b.kind} {b.value:.6g} beyond {b.threshold:.6g}" for b in found)
+            yield algo, f"limit:{found[0].kind}", reason
 
     async def on_connectivity(self, event: ConnectivityEvent) -> None:
         if event.state == "disconnected":

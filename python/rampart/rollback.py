@@ -129,6 +129,10 @@ class PresignedHalt:
     armed: ArmedHalt | None = None
 
 
+# (subject, payload, reply, headers) -> written
+DirectWrite = Callable[[str, bytes, str, dict[str, str] | None], bool]
+
+
 @dataclass(frozen=True)
 class FiredHalt:
     """A halt of one algorithm already published from the ingest path, before the rollback's
@@ -190,6 +194,10 @@ class RollbackExecutor:
         self._ack_sub: Subscription | None = None
         self._fired_acks: dict[str, asyncio.Future[Msg]] = {}
         self.fired_used = 0
+        # writes a command on a socket at once, no await (the market-data wire connection's:
+        # ``fire_halt_direct``); returns False when it cannot
+        self.direct: DirectWrite | None = None
+        self.fired_direct = 0
         # high availability (docs/ha.md): the leadership term every command carries, and
         # whether this process was deposed (then it sends nothing at all)
         self.term = 0
@@ -353,6 +361,45 @@ class RollbackExecutor:
         any task runs: its halt signed in advance, or one encoded and signed here. The rollback
         that follows waits for its ack (``RollbackRequest.fired``). ``None`` when it could not be
         sent (no reply subscription, NATS refused the publish): the rollback sends it then."""
+        ready = self._ready_to_fire(algo)
+        if ready is None:
+            return None
+        gateway, held, reply, sent_at = ready
+        try:
+            await self.nc.publish(
+                self.subjects.command(gateway), held.payload, reply=reply, headers=held.headers
+            )
+        except Exception as e:  # NATS down, buffer full: the rollback's halt step sends it
+            self._not_fired(algo, held, e)
+            return None
+        return self._fired(gateway, held, sent_at)
+
+    def fire_halt_direct(self, algo: str) -> FiredHalt | None:
+        """``fire_halt`` without awaiting anything: the halt is written by ``direct`` (the
+        market-data wire connection's socket, docs/protocol.md "The wire path") in the caller's
+        own call, before any task or nats-py's flusher runs. The ack comes back on this
+        executor's reply subscription as for ``fire_halt``. ``None`` when there is no direct
+        writer or it could not write: the caller sends it the usual way."""
+        direct = self.direct
+        if direct is None:
+            return None
+        ready = self._ready_to_fire(algo)
+        if ready is None:
+            return None
+        gateway, held, reply, sent_at = ready
+        try:
+            written = direct(self.subjects.command(gateway), held.payload, reply, held.headers)
+        except Exception as e:
+            self._not_fired(algo, held, e)
+            return None
+        if not written:
+            self._not_fired(algo, held, "the market-data connection is down")
+            return None
+        self.fired_direct += 1
+        return self._fired(gateway, held, sent_at)
+
+    def _ready_to_fire(self, algo: str) -> tuple[str, PresignedHalt, str, int] | None:
+        """The halt to fire (signed in advance, or now), its ack awaited under its reply."""
         if self._ack_prefix is None or self._closing or self.fenced:
             return None
         gateway = self.gateway_of(algo)
@@ -364,20 +411,15 @@ class RollbackExecutor:
             held = self._encode_halt(algo, gateway, deadline)
         self.note_halt_epoch((algo,), held.command.epoch)
         token = held.command.command_id
-        ack: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._fired_acks[token] = ack
-        sent_at = self.monotonic()
-        try:
-            await self.nc.publish(
-                self.subjects.command(gateway),
-                held.payload,
-                reply=f"{self._ack_prefix}.{token}",
-                headers=held.headers,
-            )
-        except Exception as e:  # NATS down, buffer full: the rollback's halt step sends it
-            self._fired_acks.pop(token, None)
-            log.warning("could not send the halt of %s from the ingest path: %s", algo, e)
-            return None
+        self._fired_acks[token] = asyncio.get_running_loop().create_future()
+        return gateway, held, f"{self._ack_prefix}.{token}", self.monotonic()
+
+    def _not_fired(self, algo: str, held: PresignedHalt, why: object) -> None:
+        self._fired_acks.pop(held.command.command_id, None)
+        log.warning("could not send the halt of %s from the ingest path: %s", algo, why)
+
+    def _fired(self, gateway: str, held: PresignedHalt, sent_at: int) -> FiredHalt:
+        ack = self._fired_acks[held.command.command_id]
         self.fired_used += 1
         return FiredHalt(gateway, held.command, held.payload, held.headers, ack, sent_at)
 

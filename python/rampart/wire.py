@@ -127,6 +127,7 @@ class WireStats:
     chunks: int = 0
     slow_consumer: int = 0
     protocol_errors: int = 0
+    published: int = 0  # halts written on this connection (``publish``)
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -268,6 +269,41 @@ class WireSubscription:
         if proto is not None and proto.transport is not None:
             proto.transport.close()
         self.stats.connected = False
+
+    def publish(
+        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+    ) -> bool:
+        """Write one message on this connection's socket now (no await, no flusher): the halts
+        fired from the ingest path (``RollbackExecutor.fire_halt_direct``). False when the
+        connection is not up. Header names and values must not hold CR or LF (Rampart's own:
+        a key id, a base64url signature, a hex reveal)."""
+        proto = self._protocol
+        transport = proto.transport if proto is not None else None
+        if transport is None or transport.is_closing() or not self.stats.connected:
+            return False
+        if headers:
+            if any("\r" in x or "\n" in x for kv in headers.items() for x in kv):
+                raise ValueError("a header with CR or LF in it")
+            block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            hdr = (block + "\r\n").encode()
+            frame = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(hdr),
+                len(hdr) + len(payload),
+                hdr,
+                payload,
+            )
+        else:
+            frame = b"PUB %s %s %d\r\n%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(payload),
+                payload,
+            )
+        transport.write(frame)
+        self.stats.published += 1
+        return True
 
     async def _connect_any(self) -> None:
         errors = []
