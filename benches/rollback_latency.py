@@ -266,6 +266,7 @@ def t2h_gateway(nc: Client, spec: dict[str, Any]) -> TimedGateway:
         ],
         deadman_timeout=3600.0,
         **({"durable": spec["durable"]} if GATEWAY_HAS_DURABLE else {}),
+        **({"wire_servers": spec.get("wire_servers")} if GATEWAY_HAS_WIRE else {}),
         **trusting(spec["keys"]),
     )
     if spec["accept_unsigned"]:
@@ -309,6 +310,8 @@ async def serve_t2h_gateway(url: str, spec_path: str) -> None:
 # a tree from before issue 10 (which has no ``[events]``) on the same transport.
 HAS_EVENTS = "events" in DaemonConfig.__struct_fields__
 GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).parameters
+# issue 15: the gateway SDK's commands parsed in Rust on a connection of their own
+GATEWAY_HAS_WIRE = "wire_servers" in inspect.signature(ReferenceGateway.__init__).parameters
 # a tree from before issue 12: commands and heartbeats unsigned, gateways trusting anyone
 GATEWAY_TRUSTS = "trusted_keys" in inspect.signature(ReferenceGateway.__init__).parameters
 # part b's executor signs with this key when the tree signs (its gateway trusts it)
@@ -497,6 +500,7 @@ async def tick_to_halt(
             "keys": [daemon.public_key] if GATEWAY_TRUSTS else [],
             # the unsigned half of --signing ab: taken as the SDK did before issue 12
             "accept_unsigned": modes == ["signed", "unsigned"],
+            "wire_servers": [url] if args.gateway_wire == "rust" else None,
         }
         if args.t2h_gateway == "process":
             spec_path = workdir / "t2h-gateway.json"
@@ -1064,6 +1068,12 @@ def main() -> int:
         choices=("nats-py", "rust"),
         default="nats-py",
         help="part a: how the daemon takes market data ([ingest] wire, docs/protocol.md)",
+    )
+    p.add_argument(
+        "--gateway-wire",
+        choices=("nats-py", "rust"),
+        default="nats-py",
+        help="part a: how the gateway SDK takes its commands (GatewayAgent wire_servers)",
     )
     p.add_argument(
         "--tick",

@@ -14,13 +14,16 @@ import json
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import nats
 from nats.aio.msg import Msg
 
+from rampart.config import NatsConfig
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
 from rampart.protocol import Subjects
+from rampart.wire import WireMsg
 
 
 class LoggingGateway(ReferenceGateway):
@@ -75,7 +78,7 @@ def log_ha(gw: LoggingGateway, path: Path) -> None:
     on_beat = gw.agent._on_sidecar_heartbeat
     seen = {"term": -1}
 
-    async def logged_beat(msg: Msg) -> None:
+    async def logged_beat(msg: Msg | WireMsg) -> None:
         await on_beat(msg)
         term = gw.agent.book.term
         if term > seen["term"] and gw.agent.deadman.last_seen is not None:
@@ -96,6 +99,11 @@ async def main() -> None:
     p.add_argument("--trust", required=True, help="Rampart's public signing keys, by commas")
     p.add_argument("--nkey-seed", help="log in with this NKEY seed file (as gateway-<id>)")
     p.add_argument("--stop-after-halt", metavar="ALGO", help="SIGSTOP itself after halting ALGO")
+    p.add_argument(
+        "--wire",
+        action="store_true",
+        help="commands and Rampart's heartbeats on a connection parsed in Rust (rampart.wire)",
+    )
     p.add_argument(
         "--ha-log",
         type=Path,
@@ -120,6 +128,12 @@ async def main() -> None:
         deadman_timeout=args.deadman,
         trusted_keys=args.trust.split(","),
         subjects=Subjects(args.prefix),
+        wire_servers=args.url.split(",") if args.wire else None,
+        wire_nats=NatsConfig(
+            nkeys_seed=args.nkey_seed,
+            reconnect_time_wait=timedelta(seconds=0.1),
+            ping_interval=timedelta(seconds=1),
+        ),
     )
     gw.log_path = args.log
     gw.stop_after_halt = args.stop_after_halt

@@ -30,9 +30,17 @@ from rampart.config import DaemonConfig, NatsConfig, TlsConfig, parse_config
 from rampart.daemon import Daemon
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
-from rampart.protocol import Fill, Quote, Subjects, dead_letter_decoder, encoder
+from rampart.protocol import (
+    Command,
+    CommandTarget,
+    Fill,
+    Quote,
+    Subjects,
+    dead_letter_decoder,
+    encoder,
+)
 from rampart.signing import SigningKey
-from rampart.wire import WireError, WireSubscription, connect_fields
+from rampart.wire import WireError, WireSubscription, connect_fields, parse_headers
 
 T0 = 1_764_028_800_000_000_000
 SEC = 1_000_000_000
@@ -166,6 +174,68 @@ def test_a_breach_on_the_market_data_halts_the_gateway(
                 await gw_nc.close()
 
     run(scenario())
+
+
+def test_a_gateway_on_the_wire_path_takes_signed_commands_and_heartbeats_only(
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The gateway SDK with ``wire_servers``: commands and Rampart's heartbeats parsed in Rust
+    on a connection of its own. A rollback's commands are applied in order and acked (on that
+    connection); the heartbeats keep its dead-man's switch from tripping; a forged command is
+    refused as on nats-py, and nothing is applied."""
+
+    async def scenario() -> None:
+        async with running(config(tmp_path, "rust"), server.url) as daemon:
+            gw_nc = await nats.connect(server.url)
+            gw = ReferenceGateway(
+                gw_nc,
+                "gw1",
+                [HostedAlgo("alpha", "ES", Momentum(), allocation=1.0, active=True)],
+                heartbeat_interval=0.05,
+                deadman_timeout=0.5,
+                trusted_keys=rampart_keys(tmp_path / "data"),
+                wire_servers=[server.url],
+            )
+            await gw.start()
+            nc = await nats.connect(server.url)
+            try:
+                assert gw.agent.wire is not None and gw.agent.wire.stats.connected
+                await until(lambda: "gw1" in daemon.gateways)
+                await until(lambda: gw.agent.deadman.last_seen is not None)
+                forged = Command(
+                    command_id="f" * 32,
+                    epoch=2**62,
+                    kind="resume",
+                    targets=[CommandTarget(algo="alpha")],
+                    issued_at=T0,
+                    valid_until=2**62,
+                    reason="forged",
+                )
+                await nc.publish(SUBJ.command("gw1"), encoder.encode(forged))
+                await nc.flush()
+                await until(lambda: gw.agent.refused_signatures.get("commands") == 1)
+                assert daemon.guard is not None
+                task = daemon.guard.trigger(["alpha"], "algo", "manual", "test", "op", force=True)
+                assert task is not None
+                record = await task
+                assert record is not None and record.state == "succeeded", record
+                assert gw.agent.is_halted("alpha")
+                assert gw.agent.book.control("alpha").allocation == 0.0
+                await asyncio.sleep(1.0)  # twice the dead-man timeout, Rampart beating
+                assert not gw.agent.deadman.tripped
+                assert gw.agent.wire.stats.published >= 3  # the rollback's acks, on the wire
+            finally:
+                await nc.close()
+                await gw.close()
+                await gw_nc.close()
+
+    run(scenario())
+
+
+def test_header_blocks_read_as_nats_py_reads_them() -> None:
+    block = b"NATS/1.0\r\nRampart-Key: UKEY\r\nRampart-Sig:  c2ln \r\nX:\r\n\r\n"
+    assert parse_headers(block) == {"Rampart-Key": "UKEY", "Rampart-Sig": "c2ln", "X": ""}
+    assert parse_headers(b"NATS/1.0 503\r\n\r\n") == {"Status": "503"}
 
 
 def test_the_wire_path_logs_in_with_its_nkey_on_the_secure_embedded_server(

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DecodeError",
     "Engine",
+    "Frames",
     "InvalidEventError",
     "KeyRing",
     "OutOfOrderError",
@@ -27,6 +28,7 @@ __all__ = [
     "SigningKey",
     "Snapshot",
     "UnknownAlgorithmError",
+    "WireFrames",
     "WireIngest",
     "WireResult",
     "__version__",
@@ -214,6 +216,27 @@ class WireIngest:
     def feed(self, engine: Engine, data: bytes, wall_ns: int | None = None) -> WireResult: ...
     def scan(self, data: bytes) -> int:
         """Count the messages in ``data``, applying nothing (the parser's own cost)."""
+
+@final
+class Frames:
+    """What one chunk of a NATS connection held (``WireFrames.feed``)."""
+
+    messages: list[tuple[str, str | None, bytes | None, bytes]]
+    """(subject, reply, header block or None, payload) of each message, in order."""
+    pings: int
+    pongs: int
+    oks: int
+    errors: list[str]
+    infos: list[bytes]
+    failed: tuple[str, str] | None
+
+@final
+class WireFrames:
+    """A NATS connection's incoming bytes parsed in Rust, its messages handed back whole."""
+
+    def __new__(cls, max_payload: int = 1048576) -> Self: ...
+    def set_max_payload(self, max_payload: int) -> None: ...
+    def feed(self, data: bytes) -> Frames: ...
 
 @final
 class Engine:

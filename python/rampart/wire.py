@@ -1,4 +1,8 @@
-"""The market-data wire path (docs/protocol.md, "The wire path"; ``[ingest] wire = "rust"``).
+"""The wire path (docs/protocol.md, "The wire path"): NATS connections whose bytes Rust parses.
+
+``WireSubscription``: the daemon's market data (``[ingest] wire = "rust"``). ``WireMessages``:
+any subjects' messages handed back whole, for the gateway SDK's commands and Rampart's
+heartbeats (``GatewayAgent(wire_servers=...)``). Both are a ``WireConnection``.
 
 Market data comes on a NATS connection of its own, owned by the event loop as an
 ``asyncio.Protocol``: each chunk the socket gives is handed to the Rust core in one call
@@ -28,17 +32,16 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 from rampart import __version__
-from rampart._core import Engine, WireIngest, WireResult
+from rampart._core import Engine, Frames, WireFrames, WireIngest, WireResult
 from rampart.config import NatsConfig
 from rampart.nats_connection import tls_context
 
 log = logging.getLogger("rampart.wire")
 
-SID: Final = "1"
 # the blocks of a .creds file (as nats-py and nsc read and write them)
 _JWT = re.compile(rb"-+BEGIN NATS USER JWT-+\s*\n(.+?)\n\s*-+END NATS USER JWT-+", re.S)
 _SEED = re.compile(rb"-+BEGIN USER NKEY SEED-+\s*\n(.+?)\n\s*-+END USER NKEY SEED-+", re.S)
@@ -132,13 +135,28 @@ class WireStats:
     errors: list[str] = field(default_factory=list)
 
 
-class _Protocol(asyncio.Protocol):
-    """One TCP connection's bytes into ``WireIngest``; what comes back to ``on_result``."""
+class _Parsed(Protocol):
+    """What a parser returns for a chunk: the protocol's own frames (the rest is the owner's)."""
 
-    def __init__(self, owner: WireSubscription) -> None:
+    pings: int
+    pongs: int
+    errors: list[str]
+    infos: list[bytes]
+    failed: tuple[str, str] | None
+
+
+class _Parser(Protocol):
+    def feed(self, data: bytes) -> _Parsed: ...
+    def set_max_payload(self, max_payload: int) -> None: ...
+
+
+class _Protocol(asyncio.Protocol):
+    """One TCP connection's bytes into its owner's parser; what the owner must act on to it."""
+
+    def __init__(self, owner: WireConnection) -> None:
         self.owner = owner
         # a fresh parser per connection: a partial frame never outlives its connection
-        self.ingest = WireIngest(max_event=owner.max_event, keep=owner.keep)
+        self.parser = owner.new_parser()
         self.transport: asyncio.Transport | None = None
         self.info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -151,7 +169,7 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
-        result = self.ingest.feed(owner.engine, data, owner.wall_clock())
+        result = self.parser.feed(data)
         stats = owner.stats
         stats.bytes += len(data)
         stats.chunks += 1
@@ -165,8 +183,7 @@ class _Protocol(asyncio.Protocol):
             self.outstanding = 0
             if not self.ready.done():
                 self.ready.set_result(None)
-        if result.ingested or result.breaches or result.refused:
-            owner.on_result(result)
+        owner.deliver(result)
         if result.failed is not None:
             reason, text = result.failed
             stats.protocol_errors += 1
@@ -180,7 +197,7 @@ class _Protocol(asyncio.Protocol):
             return
         max_payload = info.get("max_payload")
         if isinstance(max_payload, int) and max_payload > 0:
-            self.ingest.set_max_payload(max_payload)
+            self.parser.set_max_payload(max_payload)
         if not self.info.done():
             self.info.set_result(info)
 
@@ -190,12 +207,12 @@ class _Protocol(asyncio.Protocol):
         stats.errors = [*stats.errors[-9:], text]
         if "slow consumer" in text.lower():
             stats.slow_consumer += 1
-        log.error("market-data connection: the server says -ERR %s", text)
+        log.error("%s: the server says -ERR %s", self.owner.name, text)
         if not self.ready.done():
             self.ready.set_exception(WireError(f"the server refused the login: {text}"))
 
     def _close(self, why: str) -> None:
-        log.error("market-data connection: %s; closing it", why)
+        log.error("%s: %s; closing it", self.owner.name, why)
         if not self.lost.done():
             self.lost.set_result(why)
         if self.transport is not None:
@@ -221,43 +238,35 @@ class _Protocol(asyncio.Protocol):
         return True
 
 
-class WireSubscription:
-    """The market-data subscription (``subject``) on its own connection, applied to
-    ``engine`` in Rust; ``on_result`` gets every chunk's ingested count, breaches and
-    refusals (synchronously, from ``data_received``)."""
+class WireConnection:
+    """One NATS connection subscribed to ``subjects``, its bytes parsed in Rust
+    (``new_parser``) and what they held handed on (``deliver``), kept up in the background:
+    pings, reconnection forever. ``name`` says which in logs."""
 
-    def __init__(
-        self,
-        cfg: NatsConfig,
-        servers: list[str],
-        subject: str,
-        engine: Engine,
-        wall_clock: Callable[[], int],
-        on_result: Callable[[WireResult], None],
-        *,
-        max_event: int,
-        keep: int = 4096,
-    ) -> None:
+    name = "wire connection"
+
+    def __init__(self, cfg: NatsConfig, servers: list[str], subjects: list[str]) -> None:
         if not servers:
-            raise WireError("ingest.wire = 'rust' needs a NATS server URL")
+            raise WireError(f"{self.name}: no NATS server URL")
         self.cfg = cfg
         self.servers = servers
-        self.subject = subject
-        self.engine = engine
-        self.wall_clock = wall_clock
-        self.on_result = on_result
-        self.max_event = max_event
-        self.keep = keep
+        self.subjects = subjects
         self.stats = WireStats()
         self._protocol: _Protocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
+    def new_parser(self) -> _Parser:
+        raise NotImplementedError
+
+    def deliver(self, result: Any) -> None:
+        raise NotImplementedError
+
     async def start(self) -> None:
         """Connect and subscribe (raises ``WireError`` when no server takes the login), then
         keep the connection up in the background."""
         await self._connect_any()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="market-data-wire")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def close(self) -> None:
         self._closing = True
@@ -271,36 +280,30 @@ class WireSubscription:
         self.stats.connected = False
 
     def publish(
-        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         """Write one message on this connection's socket now (no await, no flusher): the halts
-        fired from the ingest path (``RollbackExecutor.fire_halt_direct``). False when the
-        connection is not up. Header names and values must not hold CR or LF (Rampart's own:
-        a key id, a base64url signature, a hex reveal)."""
+        fired from the ingest path (``RollbackExecutor.fire_halt_direct``), a gateway's acks.
+        False when the connection is not up. Header names and values must not hold CR or LF
+        (Rampart's own: a key id, a base64url signature, a hex reveal)."""
         proto = self._protocol
         transport = proto.transport if proto is not None else None
         if transport is None or transport.is_closing() or not self.stats.connected:
             return False
+        to = b" %s" % reply.encode() if reply else b""
         if headers:
             if any("\r" in x or "\n" in x for kv in headers.items() for x in kv):
                 raise ValueError("a header with CR or LF in it")
             block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             hdr = (block + "\r\n").encode()
-            frame = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                subject.encode(),
-                reply.encode(),
-                len(hdr),
-                len(hdr) + len(payload),
-                hdr,
-                payload,
-            )
+            size = (len(hdr), len(hdr) + len(payload))
+            frame = b"HPUB %s%s %d %d\r\n%s%s\r\n" % (subject.encode(), to, *size, hdr, payload)
         else:
-            frame = b"PUB %s %s %d\r\n%s\r\n" % (
-                subject.encode(),
-                reply.encode(),
-                len(payload),
-                payload,
-            )
+            frame = b"PUB %s%s %d\r\n%s\r\n" % (subject.encode(), to, len(payload), payload)
         transport.write(frame)
         self.stats.published += 1
         return True
@@ -316,7 +319,7 @@ class WireSubscription:
                 errors.append(f"{url}: no login within nats.connect_timeout ({wait:g}s)")
             except (OSError, WireError) as e:  # ssl.SSLError is an OSError
                 errors.append(f"{url}: {e}")
-        raise WireError("market-data connection: " + "; ".join(errors))
+        raise WireError(f"{self.name}: " + "; ".join(errors))
 
     async def _connect(self, url: str) -> None:
         parts = urlsplit(url if "://" in url else f"nats://{url}")
@@ -338,10 +341,9 @@ class WireSubscription:
                     proto.transport = tls
                     self.stats.tls = True
                 connect = json.dumps(connect_fields(self.cfg, info, url), sort_keys=True)
+                subs = "".join(f"SUB {s} {i}\r\n" for i, s in enumerate(self.subjects, 1))
                 assert proto.transport is not None
-                proto.transport.write(
-                    f"CONNECT {connect}\r\nSUB {self.subject} {SID}\r\nPING\r\n".encode()
-                )
+                proto.transport.write(f"CONNECT {connect}\r\n{subs}PING\r\n".encode())
                 await proto.ready
             except BaseException:
                 if proto.transport is not None:
@@ -351,7 +353,7 @@ class WireSubscription:
         stats = self.stats
         stats.connected, stats.server = True, f"{host}:{port}"
         stats.connects += 1
-        log.info("market data on its own connection to %s:%d (the Rust wire path)", host, port)
+        log.info("%s to %s:%d (the Rust wire path)", self.name, host, port)
 
     async def _run(self) -> None:
         """Ping while connected; reconnect, forever, when the link is lost or dead."""
@@ -373,9 +375,114 @@ class WireSubscription:
                 self.stats.connected = False
                 self.stats.disconnects += 1
                 self._protocol = None
-                log.warning("market-data connection: %s; reconnecting", why)
+                log.warning("%s: %s; reconnecting", self.name, why)
             await asyncio.sleep(wait)
             try:
                 await self._connect_any()
             except (WireError, OSError, TimeoutError) as e:
                 log.warning("%s; trying again in %.3gs", e, wait)
+
+
+class _IngestParser:
+    """``WireIngest`` bound to its engine and clock, as ``_Protocol`` calls a parser."""
+
+    def __init__(self, owner: WireSubscription) -> None:
+        self.ingest = WireIngest(max_event=owner.max_event, keep=owner.keep)
+        self.engine = owner.engine
+        self.wall_clock = owner.wall_clock
+
+    def feed(self, data: bytes) -> WireResult:
+        return self.ingest.feed(self.engine, data, self.wall_clock())
+
+    def set_max_payload(self, max_payload: int) -> None:
+        self.ingest.set_max_payload(max_payload)
+
+
+class WireSubscription(WireConnection):
+    """The market-data subscription (``subject``) on its own connection, applied to
+    ``engine`` in Rust; ``on_result`` gets every chunk's ingested count, breaches and
+    refusals (synchronously, from ``data_received``)."""
+
+    name = "market-data connection"
+
+    def __init__(
+        self,
+        cfg: NatsConfig,
+        servers: list[str],
+        subject: str,
+        engine: Engine,
+        wall_clock: Callable[[], int],
+        on_result: Callable[[WireResult], None],
+        *,
+        max_event: int,
+        keep: int = 4096,
+    ) -> None:
+        super().__init__(cfg, servers, [subject])
+        self.engine = engine
+        self.wall_clock = wall_clock
+        self.on_result = on_result
+        self.max_event = max_event
+        self.keep = keep
+
+    def new_parser(self) -> _Parser:
+        return _IngestParser(self)
+
+    def deliver(self, result: WireResult) -> None:
+        if result.ingested or result.breaches or result.refused:
+            self.on_result(result)
+
+
+@dataclass(frozen=True)
+class WireMsg:
+    """A message of a ``WireMessages`` connection, read as nats-py's ``Msg`` is."""
+
+    subject: str
+    reply: str
+    data: bytes
+    headers: dict[str, str] | None
+    conn: WireConnection
+
+    async def respond(self, data: bytes) -> None:
+        """Publish ``data`` to the reply subject on the same connection (nothing without one)."""
+        if self.reply and not self.conn.publish(self.reply, data):
+            raise WireError(f"{self.conn.name}: down; the reply to {self.subject} is lost")
+
+
+def parse_headers(block: bytes) -> dict[str, str]:
+    """A NATS header block (``NATS/1.0[ status]\\r\\nName: value\\r\\n...``) as a dict, as
+    nats-py reads one (names as sent, values stripped; a status line gives ``Status``)."""
+    lines = block.split(b"\r\n")
+    out: dict[str, str] = {}
+    status = lines[0][len(b"NATS/1.0") :].strip()
+    if status:
+        out["Status"] = status[:3].decode("ascii", "replace")
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip():
+            out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+class WireMessages(WireConnection):
+    """``subjects`` on a connection of their own, parsed in Rust; ``on_message`` gets each
+    message (a ``WireMsg``) in order, synchronously from ``data_received``."""
+
+    name = "command connection"
+
+    def __init__(
+        self,
+        cfg: NatsConfig,
+        servers: list[str],
+        subjects: list[str],
+        on_message: Callable[[WireMsg], None],
+    ) -> None:
+        super().__init__(cfg, servers, subjects)
+        self.on_message = on_message
+
+    def new_parser(self) -> _Parser:
+        return WireFrames()
+
+    def deliver(self, result: Frames) -> None:
+        for subject, reply, headers, payload in result.messages:
+            hdr = parse_headers(headers) if headers is not None else None
+            self.on_message(WireMsg(subject, reply or "", payload, hdr, self))

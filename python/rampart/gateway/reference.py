@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from rampart.config import NatsConfig
 from rampart.gateway.outbox import Outbox
 from rampart.gateway.paper import PaperVenue, VenueEvent
 from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
@@ -92,6 +93,8 @@ class ReferenceGateway(GatewayHandlers):
         seed: int = 0,
         durable: bool = True,
         trusted_keys: Iterable[str],
+        wire_servers: Sequence[str] | None = None,
+        wire_nats: NatsConfig | None = None,
     ) -> None:
         self.nc = nc
         self.gateway = gateway
@@ -110,6 +113,8 @@ class ReferenceGateway(GatewayHandlers):
             deadman_timeout=deadman_timeout,
             outbox=self.outbox,
             trusted_keys=trusted_keys,
+            wire_servers=wire_servers,
+            wire_nats=wire_nats,
         )
         self.rng = random.Random(seed)
         self.now = 0  # event time: the latest quote's ts

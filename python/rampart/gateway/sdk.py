@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import msgspec
 from nats.aio.client import Client
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from rampart import nats_flush
+from rampart.config import NatsConfig
 from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
 from rampart.gateway.outbox import Outbox
 from rampart.protocol import (
@@ -39,6 +41,7 @@ from rampart.protocol import (
     sidecar_heartbeat_decoder,
 )
 from rampart.signing import Verifier
+from rampart.wire import WireMessages, WireMsg
 
 log = logging.getLogger("rampart.gateway")
 
@@ -131,8 +134,18 @@ class GatewayAgent:
         monotonic: Callable[[], int] = time.monotonic_ns,
         outbox: Outbox | None = None,
         trusted_keys: Iterable[str],
+        wire_servers: Sequence[str] | None = None,
+        wire_nats: NatsConfig | None = None,
     ) -> None:
         self.nc = nc
+        # with ``wire_servers``: commands and Rampart's heartbeats on a connection of their own
+        # whose bytes Rust parses (rampart.wire; docs/protocol.md, "The wire path"), its acks
+        # written on it at once; ``wire_nats``: its credentials and timings (as nats-py's)
+        self.wire_servers = list(wire_servers) if wire_servers else None
+        self.wire_nats = wire_nats or NatsConfig()
+        self.wire: WireMessages | None = None
+        # per subject: the messages waiting, handled one at a time in order (as nats-py does)
+        self._wire_queues: dict[str, deque[WireMsg]] = {}
         # the public keys of Rampart's signing key (more than one while it is rotated): a command
         # or a sidecar heartbeat signed by anything else is refused (docs/protocol.md,
         # "Signatures"); read_public_key(data_dir) gives a co-located Rampart's
@@ -155,12 +168,15 @@ class GatewayAgent:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._subs.append(
-            await self.nc.subscribe(self.subjects.command(self.gateway), cb=self._on_command)
-        )
-        self._subs.append(
-            await self.nc.subscribe(self.subjects.sidecar_heartbeat, cb=self._on_sidecar_heartbeat)
-        )
+        command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
+        if self.wire_servers is not None:
+            self.wire = WireMessages(
+                self.wire_nats, self.wire_servers, [command, heartbeat], self._on_wire_message
+            )
+            await self.wire.start()
+        else:
+            self._subs.append(await self.nc.subscribe(command, cb=self._on_command))
+            self._subs.append(await self.nc.subscribe(heartbeat, cb=self._on_sidecar_heartbeat))
         for coro, name in (
             (self._heartbeat_loop(), "gateway-heartbeat"),
             (self._deadman_loop(), "deadman-switch"),
@@ -181,6 +197,8 @@ class GatewayAgent:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+        if self.wire is not None:
+            await self.wire.close()
 
     def is_halted(self, algo: str) -> bool:
         ctl = self.book.algos.get(algo)
@@ -201,7 +219,36 @@ class GatewayAgent:
                 why,
             )
 
-    async def _on_command(self, msg: Msg) -> None:
+    def _on_wire_message(self, msg: WireMsg) -> None:
+        """A message of the wire connection, from its ``data_received``: handled at once when
+        nothing of its subject is being handled, else after what came before it."""
+        queue = self._wire_queues.get(msg.subject)
+        if queue is not None:
+            queue.append(msg)
+            return
+        self._wire_queues[msg.subject] = deque([msg])
+        task = asyncio.ensure_future(self._drain_wire(msg.subject))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain_wire(self, subject: str) -> None:
+        queue = self._wire_queues[subject]
+        try:
+            while queue:
+                msg = queue.popleft()
+                handler = (
+                    self._on_command
+                    if subject == self.subjects.command(self.gateway)
+                    else self._on_sidecar_heartbeat
+                )
+                try:
+                    await handler(msg)
+                except Exception:
+                    log.exception("%s: handling a message on %s failed", self.gateway, subject)
+        finally:
+            del self._wire_queues[subject]
+
+    async def _on_command(self, msg: Msg | WireMsg) -> None:
         refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is not None:
             # no reply: with NATS's allow_responses, a reply would let the forger make this
@@ -270,7 +317,7 @@ class GatewayAgent:
 
     # ---- heartbeats and the dead-man's switch -------------------------------------------------
 
-    async def _on_sidecar_heartbeat(self, msg: Msg) -> None:
+    async def _on_sidecar_heartbeat(self, msg: Msg | WireMsg) -> None:
         """Rampart's heartbeat keeps the dead-man's switch from tripping only when Rampart
         signed it, when it is newer than the last one of the same boot of Rampart, and no
         further from this host's clock than the switch's timeout (a recorded heartbeat

@@ -1216,6 +1216,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<wire::PyWireIngest>()?;
     m.add_class::<wire::PyWireResult>()?;
+    m.add_class::<wire::PyWireFrames>()?;
+    m.add_class::<wire::PyFrames>()?;
     m.add_class::<signing::PySigningKey>()?;
     m.add_class::<signing::PyKeyRing>()?;
     m.add_class::<signing::PyArmedHalts>()?;

@@ -198,3 +198,89 @@ impl PyWireIngest {
         Ok(n)
     }
 }
+
+/// A message of a `WireFrames` chunk: (subject, reply, header block or None, payload).
+type Message = (String, Option<String>, Option<Py<PyBytes>>, Py<PyBytes>);
+
+/// What one chunk held (`WireFrames.feed`): its messages in order, and the protocol's own
+/// frames for the caller to act on. `failed`: not the protocol; close the connection.
+#[pyclass(module = "rampart._core", name = "Frames", frozen, get_all)]
+pub(crate) struct PyFrames {
+    messages: Vec<Message>,
+    pings: usize,
+    pongs: usize,
+    oks: usize,
+    errors: Vec<String>,
+    infos: Vec<Py<PyBytes>>,
+    failed: Option<(&'static str, String)>,
+}
+
+#[pymethods]
+impl PyFrames {
+    fn __repr__(&self) -> String {
+        format!(
+            "Frames(messages={}, pings={}, pongs={}, failed={:?})",
+            self.messages.len(),
+            self.pings,
+            self.pongs,
+            self.failed
+        )
+    }
+}
+
+/// A NATS connection's incoming bytes parsed in Rust, its messages handed back whole: the
+/// gateway SDK's commands and Rampart's heartbeats (docs/protocol.md, "The wire path").
+#[pyclass(module = "rampart._core", name = "WireFrames")]
+pub(crate) struct PyWireFrames {
+    parser: FrameParser,
+}
+
+#[pymethods]
+impl PyWireFrames {
+    #[new]
+    #[pyo3(signature = (max_payload=1_048_576))]
+    fn new(max_payload: usize) -> Self {
+        Self {
+            parser: FrameParser::new(max_payload),
+        }
+    }
+
+    fn set_max_payload(&mut self, max_payload: usize) {
+        self.parser.set_max_payload(max_payload);
+    }
+
+    fn feed(&mut self, py: Python<'_>, data: &[u8]) -> PyFrames {
+        let mut out = PyFrames {
+            messages: Vec::new(),
+            pings: 0,
+            pongs: 0,
+            oks: 0,
+            errors: Vec::new(),
+            infos: Vec::new(),
+            failed: None,
+        };
+        let result = self.parser.feed(data, |frame| match frame {
+            Frame::Msg {
+                subject,
+                reply,
+                headers,
+                payload,
+                ..
+            } => out.messages.push((
+                subject.to_owned(),
+                reply.map(str::to_owned),
+                headers.map(|h| PyBytes::new(py, h).unbind()),
+                PyBytes::new(py, payload).unbind(),
+            )),
+            Frame::Ping => out.pings += 1,
+            Frame::Pong => out.pongs += 1,
+            Frame::Ok => out.oks += 1,
+            Frame::Err(e) => out.errors.push(e.to_owned()),
+            Frame::Info(i) => out.infos.push(PyBytes::new(py, i).unbind()),
+        });
+        if let Err(e) = result {
+            out.failed = Some((e.reason(), e.to_string()));
+        }
+        out
+    }
+}
