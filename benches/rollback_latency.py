@@ -298,6 +298,9 @@ async def serve_t2h_gateway(url: str, spec_path: str) -> None:
     gateway.report = report
     try:
         await gateway.start()
+        spec = json.loads(Path(spec_path).read_text())
+        if spec.get("gc_freeze") and heap_module is not None:
+            heap_module.freeze_startup_heap()  # as a gateway on the SDK should (docs)
         print("ready", flush=True)
         await loop.run_in_executor(None, sys.stdin.read)
     finally:
@@ -310,6 +313,10 @@ async def serve_t2h_gateway(url: str, spec_path: str) -> None:
 # a tree from before issue 10 (which has no ``[events]``) on the same transport.
 HAS_EVENTS = "events" in DaemonConfig.__struct_fields__
 GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).parameters
+try:  # issue 15: the gateway child freezes its start-up heap too
+    import rampart.heap as heap_module
+except ImportError:
+    heap_module = None  # type: ignore[assignment]
 # issue 15: the gateway SDK's commands parsed in Rust on a connection of their own
 GATEWAY_HAS_WIRE = "wire_servers" in inspect.signature(ReferenceGateway.__init__).parameters
 # a tree from before issue 12: commands and heartbeats unsigned, gateways trusting anyone
@@ -501,6 +508,7 @@ async def tick_to_halt(
             # the unsigned half of --signing ab: taken as the SDK did before issue 12
             "accept_unsigned": modes == ["signed", "unsigned"],
             "wire_servers": [url] if args.gateway_wire == "rust" else None,
+            "gc_freeze": args.gc_freeze,
         }
         if args.t2h_gateway == "process":
             spec_path = workdir / "t2h-gateway.json"
@@ -1126,8 +1134,9 @@ def main() -> int:
         "--no-gc-freeze",
         dest="gc_freeze",
         action="store_false",
-        help="part a: leave the start-up heap to the collector (as before issue 15; `rampart "
-        "run` freezes it, rampart.daemon.freeze_startup_heap)",
+        help="part a: leave the start-up heap to the collector, the daemon's and the gateway "
+        "child's (as before issue 15; `rampart run` freezes it, and a gateway should: "
+        "rampart.heap.freeze_startup_heap)",
     )
     p.add_argument("--serve-gateway", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
     p.add_argument("--serve-t2h-gateway", nargs=2, metavar="ARG", help=argparse.SUPPRESS)

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from rampart.config import NatsConfig
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
+from rampart.heap import freeze_startup_heap
 from rampart.protocol import Subjects
 from rampart.wire import WireMsg
 
@@ -142,6 +143,7 @@ async def main() -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await gw.start()
+    freeze_startup_heap()  # as a gateway process should (rampart.heap)
     await stop.wait()
     await gw.close()
     await nc.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import socket
@@ -57,6 +56,7 @@ from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
+from rampart.heap import freeze_startup_heap
 from rampart.lease import LeaseKeeper, lease_bucket
 from rampart.loop_lag import LoopLag
 from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
@@ -142,18 +142,6 @@ class _Refused(NamedTuple):
 class DaemonError(RuntimeError):
     """The daemon cannot start (NATS unreachable, embedded server failed, another daemon holds
     the data directory)."""
-
-
-def freeze_startup_heap() -> None:
-    """Collect once, then move everything alive (configuration, algorithms, engine bindings,
-    connections: what lives as long as the process) out of the collector's sight
-    (``gc.freeze``). A full collection otherwise walks all of it: 16-21 ms with 1,020
-    algorithms, one stall of the event loop, and of any halt behind it, every few thousand
-    events (BENCHMARKS.md, "The event loop's stalls"). Once per process, after start-up: what
-    is frozen is never collected, so a process that starts many daemons (tests) should not."""
-    gc.collect()
-    gc.freeze()
-    log.debug("%d objects of the start-up heap frozen", gc.get_freeze_count())
 
 
 class Daemon:
