@@ -194,7 +194,9 @@ async def nats_baselines(url: str, n: int, timeout: float) -> list[Metric]:
     try:
         await b.subscribe("bench.hop", cb=on_hop)
         await b.subscribe("bench.rtt", cb=on_request)
-        await b.flush()
+        # (nats-py's own flush can put its PING ahead of the SUBs: the first publish was then
+        # lost and the run timed out; rampart.nats_flush yields to the flusher first)
+        await flush_subscriptions(b)
         payload = b"x" * 200
         for i in range(n + 20):
             fut: asyncio.Future[int] = loop.create_future()
@@ -277,6 +279,18 @@ def t2h_gateway(nc: Client, spec: dict[str, Any]) -> TimedGateway:
     return gateway
 
 
+async def request_status(nc: Client, every: float, counts: dict[str, int]) -> None:
+    """Ask for the status of every algorithm (its first page, as `rampart status` does) every
+    ``every`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await nc.request(SUBJ.status("algorithms"), b"", timeout=5.0)
+            counts["answered"] += 1
+        except Exception:
+            counts["failed"] += 1
+
+
 async def serve_t2h_gateway(url: str, spec_path: str) -> None:
     """Part a's gateway as a child process: each halt handler's entry and its command's arrival
     (``time.perf_counter_ns``: CLOCK_MONOTONIC, one clock for every process on the host) are
@@ -313,6 +327,14 @@ async def serve_t2h_gateway(url: str, spec_path: str) -> None:
 # a tree from before issue 10 (which has no ``[events]``) on the same transport.
 HAS_EVENTS = "events" in DaemonConfig.__struct_fields__
 GATEWAY_HAS_DURABLE = "durable" in inspect.signature(ReferenceGateway.__init__).parameters
+try:  # a tree from before the SUB/PING race was found (stop 20) flushes as nats-py does
+    from rampart.nats_flush import flush as flush_subscriptions
+except ImportError:
+
+    async def flush_subscriptions(nc: Client) -> None:
+        await nc.flush()
+
+
 try:  # issue 15: the gateway child freezes its start-up heap too
     import rampart.heap as heap_module
 except ImportError:
@@ -388,6 +410,9 @@ async def tick_to_halt(
     symbol = {a: f"S{i:05d}" for i, a in enumerate(algos)}
     config = t2h_config(workdir / "t2h", algos, args.events, args.wire)
     daemon = Daemon(config, servers=[url])
+    status_nc: Client | None = None
+    status_load: asyncio.Future[None] | None = None
+    status_counts = {"answered": 0, "failed": 0}
     gw_nc: Client | None = None
     feed: Client | None = None
     gateway: TimedGateway | None = None
@@ -563,6 +588,11 @@ async def tick_to_halt(
             executor.sign = sign
             await until(lambda: not executor._to_arm, 30, "the halts were not armed")
             await asyncio.sleep(2 * config.heartbeat_interval.total_seconds())
+        if args.status_every > 0:  # an operator's (or a dashboard's) status requests meanwhile
+            status_nc = await nats.connect(url, name="bench-status")
+            status_load = asyncio.ensure_future(
+                request_status(status_nc, args.status_every / 1000, status_counts)
+            )
         for i, algo in enumerate(measured):
             mode = mode_of(i)
             if GATEWAY_TRUSTS:
@@ -622,6 +652,10 @@ async def tick_to_halt(
                 d = steps.get(name)
                 if d is not None:
                     metric.samples.append(d)
+        if status_load is not None:
+            status_load.cancel()
+            await asyncio.gather(status_load, return_exceptions=True)
+            extra["status_requests"] = dict(status_counts)
         # the daemon's event-loop lag over the measured breaches (a stall delays every halt)
         if hasattr(daemon, "loop_lag"):
             extra["loop_lag"] = msgspec.structs.asdict(daemon.loop_lag.stats())
@@ -633,6 +667,8 @@ async def tick_to_halt(
         extra["daemon_breaches"] = daemon.stats.breaches
         extra["algorithms_registered"] = n_total
     finally:
+        if status_nc is not None:
+            await status_nc.close()
         if feed is not None:
             await feed.close()
         if gateway is not None:
@@ -971,6 +1007,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             if extra.get("presigned_halts_used") is not None:
                 print(f"  halts sent signed in advance: {extra['presigned_halts_used']}")
+            if extra.get("status_requests") is not None:
+                print(
+                    f"  status requests meanwhile (every algorithm, every {args.status_every:g} "
+                    f"ms): {extra['status_requests']}"
+                )
             if extra.get("halts_fired_on_the_wire") is not None:
                 print(
                     f"  halts sent from the ingest path: {extra['halts_fired']}, of them written "
@@ -1082,6 +1123,13 @@ def main() -> int:
         choices=("nats-py", "rust"),
         default="nats-py",
         help="part a: how the gateway SDK takes its commands (GatewayAgent wire_servers)",
+    )
+    p.add_argument(
+        "--status-every",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="part a: meanwhile, a status request for every algorithm every MS milliseconds",
     )
     p.add_argument(
         "--tick",

@@ -30,7 +30,7 @@ from rampart.daemon import Daemon
 from rampart.deployment import decode_deployment
 from rampart.embedded import EmbeddedNatsServer
 from rampart.gateway.reference import HostedAlgo, Momentum, ReferenceGateway
-from rampart.paging import build_page, fit_daemon
+from rampart.paging import YIELD_EVERY, build_page, build_page_async, fit_daemon
 from rampart.protocol import (
     AlgoStatus,
     DaemonStatus,
@@ -349,6 +349,39 @@ def test_one_algorithm_with_huge_positions_is_trimmed_to_fit_one_message() -> No
     assert 0 < len(got.positions) < 20_000
     assert got.positions_omitted == 20_000 - len(got.positions)
     assert all(p.qty != 0 for p in got.positions), "open positions are kept first"
+
+
+def test_a_status_page_is_built_letting_the_event_loop_run() -> None:
+    """The status service builds a page a few algorithms at a time (``build_page_async``): the
+    same bytes as in one go, and the loop runs meanwhile (a halt is never held up by a whole
+    page), about once per ``YIELD_EVERY`` algorithms."""
+    ids = [f"algo-{i:04d}" for i in range(200)]
+    algos = {a: msgspec.convert(_algo_dict(a), AlgoStatus) for a in ids}
+    daemon = _daemon_status()
+
+    async def scenario() -> tuple[bytes, int]:
+        ticks = 0
+
+        async def other_work() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        ticks = 0
+        data = await build_page_async(
+            daemon, ids, algos.__getitem__, {}, max_bytes=1024 * 1024, every=YIELD_EVERY
+        )
+        seen = ticks
+        task.cancel()
+        return data, seen
+
+    data, ticks = asyncio.run(scenario())
+    assert data == build_page(daemon, ids, algos.__getitem__, {}, max_bytes=1024 * 1024)
+    assert len(status_reply_decoder.decode(data).algorithms) == 200
+    assert ticks >= 200 // YIELD_EVERY
 
 
 def test_status_lists_of_the_daemon_are_bounded_and_counted() -> None:

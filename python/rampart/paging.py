@@ -7,8 +7,9 @@ in. Pure functions over protocol Structs: the daemon supplies the entries, this 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+import asyncio
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -23,6 +24,8 @@ from rampart.strategies.base import DeploymentState
 
 # At most this many entries of each growing list of DaemonStatus, before any byte budget.
 LIST_CAPS: Final = {"halted": 100, "rollbacks": 20, "gateways": 100, "connectivity": 50}
+# the status service lets the event loop run after this many algorithms of a page (~0.5-1 ms)
+YIELD_EVERY: Final = 16
 
 
 class StatusTooLargeError(RuntimeError):
@@ -87,6 +90,55 @@ def build_page(
     """The encoded ``StatusReply`` page of ``ids`` from ``offset``: never more than ``max_bytes``
     and, while any algorithm is left from ``offset``, never empty. ``entry(id)`` reads one
     algorithm; ``deployments[id]`` are the deployments it is in."""
+    steps = page_steps(
+        daemon, ids, entry, deployments, max_bytes=max_bytes, offset=offset, limit=limit
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(bytes, done.value)
+
+
+async def build_page_async(
+    daemon: DaemonStatus,
+    ids: Sequence[str],
+    entry: Callable[[str], AlgoStatus | AlgoUnavailable],
+    deployments: Mapping[str, Sequence[DeploymentState]],
+    *,
+    max_bytes: int,
+    offset: int = 0,
+    limit: int | None = None,
+    every: int = YIELD_EVERY,
+) -> bytes:
+    """``build_page`` on the event loop without holding it: it lets the loop run after every
+    ``every`` algorithms, so a halt, a heartbeat or a quote never waits behind a whole page
+    (10-15 ms for a page of ~300 algorithms)."""
+    steps = page_steps(
+        daemon, ids, entry, deployments, max_bytes=max_bytes, offset=offset, limit=limit
+    )
+    n = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(bytes, done.value)
+        n += 1
+        if n % every == 0:
+            await asyncio.sleep(0)
+
+
+def page_steps(
+    daemon: DaemonStatus,
+    ids: Sequence[str],
+    entry: Callable[[str], AlgoStatus | AlgoUnavailable],
+    deployments: Mapping[str, Sequence[DeploymentState]],
+    *,
+    max_bytes: int,
+    offset: int = 0,
+    limit: int | None = None,
+) -> Generator[None, None, bytes]:
+    """``build_page`` one algorithm at a time: yields after each, returns the page."""
     total = len(ids)
     end = total if limit is None else min(total, offset + limit)
     daemon = fit_daemon(daemon, max_bytes // 4)
@@ -124,6 +176,7 @@ def build_page(
         listed.update(new)
         room -= cost
         i += 1
+        yield
     reply = to_wire(head)
     reply["algorithms"] = algos
     reply["unavailable"] = unavailable

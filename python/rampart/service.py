@@ -137,7 +137,7 @@ class DaemonService:
         self, req: Request, algo_id: str | None, offset: int, limit: int | None
     ) -> None:
         try:
-            data = self.status.page(algo_id, offset=offset, limit=limit)
+            data = await self.status.page_async(algo_id, offset=offset, limit=limit)
         except StatusTooLargeError as e:
             log.error("status request failed: %s", e)
             await req.respond_error("500", str(e), data=encoder.encode(ErrorReply(error=str(e))))

@@ -22,7 +22,7 @@ from rampart.config import DaemonConfig, ns
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
 from rampart.loop_lag import LoopLag
-from rampart.paging import build_page
+from rampart.paging import build_page, build_page_async
 from rampart.position_watch import PositionWatch
 from rampart.protocol import (
     AlgoStatus,
@@ -205,6 +205,22 @@ class StatusBuilder:
             unavailable=[e for e in entries if isinstance(e, AlgoUnavailable)],
             deployments=[deployments[k] for k in sorted(deployments)],
             total=len(ids),
+        )
+
+    async def page_async(
+        self, algo_id: str | None = None, *, offset: int = 0, limit: int | None = None
+    ) -> bytes:
+        """``page`` as the status service builds it: the event loop runs between algorithms
+        (``paging.build_page_async``), so a status request never holds a halt up."""
+        nc = self.d.nc
+        return await build_page_async(
+            self.daemon_status(algo_id),
+            self._ids(algo_id),
+            self.entry,
+            self.deployments_by_algo(),
+            max_bytes=nc.max_payload if nc is not None else 1024 * 1024,
+            offset=offset,
+            limit=limit,
         )
 
     def page(
