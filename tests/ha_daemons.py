@@ -4,6 +4,7 @@ cluster (tests/cluster.py): start, kill, read their logs, and ask them through t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -55,13 +56,15 @@ class Daemon:
         self.cfg.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """``env``: more environment (a failpoint, say) for this start only."""
         self.starts += 1
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rampart", "run", "--config", str(self.cfg)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **env} if env else None,
             )
 
     def said(self, text: str) -> bool:

@@ -130,6 +130,91 @@ def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(tmp_path: 
             assert kinds.count("leader_elected") >= 2, kinds
 
 
+def test_a_leader_whose_store_cannot_commit_a_replicated_write_steps_down(tmp_path: Path) -> None:
+    """A write reaches the state stream, then fails to commit in the leader's own store (a disk
+    error: an error failpoint here, on an operator's rollback of alpha). The standbys have the
+    write, the leader does not: it must not fail closed and halt the desk for a fault only its
+    disk has. It refuses every later write, stops sending, gives its lease back and exits 75;
+    the standby leads on from the stream (alpha's rollback included) with beta never halted and
+    no dead-man trip, and the stepped-down process, started again, catches up as a standby."""
+    algos = (("alpha", "gw1"), ("beta", "gw1"))
+    with NatsCluster(tmp_path / "cluster") as cluster:
+        a = Daemon(tmp_path, "a", cluster.urls, algos=algos)
+        b = Daemon(tmp_path, "b", cluster.urls, algos=algos)
+        keys = rampart_keys(a.data) + rampart_keys(b.data)
+        gw_log = tmp_path / "gateway.jsonl"
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                GATEWAY,
+                ",".join(cluster.urls),
+                "gw1",
+                "alpha,beta",
+                str(gw_log),
+                "--deadman",
+                str(DEADMAN),
+                "--trust",
+                ",".join(keys),
+                "--ha-log",
+                str(gw_log),
+            ]
+        )
+
+        def terms() -> list[int]:
+            return [x["term"] for x in lines(gw_log) if x["kind"] == "term"]
+
+        try:
+            # a leads; its first replicated write that saves a rollback record fails to commit
+            # in its own store
+            a.start(env={"RAMPART_FAILPOINT": "commit_after_replication.rollback:1:error"})
+            wait_for(lambda: a.said("leads shard s1"), 60, "daemon a leading")
+            b.start()
+            wait_for(lambda: b.said("standby for shard s1"), 60, "daemon b as a standby")
+            wait_for(lambda: 1 in terms(), 30, "the gateway hearing term 1")
+            cli(a, "rollback", "alpha", "--reason", "drill", "--timeout", "2")
+            assert a.proc is not None
+            assert a.proc.wait(60) == 75, "the leader steps down with 75"
+            assert a.said("steps down (exit 75)")
+            assert not a.said("FAIL CLOSED")
+            wait_for(lambda: 2 in terms(), 30, "b leading, term 2, at the gateway")
+            assert b.said("leads shard s1 (term 2")
+            # the rollback a could not commit is b's: alpha latched, and halted at the gateway
+            wait_for(lambda: latched(b) == ["alpha"], 30, "alpha's rollback, from the stream")
+            wait_for(
+                lambda: any(x["kind"] == "halt" and x["algo"] == "alpha" for x in lines(gw_log)),
+                30,
+                "alpha halted",
+            )
+            gw = lines(gw_log)
+            assert not any(x["kind"] == "deadman" for x in gw), gw
+            assert not any(x["kind"] == "halt" and x["algo"] == "beta" for x in gw), gw
+            # a again, without the fault: it catches up as a standby, the lost write included
+            a.start()
+            wait_for(
+                lambda: a.log.read_text().count("standby for shard s1") >= 2,
+                60,
+                "daemon a back as a standby",
+            )
+            time.sleep(1.0)  # a few of the standby's follow rounds
+        finally:
+            for d in (a, b):
+                d.stop()
+            gateway.terminate()
+            gateway.wait(20)
+        heads = []
+        for d in (a, b):
+            store = Store(d.data / "rampart.db", readonly=True)
+            try:
+                result = store.verify_audit()
+                heads.append(store.audit_head())
+                kinds = [r.kind for r in store.audit()]
+            finally:
+                store.close()
+            assert result.ok, result.problems
+            assert "rollback" in " ".join(kinds), kinds
+        assert heads[0] == heads[1], heads  # one history in both stores
+
+
 # ---- kill -9 of the leader at many moments of rollbacks and releases ----------------------
 
 ROUNDS = 20

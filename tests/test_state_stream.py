@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from rampart import failpoints
 from rampart.embedded import EmbeddedNatsServer
 from rampart.state_stream import StateStream
 from rampart.store import Store, StoreError, decode_ops, encode_ops
@@ -228,6 +229,30 @@ def test_a_snapshot_bounds_the_stream_and_rebuilds_a_store_that_was_behind_it(
             await nc.close()
 
     asyncio.run(scenario())
+
+
+def test_a_write_replicated_then_not_committed_leaves_the_store_refusing_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit fails after the write reached the stream (the error failpoint as a disk
+    error): the store says it is behind its shard's (``behind_replica``, the daemon's cue to
+    step down), kept nothing of the write, and takes no more writes: one more would leave a
+    hole behind it for good (its replicated sequence past a write it never had)."""
+    store = Store(tmp_path / "s.db")
+    try:
+        seqs = iter(range(1, 100))
+        store.replicator = lambda data: next(seqs)
+        store.put("intent/a", b"1")
+        monkeypatch.setitem(failpoints._ERRORS, "commit_after_replication", 1)
+        with pytest.raises(StoreError, match="commit failed"):
+            store.put("intent/a", b"2")
+        assert store.behind_replica
+        assert store.get("intent/a") == b"1" and store.replicated_seq() == 1
+        with pytest.raises(StoreError, match="behind its shard's state stream"):
+            store.put("intent/b", b"x")
+        assert store.get("intent/b") is None
+    finally:
+        store.close()
 
 
 class Abandon(BaseException):

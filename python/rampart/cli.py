@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error("%s", e)
             return 1
         # deposed (docs/ha.md): 75 (EX_TEMPFAIL), for the supervisor to start it again, standby
-        return 75 if daemon.deposed else 0
+        return 75 if daemon.deposed or daemon.stepped_down else 0
 
     return uvloop.run(main())
 

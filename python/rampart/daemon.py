@@ -201,6 +201,8 @@ class Daemon:
         self._subs: list[Subscription] = []
         # the market-data connection of the wire path (``[ingest] wire = "rust"``)
         self.wire: WireSubscription | None = None
+        # HA: this leader gave its lease back after its store fell behind the state stream
+        self.stepped_down = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._closing = False
@@ -594,6 +596,36 @@ class Daemon:
             term=self.term,
             holder=lease.machine.me if lease is not None else None,
         )
+
+    def _step_down(self, reason: str) -> None:
+        """A write reached the shard's state stream and then failed to commit in this process's
+        store (a full disk, an I/O error): the standbys have it, this store does not. Halting
+        the desk would be failing closed on a fault the shard does not have: this process sends
+        nothing more, gives its lease back and exits 75, and a standby leads on from the state
+        stream at once (docs/ha.md, "A leader's disk fails"). If none can, the gateways'
+        dead-man's switches halt."""
+        if self.stepped_down:
+            return
+        log.critical(
+            "%s after the write reached the state stream: this process's store is behind its "
+            "shard's. It steps down (exit 75); a standby, which has the write, leads on",
+            reason,
+        )
+        self.stepped_down = True
+        self.store_error = self.store_error or reason
+        guard = self.guard
+        if guard is not None:
+            guard.executor.fenced = True
+            detail = (
+                f"{reason}. This process's store is behind the shard's state stream: it stopped "
+                "leading and a standby takes over. Fix its disk, then start it again (as a "
+                "standby, it catches up from the stream)."
+            )
+            self._spawn(
+                guard.alert("critical", "Rampart leader stepped down", detail, algos=[]),
+                "step-down-alert",
+            )
+        self.request_stop()
 
     def _deposed(self, shard: str, term: int) -> None:
         """The lease ran out or somebody else took it: send nothing more, and stop (the
@@ -1062,6 +1094,11 @@ class Daemon:
             log.critical("%s, because its lease ran out", reason)
             self._deposed(self.config.ha.shard or self.config.name, self.term)
             return
+        store = self.store
+        if self.role == "leader" and lease is not None and store is not None:
+            if store.behind_replica:
+                self._step_down(reason)
+                return
         self.failed = reason
         self.store_error = self.store_error or reason
         log.critical("FAIL CLOSED: %s; halting every algorithm", reason)

@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from rampart import failpoints
 from rampart.audit import (
     GENESIS_HASH,
     AuditHead,
@@ -255,6 +256,9 @@ class Store:
         self._depth = 0
         # Called (on the writing thread) with every write that fails: the daemon fails closed.
         self.on_write_failure: Callable[[StoreError], None] | None = None
+        # a transaction reached the state stream (HA) and then failed to commit here: this
+        # store is behind the shard's; its leader steps down (docs/ha.md)
+        self.behind_replica = False
         # The audit head appended by the open transaction, and the last one committed.
         self._pending_head: AuditHead | None = None
         self._committed_head: AuditHead | None = None
@@ -539,6 +543,12 @@ class Store:
     @contextmanager
     def _written(self) -> Iterator[None]:
         with self._lock:
+            if self.behind_replica:  # one more write would leave a hole behind it, for good
+                raise self._fail(
+                    "it is behind its shard's state stream (a write reached the stream, then "
+                    "failed here): it takes no more writes",
+                    "fix the disk and restart this process: it catches up as a standby",
+                )
             conn = self._db()
             depth = self._depth
             savepoint = f"sp{depth}"
@@ -556,11 +566,13 @@ class Store:
                 self._rollback(conn, savepoint if depth else None)
                 raise
             self._depth = depth
+            replicated = False
             if depth == 0 and self._ops:
                 ops, self._ops = self._ops, []
                 if self.replicator is not None:
                     try:
                         seq = self.replicator(encode_ops(ops))
+                        replicated = True
                         conn.execute(
                             "INSERT INTO kv (key, value) VALUES (?, ?) "
                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -574,10 +586,16 @@ class Store:
                             "nothing was committed; see docs/ha.md",
                         ) from exc
             try:
+                if replicated and failpoints.fails(
+                    "commit_after_replication", *{str(op[0]) for op in ops}
+                ):
+                    raise sqlite3.OperationalError("disk I/O error (failpoint)")
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except sqlite3.Error as exc:
                 self._pending_head = pending
                 self._rollback(conn, savepoint if depth else None)
+                if replicated:  # the shard's state stream has it, this store does not
+                    self.behind_replica = True
                 raise self._fail(
                     f"commit failed ({exc})", "check disk space and the file system"
                 ) from exc
