@@ -91,6 +91,11 @@ async def running(
     config: DaemonConfig, url: str, engine: Any = None
 ) -> AsyncIterator[tuple[Daemon, Client]]:
     """A started daemon (``engine``: a wrapper installed before start) and a client."""
+    if engine is not None:
+        # a wrapper is seen only by the Python ingest path: the wire path (the default) applies
+        # market data in Rust, to the real engine
+        ingest = msgspec.structs.replace(config.ingest, wire="nats-py")
+        config = msgspec.structs.replace(config, ingest=ingest)
     daemon = Daemon(config, servers=[url])
     if engine is not None:
         daemon.engine = engine(daemon.engine)

@@ -85,10 +85,11 @@ class IngestConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     # Larger messages are refused as `oversize` (and dead-lettered, truncated).
     max_payload_bytes: int = 16 * 1024
-    # How market data is received (docs/protocol.md, "The wire path"): "nats-py", a callback per
-    # message on the daemon's connection; "rust", a connection of its own whose bytes the Rust
-    # core parses and applies in one call per chunk (not with TLS yet).
-    wire: Literal["nats-py", "rust"] = "nats-py"
+    # How market data is received (docs/protocol.md, "The wire path"): "rust", a connection of
+    # its own whose bytes the Rust core parses and applies in one call per chunk (its halts
+    # written on that socket); "nats-py", a Python callback per message on the daemon's
+    # connection (the path before the wire path, kept as a fallback).
+    wire: Literal["nats-py", "rust"] = "rust"
     # Larger batches of durable events (a gateway outbox's, on <prefix>.batch.<gateway>) are
     # refused as `oversize`; the events stream takes messages up to this size. Keep the
     # gateways' outbox batch size below it.
