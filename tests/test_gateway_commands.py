@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass, field
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rampart.gateway.commands import CommandBook, DeadMansSwitch
@@ -213,3 +216,142 @@ def test_a_command_is_applied_as_one_batch_and_its_failures_are_told_apart() -> 
     assert [r.status for r in alloc] == ["applied", "applied"]
     assert h.calls[-2:] == [("allocation=0.0", "a"), ("allocation=0.0", "b")]
     assert ag.book.control("a").allocation == 0.0
+
+
+# ---- a whole command in one pass: the same rules as one target at a time -----------------------
+
+
+@dataclass
+class Model:
+    """One algorithm's control state, as the rules below keep it."""
+
+    last: dict[str, tuple[int, int]] = field(default_factory=dict)  # per dimension
+    halt: tuple[int, int] = (0, -1)
+    halted: bool = False
+    allocation: float | None = None
+    active: bool | None = None
+
+
+MODEL_DIMS = {"halt": "halt", "resume": "halt", "set_allocation": "allocation"} | {
+    "activate": "activation",
+    "standby": "activation",
+}
+
+
+def model_admit(
+    state: dict[str, Model],
+    applied: dict[str, set[str]],
+    book_term: int,
+    c: Command,
+    t: CommandTarget,
+    now: int,
+) -> str | None:
+    """The command rules for one target, written out plainly (the model ``admit_all`` must
+    equal): duplicate, stale term, expired, stale epoch per dimension, halt beats resume, a
+    valid allocation."""
+    if t.algo in applied.get(c.command_id, set()):
+        return "duplicate"
+    if c.term < book_term:
+        return "stale_term"
+    if now > c.valid_until:
+        return "expired"
+    s = state.setdefault(t.algo, Model())
+    dim = MODEL_DIMS.get(c.kind)
+    if dim is not None and (c.term, c.epoch) < s.last.get(dim, (0, -1)):
+        return "stale_epoch"
+    if c.kind == "resume" and (c.term, c.epoch) <= s.halt:
+        return "stale_epoch"
+    if c.kind == "set_allocation" and (t.allocation is None or not 0 <= t.allocation <= 1):
+        return "refused"
+    return None
+
+
+def model_applied(
+    state: dict[str, Model], applied: dict[str, set[str]], c: Command, t: CommandTarget
+) -> None:
+    applied.setdefault(c.command_id, set()).add(t.algo)
+    s = state[t.algo]
+    dim = MODEL_DIMS.get(c.kind)
+    if dim is not None:
+        s.last[dim] = max(s.last.get(dim, (0, -1)), (c.term, c.epoch))
+    if c.kind == "halt":
+        s.halted = True
+        s.halt = max(s.halt, (c.term, c.epoch))
+    elif c.kind == "resume":
+        s.halted = False
+    elif c.kind == "set_allocation":
+        s.allocation = t.allocation
+    elif c.kind in ("activate", "standby"):
+        s.active = c.kind == "activate"
+
+
+KINDS: list[CommandKind] = [
+    "halt",
+    "resume",
+    "cancel_all",
+    "flatten",
+    "set_allocation",
+    "activate",
+    "standby",
+]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*KINDS, "halt", "resume"]),  # the kinds with most rules, twice
+            st.integers(min_value=0, max_value=3),  # epoch
+            st.integers(min_value=0, max_value=1),  # term
+            st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=6),
+            st.sampled_from([None, 0.0, 0.5, 1.0, 1.5]),  # allocation
+            st.booleans(),  # expired
+            st.integers(min_value=0, max_value=3),  # command id (a retry reuses one)
+        ),
+        max_size=25,
+    )
+)
+def test_a_whole_command_is_judged_in_one_pass_exactly_as_target_by_target(
+    ops: list[tuple[CommandKind, int, int, list[str], float | None, bool, int]],
+) -> None:
+    """Issue 15: ``admit_all`` / ``applied_all`` (one pass over a command of many targets) give
+    every target the status the rules give it alone, and leave the same control state."""
+    book = CommandBook()
+    state: dict[str, Model] = {}
+    applied: dict[str, set[str]] = {}
+    for kind, epoch, term, algos, allocation, expired, cid in ops:
+        c = Command(
+            command_id=f"{kind}-{epoch}-{term}-{cid}",
+            epoch=epoch,
+            kind=kind,
+            targets=[CommandTarget(algo=a, allocation=allocation) for a in dict.fromkeys(algos)],
+            issued_at=NOW - 10,
+            valid_until=NOW - 1 if expired else NOW + 1_000,
+            term=term,
+        )
+        expected = {t.algo: model_admit(state, applied, book.term, c, t, NOW) for t in c.targets}
+        book.see_term(term)
+        to_apply, refused = book.admit_all(c, NOW)
+        assert [t.algo for t in to_apply] == [a for a, s in expected.items() if s is None]
+        assert refused == {a: s for a, s in expected.items() if s is not None}
+        book.applied_all(c, to_apply)
+        for t in to_apply:
+            model_applied(state, applied, c, t)
+        for algo, m in state.items():
+            ctl = book.control(algo)
+            assert (ctl.halted, ctl.allocation, ctl.active) == (m.halted, m.allocation, m.active)
+            assert {d: ctl.last(d) for d in m.last} == m.last, algo
+
+
+def test_an_expired_command_of_many_targets_is_one_log_line_per_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Recorder()
+    ag = agent(h)
+    algos = [f"a{i}" for i in range(500)]
+    with caplog.at_level(logging.WARNING, logger="rampart.gateway"):
+        out = asyncio.run(ag.handle(cmd("halt", 1, *algos, valid_until=NOW - 1)))
+    assert [r.status for r in out] == ["expired"] * 500 and h.calls == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "a0 refused" in lines[0] and "500 algorithms" in lines[1]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
+
 from rampart.protocol import (
     AlgoActual,
     Command,
@@ -98,51 +100,85 @@ class CommandBook:
         first: a late retry of an applied command is a success, not an expiry). A target that
         failed is applied again when the command is retried.
         """
-        if target.algo in self._applied.get(command.command_id, ()):
-            return "duplicate"
+        _, refused = self.admit_all(msgspec.structs.replace(command, targets=[target]), now)
+        return refused.get(target.algo)
+
+    def admit_all(
+        self, command: Command, now: int
+    ) -> tuple[list[CommandTarget], dict[str, CommandStatus]]:
+        """``admit`` for every target of ``command`` in one pass (a rollback of a whole gateway
+        is one command of 1,000 targets): the targets to apply now, in order, and the status of
+        the others by algorithm. What depends on the command alone is judged once."""
+        done = self._applied.get(command.command_id, ())
+        whole: CommandStatus | None = None
         if command.term < self.term:
-            return "stale_term"  # sent by a Rampart that no longer leads
-        if now > command.valid_until:
-            return "expired"
-        ctl = self.control(target.algo)
-        dim = DIMENSIONS.get(command.kind)
+            whole = "stale_term"  # sent by a Rampart that no longer leads
+        elif now > command.valid_until:
+            whole = "expired"
+        kind = command.kind
+        dim = DIMENSIONS.get(kind)
         decision = (command.term, command.epoch)
-        if dim is not None and decision < ctl.last(dim):
-            return "stale_epoch"
-        if command.kind == "resume" and decision <= (ctl.halt_term, ctl.halt_epoch):
-            return "stale_epoch"  # halt beats resume: only a later decision lifts a halt
-        if command.kind == "set_allocation":
-            a = target.allocation
-            if a is None or not 0.0 <= a <= 1.0:
-                return "refused"
-        return None
+        algos = self.algos
+        to_apply: list[CommandTarget] = []
+        refused: dict[str, CommandStatus] = {}
+        for target in command.targets:
+            algo = target.algo
+            if algo in done:
+                refused[algo] = "duplicate"
+                continue
+            if whole is not None:
+                refused[algo] = whole
+                continue
+            ctl = algos.get(algo)
+            if ctl is None:
+                ctl = algos[algo] = AlgoControl()
+            if dim is not None and decision < (ctl.terms.get(dim, 0), ctl.epochs.get(dim, -1)):
+                refused[algo] = "stale_epoch"
+            elif kind == "resume" and decision <= (ctl.halt_term, ctl.halt_epoch):
+                refused[algo] = "stale_epoch"  # halt beats resume: only a later decision lifts it
+            elif kind == "set_allocation" and not (
+                target.allocation is not None and 0.0 <= target.allocation <= 1.0
+            ):
+                refused[algo] = "refused"
+            else:
+                to_apply.append(target)
+        return to_apply, refused
 
     def applied(self, command: Command, target: CommandTarget) -> None:
+        self.applied_all(command, [target])
+
+    def applied_all(self, command: Command, targets: list[CommandTarget]) -> None:
+        """``targets`` of ``command`` were applied: remembered for dedup, and their control state
+        moves (one pass for a whole command)."""
         self.version += 1
         done = self._applied.get(command.command_id)
         if done is None:
             done = self._applied[command.command_id] = set()
             while len(self._applied) > DEDUP_CAPACITY:
                 self._applied.popitem(last=False)
-        done.add(target.algo)
-        ctl = self.control(target.algo)
-        dim = DIMENSIONS.get(command.kind)
+        kind = command.kind
+        dim = DIMENSIONS.get(kind)
         decision = (command.term, command.epoch)
-        if dim is not None and decision > ctl.last(dim):
-            ctl.terms[dim], ctl.epochs[dim] = decision
-        match command.kind:
-            case "halt":
+        algos = self.algos
+        for target in targets:
+            done.add(target.algo)
+            ctl = algos.get(target.algo)
+            if ctl is None:
+                ctl = algos[target.algo] = AlgoControl()
+            if dim is not None and decision > (ctl.terms.get(dim, 0), ctl.epochs.get(dim, -1)):
+                ctl.terms[dim], ctl.epochs[dim] = decision
+            if kind == "halt":
                 ctl.halted = True
                 ctl.halt_cause = "command"
                 ctl.halt_term, ctl.halt_epoch = max((ctl.halt_term, ctl.halt_epoch), decision)
-            case "resume":
+            elif kind == "resume":
                 ctl.halted = False
                 ctl.halt_cause = None
-            case "set_allocation":
+            elif kind == "set_allocation":
                 ctl.allocation = target.allocation
-            case "activate":
+            elif kind == "activate":
                 ctl.active = True
-            case "standby":
+            elif kind == "standby":
                 ctl.active = False
 
     def halt_locally(self, algo: str, cause: HaltCause = "deadman") -> None:

@@ -29,6 +29,7 @@ from rampart.protocol import (
     Command,
     CommandAck,
     CommandKind,
+    CommandStatus,
     CommandTarget,
     ErrorReply,
     Health,
@@ -278,26 +279,21 @@ class GatewayAgent:
         now = self.wall_clock()
         self.book.see_term(command.term)  # verified: a newer leader fences the older ones
         results: dict[str, TargetResult] = {}
-        to_apply: list[CommandTarget] = []
-        for target in command.targets:
-            status = self.book.admit(command, target, now)
-            if status is None:
-                to_apply.append(target)
-            elif status == "duplicate":
-                results[target.algo] = TargetResult(algo=target.algo, status="duplicate")
-            else:
-                detail = refusal_detail(status, command, target, self.book.term)
-                log.warning(
-                    "%s: %s %s refused: %s", self.gateway, command.kind, target.algo, detail
-                )
-                results[target.algo] = TargetResult(algo=target.algo, status=status, detail=detail)
-        # one batch for the targets to apply (GatewayHandlers.apply_batch): one after another
-        # by default, in one pass where the gateway can
+        # every target judged in one pass (CommandBook.admit_all), applied in one batch
+        # (GatewayHandlers.apply_batch: one after another by default, in one pass where the
+        # gateway can) and recorded in one pass
+        to_apply, refused = self.book.admit_all(command, now)
+        if refused:
+            self._refused(command, refused, results)
         if to_apply:
             try:
                 failures = await self.handlers.apply_batch(command.kind, to_apply)
             except Exception as e:  # the batch as a whole: every target failed
                 failures = {t.algo: e for t in to_apply}
+            done = [t for t in to_apply if t.algo not in failures]
+            self.book.applied_all(command, done)
+            for target in done:
+                results[target.algo] = TargetResult(algo=target.algo, status="applied")
             for target in to_apply:
                 outcome = failures.get(target.algo)
                 if outcome is not None:
@@ -308,12 +304,39 @@ class GatewayAgent:
                     results[target.algo] = TargetResult(
                         algo=target.algo, status="error", detail=detail
                     )
-                else:
-                    self.book.applied(command, target)
-                    results[target.algo] = TargetResult(algo=target.algo, status="applied")
         if command.kind == "resume" and self.deadman.tripped:
             self.deadman.reset()  # Rampart is back and has decided to resume: re-arm
         return [results[t.algo] for t in command.targets]
+
+    def _refused(
+        self,
+        command: Command,
+        refused: dict[str, CommandStatus],
+        results: dict[str, TargetResult],
+    ) -> None:
+        """The results of the targets not applied; one log line per reason (an expired command
+        of 1,000 targets is one line, not 1,000)."""
+        by_algo = {t.algo: t for t in command.targets}
+        logged: dict[str, int] = {}
+        for algo, status in refused.items():
+            if status == "duplicate":
+                results[algo] = TargetResult(algo=algo, status="duplicate")
+                continue
+            detail = refusal_detail(status, command, by_algo[algo], self.book.term)
+            results[algo] = TargetResult(algo=algo, status=status, detail=detail)
+            logged[status] = logged.get(status, 0) + 1
+            if logged[status] == 1:
+                log.warning("%s: %s %s refused: %s", self.gateway, command.kind, algo, detail)
+        for reason, n in logged.items():
+            if n > 1:
+                log.warning(
+                    "%s: %s refused as %s for %d algorithms in all (command %s)",
+                    self.gateway,
+                    command.kind,
+                    reason,
+                    n,
+                    command.command_id,
+                )
 
     # ---- heartbeats and the dead-man's switch -------------------------------------------------
 
