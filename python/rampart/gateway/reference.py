@@ -222,30 +222,23 @@ class ReferenceGateway(GatewayHandlers):
     async def apply_batch(
         self, kind: CommandKind, targets: list[CommandTarget]
     ) -> dict[str, BaseException]:
-        """Every kind in one pass over the targets: the venue's events of a cancel-all or flatten
-        of many algorithms go out together (one batch on the events stream where the outbox
-        can), the other kinds set each algorithm's state."""
+        """Cancel-all and flatten of many algorithms in one pass: the venue's events of all of
+        them go out together (one batch on the events stream where the outbox can); the other
+        kinds one algorithm after another (``GatewayHandlers.apply_batch``), through the
+        per-algorithm handlers a subclass may override (a halt it times, a resume that places
+        orders again): a batch that set their state here would bypass those."""
+        if kind not in ("cancel_all", "flatten"):
+            return await super().apply_batch(kind, targets)
         failures: dict[str, BaseException] = {}
         events: list[VenueEvent] = []
         for t in targets:
-            algo = self.algos.get(t.algo)
-            if algo is None:
+            if t.algo not in self.algos:
                 failures[t.algo] = KeyError(f"gateway {self.gateway} does not host {t.algo!r}")
             elif kind == "cancel_all":
                 events.extend(self.venue.cancel_all(t.algo, self.now))
-            elif kind == "flatten":
-                events.extend(self.venue.flatten(t.algo, self.now))
-            elif kind == "set_allocation":
-                assert t.allocation is not None  # the agent refuses a missing allocation
-                algo.allocation = t.allocation
-            elif kind in ("halt", "resume"):
-                algo.halted = kind == "halt"
-            elif kind in ("activate", "standby"):
-                algo.active = kind == "activate"
             else:
-                raise ValueError(f"unknown command kind {kind!r}")
-        if events:
-            await self._publish(events)
+                events.extend(self.venue.flatten(t.algo, self.now))
+        await self._publish(events)
         return failures
 
     async def set_allocation(self, algo: str, allocation: float) -> None:
