@@ -38,7 +38,7 @@ b. the executor alone: ``RollbackExecutor.execute`` (default ``ExecutorSettings`
 
 Percentiles are nearest-rank. Targets: the seed's (halt < 100 ms, cancel < 500 ms, whole rollback
 < 1 s; checked against the max) and our aims on the p99 (tick-to-halt < 2 ms; cancel-all < 5 ms;
-whole rollback < 5 ms for 1 algorithm, < 10 ms for 100, < 50 ms for 1000).
+whole rollback < 5 ms for 1 algorithm, < 10 ms for 100, < 20 ms for 1000: issue 15's).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ GATEWAY = "gw1"
 SEED_MS = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 AIM_T2H_MS = 2.0
 AIM_CANCEL_MS = 5.0
-AIM_TOTAL_MS = {1: 5.0, 100: 10.0, 1000: 50.0}
+AIM_TOTAL_MS = {1: 5.0, 100: 10.0, 1000: 20.0}  # issue 15's (1,000 was 50 before)
 MS = 1e6
 
 CONFIG = """
@@ -771,7 +771,9 @@ class BenchGateway(ReferenceGateway):
         self.place_orders(algo)
 
 
-async def serve_gateway(url: str, n: int, open_orders: int, seed: str | None) -> None:
+async def serve_gateway(
+    url: str, n: int, open_orders: int, seed: str | None, gc_freeze: bool
+) -> None:
     """The gateway as a child process: ``ready`` on stdout once it listens; on stdin, ``stats``
     -> ``stats <command messages> <cancel-all calls>``, ``quit`` or EOF ends it."""
     loop = asyncio.get_running_loop()
@@ -779,6 +781,8 @@ async def serve_gateway(url: str, n: int, open_orders: int, seed: str | None) ->
     gateway = BenchGateway(nc, n, open_orders, seed)
     try:
         await gateway.start()
+        if gc_freeze and heap_module is not None:
+            heap_module.freeze_startup_heap()  # as a gateway on the SDK should (docs)
         print("ready", flush=True)
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -825,8 +829,9 @@ class ChildProcess:
 class GatewayProcess(ChildProcess):
     """``serve_gateway`` in a child process (this script with the hidden ``--serve-gateway``)."""
 
-    def __init__(self, url: str, n: int, open_orders: int) -> None:
-        super().__init__(["--serve-gateway", url, str(n), str(open_orders), BENCH_SEED or "-"])
+    def __init__(self, url: str, n: int, open_orders: int, gc_freeze: bool = True) -> None:
+        args = [url, str(n), str(open_orders), BENCH_SEED or "-"]
+        super().__init__(["--serve-gateway", *args, *([] if gc_freeze else ["--no-gc-freeze"])])
 
     async def stats(self, timeout: float) -> tuple[int, int]:
         assert self.proc is not None and self.proc.stdin is not None
@@ -866,7 +871,7 @@ async def executor_rollbacks(
     ex_nc: Client | None = None
     try:
         if separate:
-            child = GatewayProcess(url, n_algos, args.open_orders)
+            child = GatewayProcess(url, n_algos, args.open_orders, args.gc_freeze)
             await child.start(args.timeout * 3)
         else:
             gw_nc = await nats.connect(url, name="bench-gateway")
@@ -1182,7 +1187,7 @@ def main() -> int:
         "--no-gc-freeze",
         dest="gc_freeze",
         action="store_false",
-        help="part a: leave the start-up heap to the collector, the daemon's and the gateway "
+        help="leave the start-up heap to the collector, the daemon's and the gateway "
         "child's (as before issue 15; `rampart run` freezes it, and a gateway should: "
         "rampart.heap.freeze_startup_heap)",
     )
@@ -1197,7 +1202,8 @@ def main() -> int:
         return 0
     if args.serve_gateway:
         url, n, open_orders, seed = args.serve_gateway
-        uvloop.run(serve_gateway(url, int(n), int(open_orders), None if seed == "-" else seed))
+        seed_or_none = None if seed == "-" else seed
+        uvloop.run(serve_gateway(url, int(n), int(open_orders), seed_or_none, args.gc_freeze))
         return 0
     result = uvloop.run(bench(args))
     if args.json:
