@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import get_args
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rampart.gateway.commands import CommandBook, DeadMansSwitch
-from rampart.gateway.sdk import GatewayAgent, GatewayHandlers
-from rampart.protocol import Command, CommandKind, CommandTarget
-from rampart.signing import SigningKey
+from rampart.gateway.sdk import LANES, GatewayAgent, GatewayHandlers
+from rampart.protocol import Command, CommandAck, CommandKind, CommandTarget, encoder
+from rampart.signing import SigningKey, sign_headers
 
 NOW = 1_000_000
 
@@ -355,3 +357,90 @@ def test_an_expired_command_of_many_targets_is_one_log_line_per_reason(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "a0 refused" in lines[0] and "500 algorithms" in lines[1]
+
+
+# ---- lanes: a halt never waits behind a slow cancel-all ----------------------------------------
+
+
+class SlowVenue(Recorder):
+    """Cancel-all and halt wait for the test to let them finish (a venue that is slow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release: dict[str, asyncio.Event] = {}
+
+    async def _wait(self, what: str) -> None:
+        event = self.release.setdefault(what, asyncio.Event())
+        await event.wait()
+
+    async def cancel_all(self, algo: str) -> None:
+        await self._wait("cancel_all")
+        await super().cancel_all(algo)
+
+    async def halt(self, algo: str) -> None:
+        await self._wait("halt")
+        await super().halt(algo)
+
+
+class Reply:
+    """A command message as the agent receives it, signed by Rampart's key; its ack is kept."""
+
+    def __init__(self, c: Command) -> None:
+        self.subject = "rampart.cmd.gw"
+        self.data = encoder.encode(c)
+        self.headers: dict[str, str] | None = sign_headers(KEY, self.subject, self.data)
+        self.reply = "_INBOX.test"
+        self.acks: list[CommandAck] = []
+
+    async def respond(self, data: bytes) -> None:
+        self.acks.append(msgspec.json.decode(data, type=CommandAck))
+
+
+def test_every_command_kind_has_a_lane() -> None:
+    assert set(LANES) == set(get_args(CommandKind))
+
+
+def test_commands_of_other_lanes_do_not_wait_behind_a_slow_one_and_a_lane_keeps_its_order() -> None:
+    """Issue 15: with the venue slow to cancel, a halt, an allocation and an activation that
+    come after the cancel-all are applied and acked before it; within the halt lane, a resume
+    sent after a slow halt is applied after it (halt, then resume: the algorithm ends resumed)."""
+
+    async def scenario() -> None:
+        h = SlowVenue()
+        ag = agent(h)
+        cancel = Reply(cmd("cancel_all", 1, "a"))
+        halt_b = Reply(cmd("halt", 1, "b"))
+        alloc = Reply(cmd("set_allocation", 1, "a", allocation=0.0))
+        h.release["halt"] = asyncio.Event()
+        h.release["halt"].set()  # halts go through at once in this part
+        for m in (cancel, halt_b, alloc):
+            await ag._on_command(m)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [a.results[0].status for a in halt_b.acks] == ["applied"]
+        assert [a.results[0].status for a in alloc.acks] == ["applied"]
+        assert cancel.acks == [], "the cancel-all is still at the venue"
+        assert ag.is_halted("b")
+        h.release["cancel_all"].set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [a.results[0].status for a in cancel.acks] == ["applied"]
+
+        # one lane, in order: a resume waits for the slow halt before it
+        h.release["halt"] = asyncio.Event()
+        halt_c, resume_c = Reply(cmd("halt", 5, "c")), Reply(cmd("resume", 6, "c"))
+        await ag._on_command(halt_c)  # type: ignore[arg-type]
+        await ag._on_command(resume_c)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert halt_c.acks == [] and resume_c.acks == []
+        h.release["halt"].set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [a.results[0].status for a in halt_c.acks] == ["applied"]
+        assert [a.results[0].status for a in resume_c.acks] == ["applied"]
+        assert not ag.is_halted("c")
+        assert ("halt", "c") in h.calls and h.calls[-1] == ("resume", "c")
+        await ag.close()
+
+    asyncio.run(scenario())

@@ -52,6 +52,22 @@ ONE_ALGO_KINDS: frozenset[str] = frozenset(
 )
 
 
+# Commands are applied in order within a lane and concurrently across lanes: a halt never waits
+# behind a cancel-all whose venue is slow, and a rollback's cancel-all, allocation 0 and
+# activation, which arrive together, are applied together. Within a lane the order is Rampart's
+# (a halt then a resume, a cancel-all then a flatten); lanes are the epoch dimensions of
+# rampart.gateway.commands.DIMENSIONS, plus orders (cancel-all, flatten: always safe to apply).
+LANES: dict[CommandKind, str] = {
+    "halt": "halt",
+    "resume": "halt",
+    "set_allocation": "allocation",
+    "activate": "activation",
+    "standby": "activation",
+    "cancel_all": "orders",
+    "flatten": "orders",
+}
+
+
 class GatewayHandlers:
     """Override these with what your gateway does. Each returns once the action is done and
     raises to report a failure (the agent acks it as ``error`` with the exception's message)."""
@@ -167,6 +183,8 @@ class GatewayAgent:
         self.commands_handled = 0
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # per lane (LANES): the verified commands waiting, applied one at a time in order
+        self._lanes: dict[str, deque[tuple[Command, Msg | WireMsg]]] = {}
 
     async def start(self) -> None:
         command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
@@ -250,6 +268,8 @@ class GatewayAgent:
             del self._wire_queues[subject]
 
     async def _on_command(self, msg: Msg | WireMsg) -> None:
+        """A command message: verified and decoded at once, then applied in its lane (``LANES``)
+        after the commands of that lane before it, while the other lanes go on."""
         refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is not None:
             # no reply: with NATS's allow_responses, a reply would let the forger make this
@@ -263,15 +283,39 @@ class GatewayAgent:
             if msg.reply:
                 await msg.respond(encoder.encode(ErrorReply(error=f"malformed command: {e}")))
             return
-        results = await self.handle(command)
-        if msg.reply:
-            ack = CommandAck(
-                command_id=command.command_id,
-                gateway=self.gateway,
-                results=results,
-                ts=self.wall_clock(),
-            )
-            await msg.respond(encoder.encode(ack))
+        lane = LANES[command.kind]
+        queue = self._lanes.get(lane)
+        if queue is not None:
+            queue.append((command, msg))
+            return
+        self._lanes[lane] = deque([(command, msg)])
+        task = asyncio.ensure_future(self._drain_lane(lane))
+        task.set_name(f"gateway-commands-{lane}-{self.gateway}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain_lane(self, lane: str) -> None:
+        queue = self._lanes[lane]
+        try:
+            while queue:
+                command, msg = queue.popleft()
+                try:
+                    results = await self.handle(command)
+                    if msg.reply:
+                        ack = CommandAck(
+                            command_id=command.command_id,
+                            gateway=self.gateway,
+                            results=results,
+                            ts=self.wall_clock(),
+                        )
+                        await msg.respond(encoder.encode(ack))
+                except Exception:
+                    # not acked: Rampart resends it, and a retry applies what did not apply
+                    log.exception(
+                        "%s: %s command %s failed", self.gateway, command.kind, command.command_id
+                    )
+        finally:
+            del self._lanes[lane]
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
