@@ -36,10 +36,12 @@ from rampart.protocol import (
     Fill,
     Quote,
     Subjects,
+    WireStatus,
     dead_letter_decoder,
     encoder,
 )
 from rampart.signing import SigningKey
+from rampart.status import format_wire
 from rampart.wire import WireError, WireSubscription, connect_fields, parse_headers
 
 T0 = 1_764_028_800_000_000_000
@@ -128,6 +130,9 @@ def test_market_data_is_applied_refused_and_dead_lettered_the_same_on_both_paths
             if wire == "rust":
                 assert status.wire is not None and status.wire.connected
                 assert status.wire.bytes > 0 and status.wire.protocol_errors == 0
+                line = format_wire(status.wire)
+                assert line.startswith("market data (wire path): connected to 127.0.0.1:")
+                assert "errors" not in line
             else:
                 assert status.wire is None
             await nc.close()
@@ -530,3 +535,22 @@ def test_connect_fields_carry_each_kind_of_credentials_as_nats_py_does(tmp_path:
 @functools.cache
 def _user_seed() -> bytes:
     return SigningKey.generate().seed().encode()  # an NKEY user seed (SU...)
+
+
+def test_status_says_when_the_market_data_connection_is_down() -> None:
+    down = WireStatus(
+        connected=False,
+        server="127.0.0.1:4999",
+        connects=3,
+        disconnects=3,
+        bytes=12_345,
+        chunks=67,
+        slow_consumer=1,
+        last_error="Slow Consumer",
+    )
+    line = format_wire(down)
+    assert "DISCONNECTED, reconnecting: no market data meanwhile" in line
+    assert "3 disconnects, 1 slow-consumer cut-offs" in line and "protocol" not in line
+    assert line.endswith("last error: Slow Consumer")
+    up = WireStatus(connected=True, server="h:1", tls=True, bytes=10, chunks=1)
+    assert format_wire(up) == "market data (wire path): connected to h:1 (TLS); 10 bytes in 1 reads"

@@ -32,6 +32,7 @@ from rampart.protocol import (
     StatusReply,
     StatusRequest,
     Subjects,
+    WireStatus,
     control_reply_decoder,
     encoder,
     error_reply_decoder,
@@ -374,6 +375,28 @@ def format_loop_lag(lag: LoopLagStats) -> str:
     )
 
 
+def format_wire(w: WireStatus) -> str:
+    """The market-data connection of the wire path (``[ingest] wire = "rust"``): one line."""
+    state = (
+        f"connected to {w.server or '-'}{' (TLS)' if w.tls else ''}"
+        if w.connected
+        else "DISCONNECTED, reconnecting: no market data meanwhile"
+    )
+    troubles = [
+        f"{n} {what}"
+        for n, what in (
+            (w.disconnects, "disconnects"),
+            (w.slow_consumer, "slow-consumer cut-offs"),
+            (w.protocol_errors, "protocol errors"),
+        )
+        if n
+    ]
+    last = f", last error: {w.last_error}" if w.last_error and troubles else ""
+    return f"market data (wire path): {state}; {w.bytes:,} bytes in {w.chunks:,} reads" + (
+        f"; {', '.join(troubles)}{last}" if troubles else ""
+    )
+
+
 def format_status(reply: StatusReply) -> str:
     d = reply.daemon
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(d.ingest.rejected.items())) or "none"
@@ -385,6 +408,8 @@ def format_status(reply: StatusReply) -> str:
     ]
     if d.store_error:
         lines.append(f"STATE STORE PROBLEM, everything halted: {d.store_error}")
+    if d.wire is not None:
+        lines.append(format_wire(d.wire))
     if d.loop_lag is not None and d.loop_lag.samples:
         lines.append(format_loop_lag(d.loop_lag))
     for g in d.gateways:
