@@ -185,8 +185,7 @@ def test_an_adopted_halt_keeps_the_capital_the_gateway_cut(
                 await until(lambda: rec.control_status("alpha", "gw1").in_sync)
                 # the gateway, on its own: halted, and no capital
                 book.halt_locally("alpha", "gateway")
-                book.control("alpha").allocation = 0.0
-                book.version += 1
+                book.allocate_locally("alpha", 0.0)
                 await until(lambda: "alpha" in guard.halted)
                 await until(lambda: rec.control_status("alpha", "gw1").in_sync)
                 assert rec.intent("alpha").allocation == 0.0 and rec.intent("alpha").halted

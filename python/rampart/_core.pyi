@@ -16,6 +16,7 @@ __all__ = [
     "ArmedHalts",
     "BatchResult",
     "Breach",
+    "CommandBook",
     "ConfigError",
     "DecodeError",
     "Engine",
@@ -415,6 +416,56 @@ class SigningKey:
     def sign_message(self, subject: str, body: bytes) -> str:
         """The ``Rampart-Sig`` header value of a message on ``subject`` with ``body``: base64url
         (no padding) of the signature of ``b"rampart-sig-v1\n" + subject + b"\n" + body``."""
+
+@final
+class CommandBook:
+    """A gateway's command rules (rust/rampart-core/src/commands.rs): once-only by command id,
+    stale terms and expiry refused, epochs ordered per dimension by (term, epoch), halt beats
+    resume. ``rampart.gateway.commands.CommandBook`` wraps it."""
+
+    def __new__(cls) -> Self: ...
+    @property
+    def version(self) -> int:
+        """Bumped by every change a report would show."""
+    @property
+    def term(self) -> int:
+        """The newest leadership term seen."""
+    def see_term(self, term: int) -> None: ...
+    def __contains__(self, algo: str, /) -> bool: ...
+    def halted(self, algo: str) -> bool: ...
+    def admit(
+        self,
+        command_id: str,
+        kind_name: str,
+        term: int,
+        epoch: int,
+        valid_until: int,
+        now: int,
+        algos: list[str],
+        allocations: list[float | None] | None,
+    ) -> tuple[list[int], list[tuple[int, str]]]:
+        """The indices of the targets to apply now, in order, and ``(index, status)`` of the
+        others. ``ValueError`` for an unknown kind or allocations not one per algorithm;
+        ``OverflowError`` for a number beyond 128 bits."""
+    def applied(
+        self,
+        command_id: str,
+        kind_name: str,
+        term: int,
+        epoch: int,
+        algos: list[str],
+        allocations: list[float | None] | None,
+    ) -> None: ...
+    def halt_locally(self, algo: str, cause: str) -> None: ...
+    def allocate_locally(self, algo: str, allocation: float) -> None:
+        """``ValueError`` outside [0, 1]."""
+    def report(
+        self, algo: str
+    ) -> tuple[bool, str | None, float | None, bool | None, list[tuple[str, int, int]]] | None:
+        """halted, halt cause (while halted), allocation, active, and per dimension set its
+        last decision as (dimension, term, epoch); ``None`` for an algorithm never touched."""
+    def halt_decision(self, algo: str) -> tuple[int, int]:
+        """(term, epoch) of the latest halt; (0, -1) for none."""
 
 @final
 class ArmedHalts:

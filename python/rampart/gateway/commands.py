@@ -1,16 +1,20 @@
-"""The gateway's command rules as a pure state machine: dedup, expiry, epochs, halt beats resume.
+"""The gateway's command rules as a pure state machine: dedup, expiry, terms, epochs, halt beats
+resume.
 
-No I/O: ``CommandBook.admit(command, now)`` says, per target, whether the gateway must apply it,
-and ``record(...)`` remembers what was applied. The SDK wires it to NATS; the rules are tested here.
+No I/O: ``CommandBook.admit_all(command, now)`` says which targets the gateway must apply and
+why the others are not, and ``applied_all(...)`` remembers what was applied. The rules run in the
+Rust core (``rust/rampart-core/src/commands.rs``); the SDK wires them to NATS; they are tested
+here, in Rust and in tests/test_gateway_commands.py.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgspec
 
+from rampart import _core
 from rampart.protocol import (
     AlgoActual,
     Command,
@@ -20,7 +24,8 @@ from rampart.protocol import (
     HaltCause,
 )
 
-# Remember this many command ids for dedup (a retry arrives within seconds; this is hours of them).
+# Remember this many command ids for dedup (a retry arrives within seconds; this is hours of
+# them): the Rust core's DEDUP_CAPACITY.
 DEDUP_CAPACITY = 100_000
 
 
@@ -36,10 +41,10 @@ DIMENSIONS: dict[CommandKind, str] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlgoControl:
-    """What the gateway knows about one algorithm's control state: what it reports to Rampart
-    in every heartbeat (``report``)."""
+    """What the gateway knows about one algorithm's control state (a copy, taken by
+    ``CommandBook.control``): what it reports to Rampart in every heartbeat (``report``)."""
 
     halted: bool = False
     halt_epoch: int = -1
@@ -69,29 +74,55 @@ class AlgoControl:
         )
 
 
-@dataclass
 class CommandBook:
-    """Per-gateway command state. ``algos`` holds every algorithm a command has touched."""
+    """Per-gateway command state, kept in the Rust core (``rampart._core.CommandBook``): a
+    command's targets are judged in one call (``admit_all``) and recorded in one call
+    (``applied_all``), so a rollback of 1,000 algorithms costs the gateway one message's
+    bookkeeping, not 1,000."""
 
-    algos: dict[str, AlgoControl] = field(default_factory=dict)
-    # Bumped by every change a report would show (a heartbeat re-encodes its state only then).
-    version: int = 0
-    # command id -> algorithms it has been applied to (a retry of those is a duplicate)
-    _applied: OrderedDict[str, set[str]] = field(default_factory=OrderedDict)
-    # the newest leadership term seen in a verified command or sidecar heartbeat (docs/ha.md)
-    term: int = 0
+    def __init__(self) -> None:
+        self._book = _core.CommandBook()
+
+    @property
+    def version(self) -> int:
+        """Bumped by every change a report would show (a heartbeat re-encodes its state only
+        then)."""
+        return self._book.version
+
+    @property
+    def term(self) -> int:
+        """The newest leadership term seen in a verified command or sidecar heartbeat
+        (docs/ha.md)."""
+        return self._book.term
 
     def see_term(self, term: int) -> None:
         """A verified message of ``term``: from now on, what an older term sends is refused."""
-        if term > self.term:
-            self.term = term
-            self.version += 1
+        self._book.see_term(term)
+
+    def __contains__(self, algo: str) -> bool:
+        """Has a command (or a local halt) touched ``algo``?"""
+        return algo in self._book
+
+    def is_halted(self, algo: str) -> bool:
+        return self._book.halted(algo)
 
     def control(self, algo: str) -> AlgoControl:
-        ctl = self.algos.get(algo)
-        if ctl is None:
-            ctl = self.algos[algo] = AlgoControl()
-        return ctl
+        """A copy of ``algo``'s control state (the default for one never touched)."""
+        r = self._book.report(algo)
+        if r is None:
+            return AlgoControl()
+        halted, cause, allocation, active, last = r
+        halt_term, halt_epoch = self._book.halt_decision(algo)
+        return AlgoControl(
+            halted=halted,
+            halt_epoch=halt_epoch,
+            halt_term=halt_term,
+            halt_cause=cast(HaltCause | None, cause),
+            allocation=allocation,
+            active=active,
+            epochs={d: e for d, _, e in last},
+            terms={d: t for d, t, _ in last},
+        )
 
     def admit(self, command: Command, target: CommandTarget, now: int) -> CommandStatus | None:
         """``None`` when the target must be applied now, else its status without applying.
@@ -106,94 +137,73 @@ class CommandBook:
     def admit_all(
         self, command: Command, now: int
     ) -> tuple[list[CommandTarget], dict[str, CommandStatus]]:
-        """``admit`` for every target of ``command`` in one pass (a rollback of a whole gateway
-        is one command of 1,000 targets): the targets to apply now, in order, and the status of
-        the others by algorithm. What depends on the command alone is judged once."""
-        done = self._applied.get(command.command_id, ())
-        whole: CommandStatus | None = None
-        if command.term < self.term:
-            whole = "stale_term"  # sent by a Rampart that no longer leads
-        elif now > command.valid_until:
-            whole = "expired"
-        kind = command.kind
-        dim = DIMENSIONS.get(kind)
-        decision = (command.term, command.epoch)
-        algos = self.algos
-        to_apply: list[CommandTarget] = []
-        refused: dict[str, CommandStatus] = {}
-        for target in command.targets:
-            algo = target.algo
-            if algo in done:
-                refused[algo] = "duplicate"
-                continue
-            if whole is not None:
-                refused[algo] = whole
-                continue
-            ctl = algos.get(algo)
-            if ctl is None:
-                ctl = algos[algo] = AlgoControl()
-            if dim is not None and decision < (ctl.terms.get(dim, 0), ctl.epochs.get(dim, -1)):
-                refused[algo] = "stale_epoch"
-            elif kind == "resume" and decision <= (ctl.halt_term, ctl.halt_epoch):
-                refused[algo] = "stale_epoch"  # halt beats resume: only a later decision lifts it
-            elif kind == "set_allocation" and not (
-                target.allocation is not None and 0.0 <= target.allocation <= 1.0
-            ):
-                refused[algo] = "refused"
-            else:
-                to_apply.append(target)
-        return to_apply, refused
+        """``admit`` for every target of ``command`` in one call: the targets to apply now, in
+        order, and the status of the others by algorithm."""
+        targets = command.targets
+        try:
+            apply, refused = self._book.admit(
+                command.command_id,
+                command.kind,
+                command.term,
+                command.epoch,
+                command.valid_until,
+                now,
+                [t.algo for t in targets],
+                _allocations(command, targets),
+            )
+        except OverflowError:  # a term, epoch or time beyond 128 bits: not a command of ours
+            return [], {t.algo: "refused" for t in targets}
+        return (
+            [targets[i] for i in apply],
+            {targets[i].algo: cast(CommandStatus, status) for i, status in refused},
+        )
 
     def applied(self, command: Command, target: CommandTarget) -> None:
         self.applied_all(command, [target])
 
     def applied_all(self, command: Command, targets: list[CommandTarget]) -> None:
         """``targets`` of ``command`` were applied: remembered for dedup, and their control state
-        moves (one pass for a whole command)."""
-        self.version += 1
-        done = self._applied.get(command.command_id)
-        if done is None:
-            done = self._applied[command.command_id] = set()
-            while len(self._applied) > DEDUP_CAPACITY:
-                self._applied.popitem(last=False)
-        kind = command.kind
-        dim = DIMENSIONS.get(kind)
-        decision = (command.term, command.epoch)
-        algos = self.algos
-        for target in targets:
-            done.add(target.algo)
-            ctl = algos.get(target.algo)
-            if ctl is None:
-                ctl = algos[target.algo] = AlgoControl()
-            if dim is not None and decision > (ctl.terms.get(dim, 0), ctl.epochs.get(dim, -1)):
-                ctl.terms[dim], ctl.epochs[dim] = decision
-            if kind == "halt":
-                ctl.halted = True
-                ctl.halt_cause = "command"
-                ctl.halt_term, ctl.halt_epoch = max((ctl.halt_term, ctl.halt_epoch), decision)
-            elif kind == "resume":
-                ctl.halted = False
-                ctl.halt_cause = None
-            elif kind == "set_allocation":
-                ctl.allocation = target.allocation
-            elif kind == "activate":
-                ctl.active = True
-            elif kind == "standby":
-                ctl.active = False
+        moves (one call for a whole command)."""
+        self._book.applied(
+            command.command_id,
+            command.kind,
+            command.term,
+            command.epoch,
+            [t.algo for t in targets],
+            _allocations(command, targets),
+        )
 
     def halt_locally(self, algo: str, cause: HaltCause = "deadman") -> None:
         """A halt the gateway decided itself (its dead-man's switch, or its own risk checks):
         only a later resume lifts it, and it is reported with its cause."""
-        self.version += 1
-        ctl = self.control(algo)
-        ctl.halted = True
-        ctl.halt_cause = cause
-        ctl.halt_term, ctl.halt_epoch = max((ctl.halt_term, ctl.halt_epoch), ctl.last("halt"))
+        self._book.halt_locally(algo, cause)
+
+    def allocate_locally(self, algo: str, allocation: float) -> None:
+        """An allocation the gateway set itself (its own risk checks cut an algorithm's
+        capital): reported as it is, with no epoch moved."""
+        self._book.allocate_locally(algo, allocation)
 
     def report(self, algo: str) -> AlgoActual:
         """The algorithm's actual state as this gateway knows it."""
-        ctl = self.algos.get(algo)
-        return ctl.report(algo) if ctl is not None else AlgoActual(algo=algo, halted=False)
+        r = self._book.report(algo)
+        if r is None:
+            return AlgoActual(algo=algo, halted=False)
+        halted, cause, allocation, active, last = r
+        return AlgoActual(
+            algo=algo,
+            halted=halted,
+            halt_cause=cast(HaltCause | None, cause),
+            allocation=allocation,
+            active=active,
+            epochs={d: e for d, _, e in last},
+            terms={d: t for d, t, _ in last},
+        )
+
+
+def _allocations(command: Command, targets: list[CommandTarget]) -> list[float | None] | None:
+    if command.kind != "set_allocation":
+        return None
+    return [t.allocation for t in targets]
 
 
 def refusal_detail(

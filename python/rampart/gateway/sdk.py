@@ -220,8 +220,7 @@ class GatewayAgent:
             await self.wire.close()
 
     def is_halted(self, algo: str) -> bool:
-        ctl = self.book.algos.get(algo)
-        return ctl is not None and ctl.halted
+        return self.book.is_halted(algo)
 
     # ---- commands -------------------------------------------------------------------------
 

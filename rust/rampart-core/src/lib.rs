@@ -5,6 +5,7 @@
 //! Metric definitions are in `docs/metrics.md`; the Python bindings live in `rust/rampart-py`.
 
 pub mod algo;
+pub mod commands;
 pub mod config;
 pub mod drift;
 pub mod engine;

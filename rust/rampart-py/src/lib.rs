@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
+mod commands;
 mod signing;
 mod wire;
 
@@ -1218,6 +1219,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire::PyWireResult>()?;
     m.add_class::<wire::PyWireFrames>()?;
     m.add_class::<wire::PyFrames>()?;
+    m.add_class::<commands::PyCommandBook>()?;
     m.add_class::<signing::PySigningKey>()?;
     m.add_class::<signing::PyKeyRing>()?;
     m.add_class::<signing::PyArmedHalts>()?;
