@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -319,8 +320,16 @@ def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
 ) -> None:
     async def scenario() -> None:
         async with running(config(tmp_path, "rust"), server.url) as daemon:
-            wire = daemon.wire
-            assert wire is not None
+            wire, guard = daemon.wire, daemon.guard
+            assert wire is not None and guard is not None
+            alerted: list[tuple[str, str]] = []
+            alert = guard.alert
+
+            async def spy(severity: Any, title: str, detail: str, *, algos: list[str]) -> None:
+                alerted.append((severity, title))
+                await alert(severity, title, detail, algos=algos)
+
+            guard.alert = spy  # type: ignore[method-assign]
             nc = await nats.connect(server.url, reconnect_time_wait=0.05, max_reconnect_attempts=-1)
             await nc.publish(MD, quote(6000.0, T0))
             await nc.flush()
@@ -332,6 +341,9 @@ def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
             server.port = port
             await asyncio.to_thread(server.start)
             await until(lambda: wire.stats.connected and wire.stats.connects == 2, timeout=20)
+            # the operator hears of it: market data was missed meanwhile
+            await until(lambda: ("info", "market data connection back") in alerted)
+            assert alerted[0] == ("warning", "market data connection lost"), alerted
             await until(lambda: nc.is_connected, timeout=20)
             await nc.publish(MD, quote(6001.0, T0 + SEC))
             await nc.flush()

@@ -224,6 +224,7 @@ class Daemon:
         self.checkpointer: Checkpointer | None = None
         self.deployment_error: str | None = None
         self._refusal_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
+        self._wire_alerts = Throttle(REFUSAL_ALERT_INTERVAL)
         self.reconciler: Reconciler | None = None
         self.position_watch: PositionWatch | None = None
         self.signing_key: SigningKey | None = None
@@ -983,6 +984,7 @@ class Daemon:
                 raise DaemonError(str(e)) from e
             if self.guard is not None:  # halts fired from the ingest path leave on its socket
                 self.guard.executor.direct = self.wire.publish
+            self.wire.on_link = self._on_wire_link
             return
         sub = await self.nc.subscribe(
             self.subjects.market_all,
@@ -1216,6 +1218,32 @@ class Daemon:
             self._decide(None)
         for subject, reason, error, kept, size in result.refused:
             self._spawn(self._reject(_Refused(subject, kept), reason, error, size), "wire-refusal")
+
+    def _on_wire_link(self, up: bool, what: str) -> None:
+        """The wire path's market-data connection was lost, or is back: alerted (throttled per
+        direction), since market data is missed while it is down."""
+        if self.guard is None or self._closing:
+            return
+        if not self._wire_alerts.ready("back" if up else "lost"):
+            return
+        if up:
+            alert = self.guard.alert(
+                "info",
+                "market data connection back",
+                f"the wire path's market-data connection is up again, to {what}",
+                algos=[],
+            )
+        else:
+            wait = self.config.nats.reconnect_time_wait.total_seconds()
+            alert = self.guard.alert(
+                "warning",
+                "market data connection lost",
+                f"the wire path's market-data connection: {what}. Reconnecting every {wait:g}s; "
+                "market data is missed meanwhile (triggers.market_data_timeout halts the "
+                "algorithms whose marks go stale)",
+                algos=[],
+            )
+        self._spawn(alert, "wire-link-alert")
 
     async def _after_ingest(self, breaches: list[Breach] | None) -> None:
         """Breaches first (the rollback), then the deployments' decisions."""

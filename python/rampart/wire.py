@@ -255,6 +255,9 @@ class WireConnection:
         self._protocol: _Protocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # told when the link is lost (False, why) and back (True, the server): the daemon
+        # alerts on it; not called for the first connection nor when closed on purpose
+        self.on_link: Callable[[bool, str], None] | None = None
 
     def new_parser(self) -> _Parser:
         raise NotImplementedError
@@ -376,11 +379,22 @@ class WireConnection:
                 self.stats.disconnects += 1
                 self._protocol = None
                 log.warning("%s: %s; reconnecting", self.name, why)
+                if not self._closing:
+                    self._tell(False, why)
             await asyncio.sleep(wait)
             try:
                 await self._connect_any()
             except (WireError, OSError, TimeoutError) as e:
                 log.warning("%s; trying again in %.3gs", e, wait)
+            else:
+                self._tell(True, self.stats.server or "?")
+
+    def _tell(self, up: bool, what: str) -> None:
+        if self.on_link is not None:
+            try:
+                self.on_link(up, what)
+            except Exception:
+                log.exception("%s: the link listener failed", self.name)
 
 
 class _IngestParser:
