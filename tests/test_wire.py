@@ -141,45 +141,80 @@ def test_market_data_is_applied_refused_and_dead_lettered_the_same_on_both_paths
     run(scenario())
 
 
+@asynccontextmanager
+async def alpha_holding_es(daemon: Daemon, url: str, keys_dir: Path) -> AsyncIterator[Any]:
+    """A reference gateway hosting alpha, which holds 10 ES bought at 6,000 (a fill Rampart
+    has applied); yields (gateway, a client connection)."""
+    gw_nc = await nats.connect(url)
+    gw = ReferenceGateway(
+        gw_nc,
+        "gw1",
+        [HostedAlgo("alpha", "ES", Momentum(), allocation=1.0, active=True)],
+        heartbeat_interval=0.05,
+        deadman_timeout=3600,
+        trusted_keys=rampart_keys(keys_dir),
+    )
+    await gw.start()
+    nc = await nats.connect(url)
+    try:
+        await until(lambda: "gw1" in daemon.gateways)
+        fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=6000, ts=T0)
+        await nc.publish(SUBJ.fills("gw1", "alpha"), encoder.encode(fill))
+        await nc.flush()
+        await until(lambda: daemon.engine.snapshot("alpha").fills == 1)
+        yield gw, nc
+    finally:
+        await nc.close()
+        await gw.close()
+        await gw_nc.close()
+
+
 @pytest.mark.parametrize("wire", ["nats-py", "rust"])
 def test_a_breach_on_the_market_data_halts_the_gateway(
     run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path, wire: str
 ) -> None:
     async def scenario() -> None:
-        async with running(config(tmp_path, wire), server.url) as daemon:
-            gw_nc = await nats.connect(server.url)
-            gw = ReferenceGateway(
-                gw_nc,
-                "gw1",
-                [HostedAlgo("alpha", "ES", Momentum(), allocation=1.0, active=True)],
-                heartbeat_interval=0.05,
-                deadman_timeout=3600,
-                trusted_keys=rampart_keys(tmp_path / "data"),
-            )
-            await gw.start()
-            nc = await nats.connect(server.url)
-            try:
-                await until(lambda: "gw1" in daemon.gateways)
-                fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=6000, ts=T0)
-                await nc.publish(SUBJ.fills("gw1", "alpha"), encoder.encode(fill))
-                await nc.flush()
-                await until(lambda: daemon.engine.snapshot("alpha").fills == 1)
-                assert not gw.agent.is_halted("alpha")
-                # 10 ES down 600: 6,000 of 100,000, past the 5 % drawdown limit
+        async with (
+            running(config(tmp_path, wire), server.url) as daemon,
+            alpha_holding_es(daemon, server.url, tmp_path / "data") as (gw, nc),
+        ):
+            assert not gw.agent.is_halted("alpha")
+            # 10 ES down 600: 6,000 of 100,000, past the 5 % drawdown limit
+            await nc.publish(MD, quote(5400.0, T0 + SEC))
+            await nc.flush()
+            await until(lambda: gw.agent.is_halted("alpha"))
+            assert daemon.guard is not None and "alpha" in daemon.guard.halted
+            # on the wire path the halt left on its socket from data_received itself
+            executor = daemon.guard.executor
+            assert executor.fired_used == 1
+            assert executor.fired_direct == (1 if wire == "rust" else 0)
+
+    run(scenario())
+
+
+def test_a_breach_the_wire_path_cannot_act_on_fails_closed(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A fault in acting on a chunk's breaches (here: the guard's fast path raises) must not
+    leave the breaching algorithm trading: the daemon fails closed and halts everything."""
+
+    async def scenario() -> None:
+        async with running(config(tmp_path, "rust"), server.url) as daemon:
+            guard = daemon.guard
+            assert guard is not None
+
+            def broken(breaches: object) -> None:
+                raise RuntimeError("injected: the fast path is broken")
+
+            guard.on_breaches_now = broken  # type: ignore[method-assign]
+            async with alpha_holding_es(daemon, server.url, tmp_path / "data") as (gw, nc):
                 await nc.publish(MD, quote(5400.0, T0 + SEC))
                 await nc.flush()
                 await until(lambda: gw.agent.is_halted("alpha"))
-                assert daemon.guard is not None and "alpha" in daemon.guard.halted
-                # on the wire path the halt left on its socket from data_received itself
-                executor = daemon.guard.executor
-                assert executor.fired_used == 1
-                assert executor.fired_direct == (1 if wire == "rust" else 0)
-            finally:
-                await nc.close()
-                await gw.close()
-                await gw_nc.close()
+                assert daemon.failed is not None and "fast path is broken" in daemon.failed
+                assert daemon.wire is not None and daemon.wire.stats.connected
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_a_gateway_on_the_wire_path_takes_signed_commands_and_heartbeats_only(

@@ -1212,7 +1212,12 @@ class Daemon:
         self.stats.ingested += result.ingested
         if result.breaches:
             if self.guard is not None:
-                self.guard.on_breaches_now(result.breaches)
+                try:
+                    self.guard.on_breaches_now(result.breaches)
+                except Exception as e:  # a breach nobody acts on: halt everything instead
+                    log.exception("acting on breaches from the wire path failed")
+                    self.fail_closed(f"acting on breaches from the market-data wire path: {e!r}")
+                    return
             self._spawn(self._after_ingest(result.breaches), "wire-breaches")
         else:
             self._decide(None)
