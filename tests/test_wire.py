@@ -217,6 +217,37 @@ def test_a_breach_the_wire_path_cannot_act_on_fails_closed(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("wire", ["nats-py", "rust"])
+def test_a_deployment_that_cannot_be_decided_fails_closed(
+    server: EmbeddedNatsServer, tmp_path: Path, wire: str
+) -> None:
+    """A deployment's decision raising (a strategy's bug) after an ingest: Rampart cannot
+    follow the deployment, so it fails closed, on both paths (on the wire path the exception
+    escaped data_received before, and every chunk reconnected the link)."""
+
+    async def scenario() -> None:
+        async with running(config(tmp_path, wire), server.url) as daemon:
+            runner = daemon.runner
+
+            def broken(now: int) -> list[Any]:
+                raise RuntimeError("injected: a strategy's bug")
+
+            async with alpha_holding_es(daemon, server.url, tmp_path / "data") as (gw, nc):
+                assert daemon.failed is None
+                runner.deployments = {"dep": None}  # type: ignore[dict-item]
+                runner.next_decision_at = 0
+                runner.tick = broken  # type: ignore[method-assign]
+                await nc.publish(MD, quote(6001.0, T0 + SEC))
+                await nc.flush()
+                await until(lambda: daemon.failed is not None)
+                assert "a strategy's bug" in (daemon.failed or "")
+                await until(lambda: gw.agent.is_halted("alpha"))
+                if daemon.wire is not None:
+                    assert daemon.wire.stats.disconnects == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_gateway_on_the_wire_path_takes_signed_commands_and_heartbeats_only(
     run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:

@@ -1261,10 +1261,14 @@ class Daemon:
         runner = self.runner
         if runner.deployments and self.failed is None:
             now = self.engine.now
-            if breaches is not None and now is not None:
-                self._queue(runner.on_breaches(breaches, now))
-            if now is not None and now >= runner.next_decision_at:
-                self._queue(runner.tick(now))
+            try:
+                if breaches is not None and now is not None:
+                    self._queue(runner.on_breaches(breaches, now))
+                if now is not None and now >= runner.next_decision_at:
+                    self._queue(runner.tick(now))
+            except Exception as e:  # a deployment Rampart cannot decide: it cannot follow it
+                log.exception("a deployment's decision failed")
+                self.fail_closed(f"a deployment's decision failed: {e!r}")
 
     def _on_rollback(self, algos: tuple[str, ...], trigger: str, actor: str) -> None:
         if self.runner.deployments:
