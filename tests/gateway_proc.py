@@ -79,8 +79,8 @@ def log_ha(gw: LoggingGateway, path: Path) -> None:
     on_beat = gw.agent._on_sidecar_heartbeat
     seen = {"term": -1}
 
-    async def logged_beat(msg: Msg | WireMsg) -> None:
-        await on_beat(msg)
+    async def logged_beat(msg: Msg | WireMsg, *, verified: bool = False) -> None:
+        await on_beat(msg, verified=verified)
         term = gw.agent.book.term
         if term > seen["term"] and gw.agent.deadman.last_seen is not None:
             seen["term"] = term

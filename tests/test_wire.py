@@ -442,6 +442,7 @@ class FakeServer:
         self.logins = 0
         self.received: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self.after_info = b""  # written with the INFO, before the client logs in
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
@@ -449,7 +450,9 @@ class FakeServer:
         return f"nats://127.0.0.1:{port}"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b'INFO {"server_id":"fake","max_payload":1048576,"nonce":"abc"}\r\n')
+        writer.write(
+            b'INFO {"server_id":"fake","max_payload":1048576,"nonce":"abc"}\r\n' + self.after_info
+        )
         try:
             line = await reader.readuntil(b"PING\r\n")
             self.received.append(line)
@@ -509,6 +512,133 @@ def test_garbage_from_the_server_closes_the_connection_and_it_reconnects(
             assert sub.stats.protocol_errors == 1 and sub.stats.disconnects == 1
             login = fake.received[0]
             assert login.startswith(b"CONNECT {") and b"SUB rampart.md.> 1\r\n" in login
+        finally:
+            await sub.close()
+            await fake.stop()
+
+    run(scenario())
+
+
+def test_what_the_server_sends_before_the_login_or_for_another_sid_is_never_applied(
+    run: Callable[..., object],
+) -> None:
+    """A market-data message in the INFO's chunk (before any SUB: a man in the middle of a
+    connection about to start TLS), or for a sid never subscribed, is refused
+    (``unknown_sid``), not applied; a message for the subscription's sid is."""
+    body = quote(6000.0, T0)
+
+    def msg(sid: bytes) -> bytes:
+        return b"MSG rampart.md.ES %s %d\r\n%s\r\n" % (sid, len(body), body)
+
+    async def scenario() -> None:
+        fake = FakeServer(lambda _: b"PONG\r\n" + msg(b"7") + msg(b"1"))
+        fake.after_info = msg(b"1")  # in the clear, before the client's CONNECT and SUB
+        url = await fake.start()
+        results: list[WireResult] = []
+        sub = _subscription(url, results)
+        await sub.start()
+        try:
+            await until(lambda: sum(r.ingested for r in results) == 1)
+            refused = [(s, reason) for r in results for s, reason, *_ in r.refused]
+            assert refused == [("rampart.md.ES", "unknown_sid")] * 2
+            assert sub.stats.protocol_errors == 0 and sub.stats.connected
+        finally:
+            await sub.close()
+            await fake.stop()
+
+    run(scenario())
+
+
+def test_a_chunk_read_when_the_server_then_misbehaves_is_still_delivered(
+    run: Callable[..., object],
+) -> None:
+    """A quote and, in the same chunk, an INFO that is not an object (or a max_payload beyond
+    reason): the quote's result reaches the daemon (its breaches would), and the connection is
+    closed and opened again; it never escapes data_received."""
+    body = quote(6000.0, T0)
+    good = b"MSG rampart.md.ES 1 %d\r\n%s\r\n" % (len(body), body)
+
+    def script(login: int) -> list[bytes]:
+        if login == 1:
+            return [b"PONG\r\n", good + b"INFO []\r\n"]
+        big = b'INFO {"max_payload": 99999999999999999999999}\r\n'
+        return [b"PONG\r\n", big + good]
+
+    async def scenario() -> None:
+        fake = FakeServer(script)
+        url = await fake.start()
+        results: list[WireResult] = []
+        sub = _subscription(url, results)
+        await sub.start()
+        try:
+            await until(lambda: sum(r.ingested for r in results) == 2, timeout=10)
+            assert sub.stats.disconnects >= 1 and sub.stats.connects >= 2
+        finally:
+            await sub.close()
+            await fake.stop()
+
+    run(scenario())
+
+
+def test_a_message_a_publisher_made_invalid_is_refused_alone(
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """What nats-server forwards from any publisher on the market-data subjects: a subject or
+    reply that is not UTF-8, a header block that is not NATS/1.0, a reply of 4,076 bytes (a MSG
+    line over 4,096 with its sid). Each is refused (and dead-lettered) alone; the link stays up
+    and the next quote is applied."""
+
+    async def scenario() -> None:
+        async with running(config(tmp_path, "rust"), server.url) as daemon:
+            wire = daemon.wire
+            assert wire is not None
+            host, port = server.url.removeprefix("nats://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            await reader.readline()  # INFO
+            writer.write(
+                b'CONNECT {"verbose":false,"headers":true}\r\n'
+                b"PUB rampart.md.\xff 2\r\nhi\r\n"
+                b"PUB rampart.md.ES \xff 2\r\nhi\r\n"
+                b"HPUB rampart.md.ES 4 6\r\nXXXXhi\r\n"
+                b"PUB rampart.md.ES " + b"r" * 4076 + b" 2\r\nhi\r\nPING\r\n"
+            )
+            assert await reader.readline() == b"PONG\r\n"  # the server took them all
+            writer.close()
+            nc = await nats.connect(server.url)
+            await nc.publish(MD, quote(6000.0, T0))
+            await nc.flush()
+            await until(lambda: daemon.stats.ingested == 1)
+            await until(lambda: sum(daemon.stats.rejected.values()) == 4)
+            assert daemon.stats.rejected == {"bad_subject": 2, "bad_headers": 1, "decode": 1}
+            assert wire.stats.protocol_errors == 0 and wire.stats.disconnects == 0
+            await nc.close()
+
+    run(scenario())
+
+
+def test_reconnecting_goes_on_after_an_unexpected_error(run: Callable[..., object]) -> None:
+    """A reconnection attempt failing with something other than a network or login error (a
+    seed file damaged during a rotation raises nkeys' own errors) is logged and tried again;
+    it never ends the task that keeps the link up."""
+
+    async def scenario() -> None:
+        fake = FakeServer(lambda login: [b"PONG\r\n", HANG_UP] if login == 1 else b"PONG\r\n")
+        url = await fake.start()
+        sub = _subscription(url, [])
+        await sub.start()
+        connect = sub._connect
+        failures: list[str] = []
+
+        async def flaky(url: str) -> None:
+            if not failures:
+                failures.append(url)
+                raise RuntimeError("injected: a damaged seed file")
+            await connect(url)
+
+        sub._connect = flaky  # type: ignore[method-assign]
+        try:
+            await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
+            assert failures == [url]
         finally:
             await sub.close()
             await fake.stop()

@@ -212,6 +212,9 @@ class WireIngest:
         cls, max_payload: int = 1048576, max_event: int = 65536, keep: int = 4096
     ) -> Self: ...
     def set_max_payload(self, max_payload: int) -> None: ...
+    def set_sids(self, sids: int) -> None:
+        """The connection subscribed with sids 1..``sids``: a message of another sid (or one
+        before the subscriptions) is refused as ``unknown_sid``, never applied."""
     @property
     def buffered(self) -> int: ...
     def feed(self, engine: Engine, data: bytes, wall_ns: int | None = None) -> WireResult: ...
@@ -224,6 +227,8 @@ class Frames:
 
     messages: list[tuple[str, str | None, bytes | None, bytes]]
     """(subject, reply, header block or None, payload) of each message, in order."""
+    refused: list[tuple[str, str]]
+    """Messages not handed on: (subject, ``bad_subject`` | ``bad_headers`` | ``unknown_sid``)."""
     pings: int
     pongs: int
     oks: int
@@ -237,6 +242,7 @@ class WireFrames:
 
     def __new__(cls, max_payload: int = 1048576) -> Self: ...
     def set_max_payload(self, max_payload: int) -> None: ...
+    def set_sids(self, sids: int) -> None: ...
     def feed(self, data: bytes) -> Frames: ...
 
 @final

@@ -32,7 +32,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 from rampart import __version__
@@ -131,6 +131,7 @@ class WireStats:
     slow_consumer: int = 0
     protocol_errors: int = 0
     published: int = 0  # halts written on this connection (``publish``)
+    refused: int = 0  # messages not handed on (WireMessages: bad subject or headers, unknown sid)
     last_error: str | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -148,6 +149,15 @@ class _Parsed(Protocol):
 class _Parser(Protocol):
     def feed(self, data: bytes) -> _Parsed: ...
     def set_max_payload(self, max_payload: int) -> None: ...
+    def set_sids(self, sids: int) -> None: ...
+
+
+# The largest max_payload taken from a server's INFO (nats-server allows at most 64 MiB): an
+# INFO is read before the login, so what it says bounds nothing we would buffer beyond this.
+MAX_PAYLOAD_CAP: Final = 64 * 1024 * 1024
+# What may wait unsent on the socket (PONGs to a server that never reads them, acks, halts)
+# before the connection is given up as stuck.
+MAX_WRITE_BUFFER: Final = 8 * 1024 * 1024
 
 
 class _Protocol(asyncio.Protocol):
@@ -169,35 +179,45 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
-        result = self.parser.feed(data)
-        stats = owner.stats
-        stats.bytes += len(data)
-        stats.chunks += 1
-        if result.pings and self.transport is not None:
-            self.transport.write(b"PONG\r\n" * result.pings)
-        for raw in result.infos:
-            self._on_info(raw)
-        for text in result.errors:  # before the PONG: a refused login or SUB is not ready
-            self._on_err(text)
-        if result.pongs:
-            self.outstanding = 0
-            if not self.ready.done():
-                self.ready.set_result(None)
-        owner.deliver(result)
-        if result.failed is not None:
-            reason, text = result.failed
-            stats.protocol_errors += 1
-            self._close(f"the server's bytes are not the NATS protocol ({reason}: {text})")
+        result = self.parser.feed(data)  # applied: what it held must reach the owner
+        try:
+            stats = owner.stats
+            stats.bytes += len(data)
+            stats.chunks += 1
+            transport = self.transport
+            if result.pings and transport is not None:
+                transport.write(b"PONG\r\n" * result.pings)
+                if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                    self._close("the server does not read what this connection writes")
+            for raw in result.infos:
+                self._on_info(raw)
+            for text in result.errors:  # before the PONG: a refused login or SUB is not ready
+                self._on_err(text)
+            if result.pongs:
+                self.outstanding = 0
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            if result.failed is not None:
+                reason, text = result.failed
+                stats.protocol_errors += 1
+                self._close(f"the server's bytes are not the NATS protocol ({reason}: {text})")
+        except Exception as e:  # never out of data_received: the chunk is delivered below
+            log.exception("%s: reading a chunk failed", owner.name)
+            self._close(f"reading a chunk failed: {type(e).__name__}: {e}")
+        finally:
+            owner.deliver(result)
 
     def _on_info(self, raw: bytes) -> None:
         try:
             info = json.loads(raw)
-        except ValueError:
-            self._close(f"an INFO that is not JSON: {raw[:200]!r}")
+        except (ValueError, RecursionError):
+            info = None
+        if not isinstance(info, dict):
+            self._close(f"an INFO that is not a JSON object: {raw[:200]!r}")
             return
         max_payload = info.get("max_payload")
-        if isinstance(max_payload, int) and max_payload > 0:
-            self.parser.set_max_payload(max_payload)
+        if type(max_payload) is int and max_payload > 0:
+            self.parser.set_max_payload(min(max_payload, MAX_PAYLOAD_CAP))
         if not self.info.done():
             self.info.set_result(info)
 
@@ -231,9 +251,9 @@ class _Protocol(asyncio.Protocol):
         """Send a PING; False when too many went unanswered (the link is dead)."""
         if self.transport is None or self.transport.is_closing():
             return False
+        self.outstanding += 1  # as nats-py: dead when this one is past the maximum
         if self.outstanding > self.owner.cfg.max_outstanding_pings:
             return False
-        self.outstanding += 1
         self.transport.write(b"PING\r\n")
         return True
 
@@ -322,6 +342,8 @@ class WireConnection:
                 errors.append(f"{url}: no login within nats.connect_timeout ({wait:g}s)")
             except (OSError, WireError) as e:  # ssl.SSLError is an OSError
                 errors.append(f"{url}: {e}")
+            except Exception as e:  # a damaged seed or .creds file: say which, as a WireError
+                errors.append(f"{url}: {type(e).__name__}: {e}")
         raise WireError(f"{self.name}: " + "; ".join(errors))
 
     async def _connect(self, url: str) -> None:
@@ -342,10 +364,14 @@ class WireConnection:
                     if tls is None:
                         raise WireError("the TLS handshake did not complete")
                     proto.transport = tls
+                    # nothing sent in the clear after the INFO is read: a fresh parser
+                    proto.parser = self.new_parser()
                     self.stats.tls = True
                 connect = json.dumps(connect_fields(self.cfg, info, url), sort_keys=True)
                 subs = "".join(f"SUB {s} {i}\r\n" for i, s in enumerate(self.subjects, 1))
                 assert proto.transport is not None
+                # a message is ours only once subscribed, and only for these sids
+                proto.parser.set_sids(len(self.subjects))
                 proto.transport.write(f"CONNECT {connect}\r\n{subs}PING\r\n".encode())
                 await proto.ready
             except BaseException:
@@ -386,6 +412,8 @@ class WireConnection:
                 await self._connect_any()
             except (WireError, OSError, TimeoutError) as e:
                 log.warning("%s; trying again in %.3gs", e, wait)
+            except Exception:  # never the end of reconnecting
+                log.exception("%s: reconnecting failed; trying again in %.3gs", self.name, wait)
             else:
                 self._tell(True, self.stats.server or "?")
 
@@ -410,6 +438,9 @@ class _IngestParser:
 
     def set_max_payload(self, max_payload: int) -> None:
         self.ingest.set_max_payload(max_payload)
+
+    def set_sids(self, sids: int) -> None:
+        self.ingest.set_sids(sids)
 
 
 class WireSubscription(WireConnection):
@@ -497,6 +528,10 @@ class WireMessages(WireConnection):
         return WireFrames()
 
     def deliver(self, result: Frames) -> None:
+        for subject, reason in result.refused:
+            self.stats.refused += 1
+            if self.stats.refused <= 10 or self.stats.refused % 1000 == 0:
+                log.warning("%s: refused a message on %r: %s", self.name, subject[:200], reason)
         for subject, reply, headers, payload in result.messages:
             hdr = parse_headers(headers) if headers is not None else None
             self.on_message(WireMsg(subject, reply or "", payload, hdr, self))

@@ -68,6 +68,11 @@ LANES: dict[CommandKind, str] = {
 }
 
 
+# Verified messages of one subject waiting on the wire connection, at most (beyond: dropped,
+# counted, logged; nats-py's own pending limit plays this part on the other path).
+MAX_WIRE_QUEUE = 10_000
+
+
 class GatewayHandlers:
     """Override these with what your gateway does. Each returns once the action is done and
     raises to report a failure (the agent acks it as ``error`` with the exception's message)."""
@@ -163,6 +168,7 @@ class GatewayAgent:
         self.wire: WireMessages | None = None
         # per subject: the messages waiting, handled one at a time in order (as nats-py does)
         self._wire_queues: dict[str, deque[WireMsg]] = {}
+        self.wire_dropped = 0  # verified messages dropped past MAX_WIRE_QUEUE
         # the public keys of Rampart's signing key (more than one while it is rotated): a command
         # or a sidecar heartbeat signed by anything else is refused (docs/protocol.md,
         # "Signatures"); read_public_key(data_dir) gives a co-located Rampart's
@@ -238,38 +244,52 @@ class GatewayAgent:
             )
 
     def _on_wire_message(self, msg: WireMsg) -> None:
-        """A message of the wire connection, from its ``data_received``: handled at once when
-        nothing of its subject is being handled, else after what came before it."""
+        """A message of the wire connection, from its ``data_received``: its signature checked
+        at once (a forged one is refused here, never queued), then handled when nothing of its
+        subject is being handled, else after what came before it."""
+        command = msg.subject == self.subjects.command(self.gateway)
+        refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
+        if refusal is not None:
+            self._refuse("commands" if command else "heartbeats", msg.subject, refusal)
+            return
         queue = self._wire_queues.get(msg.subject)
         if queue is not None:
+            if len(queue) >= MAX_WIRE_QUEUE:
+                self.wire_dropped += 1
+                if self.wire_dropped <= 10 or self.wire_dropped % 1000 == 0:
+                    log.error(
+                        "%s: %d messages of %s wait already: one more dropped (#%d)",
+                        self.gateway,
+                        len(queue),
+                        msg.subject,
+                        self.wire_dropped,
+                    )
+                return
             queue.append(msg)
             return
         self._wire_queues[msg.subject] = deque([msg])
-        task = asyncio.ensure_future(self._drain_wire(msg.subject))
+        task = asyncio.ensure_future(self._drain_wire(msg.subject, command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drain_wire(self, subject: str) -> None:
+    async def _drain_wire(self, subject: str, command: bool) -> None:
         queue = self._wire_queues[subject]
+        handler = self._on_command if command else self._on_sidecar_heartbeat
         try:
             while queue:
                 msg = queue.popleft()
-                handler = (
-                    self._on_command
-                    if subject == self.subjects.command(self.gateway)
-                    else self._on_sidecar_heartbeat
-                )
                 try:
-                    await handler(msg)
+                    await handler(msg, verified=True)
                 except Exception:
                     log.exception("%s: handling a message on %s failed", self.gateway, subject)
         finally:
             del self._wire_queues[subject]
 
-    async def _on_command(self, msg: Msg | WireMsg) -> None:
-        """A command message: verified and decoded at once, then applied in its lane (``LANES``)
-        after the commands of that lane before it, while the other lanes go on."""
-        refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
+    async def _on_command(self, msg: Msg | WireMsg, *, verified: bool = False) -> None:
+        """A command message: verified (unless ``verified`` already) and decoded at once, then
+        applied in its lane (``LANES``) after the commands of that lane before it, while the
+        other lanes go on."""
+        refusal = None if verified else self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is not None:
             # no reply: with NATS's allow_responses, a reply would let the forger make this
             # gateway publish on a subject of its choosing (its reply subject)
@@ -383,12 +403,12 @@ class GatewayAgent:
 
     # ---- heartbeats and the dead-man's switch -------------------------------------------------
 
-    async def _on_sidecar_heartbeat(self, msg: Msg | WireMsg) -> None:
+    async def _on_sidecar_heartbeat(self, msg: Msg | WireMsg, *, verified: bool = False) -> None:
         """Rampart's heartbeat keeps the dead-man's switch from tripping only when Rampart
         signed it, when it is newer than the last one of the same boot of Rampart, and no
         further from this host's clock than the switch's timeout (a recorded heartbeat
         replayed cannot keep it alive)."""
-        refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
+        refusal = None if verified else self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is None:
             try:
                 hb = sidecar_heartbeat_decoder.decode(msg.data)

@@ -12,8 +12,10 @@
 
 use std::fmt;
 
-/// nats-server's default `max_control_line`.
-pub const DEFAULT_MAX_CONTROL: usize = 4096;
+/// The longest control line accepted. nats-server's `max_control_line` (4,096 by default)
+/// bounds what clients send; the `MSG` line it forwards adds a sid, and a server may be set to
+/// allow longer lines, so a message line is allowed well past it.
+pub const DEFAULT_MAX_CONTROL: usize = 64 * 1024;
 
 /// One frame of the server's side of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,14 @@ pub enum Frame<'a> {
         reply: Option<&'a str>,
         /// `HMSG` only: the header block, starting `NATS/1.0`
         headers: Option<&'a [u8]>,
+        payload: &'a [u8],
+    },
+    /// A message framed correctly but refused on its own: its subject, sid or reply is not
+    /// UTF-8 (`bad_subject`), or its header block does not start `NATS/1.0` (`bad_headers`).
+    /// A publisher on the bus can send either through the server: the stream goes on.
+    Bad {
+        subject: &'a [u8],
+        reason: &'static str,
         payload: &'a [u8],
     },
     Ping,
@@ -46,8 +56,6 @@ pub enum WireError {
     TooBig { size: usize, max: usize },
     /// a line or a payload not ended by CRLF
     MissingCrlf { after: &'static str },
-    /// an `HMSG` whose header block does not start with `NATS/1.0`
-    BadHeaders,
 }
 
 impl WireError {
@@ -59,7 +67,6 @@ impl WireError {
             Self::BadArgs { .. } => "bad_args",
             Self::TooBig { .. } => "too_big",
             Self::MissingCrlf { .. } => "missing_crlf",
-            Self::BadHeaders => "bad_headers",
         }
     }
 }
@@ -76,7 +83,6 @@ impl fmt::Display for WireError {
                 write!(f, "a message of {size} bytes, over max_payload {max}")
             }
             Self::MissingCrlf { after } => write!(f, "no CRLF after {after}"),
-            Self::BadHeaders => write!(f, "an HMSG header block that does not start NATS/1.0"),
         }
     }
 }
@@ -207,9 +213,8 @@ fn parse_one(
     let args = trim(rest);
     if op.eq_ignore_ascii_case(b"MSG") {
         let a = split_args::<4>("MSG", args)?;
-        let (subject, sid) = (text("MSG", a.0[0])?, text("MSG", a.0[1])?);
         let (reply, size) = match a.1 {
-            4 => (Some(text("MSG", a.0[2])?), a.0[3]),
+            4 => (Some(a.0[2]), a.0[3]),
             3 => (None, a.0[2]),
             _ => return Err(bad("MSG", "expected: subject sid [reply] size")),
         };
@@ -223,20 +228,13 @@ fn parse_one(
         let Some(payload) = body(d, next, size)? else {
             return Ok(None);
         };
-        let frame = Frame::Msg {
-            subject,
-            sid,
-            reply,
-            headers: None,
-            payload,
-        };
+        let frame = message(a.0[0], a.0[1], reply, None, payload);
         return Ok(Some((frame, next + size + 2)));
     }
     if op.eq_ignore_ascii_case(b"HMSG") {
         let a = split_args::<5>("HMSG", args)?;
-        let (subject, sid) = (text("HMSG", a.0[0])?, text("HMSG", a.0[1])?);
         let (reply, hsize, tsize) = match a.1 {
-            5 => (Some(text("HMSG", a.0[2])?), a.0[3], a.0[4]),
+            5 => (Some(a.0[2]), a.0[3], a.0[4]),
             4 => (None, a.0[2], a.0[3]),
             _ => {
                 return Err(bad(
@@ -259,16 +257,7 @@ fn parse_one(
             return Ok(None);
         };
         let (headers, payload) = all.split_at(hsize);
-        if !headers.starts_with(b"NATS/1.0") {
-            return Err(WireError::BadHeaders);
-        }
-        let frame = Frame::Msg {
-            subject,
-            sid,
-            reply,
-            headers: Some(headers),
-            payload,
-        };
+        let frame = message(a.0[0], a.0[1], reply, Some(headers), payload);
         return Ok(Some((frame, next + tsize + 2)));
     }
     let frame = if op.eq_ignore_ascii_case(b"PING") && args.is_empty() {
@@ -345,6 +334,42 @@ fn split_args<'a, const N: usize>(
     Ok((out, n))
 }
 
+/// A framed message, or its refusal when what a publisher chose is not valid.
+fn message<'a>(
+    subject: &'a [u8],
+    sid: &'a [u8],
+    reply: Option<&'a [u8]>,
+    headers: Option<&'a [u8]>,
+    payload: &'a [u8],
+) -> Frame<'a> {
+    let utf8 = |b: &'a [u8]| std::str::from_utf8(b).ok();
+    let (Some(subj), Some(sid), Some(reply)) = (
+        utf8(subject),
+        utf8(sid),
+        reply.map_or(Some(None), |r| utf8(r).map(Some)),
+    ) else {
+        return Frame::Bad {
+            subject,
+            reason: "bad_subject",
+            payload,
+        };
+    };
+    if headers.is_some_and(|h| !h.starts_with(b"NATS/1.0")) {
+        return Frame::Bad {
+            subject,
+            reason: "bad_headers",
+            payload,
+        };
+    }
+    Frame::Msg {
+        subject: subj,
+        sid,
+        reply,
+        headers,
+        payload,
+    }
+}
+
 fn text<'a>(op: &'static str, b: &'a [u8]) -> Result<&'a str, WireError> {
     std::str::from_utf8(b).map_err(|_| bad(op, "an argument that is not UTF-8"))
 }
@@ -379,6 +404,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq)]
     enum Owned {
         Msg(String, String, Option<String>, Option<Vec<u8>>, Vec<u8>),
+        Bad(Vec<u8>, &'static str, Vec<u8>),
         Ping,
         Pong,
         Ok,
@@ -401,6 +427,11 @@ mod tests {
                 headers.map(<[u8]>::to_vec),
                 payload.to_vec(),
             ),
+            Frame::Bad {
+                subject,
+                reason,
+                payload,
+            } => Owned::Bad(subject.to_vec(), reason, payload.to_vec()),
             Frame::Ping => Owned::Ping,
             Frame::Pong => Owned::Pong,
             Frame::Ok => Owned::Ok,
@@ -544,8 +575,37 @@ mod tests {
         assert_eq!(r.unwrap_err().reason(), "missing_crlf");
         let (_, r) = parse(&[b"PING\n"]);
         assert_eq!(r.unwrap_err().reason(), "missing_crlf");
-        let (_, r) = parse(&[b"HMSG x 1 2 4\r\nXXhi\r\n"]);
-        assert_eq!(r.unwrap_err().reason(), "bad_headers");
+    }
+
+    #[test]
+    fn a_message_a_publisher_made_invalid_is_refused_alone_and_the_stream_goes_on() {
+        // what nats-server forwards from a publisher: a subject or reply that is not UTF-8,
+        // a header block that is not NATS/1.0, a line past nats-server's 4,096
+        let mut long = b"MSG rampart.md.ES 1 ".to_vec();
+        long.extend(std::iter::repeat_n(b'r', 4090));
+        long.extend(b" 2\r\nhi\r\n");
+        let stream = [
+            &b"MSG rampart.md.\xff 1 2\r\nhi\r\n"[..],
+            b"MSG rampart.md.ES 1 \xff 2\r\nhi\r\n",
+            b"HMSG rampart.md.ES 1 4 6\r\nXXXXhi\r\n",
+            &long,
+            b"PING\r\n",
+        ]
+        .concat();
+        let (frames, r) = parse(&[&stream]);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            &frames[..3],
+            &[
+                Owned::Bad(b"rampart.md.\xff".to_vec(), "bad_subject", b"hi".to_vec()),
+                Owned::Bad(b"rampart.md.ES".to_vec(), "bad_subject", b"hi".to_vec()),
+                Owned::Bad(b"rampart.md.ES".to_vec(), "bad_headers", b"hi".to_vec()),
+            ]
+        );
+        assert!(
+            matches!(&frames[3], Owned::Msg(s, _, Some(r), None, p) if s == "rampart.md.ES" && r.len() == 4090 && p == b"hi")
+        );
+        assert_eq!(frames[4], Owned::Ping);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub(crate) struct PyWireIngest {
     parser: FrameParser,
     max_event: usize,
     keep: usize,
+    // the subscriptions' sids are 1..=sids (0 until subscribed: nothing is a message of ours)
+    sids: u64,
     // a panic in the core stopped this stream: every later chunk is refused
     broken: bool,
 }
@@ -83,12 +85,19 @@ impl PyWireIngest {
             parser: FrameParser::new(max_payload),
             max_event,
             keep,
+            sids: 0,
             broken: false,
         }
     }
 
     fn set_max_payload(&mut self, max_payload: usize) {
         self.parser.set_max_payload(max_payload);
+    }
+
+    /// The connection subscribed with sids 1..=`sids`: a message of any other sid (or one
+    /// before the subscriptions were sent) is refused as `unknown_sid`, never applied.
+    fn set_sids(&mut self, sids: u64) {
+        self.sids = sids;
     }
 
     /// Bytes of a partial frame waiting for the next chunk.
@@ -117,7 +126,7 @@ impl PyWireIngest {
         }
         eng.out.clear();
         let (inner, out) = (&mut eng.inner, &mut eng.out);
-        let (max_event, keep) = (self.max_event, self.keep);
+        let (max_event, keep, sids) = (self.max_event, self.keep, self.sids);
         let mut ingested = 0;
         let mut refused: Vec<(String, &'static str, String, Vec<u8>, usize)> = Vec::new();
         let (mut pings, mut pongs, mut oks) = (0, 0, 0);
@@ -126,10 +135,31 @@ impl PyWireIngest {
         let parser = &mut self.parser;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             parser.feed(data, |frame| match frame {
+                Frame::Bad {
+                    subject,
+                    reason,
+                    payload,
+                } => {
+                    let error = match reason {
+                        "bad_headers" => "a header block that does not start NATS/1.0",
+                        _ => "a subject, sid or reply that is not UTF-8",
+                    };
+                    let kept = payload[..payload.len().min(keep)].to_vec();
+                    let subject = String::from_utf8_lossy(subject).into_owned();
+                    refused.push((subject, reason, error.into(), kept, payload.len()));
+                }
                 Frame::Msg {
-                    subject, payload, ..
+                    subject,
+                    sid,
+                    payload,
+                    ..
                 } => {
                     let kept = || payload[..payload.len().min(keep)].to_vec();
+                    if !known_sid(sid, sids) {
+                        let error = format!("a message for sid {sid:?}, which is not subscribed");
+                        refused.push((subject.into(), "unknown_sid", error, kept(), payload.len()));
+                        return;
+                    }
                     if payload.len() > max_event {
                         let error = format!(
                             "payload of {} bytes exceeds ingest.max_payload_bytes = {max_event}",
@@ -199,6 +229,11 @@ impl PyWireIngest {
     }
 }
 
+/// Is `sid` one of the subscriptions 1..=`sids`?
+fn known_sid(sid: &str, sids: u64) -> bool {
+    sid.parse::<u64>().is_ok_and(|n| n >= 1 && n <= sids)
+}
+
 /// A message of a `WireFrames` chunk: (subject, reply, header block or None, payload).
 type Message = (String, Option<String>, Option<Py<PyBytes>>, Py<PyBytes>);
 
@@ -207,6 +242,8 @@ type Message = (String, Option<String>, Option<Py<PyBytes>>, Py<PyBytes>);
 #[pyclass(module = "rampart._core", name = "Frames", frozen, get_all)]
 pub(crate) struct PyFrames {
     messages: Vec<Message>,
+    /// messages not handed on: (subject, reason) — `bad_subject`, `bad_headers`, `unknown_sid`
+    refused: Vec<(String, &'static str)>,
     pings: usize,
     pongs: usize,
     oks: usize,
@@ -233,6 +270,7 @@ impl PyFrames {
 #[pyclass(module = "rampart._core", name = "WireFrames")]
 pub(crate) struct PyWireFrames {
     parser: FrameParser,
+    sids: u64,
 }
 
 #[pymethods]
@@ -242,6 +280,7 @@ impl PyWireFrames {
     fn new(max_payload: usize) -> Self {
         Self {
             parser: FrameParser::new(max_payload),
+            sids: 0,
         }
     }
 
@@ -249,9 +288,16 @@ impl PyWireFrames {
         self.parser.set_max_payload(max_payload);
     }
 
+    /// As `WireIngest.set_sids`.
+    fn set_sids(&mut self, sids: u64) {
+        self.sids = sids;
+    }
+
     fn feed(&mut self, py: Python<'_>, data: &[u8]) -> PyFrames {
+        let sids = self.sids;
         let mut out = PyFrames {
             messages: Vec::new(),
+            refused: Vec::new(),
             pings: 0,
             pongs: 0,
             oks: 0,
@@ -260,6 +306,14 @@ impl PyWireFrames {
             failed: None,
         };
         let result = self.parser.feed(data, |frame| match frame {
+            Frame::Bad {
+                subject, reason, ..
+            } => out
+                .refused
+                .push((String::from_utf8_lossy(subject).into_owned(), reason)),
+            Frame::Msg { subject, sid, .. } if !known_sid(sid, sids) => {
+                out.refused.push((subject.to_owned(), "unknown_sid"))
+            }
             Frame::Msg {
                 subject,
                 reply,
