@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rampart.gateway.commands import CommandBook, DeadMansSwitch
+from rampart.gateway import sdk
+from rampart.gateway.commands import DEDUP_CAPACITY, CommandBook, DeadMansSwitch
 from rampart.gateway.sdk import LANES, GatewayAgent, GatewayHandlers
 from rampart.protocol import Command, CommandAck, CommandKind, CommandTarget, encoder
 from rampart.signing import SigningKey, sign_headers
@@ -444,3 +445,122 @@ def test_commands_of_other_lanes_do_not_wait_behind_a_slow_one_and_a_lane_keeps_
         await ag.close()
 
     asyncio.run(scenario())
+
+
+# ---- lanes: what the review of issue 15 found ---------------------------------------------------
+
+
+async def settle() -> None:
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+def test_a_cancel_all_waits_for_a_halt_still_being_applied() -> None:
+    """Rampart sends cancel-all after its halt step's deadline even when the halt is still at a
+    slow venue: the cancel must not run while the algorithm still trades (new orders would
+    outlive it)."""
+
+    async def scenario() -> None:
+        h = SlowVenue()
+        ag = agent(h)
+        h.release["cancel_all"] = asyncio.Event()
+        h.release["cancel_all"].set()
+        halt, cancel = Reply(cmd("halt", 1, "a")), Reply(cmd("cancel_all", 1, "a"))
+        await ag._on_command(halt)  # type: ignore[arg-type]
+        await ag._on_command(cancel)  # type: ignore[arg-type]
+        await settle()
+        assert halt.acks == [] and cancel.acks == [] and h.calls == []
+        h.release["halt"].set()
+        await settle()
+        assert h.calls == [("halt", "a"), ("cancel_all", "a")]
+        assert len(halt.acks) == len(cancel.acks) == 1
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lane_is_bounded_but_never_drops_a_halt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sdk, "MAX_LANE_QUEUE", 3)
+
+    async def scenario() -> None:
+        h = SlowVenue()
+        h.release["halt"] = asyncio.Event()  # halts hang too
+        ag = agent(h)
+        for i in range(8):
+            await ag._on_command(Reply(cmd("cancel_all", i, "a", cid=f"c{i}")))  # type: ignore[arg-type]
+            await ag._on_command(Reply(cmd("halt", i, "a", cid=f"h{i}")))  # type: ignore[arg-type]
+        await settle()
+        # the orders lane took 3 (one now waits for the hanging halts), dropped the other 5
+        assert len(ag._lanes["orders"]) == 2 and ag.lane_dropped == 5
+        assert len(ag._lanes["halt"]) == 7
+        await ag.close()
+        assert ag._lanes == {}
+
+    asyncio.run(scenario())
+
+
+class Cancelling(Recorder):
+    async def halt(self, algo: str) -> None:
+        if algo == "a":
+            raise asyncio.CancelledError  # a venue client's future cancelled under it
+        await super().halt(algo)
+
+
+def test_a_handler_raising_cancelled_error_does_not_stop_its_lane() -> None:
+    async def scenario() -> None:
+        ag = agent(Cancelling())
+        first, second = Reply(cmd("halt", 1, "a")), Reply(cmd("halt", 2, "b"))
+        await ag._on_command(first)  # type: ignore[arg-type]
+        await ag._on_command(second)  # type: ignore[arg-type]
+        await settle()
+        assert first.acks == []  # not acked: Rampart resends it
+        assert [a.results[0].status for a in second.acks] == ["applied"]
+        assert ag.is_halted("b")
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
+def test_after_close_nothing_is_queued_or_applied() -> None:
+    async def scenario() -> None:
+        h = Recorder()
+        ag = agent(h)
+        await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
+        await ag.close()
+        assert ag._lanes == {}
+        late = Reply(cmd("halt", 2, "b"))
+        await ag._on_command(late)  # type: ignore[arg-type]
+        await settle()
+        assert late.acks == [] and not ag.is_halted("b") and ag._lanes == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_command_nothing_of_which_applied_takes_no_dedup_slot() -> None:
+    book = CommandBook()
+    x = cmd("cancel_all", 1, "a", cid="x")
+    book.applied_all(x, [x.targets[0]])
+    version = book.version
+    for i in range(DEDUP_CAPACITY):
+        book.applied_all(cmd("cancel_all", 1, "a", cid=f"f{i}"), [])
+    assert book.admit(x, x.targets[0], NOW) == "duplicate" and book.version == version
+
+
+def test_numbers_beyond_128_bits_are_refused_not_raised() -> None:
+    h = Recorder()
+    ag = agent(h)
+    huge = msgspec.structs.replace(cmd("halt", 1, "a"), term=2**130)
+    (result,) = asyncio.run(ag.handle(huge))
+    assert result.status == "refused" and "128 bits" in result.detail
+    assert h.calls == [] and ag.book.term == 0
+
+
+def test_the_deadman_switch_is_reset_only_by_a_resume_that_applied() -> None:
+    h = Recorder()
+    ag = agent(h)
+    asyncio.run(ag.handle(cmd("halt", 5, "a")))
+    ag.deadman.tripped = True
+    stale = asyncio.run(ag.handle(cmd("resume", 4, "a")))
+    assert stale[0].status == "stale_epoch" and ag.deadman.tripped
+    assert asyncio.run(ag.handle(cmd("resume", 6, "a")))[0].status == "applied"
+    assert not ag.deadman.tripped

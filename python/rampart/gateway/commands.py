@@ -200,6 +200,15 @@ class CommandBook:
         )
 
 
+I128_MIN, I128_MAX = -(2**127), 2**127 - 1
+
+
+def fits(*values: int) -> bool:
+    """Do these integers fit the Rust rules' 128 bits? (msgspec decodes any size; Rampart's
+    terms, epochs and times are far inside.)"""
+    return all(I128_MIN <= v <= I128_MAX for v in values)
+
+
 def _allocations(command: Command, targets: list[CommandTarget]) -> list[float | None] | None:
     if command.kind != "set_allocation":
         return None

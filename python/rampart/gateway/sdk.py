@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 
 from rampart import nats_flush
 from rampart.config import NatsConfig
-from rampart.gateway.commands import CommandBook, DeadMansSwitch, refusal_detail
+from rampart.gateway.commands import CommandBook, DeadMansSwitch, fits, refusal_detail
 from rampart.gateway.outbox import Outbox
 from rampart.protocol import (
     HEARTBEAT_VERSION,
@@ -71,6 +71,9 @@ LANES: dict[CommandKind, str] = {
 # Verified messages of one subject waiting on the wire connection, at most (beyond: dropped,
 # counted, logged; nats-py's own pending limit plays this part on the other path).
 MAX_WIRE_QUEUE = 10_000
+# Commands waiting in one lane, at most (beyond: dropped unacked, so Rampart resends them;
+# halts and resumes are never dropped).
+MAX_LANE_QUEUE = 10_000
 
 
 class GatewayHandlers:
@@ -191,6 +194,11 @@ class GatewayAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         # per lane (LANES): the verified commands waiting, applied one at a time in order
         self._lanes: dict[str, deque[tuple[Command, Msg | WireMsg]]] = {}
+        self.lane_dropped = 0  # commands dropped past MAX_LANE_QUEUE (never halts)
+        self._closing = False
+        # set while no halt or resume is being applied: the orders lane waits for it
+        self._halts_idle = asyncio.Event()
+        self._halts_idle.set()
 
     async def start(self) -> None:
         command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
@@ -213,17 +221,25 @@ class GatewayAgent:
         await nats_flush.flush(self.nc)  # the subscriptions are at the server
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # nothing new comes in first, then what runs is stopped (queued commands are not
+        # acked: Rampart resends them to whoever serves the gateway next)
+        self._closing = True
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
         if self.wire is not None:
             await self.wire.close()
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.discard(task)
+        self._lanes.clear()
+        self._halts_idle.set()
 
     def is_halted(self, algo: str) -> bool:
         return self.book.is_halted(algo)
@@ -302,12 +318,30 @@ class GatewayAgent:
             if msg.reply:
                 await msg.respond(encoder.encode(ErrorReply(error=f"malformed command: {e}")))
             return
+        if self._closing:
+            return  # not acked: Rampart resends it
         lane = LANES[command.kind]
         queue = self._lanes.get(lane)
         if queue is not None:
+            if len(queue) >= MAX_LANE_QUEUE and lane != "halt":
+                # not acked: Rampart resends it (a halt is never dropped)
+                self.lane_dropped += 1
+                if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
+                    log.error(
+                        "%s: %d %s commands wait already: %s %s dropped (#%d)",
+                        self.gateway,
+                        len(queue),
+                        lane,
+                        command.kind,
+                        command.command_id,
+                        self.lane_dropped,
+                    )
+                return
             queue.append((command, msg))
             return
         self._lanes[lane] = deque([(command, msg)])
+        if lane == "halt":
+            self._halts_idle.clear()
         task = asyncio.ensure_future(self._drain_lane(lane))
         task.set_name(f"gateway-commands-{lane}-{self.gateway}")
         self._tasks.add(task)
@@ -319,6 +353,10 @@ class GatewayAgent:
             while queue:
                 command, msg = queue.popleft()
                 try:
+                    if lane == "orders":
+                        # a cancel-all or flatten after a halt still being applied waits for
+                        # it: orders cancelled while the algorithm still trades come back
+                        await self._halts_idle.wait()
                     results = await self.handle(command)
                     if msg.reply:
                         ack = CommandAck(
@@ -328,18 +366,34 @@ class GatewayAgent:
                             ts=self.wall_clock(),
                         )
                         await msg.respond(encoder.encode(ack))
-                except Exception:
+                except (Exception, asyncio.CancelledError) as e:
+                    task = asyncio.current_task()
+                    if isinstance(e, asyncio.CancelledError) and (
+                        self._closing or (task is not None and task.cancelling())
+                    ):
+                        raise  # the lane itself is stopped (close)
                     # not acked: Rampart resends it, and a retry applies what did not apply
                     log.exception(
                         "%s: %s command %s failed", self.gateway, command.kind, command.command_id
                     )
         finally:
-            del self._lanes[lane]
+            if self._lanes.get(lane) is queue:
+                del self._lanes[lane]
+            if lane == "halt":
+                self._halts_idle.set()
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
         self.commands_handled += 1
         now = self.wall_clock()
+        if not fits(command.term, command.epoch, command.valid_until):
+            detail = "term, epoch or valid_until beyond 128 bits: not a command Rampart makes"
+            log.error(
+                "%s: %s %s refused: %s", self.gateway, command.kind, command.command_id, detail
+            )
+            return [
+                TargetResult(algo=t.algo, status="refused", detail=detail) for t in command.targets
+            ]
         self.book.see_term(command.term)  # verified: a newer leader fences the older ones
         results: dict[str, TargetResult] = {}
         # every target judged in one pass (CommandBook.admit_all), applied in one batch
@@ -354,7 +408,8 @@ class GatewayAgent:
             except Exception as e:  # the batch as a whole: every target failed
                 failures = {t.algo: e for t in to_apply}
             done = [t for t in to_apply if t.algo not in failures]
-            self.book.applied_all(command, done)
+            if done:  # (a command nothing of which applied takes no dedup slot)
+                self.book.applied_all(command, done)
             for target in done:
                 results[target.algo] = TargetResult(algo=target.algo, status="applied")
             for target in to_apply:
@@ -367,8 +422,12 @@ class GatewayAgent:
                     results[target.algo] = TargetResult(
                         algo=target.algo, status="error", detail=detail
                     )
-        if command.kind == "resume" and self.deadman.tripped:
-            self.deadman.reset()  # Rampart is back and has decided to resume: re-arm
+        if (
+            command.kind == "resume"
+            and self.deadman.tripped
+            and any(r.status == "applied" for r in results.values())
+        ):
+            self.deadman.reset()  # Rampart is back and has resumed something: re-arm
         return [results[t.algo] for t in command.targets]
 
     def _refused(
@@ -427,7 +486,9 @@ class GatewayAgent:
                         self.book.term,
                     )
                     return
-                if last is not None and hb.ts <= last:
+                if not fits(hb.term):
+                    refusal = f"a term beyond 128 bits ({hb.term}): not a heartbeat Rampart makes"
+                elif last is not None and hb.ts <= last:
                     refusal = f"not newer than the last one ({hb.ts} <= {last}): a replay"
                 elif abs(age) > self.deadman.timeout_ns:
                     refusal = (

@@ -282,6 +282,9 @@ impl CommandBook {
 
     /// `targets` of `command` were applied: remembered for dedup, their control state moves.
     pub fn applied(&mut self, command: &Command, targets: &[Target]) {
+        if targets.is_empty() {
+            return; // nothing applied: no dedup slot taken, nothing to report
+        }
         self.version += 1;
         if !self.applied.contains_key(command.id) {
             self.applied
