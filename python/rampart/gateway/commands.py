@@ -185,19 +185,7 @@ class CommandBook:
 
     def report(self, algo: str) -> AlgoActual:
         """The algorithm's actual state as this gateway knows it."""
-        r = self._book.report(algo)
-        if r is None:
-            return AlgoActual(algo=algo, halted=False)
-        halted, cause, allocation, active, last = r
-        return AlgoActual(
-            algo=algo,
-            halted=halted,
-            halt_cause=cast(HaltCause | None, cause),
-            allocation=allocation,
-            active=active,
-            epochs={d: e for d, _, e in last},
-            terms={d: t for d, t, _ in last},
-        )
+        return self.control(algo).report(algo)
 
 
 I128_MIN, I128_MAX = -(2**127), 2**127 - 1

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -210,14 +211,8 @@ class GatewayAgent:
         else:
             self._subs.append(await self.nc.subscribe(command, cb=self._on_command))
             self._subs.append(await self.nc.subscribe(heartbeat, cb=self._on_sidecar_heartbeat))
-        for coro, name in (
-            (self._heartbeat_loop(), "gateway-heartbeat"),
-            (self._deadman_loop(), "deadman-switch"),
-        ):
-            task = asyncio.ensure_future(coro)
-            task.set_name(f"{name}-{self.gateway}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._spawn(self._heartbeat_loop(), "gateway-heartbeat")
+        self._spawn(self._deadman_loop(), "deadman-switch")
         await nats_flush.flush(self.nc)  # the subscriptions are at the server
 
     async def close(self) -> None:
@@ -261,12 +256,17 @@ class GatewayAgent:
 
     def _on_wire_message(self, msg: WireMsg) -> None:
         """A message of the wire connection, from its ``data_received``: its signature checked
-        at once (a forged one is refused here, never queued), then handled when nothing of its
-        subject is being handled, else after what came before it."""
+        at once (a forged one is refused here, never queued); a command goes straight into its
+        lane, a heartbeat is handled when none of its subject is, else after those before it."""
         command = msg.subject == self.subjects.command(self.gateway)
         refusal = self.verifier.check(msg.subject, msg.data, msg.headers)
         if refusal is not None:
             self._refuse("commands" if command else "heartbeats", msg.subject, refusal)
+            return
+        if command:  # straight into its lane (the lanes keep the order)
+            decoded = self._decode_command(msg)
+            if decoded is not None:
+                self._enqueue(decoded, msg)
             return
         queue = self._wire_queues.get(msg.subject)
         if queue is not None:
@@ -284,18 +284,16 @@ class GatewayAgent:
             queue.append(msg)
             return
         self._wire_queues[msg.subject] = deque([msg])
-        task = asyncio.ensure_future(self._drain_wire(msg.subject, command))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._drain_wire(msg.subject), "gateway-wire-heartbeats")
 
-    async def _drain_wire(self, subject: str, command: bool) -> None:
+    async def _drain_wire(self, subject: str) -> None:
+        """Rampart's heartbeats of the wire connection, one at a time in order."""
         queue = self._wire_queues[subject]
-        handler = self._on_command if command else self._on_sidecar_heartbeat
         try:
             while queue:
                 msg = queue.popleft()
                 try:
-                    await handler(msg, verified=True)
+                    await self._on_sidecar_heartbeat(msg, verified=True)
                 except Exception:
                     log.exception("%s: handling a message on %s failed", self.gateway, subject)
         finally:
@@ -311,13 +309,29 @@ class GatewayAgent:
             # gateway publish on a subject of its choosing (its reply subject)
             self._refuse("commands", msg.subject, refusal)
             return
+        command = self._decode_command(msg)
+        if command is not None:
+            self._enqueue(command, msg)
+
+    def _decode_command(self, msg: Msg | WireMsg) -> Command | None:
+        """The verified message's command; ``None`` for a malformed one (answered with why)."""
         try:
-            command = command_decoder.decode(msg.data)
+            return command_decoder.decode(msg.data)
         except msgspec.DecodeError as e:
             log.error("%s: refused a malformed command: %s", self.gateway, e)
             if msg.reply:
-                await msg.respond(encoder.encode(ErrorReply(error=f"malformed command: {e}")))
-            return
+                reply = encoder.encode(ErrorReply(error=f"malformed command: {e}"))
+                self._spawn(msg.respond(reply), "gateway-malformed-reply")
+            return None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}-{self.gateway}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _enqueue(self, command: Command, msg: Msg | WireMsg) -> None:
+        """Into its lane (``LANES``), behind the commands of that lane before it."""
         if self._closing:
             return  # not acked: Rampart resends it
         lane = LANES[command.kind]
@@ -342,10 +356,7 @@ class GatewayAgent:
         self._lanes[lane] = deque([(command, msg)])
         if lane == "halt":
             self._halts_idle.clear()
-        task = asyncio.ensure_future(self._drain_lane(lane))
-        task.set_name(f"gateway-commands-{lane}-{self.gateway}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._drain_lane(lane), f"gateway-commands-{lane}")
 
     async def _drain_lane(self, lane: str) -> None:
         queue = self._lanes[lane]
