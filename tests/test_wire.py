@@ -489,6 +489,23 @@ def _subscription(url: str, results: list[WireResult]) -> WireSubscription:
     )
 
 
+@asynccontextmanager
+async def subscribed(
+    fake: FakeServer,
+) -> AsyncIterator[tuple[WireSubscription, list[WireResult]]]:
+    """A market-data subscription to ``fake``, started, and every chunk's result; closed, and
+    the fake stopped, after."""
+    url = await fake.start()
+    results: list[WireResult] = []
+    sub = _subscription(url, results)
+    await sub.start()
+    try:
+        yield sub, results
+    finally:
+        await sub.close()
+        await fake.stop()
+
+
 def test_garbage_from_the_server_closes_the_connection_and_it_reconnects(
     run: Callable[..., object],
 ) -> None:
@@ -502,19 +519,12 @@ def test_garbage_from_the_server_closes_the_connection_and_it_reconnects(
 
     async def scenario() -> None:
         fake = FakeServer(script)
-        url = await fake.start()
-        results: list[WireResult] = []
-        sub = _subscription(url, results)
-        await sub.start()
-        try:
+        async with subscribed(fake) as (sub, results):
             await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
             await until(lambda: sum(r.ingested for r in results) == 2)
             assert sub.stats.protocol_errors == 1 and sub.stats.disconnects == 1
             login = fake.received[0]
             assert login.startswith(b"CONNECT {") and b"SUB rampart.md.> 1\r\n" in login
-        finally:
-            await sub.close()
-            await fake.stop()
 
     run(scenario())
 
@@ -533,18 +543,11 @@ def test_what_the_server_sends_before_the_login_or_for_another_sid_is_never_appl
     async def scenario() -> None:
         fake = FakeServer(lambda _: b"PONG\r\n" + msg(b"7") + msg(b"1"))
         fake.after_info = msg(b"1")  # in the clear, before the client's CONNECT and SUB
-        url = await fake.start()
-        results: list[WireResult] = []
-        sub = _subscription(url, results)
-        await sub.start()
-        try:
+        async with subscribed(fake) as (sub, results):
             await until(lambda: sum(r.ingested for r in results) == 1)
             refused = [(s, reason) for r in results for s, reason, *_ in r.refused]
             assert refused == [("rampart.md.ES", "unknown_sid")] * 2
             assert sub.stats.protocol_errors == 0 and sub.stats.connected
-        finally:
-            await sub.close()
-            await fake.stop()
 
     run(scenario())
 
@@ -566,16 +569,9 @@ def test_a_chunk_read_when_the_server_then_misbehaves_is_still_delivered(
 
     async def scenario() -> None:
         fake = FakeServer(script)
-        url = await fake.start()
-        results: list[WireResult] = []
-        sub = _subscription(url, results)
-        await sub.start()
-        try:
+        async with subscribed(fake) as (sub, results):
             await until(lambda: sum(r.ingested for r in results) == 2, timeout=10)
             assert sub.stats.disconnects >= 1 and sub.stats.connects >= 2
-        finally:
-            await sub.close()
-            await fake.stop()
 
     run(scenario())
 
@@ -623,25 +619,19 @@ def test_reconnecting_goes_on_after_an_unexpected_error(run: Callable[..., objec
 
     async def scenario() -> None:
         fake = FakeServer(lambda login: [b"PONG\r\n", HANG_UP] if login == 1 else b"PONG\r\n")
-        url = await fake.start()
-        sub = _subscription(url, [])
-        await sub.start()
-        connect = sub._connect
-        failures: list[str] = []
+        async with subscribed(fake) as (sub, _):
+            connect = sub._connect
+            failures: list[str] = []
 
-        async def flaky(url: str) -> None:
-            if not failures:
-                failures.append(url)
-                raise RuntimeError("injected: a damaged seed file")
-            await connect(url)
+            async def flaky(url: str) -> None:
+                if not failures:
+                    failures.append(url)
+                    raise RuntimeError("injected: a damaged seed file")
+                await connect(url)
 
-        sub._connect = flaky  # type: ignore[method-assign]
-        try:
+            sub._connect = flaky  # type: ignore[method-assign]
             await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
-            assert failures == [url]
-        finally:
-            await sub.close()
-            await fake.stop()
+            assert failures == sub.servers
 
     run(scenario())
 
@@ -651,10 +641,7 @@ def test_a_halt_written_on_the_wire_connection_is_one_hpub_frame(
 ) -> None:
     async def scenario() -> None:
         fake = FakeServer(lambda _: b"PONG\r\n")
-        url = await fake.start()
-        sub = _subscription(url, [])
-        await sub.start()
-        try:
+        async with subscribed(fake) as (sub, _):
             headers = {"Rampart-Key": "UKEY", "Rampart-Sig": "c2ln"}
             assert sub.publish("rampart.cmd.gw1", b'{"k":1}', "_INBOX.a.1", headers)
             assert sub.publish("rampart.cmd.gw2", b"{}", "_INBOX.a.2", None)
@@ -668,9 +655,6 @@ def test_a_halt_written_on_the_wire_connection_is_one_hpub_frame(
             )
             await until(lambda: want in b"".join(fake.received))
             assert sub.stats.published == 2
-        finally:
-            await sub.close()
-            await fake.stop()
         assert not sub.publish("rampart.cmd.gw1", b"{}", "_INBOX.a.4", None)  # closed
 
     run(scenario())
@@ -689,16 +673,10 @@ def test_a_refused_login_is_a_clear_error_and_a_slow_consumer_is_counted(
         # the server cuts a slow consumer off: -ERR, then it hangs up
         slow = [b"PONG\r\n", b"-ERR 'Slow Consumer Detected'\r\n", HANG_UP]
         fake = FakeServer(lambda login: slow if login == 1 else b"PONG\r\n")
-        url = await fake.start()
-        sub = _subscription(url, [])
-        await sub.start()
-        try:
+        async with subscribed(fake) as (sub, _):
             await until(lambda: sub.stats.slow_consumer == 1)
             assert "Slow Consumer" in (sub.stats.last_error or "")
             await until(lambda: sub.stats.connects == 2 and sub.stats.connected, timeout=10)
-        finally:
-            await sub.close()
-            await fake.stop()
 
     run(scenario())
 
