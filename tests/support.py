@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,12 +43,19 @@ async def eventually(cond: Callable[[], Any], timeout: float, what: str = "") ->
         await asyncio.sleep(0.02)
 
 
-async def spawn(*args: str, log: Path, prefix: Sequence[str] = ()) -> asyncio.subprocess.Process:
+async def spawn(
+    *args: str, log: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """``python ARGS...`` as its own process (run by ``PREFIX...``: ``setpriv ... --``, say),
-    its stderr appended to ``log``."""
+    its stderr appended to ``log``; ``env`` adds to this process's environment."""
     with log.open("ab") as f:
         return await asyncio.create_subprocess_exec(
-            *prefix, sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=f
+            *prefix,
+            sys.executable,
+            *args,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=f,
+            env={**os.environ, **(env or {})},
         )
 
 

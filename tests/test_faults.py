@@ -11,6 +11,7 @@ import json
 import random
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,8 +25,12 @@ from support import control, eventually, rampart_keys, spawn
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
     AlgoStatus,
+    DaemonStatus,
+    Fill,
     Heartbeat,
+    Quote,
     Subjects,
+    encoder,
     heartbeat_decoder,
     status_reply_decoder,
 )
@@ -51,6 +56,7 @@ id = "alpha"
 version = "1"
 gateway = "gw1"
 capital = 100000
+limits = {{ max_drawdown = 0.05 }}
 
 [[algorithms]]
 id = "beta"
@@ -86,7 +92,7 @@ class World:
     async def on_hb(self, msg: Msg) -> None:
         self.hb = heartbeat_decoder.decode(msg.data)
 
-    async def start_daemon(self) -> None:
+    async def start_daemon(self, env: dict[str, str] | None = None) -> None:
         self.daemon = await spawn(
             "-m",
             "rampart",
@@ -96,6 +102,7 @@ class World:
             "--servers",
             self.url,
             log=self.tmp / "daemon.log",
+            env=env,
         )
         await until(self.status_ok, what="the daemon answers status")
 
@@ -128,10 +135,26 @@ class World:
         reply = await self.nc.request(SUBJ.status("algorithm"), algo.encode(), timeout=1)
         return status_reply_decoder.decode(reply.data).algorithms[0]
 
+    async def daemon_status(self) -> DaemonStatus:
+        assert self.nc is not None
+        reply = await self.nc.request(SUBJ.status("algorithm"), b"alpha", timeout=2)
+        return status_reply_decoder.decode(reply.data).daemon
+
+    async def publish(self, subject: str, event: Fill | Quote) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subject, encoder.encode(event))
+        await self.nc.flush()
+
     async def control(self, verb: str, target: str, timeout: float = 10) -> Any:
         assert self.nc is not None
         return await control(
             self.nc, self.tmp / "data", verb, target, reason="fault test", timeout=timeout
+        )
+
+    async def control_document(self, verb: str, target: str, document: dict[str, Any]) -> Any:
+        assert self.nc is not None
+        return await control(
+            self.nc, self.tmp / "data", verb, target, reason="fault test", document=document
         )
 
     def actual(self, algo: str) -> Any:
@@ -381,3 +404,85 @@ def test_a_gateway_stopped_10s_in_the_middle_of_a_rollback(
             await until(completed, what="the rollback record completed")
 
     asyncio.run(scenario())
+
+
+# A canary of alpha, for the deployment-decision fault (its stages never matter here).
+CANARY = {
+    "deploymentId": "canary-faults",
+    "strategy": "Canary",
+    "algorithmId": "alpha",
+    "environment": "Production",
+    "configuration": {
+        "totalCapital": 100_000,
+        "stages": [{"name": "Micro", "allocation": 0.01, "minDuration": "PT1H", "minPnL": 0}],
+        "autoProgress": True,
+        "rollbackThresholds": {"maxDailyLoss": 0.5, "maxDrawdown": 0.5, "maxErrorRate": 0.5},
+    },
+}
+
+
+async def failed_closed(w: World, cause: str) -> None:
+    """Rampart failed closed for ``cause`` (its status says so) and the gateway halted every
+    algorithm (its own heartbeats say so), while the daemon stays up to tell the operator."""
+    await until(
+        lambda: w.hb is not None and all(w.actual(a).halted for a in ("alpha", "beta")),
+        what="every algorithm halted at the gateway",
+    )
+    status = await w.daemon_status()
+    assert status.store_error is not None and cause in status.store_error, status.store_error
+    assert w.daemon is not None and w.daemon.returncode is None
+    no_increase_while_halted(w.commands(), "alpha")
+
+
+def test_a_breach_the_wire_path_cannot_act_on_fails_closed_in_a_real_process(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The daemon on the (default) Rust wire path, in its own process, with acting on a chunk's
+    breaches failing (error failpoint ``wire_breaches``): the breaching quote must not leave
+    the algorithm trading. The daemon fails closed and every algorithm is halted."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            await w.start_gateway()
+            await w.start_daemon(env={"RAMPART_FAILPOINT": "wire_breaches:1:error"})
+            status = await w.daemon_status()
+            assert status.wire is not None and status.wire.connected, "on the wire path"
+            t0 = time.time_ns()
+            fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=6000, ts=t0)
+            await w.publish(SUBJ.fills("gw1", "alpha"), fill)
+            await until(lambda: fills_of(w, "alpha", 1), what="the fill applied")
+            assert not w.actual("alpha").halted and not w.actual("beta").halted
+            # 10 ES down 600: 6,000 of 100,000, past alpha's 5 % drawdown limit
+            await w.publish(SUBJ.market("ES"), Quote(symbol="ES", bid=5400, ask=5400, ts=t0 + 1))
+            await failed_closed(w, "acting on breaches from the market-data wire path")
+
+    asyncio.run(scenario())
+
+
+def test_a_deployment_decision_that_raises_fails_closed_in_a_real_process(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """A deployment's decision raising after an ingest (error failpoint ``decide``), in the
+    daemon's own process on the wire path: Rampart cannot follow the deployment, so it fails
+    closed, and the market-data link stays up (it reconnected on every chunk before)."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            await w.start_gateway()
+            await w.start_daemon(env={"RAMPART_FAILPOINT": "decide:1:error"})
+            reply = await w.control_document("deploy", "alpha", CANARY)
+            assert reply.ok, reply.error
+            t0 = time.time_ns()
+            for i in range(5):
+                quote = Quote(symbol="ES", bid=6000, ask=6000.5, ts=t0 + i)
+                await w.publish(SUBJ.market("ES"), quote)
+            await failed_closed(w, "a deployment's decision failed")
+            status = await w.daemon_status()
+            assert status.wire is not None and status.wire.connected
+            assert status.wire.disconnects == 0, status.wire
+
+    asyncio.run(scenario())
+
+
+async def fills_of(w: World, algo: str, n: int) -> bool:
+    return (await w.algo(algo)).fills == n

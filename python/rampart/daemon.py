@@ -34,7 +34,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.micro import add_service
 from nats.micro.service import Service
 
-from rampart import __version__, nats_flush
+from rampart import __version__, failpoints, nats_flush
 from rampart._core import Breach, InvalidEventError, WireResult
 from rampart.checkpoints import CURSOR_KEY, GATEWAY_EVENTS_KEY, Checkpointer, put_all
 from rampart.config import DaemonConfig, ns
@@ -1213,6 +1213,8 @@ class Daemon:
         if result.breaches:
             if self.guard is not None:
                 try:
+                    if failpoints.fails("wire_breaches"):  # fault tests, from outside
+                        raise RuntimeError("failpoint wire_breaches: acting on breaches raised")
                     self.guard.on_breaches_now(result.breaches)
                 except Exception as e:  # a breach nobody acts on: halt everything instead
                     log.exception("acting on breaches from the wire path failed")
@@ -1262,6 +1264,8 @@ class Daemon:
         if runner.deployments and self.failed is None:
             now = self.engine.now
             try:
+                if failpoints.fails("decide"):  # fault tests, from outside
+                    raise RuntimeError("failpoint decide: a deployment's decision raised")
                 if breaches is not None and now is not None:
                     self._queue(runner.on_breaches(breaches, now))
                 if now is not None and now >= runner.next_decision_at:
