@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from rampart import failpoints
+from rampart import failpoints, state_stream
 from rampart.embedded import EmbeddedNatsServer
 from rampart.state_stream import StateStream
 from rampart.store import Store, StoreError, decode_ops, encode_ops
@@ -139,14 +139,22 @@ def _state(store: Store) -> tuple[Any, ...]:
     )
 
 
+# how catching up reads: every message by its own request, or (past 0) by an ordered consumer
+READS = pytest.mark.parametrize("by_request", [10**9, 0], ids=["requests", "consumer"])
+
+
+@READS
 def test_a_snapshot_bounds_the_stream_and_rebuilds_a_store_that_was_behind_it(
-    server: EmbeddedNatsServer, tmp_path: Path
+    server: EmbeddedNatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_request: int
 ) -> None:
     """The leader writes its whole state as a snapshot (here in many small parts) and purges
     what came before: a new standby (empty store) is rebuilt from the snapshot and the writes
     after it, audit chain whole; a standby in step skips the snapshot and ends equal; a
     store behind a purged stream without a snapshot is refused with a clear error, and an
-    unfinished snapshot at the tail (a leader that died writing it) is skipped."""
+    unfinished snapshot at the tail (a leader that died writing it) is skipped. Transactions
+    are applied 3 to a commit, so batches end mid-history and at snapshots."""
+    monkeypatch.setattr(state_stream, "READ_BY_REQUEST", by_request)
+    monkeypatch.setattr(state_stream, "APPLY_BATCH", 3)
 
     async def scenario() -> None:
         nc = await nats.connect(server.url)
@@ -226,6 +234,50 @@ def test_a_snapshot_bounds_the_stream_and_rebuilds_a_store_that_was_behind_it(
         finally:
             for store in stores.values():
                 store.close()
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+@READS
+def test_a_message_missing_from_the_stream_is_never_skipped(
+    server: EmbeddedNatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_request: int
+) -> None:
+    """A hole in the stream (a message deleted, as a purge would while it is read): catching
+    up stops at it with ``NotFoundError`` (``catch_up`` reads again, then gives up) and applies
+    nothing after it; the store stays a prefix of the leader's history, and catches up in
+    full from a snapshot written after the hole."""
+    monkeypatch.setattr(state_stream, "READ_BY_REQUEST", by_request)
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        leader_store, standby_store = Store(tmp_path / "l.db"), Store(tmp_path / "s.db")
+        try:
+            leader = StateStream(nc, "rampart", "hole")
+            await leader.ensure()
+            leader_store.replicator = leader.replicator(lambda: True, asyncio.get_running_loop())
+
+            def writes(n: int) -> None:
+                for i in range(n):
+                    leader_store.append_audit("note", {"i": i}, actor="a", ts=i + 1)
+
+            await asyncio.to_thread(writes, 40)
+            await leader.js.delete_msg(leader.name, 20)
+            standby = StateStream(nc, "rampart", "hole")
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await standby.catch_up(standby_store)
+            applied = standby_store.replicated_seq()
+            assert applied < 20
+            assert len(standby_store.audit()) == applied and standby_store.verify_audit().ok
+            # a snapshot after the hole, and what came before purged: caught up in full
+            first, _ = await asyncio.to_thread(leader_store.write_snapshot, 2_000)
+            await leader.purge_before(first)
+            assert await standby.catch_up(standby_store) == leader.last
+            assert _state(standby_store) == _state(leader_store)
+            assert standby_store.verify_audit().ok
+        finally:
+            leader_store.close()
+            standby_store.close()
             await nc.close()
 
     asyncio.run(scenario())

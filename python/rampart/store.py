@@ -904,6 +904,13 @@ class Store:
                         )
             self.put(REPLICATED_SEQ_KEY, str(seq).encode())
 
+    def apply_all(self, transactions: list[tuple[list[Op], int]]) -> None:
+        """``apply_ops`` of each (ops, seq) in order, in one transaction: one commit for them
+        all (a standby catching up), all or nothing."""
+        with self.transaction():
+            for ops, seq in transactions:
+                self.apply_ops(ops, seq)
+
     def replicated_seq(self) -> int:
         """The state stream's sequence of the last transaction applied here (0: none)."""
         raw = self.get(REPLICATED_SEQ_KEY)
