@@ -259,6 +259,59 @@ def test_a_store_behind_its_mirror_is_refused_until_the_loss_is_accepted(
     asyncio.run(scenario())
 
 
+def test_a_lost_or_replaced_data_directory_is_refused_until_accepted(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The whole data directory gone (a new disk, a wrong path) or replaced by another store,
+    NATS kept: the JetStream KV mirror names the store that was there, so the new one starts
+    failed closed (it holds no positions, no events cursor, no halts), until an operator
+    accepts it; after that the mirror names the new store and it starts as usual."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            await w.start_daemon()
+            await w.audit_records(2)
+            assert await w.stop_daemon() == 0
+            old = Store(w.db, readonly=True)
+            old_id = old.identity().store_id
+            old.close()
+            shutil.rmtree(w.data)
+
+            await w.start_daemon()
+            st = (await w.status()).daemon
+            assert st.store_error is not None
+            for text in (
+                f"records store {old_id} at audit seq 2, but this store is new",
+                "data directory was lost or replaced",
+                "--accept-store-rollback --operator NAME",
+            ):
+                assert text in st.store_error, st.store_error
+            assert {h.algo for h in st.halted} == {"alpha", "beta"}
+            assert await w.stop_daemon() == 0
+
+            # another store put in its place (its own id): refused the same way
+            shutil.rmtree(w.data)
+            w.data.mkdir()
+            Store(w.db).ensure_identity()
+            await w.start_daemon()
+            st = (await w.status()).daemon
+            assert st.store_error is not None and "this store is another store" in st.store_error
+            assert await w.stop_daemon() == 0
+
+            await w.start_daemon("--accept-store-rollback", "--operator", "bob@risk")
+            st = (await w.status()).daemon
+            assert st.store_error is None and not st.halted
+            assert audit_kinds(w.db)[-1][1:] == ("store_rollback_accepted", "bob@risk")
+            await w.audit_records(2)  # the mirrors now name this store
+            assert await w.stop_daemon() == 0
+            await w.start_daemon()
+            st = (await w.status()).daemon
+            assert st.store_error is None and not st.halted
+            assert await w.stop_daemon() == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_lost_wal_file_is_refused_and_reported_not_migrated(
     server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ from rampart.durability import (
     MirroredHead,
     behind,
     decode_head,
+    foreign_store,
     head_path,
     kv_key,
     read_head_file,
@@ -691,8 +692,9 @@ class Daemon:
     def _refusal(self, problems: list[str]) -> str:
         return (
             f"state store {self.store_path} is behind its mirror: {'; '.join(problems)}. "
-            "Committed state is missing from the store (a lost rampart.db-wal file, or an older "
-            "copy of rampart.db put back); the store is left as it is. " + self._recovery()
+            "Committed state is missing from the store (a lost rampart.db-wal file, an older "
+            "copy of rampart.db put back, or a data directory lost or replaced); the store is "
+            "left as it is. " + self._recovery()
         )
 
     # ---- the store against its mirrors ----------------------------------------------------------
@@ -714,7 +716,8 @@ class Daemon:
         await asyncio.to_thread(self._settle_store, store, problems)
 
     async def _read_kv_head(self, store: Store) -> MirroredHead | None:
-        """This store's head in JetStream KV, if JetStream and the key are there."""
+        """The head mirrored in JetStream KV under this daemon's name (whichever store wrote
+        it), if JetStream and the key are there."""
         if self.nc is None:
             return None
         try:
@@ -730,18 +733,6 @@ class Daemon:
             head = decode_head(entry.value)
         except msgspec.DecodeError as e:
             log.warning("audit head in JetStream KV %s is unreadable (%s); ignored", entry.key, e)
-            return None
-        store_id = (await asyncio.to_thread(store.identity)).store_id
-        if head.store_id != store_id:
-            log.warning(
-                "the JetStream KV mirror %s names another store (id %s, audit seq %d), not this "
-                "one (id %s): this store is new or was replaced. If this daemon lost its data "
-                "directory, stop it and restore a backup (`rampart restore`)",
-                self.kv_head_key,
-                head.store_id,
-                head.seq,
-                store_id,
-            )
             return None
         return head
 
@@ -759,7 +750,16 @@ class Daemon:
                 problems.append((text, "head_file", self._file_head))
         if kv_head is not None:
             where = f"the JetStream KV mirror ({STATE_BUCKET} {self.kv_head_key})"
-            text = behind(store, kv_head, where)
+            identity = store.identity()
+            if kv_head.store_id == identity.store_id:
+                text = behind(store, kv_head, where)
+            elif self.config.ha.enabled or kv_head.generation < identity.generation:
+                # [ha]: each process of the shard has a store of its own, brought up to date
+                # from the state stream, and the leader mirrors its own. Else: a mirror written
+                # before this store's accepted rollback (--accept-store-rollback)
+                text = None
+            else:
+                text = foreign_store(identity.store_id, kv_head, where)
             if text is not None:
                 problems.append((text, "jetstream_kv", kv_head))
         return problems

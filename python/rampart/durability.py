@@ -195,6 +195,17 @@ def behind(store: Store, mirror: MirroredHead, where: str) -> str | None:
     )
 
 
+def foreign_store(store_id: str | None, mirror: MirroredHead, where: str) -> str:
+    """Why a store that is not the one ``mirror`` was written by (``store_id``: None for a
+    store with no id yet, a new one) cannot take its place."""
+    this = "new (it has no id yet)" if store_id is None else f"another store (id {store_id})"
+    return (
+        f"{where} records store {mirror.store_id} at audit seq {mirror.seq}, but this store is "
+        f"{this}: this daemon's data directory was lost or replaced, and what it held "
+        "(positions, the events stream's cursor, halts, rollbacks, the audit log) is not here"
+    )
+
+
 class HeadMirror:
     """Keeps the store's committed audit head in the head file and in JetStream KV (created on
     the event loop; :meth:`wake` from any thread, it is the store's ``head_listener``)."""
