@@ -25,6 +25,9 @@ from support import control, eventually, rampart_keys, spawn
 from rampart.embedded import EmbeddedNatsServer
 from rampart.protocol import (
     AlgoStatus,
+    Command,
+    CommandKind,
+    CommandTarget,
     DaemonStatus,
     Fill,
     Heartbeat,
@@ -34,6 +37,7 @@ from rampart.protocol import (
     heartbeat_decoder,
     status_reply_decoder,
 )
+from rampart.signing import default_seed_path, load_or_create, sign_headers
 
 SUBJ = Subjects()
 GATEWAY = str(Path(__file__).with_name("gateway_proc.py"))
@@ -272,7 +276,7 @@ def test_a_gateway_killed_and_restarted_at_once_comes_back_halted(
     async def scenario() -> None:
         async with world(server, tmp_path) as w:
             await w.start_gateway()
-            await w.start_daemon()
+            await w.start_daemon()  # a rollback at once, before any heartbeat is heard
             reply = await w.control("rollback", "alpha")
             assert reply.ok and reply.state["state"] == "succeeded", reply
             await until(lambda: w.actual("alpha").halted, what="halted")
@@ -486,3 +490,58 @@ def test_a_deployment_decision_that_raises_fails_closed_in_a_real_process(
 
 async def fills_of(w: World, algo: str, n: int) -> bool:
     return (await w.algo(algo)).fills == n
+
+
+def test_a_restart_on_a_clock_behind_the_last_run_still_halts(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """The gateway holds a halt-dimension epoch 60 s ahead of this host's clock (an earlier run
+    of this Rampart on a host whose clock was ahead, or this host's clock stepped back since):
+    epochs follow what gateways report holding, so the next rollback's halt is newer and is
+    applied at once (it was refused as stale_epoch until the clock caught up: 60 s trading)."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            await w.start_gateway()
+            await w.start_daemon()
+            await until(lambda: w.converged("alpha"), what="in sync")
+            assert w.daemon is not None
+            await kill(w.daemon, signal.SIGTERM)
+            # what the earlier run left at the gateway: alpha released with its capital, at
+            # epochs 60 s ahead of this host's clock
+            ahead = time.time_ns() + 60 * 1_000_000_000
+            key = load_or_create(default_seed_path(tmp_path / "data"))
+            subject = SUBJ.command("gw1")
+            earlier: list[tuple[CommandKind, float | None]] = [
+                ("resume", None),
+                ("set_allocation", 1.0),
+            ]
+            for i, (kind, allocation) in enumerate(earlier):
+                command = Command(
+                    command_id=f"earlier-run-{kind}",
+                    epoch=ahead + i,
+                    kind=kind,
+                    targets=[CommandTarget(algo="alpha", allocation=allocation)],
+                    issued_at=time.time_ns(),
+                    valid_until=time.time_ns() + 5 * 1_000_000_000,
+                    reason="an earlier run whose clock was ahead",
+                )
+                body = encoder.encode(command)
+                assert w.nc is not None
+                ack = await w.nc.request(subject, body, headers=sign_headers(key, subject, body))
+                assert b"applied" in ack.data, ack.data
+            await until(
+                lambda: w.actual("alpha").epochs.get("allocation") == ahead + 1,
+                what="the gateway holds them",
+            )
+            await w.start_daemon()  # a rollback at once, before any heartbeat is heard
+            reply = await w.control("rollback", "alpha")
+            assert reply.ok and reply.state["state"] == "succeeded", reply
+            await until(
+                lambda: w.actual("alpha").halted and w.actual("alpha").allocation == 0.0,
+                timeout=2.0,
+                what="halted with no capital at the gateway",
+            )
+            no_increase_while_halted(w.commands(), "alpha")
+
+    asyncio.run(scenario())

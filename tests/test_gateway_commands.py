@@ -492,9 +492,81 @@ def test_a_lane_is_bounded_but_never_drops_a_halt(monkeypatch: pytest.MonkeyPatc
         await settle()
         # the orders lane took 3 (one now waits for the hanging halts), dropped the other 5
         assert len(ag._lanes["orders"]) == 2 and ag.lane_dropped == 5
-        assert len(ag._lanes["halt"]) == 7
+        assert ag._halts_pending == 8  # every halt kept, in order behind the first
+        # resumes beyond the bound are dropped (unacked: Rampart resends), halts never
+        await ag._on_command(Reply(cmd("resume", 9, "b", cid="r9")))  # type: ignore[arg-type]
+        await ag._on_command(Reply(cmd("halt", 10, "b", cid="h10")))  # type: ignore[arg-type]
+        assert ag.lane_dropped == 6 and ag._halts_pending == 9
         await ag.close()
-        assert ag._lanes == {}
+        assert ag._lanes == {} and ag._halt_tails == {} and ag._halts_pending == 0
+
+    asyncio.run(scenario())
+
+
+class SlowResume(SlowVenue):
+    """A venue slow to re-enable an algorithm: resumes wait for the test too."""
+
+    async def resume(self, algo: str) -> None:
+        await self._wait("resume")
+        await super().resume(algo)
+
+
+def test_a_halt_never_waits_behind_a_resume_of_another_algorithm() -> None:
+    """Found from outside: halts and resumes of every algorithm shared one lane, so the
+    emergency halt of b waited (seconds, trading) behind a's slow release. The order is kept per
+    algorithm: b's halt is applied at once; a's halt waits for a's resume before it."""
+
+    async def scenario() -> None:
+        h = SlowResume()
+        h.release["halt"] = asyncio.Event()
+        h.release["halt"].set()
+        ag = agent(h)
+        for m in (Reply(cmd("halt", 1, "a")), Reply(cmd("halt", 1, "b"))):
+            await ag._on_command(m)  # type: ignore[arg-type]
+        await settle()
+        resume_a = Reply(cmd("resume", 2, "a"))
+        halt_b, halt_a = Reply(cmd("halt", 3, "b")), Reply(cmd("halt", 3, "a"))
+        for m in (resume_a, halt_b, halt_a):
+            await ag._on_command(m)  # type: ignore[arg-type]
+        await settle()
+        assert [x.results[0].status for x in halt_b.acks] == ["applied"]
+        assert resume_a.acks == [] and halt_a.acks == [], "a's halt waits for a's resume"
+        h.release["resume"].set()
+        await settle()
+        assert [x.results[0].status for x in resume_a.acks] == ["applied"]
+        assert [x.results[0].status for x in halt_a.acks] == ["applied"]
+        assert h.calls[-2:] == [("resume", "a"), ("halt", "a")] and ag.is_halted("a")
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_resume_overtaken_by_the_deadmans_switch_leaves_the_algorithm_halted() -> None:
+    """Found from outside: the dead-man's switch tripped while a resume was at the venue; the
+    resume then finished, cleared the halt and re-armed the switch, and the algorithm traded
+    with Rampart silent. The gateway's own halt wins: the algorithm is halted again, the
+    resume refused (not applied), the switch stays tripped."""
+
+    async def scenario() -> None:
+        h = SlowResume()
+        h.release["halt"] = asyncio.Event()
+        h.release["halt"].set()
+        ag = agent(h)
+        await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
+        await settle()
+        ag.deadman.tripped = True  # it tripped before: the release is Rampart coming back
+        resume = Reply(cmd("resume", 2, "a"))
+        await ag._on_command(resume)  # type: ignore[arg-type]
+        await settle()
+        await ag.trip_deadman()  # Rampart went silent again, the resume still at the venue
+        h.release["resume"].set()
+        await settle()
+        [ack] = resume.acks
+        assert ack.results[0].status == "refused" and "deadman" in ack.results[0].detail
+        assert ag.is_halted("a") and ag.book.control("a").halt_cause == "deadman"
+        assert h.calls[-2:] == [("resume", "a"), ("halt", "a")], "halted again after it"
+        assert ag.deadman.tripped, "a resume that did not apply re-arms nothing"
+        await ag.close()
 
     asyncio.run(scenario())
 

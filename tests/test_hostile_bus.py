@@ -476,3 +476,37 @@ def test_a_future_stamp_cannot_satisfy_a_canary_stage(
                 await gw_nc.close()
 
     asyncio.run(scenario())
+
+
+def test_a_subject_that_is_not_utf8_does_not_deafen_a_nats_py_connection(
+    server: EmbeddedNatsServer,
+) -> None:
+    """Found from outside: one ``PUB rampart.hb.\\xff`` ended the read loop of every nats-py
+    connection subscribed to it (the daemon's heartbeats, a reference gateway's market data):
+    deaf until its PINGs timed out. Importing rampart hardens nats-py: the message is dropped
+    and counted, the next one is delivered."""
+    from rampart import nats_hardening
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        got: list[str] = []
+
+        async def keep(msg: Msg) -> None:
+            got.append(msg.subject)
+
+        await nc.subscribe("rampart.hb.*", cb=keep)
+        await nc.flush()
+        before = nats_hardening.dropped
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false}\r\nPUB rampart.hb.\xff 2\r\nhi\r\n')
+        writer.write(b"PUB rampart.hb.gw1 2\r\nok\r\nPING\r\n")
+        await writer.drain()
+        await reader.readline()  # PONG: the server took both
+        writer.close()
+        await until(lambda: got == ["rampart.hb.gw1"])
+        assert nats_hardening.dropped == before + 1
+        assert nc.is_connected
+        await nc.close()
+
+    asyncio.run(scenario())

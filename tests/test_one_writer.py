@@ -451,3 +451,86 @@ async def embedded(tmp: Path) -> AsyncIterator[str]:
         yield await asyncio.to_thread(srv.start)
     finally:
         await asyncio.to_thread(srv.cleanup)
+
+
+def test_a_second_rampart_on_the_same_prefix_is_alerted_and_one_with_its_key_fails_closed(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Found from outside: a second daemon on the same bus and prefix (its own data_dir)
+    answered half the operators' status and control requests, and nothing said so. Each now
+    sees the other's heartbeats: shown in status and alerted. A second one signing with the
+    first's own key (a copy of its data directory elsewhere) fails both closed."""
+
+    def config(name: str) -> Path:
+        cfg = tmp_path / f"{name}.toml"
+        text = CONFIG.format(data_dir=tmp_path / name)
+        cfg.write_text(f'name = "{name}"\n' + text)
+        return cfg
+
+    async def run(name: str) -> asyncio.subprocess.Process:
+        with (tmp_path / f"{name}.log").open("ab") as log:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rampart", "run", "--config", str(config(name)),
+                "--servers", server.url, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+
+    async def statuses(nc: Client, n: int = 8) -> list[Any]:
+        out = []
+        for _ in range(n):
+            reply = await nc.request(SUBJ.status("algorithms"), b"", timeout=2)
+            out.append(status_reply_decoder.decode(reply.data).daemon)
+        return out
+
+    async def until_all(
+        nc: Client, names: set[str], ok: Callable[[Any], bool], what: str
+    ) -> list[Any]:
+        deadline = asyncio.get_running_loop().time() + BOUND
+        while True:
+            try:
+                seen = await statuses(nc)
+            except Exception:
+                seen = []
+            if seen and all(ok(d) for d in seen) and {d.name for d in seen} == names:
+                return seen
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not within {BOUND}s: {what}: {seen}")
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        nc = await nats.connect(server.url)
+        alerts: list[bytes] = []
+        await nc.subscribe(SUBJ.alert("critical"), cb=functools.partial(_keep_msg, alerts))
+        procs = [await run("one"), await run("two")]
+        try:
+            seen = await until_all(
+                nc, {"one", "two"}, lambda d: len(d.others) == 1, "each shows the other"
+            )
+            for d in seen:
+                [other] = d.others
+                assert other.name == ({"one", "two"} - {d.name}).pop()
+                assert not other.same_key and d.store_error is None
+            assert any(b"another Rampart on this prefix" in a for a in alerts)
+            # instead of two, three: a data directory with a copy of one's keys (its key)
+            procs[1].send_signal(signal.SIGTERM)
+            await procs[1].wait()
+            (tmp_path / "three").mkdir()
+            shutil.copytree(tmp_path / "one" / "keys", tmp_path / "three" / "keys")
+            procs[1] = await run("three")
+            await until_all(
+                nc,
+                {"one", "three"},
+                lambda d: d.store_error is not None and "this Rampart's own key" in d.store_error,
+                "both failed closed",
+            )
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+async def _keep_msg(into: list[bytes], msg: Any) -> None:
+    into.append(msg.data)

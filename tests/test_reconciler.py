@@ -454,7 +454,7 @@ def test_the_memoized_plan_is_always_the_plan_of_what_is_known_now(
             pass
 
         rec = Reconciler(
-            cast(RollbackExecutor, None),
+            RollbackExecutor(cast(Client, None), Subjects(), lambda a: "gw"),
             {"gw": ALGOS},
             halted=lambda: halted,
             busy=lambda: (),

@@ -339,3 +339,14 @@ def test_heartbeats_are_ordered_per_boot_of_rampart() -> None:
     assert agent.refused_signatures == {"heartbeats": 1}
     beat(now[0] - 10 * 1_000_000_000, "third")  # stale beyond the dead-man timeout
     assert agent.refused_signatures == {"heartbeats": 2}
+    # this gateway stopped 10 s (SIGSTOP): the heartbeats of a boot it heard that waited for it
+    # come late, in order. Not counted for the switch, and not refused as forged (found from
+    # outside: each raised Rampart's critical "forged messages" alert)
+    start, fed = now[0], agent.deadman.last_seen
+    now[0] += 10 * 1_000_000_000
+    for i in range(1, 4):
+        beat(start + i * 100_000_000, "second")
+    assert agent.refused_signatures == {"heartbeats": 2} and agent.late_heartbeats == 3
+    assert agent.deadman.last_seen == fed
+    beat(start + 200_000_000, "second")  # not newer than the last: a replay, still refused
+    assert agent.refused_signatures == {"heartbeats": 3}

@@ -26,6 +26,7 @@ import uvloop
 from nats.aio.msg import Msg
 from support import live_config, rampart_keys, until
 
+import rampart.daemon
 from rampart._core import Engine, WireResult
 from rampart.config import DaemonConfig, NatsConfig, TlsConfig, parse_config
 from rampart.daemon import Daemon
@@ -422,6 +423,68 @@ def test_the_wire_path_reconnects_after_a_server_restart_and_notices_a_hung_one(
             finally:
                 server.thaw()
             await until(lambda: wire.stats.connected and wire.stats.connects == 3, timeout=20)
+            await nc.close()
+
+    run(scenario())
+
+
+def test_a_lost_market_data_link_rolls_everything_back_with_nats_disconnect(
+    run: Callable[..., object], server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Found from outside: the server cut the wire path's connection (a slow consumer) while
+    the main link stayed up; the breaching quote sent meanwhile was lost, and Rampart only
+    warned. Blind to market data, it now rolls every algorithm back at once
+    (``triggers.nats_disconnect``, as for its main link)."""
+
+    async def scenario() -> None:
+        cfg = config(tmp_path, "rust")
+        cfg = msgspec.structs.replace(
+            cfg, triggers=msgspec.structs.replace(cfg.triggers, nats_disconnect=True)
+        )
+        async with (
+            running(cfg, server.url) as daemon,
+            alpha_holding_es(daemon, server.url, tmp_path / "data") as (gw, _nc),
+        ):
+            wire = daemon.wire
+            assert wire is not None and wire._protocol is not None
+            assert not gw.agent.is_halted("alpha")
+            transport = wire._protocol.transport
+            assert transport is not None
+            transport.abort()  # the server hangs up on this connection only
+            await until(lambda: gw.agent.is_halted("alpha"))
+            guard = daemon.guard
+            assert guard is not None and "alpha" in guard.halted
+            assert guard.halted["alpha"].reason.startswith("the market-data connection was lost")
+            await until(lambda: wire.stats.connected and wire.stats.connects == 2)
+            assert daemon.nc is not None and daemon.nc.is_connected  # the main link never went
+
+    run(scenario())
+
+
+def test_a_flood_of_refused_market_data_is_counted_at_once_and_dead_lettered_by_one_task(
+    run: Callable[..., object],
+    server: EmbeddedNatsServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found from outside: every refusal of the wire path was a task of its own (a dead letter
+    each), so a flood of crossed quotes stalled the event loop for seconds. Each refusal is
+    now counted at once and its dead letter queued for one task, at most
+    ``MAX_DEAD_LETTERS_WAITING`` of them (beyond: dropped, counted as failures)."""
+
+    async def scenario() -> None:
+        monkeypatch.setattr(rampart.daemon, "MAX_DEAD_LETTERS_WAITING", 50)
+        async with running(config(tmp_path, "rust"), server.url) as daemon:
+            nc = await nats.connect(server.url)
+            crossed = encoder.encode(Quote(symbol="ES", bid=6001.0, ask=6000.0, ts=T0))
+            for _ in range(2_000):
+                await nc.publish(MD, crossed)
+            await nc.flush()
+            await until(lambda: daemon.stats.rejected.get("bad_price", 0) == 2_000)
+            await until(lambda: not daemon._dead_letters)
+            s = daemon.stats
+            assert s.dead_lettered + s.dead_letter_failures == 2_000, s
+            assert s.dead_lettered >= 50 and s.dead_letter_failures > 0, s
             await nc.close()
 
     run(scenario())

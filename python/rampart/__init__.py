@@ -4,6 +4,7 @@ milliseconds when they misbehave.
 The risk core is written in Rust (``rampart._core``); metric definitions are in docs/metrics.md.
 """
 
+from rampart import nats_hardening as _nats_hardening
 from rampart._core import (
     AlgoConfig,
     BatchResult,
@@ -19,6 +20,8 @@ from rampart._core import (
     UnknownAlgorithmError,
     __version__,
 )
+
+_nats_hardening.install()  # one message with a bad subject must not deafen a connection
 
 __all__ = [
     "AlgoConfig",

@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 import nats
@@ -64,6 +64,7 @@ from rampart.nats_auth import EMBEDDED_AUTH_DIR, inbox_of
 from rampart.nats_auth import write as write_nats_auth
 from rampart.nats_connection import URL_FILE, connect_options
 from rampart.operators import ControlAuth, Refusal, local_admin_path
+from rampart.other_ramparts import OtherRamparts
 from rampart.position_watch import Finding, PositionWatch
 from rampart.protocol import (
     HEARTBEAT_VERSION,
@@ -124,20 +125,18 @@ REFUSAL_ALERT_INTERVAL: Final = 60.0
 # Log the first few rejections of each reason, then one in this many.
 LOG_EVERY: Final = 1000
 LOG_FIRST: Final = 10
+# dead letters of the wire path's refusals waiting to be published, at most (beyond: dropped,
+# counted in dead_letter_failures)
+MAX_DEAD_LETTERS_WAITING: Final = 10_000
+# a Rampart heartbeat on this prefix larger than this is not looked at (its armed halts: at most
+# MAX_ARMED of ~150 bytes each)
+MAX_SIDECAR_HEARTBEAT: Final = 512 * 1024
 
 # Tasks that must run as long as the daemon: one that ends or dies fails the daemon closed.
 SUPERVISED: Final = frozenset({"deployment-effects", "checkpoints", "sidecar-heartbeat"})
 
 BreachListener = Callable[[list[Breach]], Awaitable[None] | None]
 ConnectivityListener = Callable[[ConnectivityEvent], Awaitable[None] | None]
-
-
-class _Refused(NamedTuple):
-    """A message the wire path refused, as ``_reject`` reads it: its subject and the first
-    bytes of its payload."""
-
-    subject: str
-    data: bytes
 
 
 class DaemonError(RuntimeError):
@@ -196,6 +195,12 @@ class Daemon:
         self.role = "single"
         self.term = 0
         self.deposed = False
+        # random per start: this process's sidecar heartbeats (``others`` tells them apart)
+        self.boot = uuid.uuid4().hex[:12]
+        # other Rampart processes heard on this prefix (without [ha])
+        self.others: OtherRamparts | None = None
+        # the wire path's dead letters waiting for ``_publish_dead_letters`` (one task)
+        self._dead_letters: deque[DeadLetter] = deque()
         self.lease: LeaseKeeper | None = None
         self.state_stream: StateStream | None = None
         self.started_at = 0
@@ -927,6 +932,10 @@ class Daemon:
         s = self.subjects
         limit = self.config.ingest.pending_msgs_limit
         self._subs.append(await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
+        if not self.config.ha.enabled:
+            self.others = OtherRamparts(self.boot, self.public_key)
+            sub = await self.nc.subscribe(s.sidecar_heartbeat, cb=self._on_sidecar_heartbeat)
+            self._subs.append(sub)
         if self._events_stream is None:
             for subject in (s.fills_all, s.orders_all):
                 sub = await self.nc.subscribe(
@@ -1224,13 +1233,25 @@ class Daemon:
         else:
             self._decide(None)
         for subject, reason, error, kept, size in result.refused:
-            self._spawn(self._reject(_Refused(subject, kept), reason, error, size), "wire-refusal")
+            letter = self._refused_now(subject, kept, reason, error, size)
+            if letter is not None:
+                self._dead_letter_later(letter)
 
     def _on_wire_link(self, up: bool, what: str) -> None:
         """The wire path's market-data connection was lost, or is back: alerted (throttled per
-        direction), since market data is missed while it is down."""
+        direction), since market data is missed while it is down. Lost, with
+        ``triggers.nats_disconnect``: every algorithm is rolled back at once, as when the main
+        NATS link is lost (Rampart is blind: a breach in what it misses would not be seen)."""
         if self.guard is None or self._closing:
             return
+        if not up and self.config.triggers.nats_disconnect:
+            self.guard.trigger(
+                tuple(self.gateway_of),
+                "all",
+                "connectivity:market-data",
+                f"the market-data connection was lost ({what}): quotes are missed until it is "
+                "back, and a breach among them would not be seen",
+            )
         if not self._wire_alerts.ready("back" if up else "lost"):
             return
         if up:
@@ -1283,36 +1304,73 @@ class Daemon:
         if outcomes and self.effects is not None and self.failed is None:
             self.effects.queue(outcomes)
 
-    async def _reject(
-        self, msg: Msg | _Refused, reason: str, error: str, size: int | None = None
-    ) -> None:
+    async def _reject(self, msg: Msg, reason: str, error: str, size: int | None = None) -> None:
+        letter = self._refused_now(msg.subject, msg.data, reason, error, size)
+        if letter is not None:
+            await self._dead_letter(letter)
+
+    def _refused_now(
+        self, subject: str, data: bytes, reason: str, error: str, size: int | None
+    ) -> DeadLetter | None:
+        """A refused message counted, logged (the first few of each reason, then one in
+        ``LOG_EVERY``) and alerted (throttled): its dead letter, if there are dead letters."""
         rejected = self.stats.rejected
         count = rejected.get(reason, 0) + 1
         rejected[reason] = count
         if count <= LOG_FIRST or count % LOG_EVERY == 0:
-            log.warning("refused message on %s (%s, #%d): %s", msg.subject, reason, count, error)
+            log.warning("refused message on %s (%s, #%d): %s", subject, reason, count, error)
         severity = ALERTED_REFUSALS.get(reason)
         if severity is not None and self.guard is not None and self._refusal_alerts.ready(reason):
-            title = f"refused {reason} message on {msg.subject[:200]}"
+            title = f"refused {reason} message on {subject[:200]}"
             detail = f"{error[:1000]} ({count} refused as {reason} since start)"
             self._spawn(self.guard.alert(severity, title, detail, algos=[]), "refusal-alert")
         if not self.config.ingest.dead_letter or self.nc is None:
-            return
+            return None
         limit = self.config.ingest.dead_letter_payload_limit
-        letter = DeadLetter(
+        return DeadLetter(
             reason=reason,
             error=error,
-            subject=msg.subject,
-            payload=msg.data[:limit].decode("utf-8", errors="replace"),
-            payload_size=len(msg.data) if size is None else size,
+            subject=subject,
+            payload=data[:limit].decode("utf-8", errors="replace"),
+            payload_size=len(data) if size is None else size,
             received_at=self.wall_clock(),
         )
+
+    def _dead_letter_later(self, letter: DeadLetter) -> None:
+        """Queue a dead letter for one task to publish (the wire path's refusals: a flood of
+        them costs a queue append each, not a task each). Beyond ``MAX_DEAD_LETTERS_WAITING``
+        the letter is dropped, counted in ``dead_letter_failures``."""
+        queue = self._dead_letters
+        if len(queue) >= MAX_DEAD_LETTERS_WAITING:
+            self.stats.dead_letter_failures += 1
+            failures = self.stats.dead_letter_failures
+            if failures <= LOG_FIRST or failures % LOG_EVERY == 0:
+                log.error(
+                    "%d dead letters wait to be published: a %s one dropped (#%d)",
+                    len(queue),
+                    letter.reason,
+                    failures,
+                )
+            return
+        queue.append(letter)
+        if len(queue) == 1:
+            self._spawn(self._publish_dead_letters(), "dead-letters")
+
+    async def _publish_dead_letters(self) -> None:
+        queue = self._dead_letters
+        while queue:
+            await self._dead_letter(queue[0])
+            queue.popleft()
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        if self.nc is None:
+            return
         try:
-            await self.nc.publish(self.subjects.dead_letter(reason), encoder.encode(letter))
+            await self.nc.publish(self.subjects.dead_letter(letter.reason), encoder.encode(letter))
             self.stats.dead_lettered += 1
         except Exception as e:
             self.stats.dead_letter_failures += 1
-            log.error("could not dead-letter a %s message: %s", reason, e)
+            log.error("could not dead-letter a %s message: %s", letter.reason, e)
 
     async def _on_breaches(self, breaches: list[Breach]) -> None:
         self.stats.breaches += len(breaches)
@@ -1552,7 +1610,7 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval.total_seconds()
         subject = self.subjects.sidecar_heartbeat
-        boot = uuid.uuid4().hex[:12]
+        boot = self.boot
         while True:
             if self.nc is not None and self.nc.is_connected:
                 if self.deposed:
@@ -1571,6 +1629,42 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.nc.publish(subject, data, headers=self._sign(subject, data))
             await asyncio.sleep(interval)
+
+    async def _on_sidecar_heartbeat(self, msg: Msg) -> None:
+        """A Rampart heartbeat on this prefix: another process's is alerted (shown in status);
+        one signed with this Rampart's own key fails it closed (``rampart.other_ramparts``)."""
+        others = self.others
+        if others is None or len(msg.data) > MAX_SIDECAR_HEARTBEAT or self.guard is None:
+            return
+        other = others.on_heartbeat(msg.subject, msg.data, msg.headers, self.wall_clock())
+        if other is None:
+            return
+        if other.same_key:
+            self.fail_closed(
+                f"another Rampart process ({other.name!r}, boot {other.boot}) sends heartbeats "
+                "signed with this Rampart's own key on this prefix: a copy of this data "
+                "directory runs elsewhere, and both command the same gateways. Stop one of them"
+            )
+        if not others.alert_due(other):
+            return
+        log.critical(
+            "another Rampart on prefix %r: %r (boot %s, key %s)",
+            self.config.subject_prefix,
+            other.name,
+            other.boot,
+            other.key,
+        )
+        detail = (
+            f"{other.name!r} (boot {other.boot}, signing key {other.key or 'none'}) sends "
+            f"Rampart heartbeats on prefix {self.config.subject_prefix!r}: status and control "
+            "requests are shared between the two (an operator's release may reach the other), "
+            "and the gateways refuse its commands unless they trust its key. Give each Rampart "
+            "its own subject_prefix, or use [ha] for a standby (docs/ha.md)"
+        )
+        self._spawn(
+            self.guard.alert("critical", "another Rampart on this prefix", detail, algos=[]),
+            "other-rampart-alert",
+        )
 
     # ---- what the runner asks of the live state ---------------------------------------------
 

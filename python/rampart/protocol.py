@@ -367,6 +367,10 @@ class TargetResult(msgspec.Struct, frozen=True, kw_only=True):
     algo: str
     status: CommandStatus
     detail: str = ""
+    # with ``stale_epoch``: the epoch of the newer decision the gateway holds in the command's
+    # dimension (Rampart's next commands go past it: a restarted Rampart whose clock is behind
+    # its previous run's would be refused until its clock caught up)
+    held_epoch: int | None = None
 
 
 class CommandAck(msgspec.Struct, frozen=True, kw_only=True, tag="command_ack", tag_field="type"):
@@ -632,6 +636,18 @@ class HaStatus(msgspec.Struct, frozen=True, kw_only=True):
     holder: str | None = None
 
 
+class OtherRampart(msgspec.Struct, frozen=True, kw_only=True):
+    """Another Rampart process heard on this prefix (its sidecar heartbeats; without [ha]).
+    ``same_key``: signed with this Rampart's own key (a copy of its data directory: this one
+    failed closed); ``key``: the key its heartbeats are signed with (None: unsigned)."""
+
+    name: str
+    boot: str
+    key: str | None
+    same_key: bool
+    last_seen: int
+
+
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: str
@@ -657,6 +673,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     wire: WireStatus | None = None
     # with [ha] on: the shard, this process's role and term
     ha: HaStatus | None = None
+    # other Rampart processes heard on this prefix (without [ha]: there should be none)
+    others: list[OtherRampart] = []
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):

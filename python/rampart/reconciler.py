@@ -219,6 +219,7 @@ class Reconciler:
         if acked:
             self._mark(gateway, acked)
         if state is not None or gateway not in self.actual:
+            self.executor.observe(state or ())
             self.actual[gateway] = {a.algo: a for a in state or ()}
             self._dirty[gateway] = None
             changed = True

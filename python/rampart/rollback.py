@@ -29,6 +29,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from rampart.protocol import (
+    AlgoActual,
     ArmedHalt,
     Command,
     CommandKind,
@@ -48,20 +49,57 @@ FINAL_REFUSALS: Final = frozenset({"stale_epoch", "stale_term", "expired", "refu
 # The seed's targets, in milliseconds.
 TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")
+# the highest epoch a gateway's report can move the epoch clock to (room for 2^62 more commands)
+MAX_EPOCH: Final = 2**62
+# a reported epoch this far (ns) ahead of the wall clock is logged as it is adopted
+EPOCH_AHEAD_WARNING: Final = 1_000_000_000
+# how far past an epoch a gateway reports (and this process did not issue) the next one is
+OBSERVED_MARGIN: Final = 1_000_000_000
+# the epochs a process remembers issuing (a command lives seconds; this is many minutes' worth)
+ISSUED_KEPT: Final = 65_536
 Scope = Literal["algo", "gateway", "all"]
 
 
 class EpochClock:
-    """Command epochs: strictly increasing, and ahead of any earlier run of the daemon because
-    they start from the wall clock in nanoseconds."""
+    """Command epochs: strictly increasing, from the wall clock in nanoseconds, and past every
+    epoch a gateway reports holding (``observe``). A gateway refuses a decision older than the
+    last it applied (``stale_epoch``), so an epoch below one an earlier run issued (this host's
+    clock stepped back since, or that run's host clock was ahead) could not halt anything."""
 
     def __init__(self, wall_clock: Callable[[], int] = time.time_ns) -> None:
         self._wall_clock = wall_clock
         self._last = 0
+        # the epochs this process issued lately, oldest first (an ordered set, bounded)
+        self._issued: dict[int, None] = {}
 
     def next(self) -> int:
         self._last = max(self._last + 1, self._wall_clock())
+        issued = self._issued
+        issued[self._last] = None
+        if len(issued) > ISSUED_KEPT:
+            del issued[next(iter(issued))]
         return self._last
+
+    def issued_here(self, epoch: int) -> bool:
+        """Did this process issue ``epoch`` (among its last ``ISSUED_KEPT``)?"""
+        return epoch in self._issued
+
+    def observe(self, epoch: int) -> None:
+        """An epoch a gateway holds: every later ``next()`` is above it. Beyond ``MAX_EPOCH``
+        it is ignored (the gateway's refusals show it): epochs must stay within 64 bits."""
+        if self._last < epoch <= MAX_EPOCH - OBSERVED_MARGIN:
+            ahead = epoch - self._wall_clock()
+            if ahead > EPOCH_AHEAD_WARNING:
+                log.warning(
+                    "a gateway holds command epoch %d, %.1fs ahead of this host's clock (an "
+                    "earlier run's clock was ahead, or this one stepped back): commands go on "
+                    "from it",
+                    epoch,
+                    ahead / 1e9,
+                )
+            # a margin past it: epochs issued here stay apart from the other run's, which may
+            # be consecutive (``issued_here`` tells them apart)
+            self._last = epoch + OBSERVED_MARGIN
 
 
 @dataclass(frozen=True)
@@ -204,6 +242,34 @@ class RollbackExecutor:
         self.fenced = False
 
     # ---- halts signed in advance ----------------------------------------------------------
+
+    def observe(self, actual: Iterable[AlgoActual]) -> None:
+        """A gateway's report of what it holds: every command made from now on has a newer
+        epoch than any it reports, and a halt signed in advance with an older epoch than its
+        halt decision is dropped (it would be refused as ``stale_epoch``)."""
+        for a in actual:
+            for epoch in a.epochs.values():
+                self.epochs.observe(epoch)
+            halt = a.epochs.get("halt")
+            if halt is not None:
+                self.note_halt_epoch((a.algo,), halt)
+
+    def _judge_ack(self, data: bytes, pending: set[str]) -> tuple[set[str], str, bool, bool]:
+        """``_judge_ack``, with the epochs a ``stale_epoch`` refusal says the gateway holds
+        observed (the next command, the reconciler's or a retry's, goes past them), and
+        whether every target left was refused for a decision this process never made (an
+        earlier run's, whose clock was ahead of this one's)."""
+        still, detail, final, results = _judge_ack(data, pending)
+        foreign = bool(still)
+        for r in results:
+            if r.algo not in still:
+                continue
+            if r.status == "stale_epoch" and r.held_epoch is not None:
+                foreign = foreign and not self.epochs.issued_here(r.held_epoch)
+                self.epochs.observe(r.held_epoch)
+            else:
+                foreign = False
+        return still, detail, final, foreign
 
     def note_halt_epoch(self, algos: Iterable[str], epoch: int) -> None:
         """A halt or resume of ``algos`` with ``epoch`` is decided (or sent): every halt signed
@@ -438,7 +504,7 @@ class RollbackExecutor:
             reply = await asyncio.wait_for(asyncio.shield(fired.ack), timeout)
             if reply.headers and reply.headers.get("Status") == "503":
                 raise NoRespondersError
-            pending, detail, final = _judge_ack(reply.data, pending)
+            pending, detail, final, _ = self._judge_ack(reply.data, pending)
             if not pending:
                 return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
             if final:
@@ -506,6 +572,7 @@ class RollbackExecutor:
         pending = {t.algo for t in command.targets}
         attempt_timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
         detail = "no answer"
+        reepoched = False
         while True:
             if self.fenced:
                 return StepOutcome(
@@ -520,7 +587,24 @@ class RollbackExecutor:
             timeout = max(min(attempt_timeout, remaining), 0.001)
             try:
                 reply = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
-                pending, detail, final = _judge_ack(reply.data, pending)
+                pending, detail, final, foreign = self._judge_ack(reply.data, pending)
+                if final and foreign and not reepoched and _reduces(command):
+                    # refused for a decision this process never made (an earlier run's, its
+                    # clock ahead of this one's): a halt, standby or allocation 0 is sent again,
+                    # newer than it (anything else waits for the reconciler's next command)
+                    reepoched = True
+                    targets = [t for t in command.targets if t.algo in pending]
+                    left = max((stop_at - self.monotonic()) / 1e9, 0.001)
+                    epoch = self.epochs.next()
+                    command = self.command(command.kind, targets, epoch, left, command.reason)
+                    payload = encoder.encode(command)
+                    headers = self.sign(subject, payload) if self.sign is not None else None
+                    log.warning(
+                        "%s of %s sent again with a newer epoch than an earlier run's",
+                        command.kind,
+                        ", ".join(t.algo for t in targets),
+                    )
+                    continue
                 if final:
                     # the gateway answered and will answer the same to the same command: a
                     # superseded epoch, an expiry, an invalid target. Report it, do not resend.
@@ -766,6 +850,13 @@ def _group(algos: Iterable[str], gateway_of: Callable[[str], str]) -> dict[str, 
     return dict(out)
 
 
+def _reduces(command: Command) -> bool:
+    """A command that only takes away: a halt, a standby, an allocation of 0."""
+    if command.kind == "set_allocation":
+        return all(t.allocation == 0.0 for t in command.targets)
+    return command.kind in ("halt", "standby")
+
+
 def _unacked(results: list[TargetResult], pending: set[str]) -> tuple[set[str], str]:
     still = set(pending)
     problems = []
@@ -779,15 +870,15 @@ def _unacked(results: list[TargetResult], pending: set[str]) -> tuple[set[str], 
     return still, "; ".join(problems) or "some targets not acked"
 
 
-def _judge_ack(data: bytes, pending: set[str]) -> tuple[set[str], str, bool]:
+def _judge_ack(data: bytes, pending: set[str]) -> tuple[set[str], str, bool, list[TargetResult]]:
     """A gateway's ack of a command, for the targets still ``pending``: those it did not ack
-    yet, what it said of them, and whether that is final (it answers the same to the same
-    command: a superseded epoch, an expiry, an invalid target; resending cannot help).
-    Raises ``msgspec.DecodeError`` for an unreadable ack."""
+    yet, what it said of them, whether that is final (it answers the same to the same
+    command: a superseded epoch, an expiry, an invalid target; resending cannot help), and
+    the results. Raises ``msgspec.DecodeError`` for an unreadable ack."""
     ack = command_ack_decoder.decode(data)
     still, detail = _unacked(ack.results, pending)
     final = bool(still) and {r.status for r in ack.results if r.algo in still} <= FINAL_REFUSALS
-    return still, detail, final
+    return still, detail, final, ack.results
 
 
 def _merge_steps(per_gateway: list[dict[str, tuple[StepOutcome, Command]]]) -> list[StepRecord]:

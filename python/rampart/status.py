@@ -408,6 +408,16 @@ def format_status(reply: StatusReply) -> str:
     ]
     if d.store_error:
         lines.append(f"STATE STORE PROBLEM, everything halted: {d.store_error}")
+    for o in d.others:
+        signed = (
+            "signed with THIS Rampart's key (a copy of its data directory)"
+            if o.same_key
+            else f"key {o.key or 'none (unsigned)'}"
+        )
+        lines.append(
+            f"ANOTHER RAMPART on this prefix: {o.name!r} (boot {o.boot}, {signed}), last heard "
+            f"{_ts(o.last_seen)}: status and control requests are shared with it"
+        )
     if d.wire is not None:
         lines.append(format_wire(d.wire))
     if d.loop_lag is not None and d.loop_lag.samples:

@@ -22,6 +22,7 @@ from rampart.config import DaemonConfig, ns
 from rampart.effects import DeploymentEffects
 from rampart.guard import Guard
 from rampart.loop_lag import LoopLag
+from rampart.other_ramparts import OtherRamparts
 from rampart.paging import build_page, build_page_async
 from rampart.position_watch import PositionWatch
 from rampart.protocol import (
@@ -68,6 +69,7 @@ class StatusSource(Protocol):
     started_at: int
     wall_clock: Callable[[], int]
     loop_lag: LoopLag
+    others: OtherRamparts | None
 
     def ha_status(self) -> HaStatus | None: ...
     def wire_status(self) -> WireStatus | None: ...
@@ -131,6 +133,7 @@ class StatusBuilder:
             loop_lag=d.loop_lag.stats(),
             wire=d.wire_status(),
             ha=d.ha_status(),
+            others=d.others.status() if d.others is not None else [],
         )
 
     def algo_status(self, algo_id: str) -> AlgoStatus:

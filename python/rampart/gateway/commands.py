@@ -183,6 +183,16 @@ class CommandBook:
         capital): reported as it is, with no epoch moved."""
         self._book.allocate_locally(algo, allocation)
 
+    def held_epoch(self, algo: str, kind: CommandKind) -> int | None:
+        """The epoch of the decision ``algo`` holds in ``kind``'s dimension (a halt: the
+        newer of the last applied halt-dimension command and the halt decision), None if none."""
+        ctl = self.control(algo)
+        dim = DIMENSIONS.get(kind, kind)
+        held = ctl.epochs.get(dim, -1)
+        if dim == "halt":
+            held = max(held, ctl.halt_epoch)
+        return held if held >= 0 else None
+
     def report(self, algo: str) -> AlgoActual:
         """The algorithm's actual state as this gateway knows it."""
         return self.control(algo).report(algo)

@@ -23,7 +23,13 @@ from nats.aio.subscription import Subscription
 
 from rampart import nats_flush
 from rampart.config import NatsConfig
-from rampart.gateway.commands import CommandBook, DeadMansSwitch, fits, refusal_detail
+from rampart.gateway.commands import (
+    AlgoControl,
+    CommandBook,
+    DeadMansSwitch,
+    fits,
+    refusal_detail,
+)
 from rampart.gateway.outbox import Outbox
 from rampart.protocol import (
     HEARTBEAT_VERSION,
@@ -58,6 +64,8 @@ ONE_ALGO_KINDS: frozenset[str] = frozenset(
 # activation, which arrive together, are applied together. Within a lane the order is Rampart's
 # (a halt then a resume, a cancel-all then a flatten); lanes are the epoch dimensions of
 # rampart.gateway.commands.DIMENSIONS, plus orders (cancel-all, flatten: always safe to apply).
+# In the halt lane the order is kept per algorithm only: a halt of one algorithm never waits
+# behind a resume of another that the venue is slow to apply.
 LANES: dict[CommandKind, str] = {
     "halt": "halt",
     "resume": "halt",
@@ -196,10 +204,17 @@ class GatewayAgent:
         # per lane (LANES): the verified commands waiting, applied one at a time in order
         self._lanes: dict[str, deque[tuple[Command, Msg | WireMsg]]] = {}
         self.lane_dropped = 0  # commands dropped past MAX_LANE_QUEUE (never halts)
+        # Rampart's heartbeats that came later than the dead-man timeout, in order (this
+        # gateway or the bus was stopped): not counted for the switch, not refused as forged
+        self.late_heartbeats = 0
         self._closing = False
         # set while no halt or resume is being applied: the orders lane waits for it
         self._halts_idle = asyncio.Event()
         self._halts_idle.set()
+        # the halt lane, per algorithm: the last halt or resume of it not applied yet (done
+        # when it is), and how many of them wait or run
+        self._halt_tails: dict[str, asyncio.Future[None]] = {}
+        self._halts_pending = 0
 
     async def start(self) -> None:
         command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
@@ -234,6 +249,8 @@ class GatewayAgent:
                     await task
                 self._tasks.discard(task)
         self._lanes.clear()
+        self._halt_tails.clear()
+        self._halts_pending = 0
         self._halts_idle.set()
 
     def is_halted(self, algo: str) -> bool:
@@ -335,9 +352,12 @@ class GatewayAgent:
         if self._closing:
             return  # not acked: Rampart resends it
         lane = LANES[command.kind]
+        if lane == "halt":
+            self._enqueue_halt_lane(command, msg)
+            return
         queue = self._lanes.get(lane)
         if queue is not None:
-            if len(queue) >= MAX_LANE_QUEUE and lane != "halt":
+            if len(queue) >= MAX_LANE_QUEUE:
                 # not acked: Rampart resends it (a halt is never dropped)
                 self.lane_dropped += 1
                 if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
@@ -354,44 +374,92 @@ class GatewayAgent:
             queue.append((command, msg))
             return
         self._lanes[lane] = deque([(command, msg)])
-        if lane == "halt":
-            self._halts_idle.clear()
         self._spawn(self._drain_lane(lane), f"gateway-commands-{lane}")
+
+    def _enqueue_halt_lane(self, command: Command, msg: Msg | WireMsg) -> None:
+        """A halt or resume: applied after the earlier ones of the same algorithms, at once
+        if none waits (a command of many algorithms waits for each one's). Resumes beyond
+        ``MAX_LANE_QUEUE`` waiting are dropped unacked; halts never are."""
+        if command.kind == "resume" and self._halts_pending >= MAX_LANE_QUEUE:
+            self.lane_dropped += 1
+            if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
+                log.error(
+                    "%s: %d halts and resumes wait already: resume %s dropped (#%d)",
+                    self.gateway,
+                    self._halts_pending,
+                    command.command_id,
+                    self.lane_dropped,
+                )
+            return
+        algos = {t.algo for t in command.targets}
+        tails = self._halt_tails
+        before = {f for a in algos if (f := tails.get(a)) is not None}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for a in algos:
+            tails[a] = done
+        self._halts_pending += 1
+        self._halts_idle.clear()
+        self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
+
+    async def _apply_after(
+        self,
+        command: Command,
+        msg: Msg | WireMsg,
+        before: set[asyncio.Future[None]],
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            if before:
+                await asyncio.wait(before)
+            await self._apply_and_ack(command, msg)
+        finally:
+            if not done.done():
+                done.set_result(None)
+            tails = self._halt_tails
+            for t in command.targets:
+                if tails.get(t.algo) is done:
+                    del tails[t.algo]
+            self._halts_pending -= 1
+            if self._halts_pending == 0:
+                self._halts_idle.set()
 
     async def _drain_lane(self, lane: str) -> None:
         queue = self._lanes[lane]
         try:
             while queue:
                 command, msg = queue.popleft()
-                try:
-                    if lane == "orders":
-                        # a cancel-all or flatten after a halt still being applied waits for
-                        # it: orders cancelled while the algorithm still trades come back
-                        await self._halts_idle.wait()
-                    results = await self.handle(command)
-                    if msg.reply:
-                        ack = CommandAck(
-                            command_id=command.command_id,
-                            gateway=self.gateway,
-                            results=results,
-                            ts=self.wall_clock(),
-                        )
-                        await msg.respond(encoder.encode(ack))
-                except (Exception, asyncio.CancelledError) as e:
-                    task = asyncio.current_task()
-                    if isinstance(e, asyncio.CancelledError) and (
-                        self._closing or (task is not None and task.cancelling())
-                    ):
-                        raise  # the lane itself is stopped (close)
-                    # not acked: Rampart resends it, and a retry applies what did not apply
-                    log.exception(
-                        "%s: %s command %s failed", self.gateway, command.kind, command.command_id
-                    )
+                if lane == "orders":
+                    # a cancel-all or flatten after a halt still being applied waits for it:
+                    # orders cancelled while the algorithm still trades come back
+                    await self._halts_idle.wait()
+                await self._apply_and_ack(command, msg)
         finally:
             if self._lanes.get(lane) is queue:
                 del self._lanes[lane]
-            if lane == "halt":
-                self._halts_idle.set()
+
+    async def _apply_and_ack(self, command: Command, msg: Msg | WireMsg) -> None:
+        """``handle`` the command and answer with its results. A failure is logged and not
+        acked (Rampart resends it, and a retry applies what did not apply); a handler raising
+        ``CancelledError`` is such a failure, unless this task itself is being stopped."""
+        try:
+            results = await self.handle(command)
+            if msg.reply:
+                ack = CommandAck(
+                    command_id=command.command_id,
+                    gateway=self.gateway,
+                    results=results,
+                    ts=self.wall_clock(),
+                )
+                await msg.respond(encoder.encode(ack))
+        except (Exception, asyncio.CancelledError) as e:
+            task = asyncio.current_task()
+            if isinstance(e, asyncio.CancelledError) and (
+                self._closing or (task is not None and task.cancelling())
+            ):
+                raise  # the lane itself is stopped (close)
+            log.exception(
+                "%s: %s command %s failed", self.gateway, command.kind, command.command_id
+            )
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
@@ -414,11 +482,20 @@ class GatewayAgent:
         if refused:
             self._refused(command, refused, results)
         if to_apply:
+            # a resume's algorithms as they stood (halt decisions): the gateway's own halt
+            # while the resume is being applied (its dead-man's switch) must win over it
+            watched = (
+                {t.algo: _halt_state(self.book.control(t.algo)) for t in to_apply}
+                if command.kind == "resume"
+                else None
+            )
             try:
                 failures = await self.handlers.apply_batch(command.kind, to_apply)
             except Exception as e:  # the batch as a whole: every target failed
                 failures = {t.algo: e for t in to_apply}
             done = [t for t in to_apply if t.algo not in failures]
+            if watched is not None:
+                done = await self._overtaken_resumes(done, watched, results)
             if done:  # (a command nothing of which applied takes no dedup slot)
                 self.book.applied_all(command, done)
             for target in done:
@@ -441,6 +518,38 @@ class GatewayAgent:
             self.deadman.reset()  # Rampart is back and has resumed something: re-arm
         return [results[t.algo] for t in command.targets]
 
+    async def _overtaken_resumes(
+        self,
+        done: list[CommandTarget],
+        watched: dict[str, tuple[object, ...]],
+        results: dict[str, TargetResult],
+    ) -> list[CommandTarget]:
+        """Of the algorithms a resume was applied to, those halted by this gateway meanwhile
+        (its dead-man's switch, its own risk checks) are halted again and refused: the resume
+        came before that halt, which stays. Returns the others (the resume stands)."""
+        overtaken = [t for t in done if _halt_state(self.book.control(t.algo)) != watched[t.algo]]
+        if not overtaken:
+            return done
+        try:
+            failures = await self.handlers.apply_batch("halt", overtaken)
+        except Exception as e:
+            failures = {t.algo: e for t in overtaken}
+        for t in overtaken:
+            cause = self.book.control(t.algo).halt_cause
+            detail = f"halted by this gateway ({cause}) while the resume was applied: not resumed"
+            results[t.algo] = TargetResult(algo=t.algo, status="refused", detail=detail)
+            if t.algo in failures:
+                log.critical(
+                    "%s: %s resumed after this gateway halted it, and halting it again failed: %s",
+                    self.gateway,
+                    t.algo,
+                    failures[t.algo],
+                )
+            else:
+                log.warning("%s: resume of %s %s", self.gateway, t.algo, detail)
+        gone = {t.algo for t in overtaken}
+        return [t for t in done if t.algo not in gone]
+
     def _refused(
         self,
         command: Command,
@@ -456,7 +565,8 @@ class GatewayAgent:
                 results[algo] = TargetResult(algo=algo, status="duplicate")
                 continue
             detail = refusal_detail(status, command, by_algo[algo], self.book.term)
-            results[algo] = TargetResult(algo=algo, status=status, detail=detail)
+            held = self.book.held_epoch(algo, command.kind) if status == "stale_epoch" else None
+            results[algo] = TargetResult(algo=algo, status=status, detail=detail, held_epoch=held)
             logged[status] = logged.get(status, 0) + 1
             if logged[status] == 1:
                 log.warning("%s: %s %s refused: %s", self.gateway, command.kind, algo, detail)
@@ -501,6 +611,21 @@ class GatewayAgent:
                     refusal = f"a term beyond 128 bits ({hb.term}): not a heartbeat Rampart makes"
                 elif last is not None and hb.ts <= last:
                     refusal = f"not newer than the last one ({hb.ts} <= {last}): a replay"
+                elif last is not None and age > self.deadman.timeout_ns:
+                    # signed, in order after the last one of its boot, only late: they waited
+                    # while this gateway (or the bus) was stopped. Not counted for the switch,
+                    # and not a forgery either (not counted as refused: no security alert)
+                    self._last_sidecar_ts[hb.boot] = hb.ts
+                    self.late_heartbeats += 1
+                    if self.late_heartbeats <= 10 or self.late_heartbeats % 1000 == 0:
+                        log.warning(
+                            "%s: Rampart's heartbeat arrived %.1fs late (#%d): not counted for "
+                            "the dead-man's switch",
+                            self.gateway,
+                            age / 1e9,
+                            self.late_heartbeats,
+                        )
+                    return
                 elif abs(age) > self.deadman.timeout_ns:
                     refusal = (
                         f"stamped {age / 1e9:+.1f}s from this host's clock, more than the "
@@ -588,3 +713,15 @@ class GatewayAgent:
             out = listener()
             if out is not None:
                 await out
+
+
+def _halt_state(ctl: AlgoControl) -> tuple[object, ...]:
+    """What an algorithm's halt decision is: its halt dimension of the command book."""
+    return (
+        ctl.halted,
+        ctl.halt_cause,
+        ctl.halt_term,
+        ctl.halt_epoch,
+        ctl.epochs.get("halt"),
+        ctl.terms.get("halt"),
+    )

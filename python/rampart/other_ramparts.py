@@ -1,0 +1,74 @@
+"""Another Rampart on this one's prefix, heard in the sidecar heartbeats (without ``[ha]``).
+
+Two daemons with the same ``subject_prefix`` share the status and control endpoints (NATS
+spreads the requests of one queue group between them: an operator's ``release`` goes to either),
+and each commands the same gateways. One with another key is a misconfiguration whose commands
+the gateways refuse: it is alerted and shown in status. One whose heartbeats carry a valid
+signature of this Rampart's own key is a copy of its data directory running elsewhere: two
+processes commanding the gateways with the trusted key, which nothing fences. That is a fault
+Rampart cannot rule out, so it fails closed. (A forged heartbeat cannot carry that signature, so
+nobody on the bus can make a Rampart fail closed this way without its key.) With ``[ha]`` the
+lease and the terms do this work (docs/ha.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+from rampart.protocol import OtherRampart, sidecar_heartbeat_decoder
+from rampart.signing import KEY_HEADER, Verifier
+
+# the other processes remembered (the most recently heard)
+KEPT: Final = 16
+# an alert about one other process at most this often (ns)
+ALERT_EVERY: Final = 60 * 1_000_000_000
+
+
+class OtherRamparts:
+    def __init__(self, boot: str, public_key: str) -> None:
+        self.boot = boot
+        self._ours = Verifier([public_key])
+        self.heard: dict[str, OtherRampart] = {}  # by boot
+        self._alerted: dict[str, int] = {}
+
+    def on_heartbeat(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None, now: int
+    ) -> OtherRampart | None:
+        """A sidecar heartbeat on this prefix: the other process it came from, or None (this
+        process's own, or not a heartbeat at all)."""
+        try:
+            hb = sidecar_heartbeat_decoder.decode(data)
+        except msgspec.DecodeError:
+            return None
+        if hb.boot == self.boot:
+            return None
+        same_key = self._ours.check(subject, data, headers) is None
+        key = headers.get(KEY_HEADER) if headers else None
+        other = OtherRampart(
+            name=hb.daemon[:200],
+            boot=hb.boot[:64],
+            key=key[:64] if key else None,
+            same_key=same_key,
+            last_seen=now,
+        )
+        self.heard.pop(other.boot, None)
+        self.heard[other.boot] = other
+        while len(self.heard) > KEPT:
+            del self.heard[next(iter(self.heard))]
+        return other
+
+    def alert_due(self, other: OtherRampart) -> bool:
+        """Is it time to alert about ``other`` (first heard, or ``ALERT_EVERY`` since)?"""
+        last = self._alerted.get(other.boot)
+        if last is not None and other.last_seen - last < ALERT_EVERY:
+            return False
+        self._alerted[other.boot] = other.last_seen
+        if len(self._alerted) > KEPT:
+            del self._alerted[next(iter(self._alerted))]
+        return True
+
+    def status(self) -> list[OtherRampart]:
+        return list(self.heard.values())
