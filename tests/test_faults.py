@@ -7,6 +7,7 @@ intent says, within a stated time, and no capital or resume ever sent to a halte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -141,7 +142,7 @@ class World:
 
     async def daemon_status(self) -> DaemonStatus:
         assert self.nc is not None
-        reply = await self.nc.request(SUBJ.status("algorithm"), b"alpha", timeout=2)
+        reply = await self.nc.request(SUBJ.status("algorithms"), b"", timeout=2)
         return status_reply_decoder.decode(reply.data).daemon
 
     async def publish(self, subject: str, event: Fill | Quote) -> None:
@@ -543,5 +544,44 @@ def test_a_restart_on_a_clock_behind_the_last_run_still_halts(
                 what="halted with no capital at the gateway",
             )
             no_increase_while_halted(w.commands(), "alpha")
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_its_halts_could_not_be_stored_for_still_halts_after_the_restart(
+    server: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Found from outside: the disk filled, Rampart failed closed, but the halts could not be
+    stored (nor applied: no gateway took them); after the fix and a restart the algorithms came
+    back trading. The failure is kept outside the store (rampart.fail_marker): the next start
+    latches every algorithm halted, for an operator to release."""
+
+    async def scenario() -> None:
+        async with world(server, tmp_path) as w:
+            # from the 30th commit on, every commit fails: a disk that stays full. The
+            # operator's rollbacks and releases of beta write until then; alpha is never
+            # touched: only the failure can halt it
+            await w.start_daemon(env={"RAMPART_FAILPOINT": "commit:30:errors"})
+            for i in range(100):
+                if (await w.daemon_status()).store_error is not None:
+                    break
+                with contextlib.suppress(Exception):
+                    await w.control("rollback" if i % 2 == 0 else "release", "beta", timeout=2)
+            else:
+                raise AssertionError("the full disk never failed Rampart closed")
+            assert w.daemon is not None
+            await kill(w.daemon)
+            marker = tmp_path / "data" / "rampart.failed"
+            assert b"reason" in marker.read_bytes()
+            await w.start_daemon()
+            status = await w.daemon_status()
+            assert status.store_error is None
+            latches = {h.algo: h for h in status.halted}
+            assert set(latches) == {"alpha", "beta"}, status.halted
+            assert "failed closed before this start" in latches["alpha"].reason
+            assert marker.read_bytes().strip() == b"", "cleared once the latches are stored"
+            reply = await w.control("release", "alpha")  # no gateway runs to ack it
+            assert reply.ok or "released (stored)" in (reply.error or ""), reply.error
+            assert {h.algo for h in (await w.daemon_status()).halted} == {"beta"}
 
     asyncio.run(scenario())

@@ -55,6 +55,7 @@ from rampart.durability import (
 from rampart.effects import DEPLOYMENT_KEY, DeploymentEffects
 from rampart.embedded import EmbeddedNatsServer
 from rampart.event_stream import EventStreamError, ensure_stream, event_subjects, start_cursor
+from rampart.fail_marker import FailMarker
 from rampart.gateway.outbox import EVENT_SEQ
 from rampart.guard import STATE_BUCKET, SYSTEM_ACTOR, Guard
 from rampart.heap import freeze_startup_heap
@@ -201,6 +202,8 @@ class Daemon:
         self.others: OtherRamparts | None = None
         # the wire path's dead letters waiting for ``_publish_dead_letters`` (one task)
         self._dead_letters: deque[DeadLetter] = deque()
+        # that this process failed closed, for the next start (rampart.fail_marker)
+        self.fail_marker = FailMarker(config.data_dir)
         self.lease: LeaseKeeper | None = None
         self.state_stream: StateStream | None = None
         self.started_at = 0
@@ -382,13 +385,34 @@ class Daemon:
         )
         self.deployment_error = await asyncio.to_thread(effects.load_deployments)
         intent_error = effects.load_intents()
-        # Fail closed: without our state we cannot know what was halted, so halt everything.
+        # Fail closed: without our state we cannot know what was halted, so halt everything;
+        # and an earlier run that failed closed (its halts maybe not stored: a full disk)
+        # leaves everything latched halted, for an operator to release
+        marker = self.fail_marker
+        earlier = await asyncio.to_thread(marker.read)
         await self.guard.start(
             halt_all_because=self.store_error
             or self.deployment_error
             or intent_error
-            or events_lost
+            or events_lost,
+            latch_all_because=(
+                f"Rampart failed closed before this start: {earlier.get('reason')}"
+                if earlier is not None
+                else None
+            ),
         )
+        if earlier is not None:
+            log.critical(
+                "an earlier run failed closed (%s): every algorithm latched halted", earlier
+            )
+            if self.store_error is None:
+                await asyncio.to_thread(marker.clear)  # the latches are stored
+        try:
+            await asyncio.to_thread(marker.arm)
+        except OSError as e:
+            log.error(
+                "cannot create %s (%s): a failure could not be recorded there", marker.path, e
+            )
         if self.store_error is None:  # a fallback store is never mirrored
             mirror = self.head_mirror = HeadMirror(
                 self.store,
@@ -1112,6 +1136,8 @@ class Daemon:
                 return
         self.failed = reason
         self.store_error = self.store_error or reason
+        # kept for the next start even if the store cannot take the halts (a full disk)
+        self.fail_marker.write(reason, self.wall_clock())
         log.critical("FAIL CLOSED: %s; halting every algorithm", reason)
         guard = self.guard
         if guard is None:

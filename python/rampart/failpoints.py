@@ -1,8 +1,9 @@
 """Failpoints for crash and fault tests: ``RAMPART_FAILPOINT=NAME:N`` kills the process with
 SIGKILL the N-th time it reaches the failpoint ``NAME`` (``hit``);
 ``RAMPART_FAILPOINT=NAME:N:error`` makes the N-th pass through ``fails(NAME)`` answer True, for
-the caller to fail as the fault would (a disk error, say). Unset (always, in production), a
-failpoint costs one dictionary lookup."""
+the caller to fail as the fault would (a disk error, say); ``NAME:N:errors``, the N-th and every
+later pass (a disk that stays full). Unset (always, in production), a failpoint costs one
+dictionary lookup."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import signal
 _SPEC = os.environ.get("RAMPART_FAILPOINT", "")
 _ARMED: dict[str, int] = {}
 _ERRORS: dict[str, int] = {}
+_LASTING: set[str] = set()  # error failpoints that go on failing once due
 if _SPEC:
     _name, _, _rest = _SPEC.partition(":")
     _count, _, _mode = _rest.partition(":")
-    (_ERRORS if _mode == "error" else _ARMED)[_name] = int(_count or "1")
+    (_ERRORS if _mode in ("error", "errors") else _ARMED)[_name] = int(_count or "1")
+    if _mode == "errors":
+        _LASTING.add(_name)
 
 
 def hit(name: str) -> None:
@@ -40,5 +44,5 @@ def fails(name: str, *qualifiers: str) -> bool:
         left = _ERRORS.get(key)
         if left is not None:
             _ERRORS[key] = left - 1
-            hit = hit or left - 1 == 0
+            hit = hit or left - 1 == 0 or (left - 1 < 0 and key in _LASTING)
     return hit

@@ -139,16 +139,21 @@ class Guard:
 
     # ---- life cycle ---------------------------------------------------------------------------
 
-    async def start(self, *, halt_all_because: str | None = None) -> None:
+    async def start(
+        self, *, halt_all_because: str | None = None, latch_all_because: str | None = None
+    ) -> None:
         """Load the halted latches and re-assert them; ``halt_all_because``: halt everything
-        (the state store was unreadable)."""
+        (the state store was unreadable); ``latch_all_because``: latch everything halted in
+        a store that works (an earlier run failed closed), for an operator to release."""
         if halt_all_because is not None:
             self.store_error = halt_all_because
+        reason = halt_all_because or latch_all_because
+        if reason is not None:
             ts = self.wall_clock()
             await asyncio.to_thread(
                 self._latch,
                 tuple(self.algo_config),
-                f"fail closed: {halt_all_because[:200]}",
+                f"fail closed: {reason[:200]}",
                 SYSTEM_ACTOR,
                 ts,
             )

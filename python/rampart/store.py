@@ -590,6 +590,8 @@ class Store:
                     "commit_after_replication", *{str(op[0]) for op in ops}
                 ):
                     raise sqlite3.OperationalError("disk I/O error (failpoint)")
+                if depth == 0 and failpoints.fails("commit"):
+                    raise sqlite3.OperationalError("database or disk is full (failpoint)")
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except sqlite3.Error as exc:
                 self._pending_head = pending
