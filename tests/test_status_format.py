@@ -98,3 +98,29 @@ def test_a_promoted_paper_deployment_is_labelled_as_a_canary_in_the_live_view() 
     assert strategy_label(state(strategy="PaperTrading", phase="paper")) == "PaperTrading"
     promoted = state(strategy="PaperTrading", phase="canary", approved_by="rita <UAB>")
     assert strategy_label(promoted) == "PaperTrading->Canary"
+
+
+def test_a_failed_step_is_failed_whatever_its_time() -> None:
+    """Found from outside: a halt refused at once printed "halt 1.13 ms ok FAILED"."""
+    from rampart.status import format_rollback
+    from rampart.store import RollbackRecord, StepRecord
+
+    record = RollbackRecord(
+        rollback_id="r",
+        algos=["alpha"],
+        scope="algo",
+        trigger="manual",
+        reason="drill",
+        actor="ops",
+        started_at=0,
+        state="failed",
+        steps=[
+            StepRecord(name="halt", status="failed", duration_ns=1_130_000),
+            StepRecord(name="cancel", status="acked", duration_ns=2_000_000),
+            StepRecord(name="total", status="failed", duration_ns=3_000_000),
+        ],
+        target_ms={"halt": 100.0, "cancel": 500.0, "total": 1000.0},
+    )
+    line = format_rollback(record, when=False)
+    assert "halt 1.13 ms FAILED" in line and "cancel 2.00 ms ok" in line, line
+    assert "total 3.00 ms FAILED" in line

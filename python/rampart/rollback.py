@@ -614,7 +614,10 @@ class RollbackExecutor:
                 if pending:  # an error at the gateway: pause before trying again
                     await asyncio.sleep(min(0.01, max(remaining, 0.0)))
             except (TimeoutError, NatsTimeoutError):
-                detail = f"no ack from gateway {gateway} within {timeout * 1000:.0f} ms"
+                detail = (
+                    f"no ack from gateway {gateway} within {deadline * 1000:.0f} ms "
+                    f"({attempts} attempt{'s' if attempts != 1 else ''})"
+                )
             except NoRespondersError:
                 detail = f"gateway {gateway} is not listening on {subject}"
                 # answered at once: pause briefly instead of spinning

@@ -483,7 +483,7 @@ def format_rollback(r: RollbackRecord, *, when: bool = True) -> str:
         target = r.target_ms.get(step.name)
         mark = (
             ""
-            if target is None or step.duration_ns is None
+            if target is None or step.duration_ns is None or step.status != "acked"
             else (" ok" if step.duration_ns / 1e6 < target else f" OVER {target:g} ms")
         )
         flag = "" if step.status == "acked" else f" {step.status.upper()}"
