@@ -23,8 +23,12 @@ from rampart.signing import KEY_HEADER, Verifier
 
 # the other processes remembered (the most recently heard)
 KEPT: Final = 16
-# an alert about one other process at most this often (ns)
+# an alert about other processes at most this often (ns), whatever their number: anyone on the
+# bus can make up heartbeats of new boots
 ALERT_EVERY: Final = 60 * 1_000_000_000
+# signatures checked per second at most (a heartbeat of a boot not heard before claiming this
+# Rampart's key costs an Ed25519 verification; a boot already heard is not checked again)
+VERIFY_PER_SECOND: Final = 16
 
 
 class OtherRamparts:
@@ -32,42 +36,52 @@ class OtherRamparts:
         self.boot = boot
         self._ours = Verifier([public_key])
         self.heard: dict[str, OtherRampart] = {}  # by boot
-        self._alerted: dict[str, int] = {}
+        self._alerted_at: int | None = None
+        self._second = 0
+        self._verified = 0
 
     def on_heartbeat(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, now: int
     ) -> OtherRampart | None:
         """A sidecar heartbeat on this prefix: the other process it came from, or None (this
-        process's own, or not a heartbeat at all)."""
+        process's own, not a heartbeat at all, or not checked: too many new ones this second,
+        it is checked when it comes again)."""
         try:
             hb = sidecar_heartbeat_decoder.decode(data)
         except msgspec.DecodeError:
             return None
         if hb.boot == self.boot:
             return None
-        same_key = self._ours.check(subject, data, headers) is None
+        boot = hb.boot[:64]
+        known = self.heard.pop(boot, None)
+        if known is not None:
+            same_key = known.same_key
+        else:
+            if now // 1_000_000_000 != self._second:
+                self._second, self._verified = now // 1_000_000_000, 0
+            if self._verified >= VERIFY_PER_SECOND:
+                return None
+            self._verified += 1
+            same_key = self._ours.check(subject, data, headers) is None
         key = headers.get(KEY_HEADER) if headers else None
         other = OtherRampart(
             name=hb.daemon[:200],
-            boot=hb.boot[:64],
+            boot=boot,
             key=key[:64] if key else None,
             same_key=same_key,
             last_seen=now,
         )
-        self.heard.pop(other.boot, None)
-        self.heard[other.boot] = other
+        self.heard[boot] = other
         while len(self.heard) > KEPT:
             del self.heard[next(iter(self.heard))]
         return other
 
     def alert_due(self, other: OtherRampart) -> bool:
-        """Is it time to alert about ``other`` (first heard, or ``ALERT_EVERY`` since)?"""
-        last = self._alerted.get(other.boot)
+        """Is it time to alert (none in the last ``ALERT_EVERY``, for any other process)?"""
+        last = self._alerted_at
         if last is not None and other.last_seen - last < ALERT_EVERY:
             return False
-        self._alerted[other.boot] = other.last_seen
-        if len(self._alerted) > KEPT:
-            del self._alerted[next(iter(self._alerted))]
+        self._alerted_at = other.last_seen
         return True
 
     def status(self) -> list[OtherRampart]:

@@ -1,0 +1,49 @@
+"""rampart.other_ramparts: another Rampart heard on this prefix, told apart from a copy of this
+one (its key), at a bounded cost whatever anybody on the bus publishes."""
+
+from __future__ import annotations
+
+from rampart import other_ramparts
+from rampart._core import SigningKey
+from rampart.other_ramparts import OtherRamparts
+from rampart.protocol import SidecarHeartbeat, Subjects, encoder
+from rampart.signing import sign_headers
+
+SUBJECT = Subjects().sidecar_heartbeat
+S = 1_000_000_000
+
+
+def beat(boot: str, key: SigningKey | None) -> tuple[bytes, dict[str, str] | None]:
+    data = encoder.encode(SidecarHeartbeat(daemon="x", ts=1, boot=boot))
+    return data, sign_headers(key, SUBJECT, data) if key is not None else None
+
+
+def test_its_own_key_another_key_and_its_own_heartbeats() -> None:
+    mine, theirs = SigningKey.generate(), SigningKey.generate()
+    others = OtherRamparts("me", mine.public_key)
+    assert others.on_heartbeat(SUBJECT, *beat("me", mine), now=S) is None
+    other = others.on_heartbeat(SUBJECT, *beat("b1", theirs), now=S)
+    assert other is not None and not other.same_key and other.key == theirs.public_key
+    copy = others.on_heartbeat(SUBJECT, *beat("b2", mine), now=S)
+    assert copy is not None and copy.same_key
+    # a forgery claiming this key without its signature is another process, not a copy
+    data, _ = beat("b3", None)
+    forged = {"Rampart-Key": mine.public_key, "Rampart-Sig": "AAAA"}
+    found = others.on_heartbeat(SUBJECT, data, forged, now=S)
+    assert found is not None and not found.same_key
+    assert [o.boot for o in others.status()] == ["b1", "b2", "b3"]
+
+
+def test_a_flood_of_made_up_boots_costs_a_bounded_number_of_checks_and_one_alert() -> None:
+    mine = SigningKey.generate()
+    others = OtherRamparts("me", mine.public_key)
+    checked = [others.on_heartbeat(SUBJECT, *beat(f"b{i}", None), now=S) for i in range(1000)]
+    assert sum(o is not None for o in checked) == other_ramparts.VERIFY_PER_SECOND
+    assert len(others.status()) == other_ramparts.KEPT
+    alerts = [others.alert_due(o) for o in checked if o is not None]
+    assert alerts.count(True) == 1
+    # the next second, more are checked; an alert again only after ALERT_EVERY
+    later = others.on_heartbeat(SUBJECT, *beat("late", None), now=2 * S)
+    assert later is not None and not others.alert_due(later)
+    last = others.on_heartbeat(SUBJECT, *beat("last", None), now=S + other_ramparts.ALERT_EVERY)
+    assert last is not None and others.alert_due(last)
