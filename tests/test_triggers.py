@@ -366,7 +366,11 @@ def test_losing_the_nats_link_rolls_everything_back_after_reconnect(
             await asyncio.to_thread(server.start)
             await w.rolled_back("mom-v2")
             record = w.daemon.guard.recent[0]  # type: ignore[union-attr]
-            assert record.trigger == "connectivity:nats" and record.scope == "all"
+            # on the wire path its market-data connection is found lost first, and that rolls
+            # everything back at once; the main link's own trigger finds them rolled back
+            wire = config.ingest.wire == "rust"
+            expected = "connectivity:market-data" if wire else "connectivity:nats"
+            assert record.trigger == expected and record.scope == "all", record
             assert w.v2().halted and w.v1().halted
 
     asyncio.run(scenario())
