@@ -391,12 +391,11 @@ class GatewayAgent:
                     self.lane_dropped,
                 )
             return
-        algos = {t.algo for t in command.targets}
+        algos = [t.algo for t in command.targets]
         tails = self._halt_tails
-        before = {f for a in algos if (f := tails.get(a)) is not None}
+        before = {f for a in algos if (f := tails.get(a)) is not None} if tails else set()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for a in algos:
-            tails[a] = done
+        tails.update(dict.fromkeys(algos, done))
         self._halts_pending += 1
         self._halts_idle.clear()
         self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
@@ -416,9 +415,12 @@ class GatewayAgent:
             if not done.done():
                 done.set_result(None)
             tails = self._halt_tails
-            for t in command.targets:
-                if tails.get(t.algo) is done:
-                    del tails[t.algo]
+            if self._halts_pending == 1:  # the only one waiting or running: every tail is it
+                tails.clear()
+            else:
+                for t in command.targets:
+                    if tails.get(t.algo) is done:
+                        del tails[t.algo]
             self._halts_pending -= 1
             if self._halts_pending == 0:
                 self._halts_idle.set()
