@@ -541,6 +541,44 @@ def test_a_halt_never_waits_behind_a_resume_of_another_algorithm() -> None:
     asyncio.run(scenario())
 
 
+def test_a_halt_of_many_algorithms_halts_at_once_those_no_resume_holds_up() -> None:
+    """Found in review: a rollback's halt names every algorithm of a gateway; one of them with a
+    resume at a slow venue held up the halt of all the others. Those are halted at once, the
+    one behind its resume after it, and the command is acked once, for all."""
+
+    async def scenario() -> None:
+        h = SlowResume()
+        h.release["halt"] = asyncio.Event()
+        h.release["halt"].set()
+        ag = agent(h)
+        await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
+        await settle()
+        resume_a, halt_all = Reply(cmd("resume", 2, "a")), Reply(cmd("halt", 3, "a", "b", "c"))
+        await ag._on_command(resume_a)  # type: ignore[arg-type]
+        await ag._on_command(halt_all)  # type: ignore[arg-type]
+        await settle()
+        assert ag.is_halted("b") and ag.is_halted("c"), "not held up by a's resume"
+        assert halt_all.acks == [] and resume_a.acks == []
+        h.release["resume"].set()
+        await settle()
+        assert ag.is_halted("a") and h.calls[-1] == ("halt", "a")
+        [ack] = halt_all.acks
+        assert [(r.algo, r.status) for r in ack.results] == [
+            ("a", "applied"),
+            ("b", "applied"),
+            ("c", "applied"),
+        ]
+        assert ag._halts_pending == 0 and ag._halt_tails == {}
+        # Rampart's retry of the same command: duplicates, acked at once
+        again = Reply(cmd("halt", 3, "a", "b", "c"))
+        await ag._on_command(again)  # type: ignore[arg-type]
+        await settle()
+        assert [r.status for r in again.acks[0].results] == ["duplicate"] * 3
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_resume_overtaken_by_the_deadmans_switch_leaves_the_algorithm_halted() -> None:
     """Found from outside: the dead-man's switch tripped while a resume was at the venue; the
     resume then finished, cleared the halt and re-armed the switch, and the algorithm traded

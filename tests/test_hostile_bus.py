@@ -483,8 +483,9 @@ def test_a_subject_that_is_not_utf8_does_not_deafen_a_nats_py_connection(
 ) -> None:
     """Found from outside: one ``PUB rampart.hb.\\xff`` ended the read loop of every nats-py
     connection subscribed to it (the daemon's heartbeats, a reference gateway's market data):
-    deaf until its PINGs timed out. Importing rampart hardens nats-py: the message is dropped
-    and counted, the next one is delivered."""
+    deaf until its PINGs timed out; so did a header block of exactly ``NATS/1.0`` (found in
+    review). Importing rampart hardens nats-py: the message is dropped and counted, the next
+    one is delivered."""
     from rampart import nats_hardening
 
     async def scenario() -> None:
@@ -499,13 +500,16 @@ def test_a_subject_that_is_not_utf8_does_not_deafen_a_nats_py_connection(
         before = nats_hardening.dropped
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         await reader.readline()  # INFO
-        writer.write(b'CONNECT {"verbose":false}\r\nPUB rampart.hb.\xff 2\r\nhi\r\n')
+        writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        writer.write(b"PUB rampart.hb.\xff 2\r\nhi\r\n")
+        # a header block of exactly NATS/1.0 (IndexError in nats-py's header parsing)
+        writer.write(b"HPUB rampart.hb.gw2 8 10\r\nNATS/1.0hi\r\n")
         writer.write(b"PUB rampart.hb.gw1 2\r\nok\r\nPING\r\n")
         await writer.drain()
-        await reader.readline()  # PONG: the server took both
+        await reader.readline()  # PONG: the server took them all
         writer.close()
         await until(lambda: got == ["rampart.hb.gw1"])
-        assert nats_hardening.dropped == before + 1
+        assert nats_hardening.dropped == before + 2
         assert nc.is_connected
         await nc.close()
 

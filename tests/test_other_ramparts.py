@@ -13,14 +13,14 @@ SUBJECT = Subjects().sidecar_heartbeat
 S = 1_000_000_000
 
 
-def beat(boot: str, key: SigningKey | None) -> tuple[bytes, dict[str, str] | None]:
-    data = encoder.encode(SidecarHeartbeat(daemon="x", ts=1, boot=boot))
+def beat(boot: str, key: SigningKey | None, ts: int = 2 * S) -> tuple[bytes, dict[str, str] | None]:
+    data = encoder.encode(SidecarHeartbeat(daemon="x", ts=ts, boot=boot))
     return data, sign_headers(key, SUBJECT, data) if key is not None else None
 
 
 def test_its_own_key_another_key_and_its_own_heartbeats() -> None:
     mine, theirs = SigningKey.generate(), SigningKey.generate()
-    others = OtherRamparts("me", mine.public_key)
+    others = OtherRamparts("me", mine.public_key, started_at=S)
     assert others.on_heartbeat(SUBJECT, *beat("me", mine), now=S) is None
     other = others.on_heartbeat(SUBJECT, *beat("b1", theirs), now=S)
     assert other is not None and not other.same_key and other.key == theirs.public_key
@@ -36,7 +36,7 @@ def test_its_own_key_another_key_and_its_own_heartbeats() -> None:
 
 def test_a_flood_of_made_up_boots_costs_a_bounded_number_of_checks_and_one_alert() -> None:
     mine = SigningKey.generate()
-    others = OtherRamparts("me", mine.public_key)
+    others = OtherRamparts("me", mine.public_key, started_at=S)
     checked = [others.on_heartbeat(SUBJECT, *beat(f"b{i}", None), now=S) for i in range(1000)]
     assert sum(o is not None for o in checked) == other_ramparts.VERIFY_PER_SECOND
     assert len(others.status()) == other_ramparts.KEPT
@@ -47,3 +47,23 @@ def test_a_flood_of_made_up_boots_costs_a_bounded_number_of_checks_and_one_alert
     assert later is not None and not others.alert_due(later)
     last = others.on_heartbeat(SUBJECT, *beat("last", None), now=S + other_ramparts.ALERT_EVERY)
     assert last is not None and others.alert_due(last)
+
+
+def test_a_heartbeat_of_an_earlier_run_replayed_is_not_a_copy() -> None:
+    """Found in review: every gateway receives Rampart's signed heartbeats; one recorded before
+    a restart (another boot, this key) and replayed made the new run fail closed as if a copy
+    of its data directory ran. Only a heartbeat stamped after this process started, and fresh,
+    counts as a copy's; a replay is counted apart and changes nothing."""
+    mine = SigningKey.generate()
+    started = 100 * S
+    others = OtherRamparts("me", mine.public_key, started_at=started)
+    old = beat("earlier-run", mine, ts=started - 5 * S)
+    assert others.on_heartbeat(SUBJECT, *old, now=started + S) is None
+    assert others.replays == 1 and others.status() == []
+    # a copy's heartbeat: after this start, fresh
+    copy = others.on_heartbeat(SUBJECT, *beat("copy", mine, ts=started + S), now=started + S)
+    assert copy is not None and copy.same_key
+    # a heartbeat of this run's, long recorded and replayed much later: stale, a replay too
+    late = beat("later", mine, ts=started + S)
+    assert others.on_heartbeat(SUBJECT, *late, now=started + S + other_ramparts.FRESH + 1) is None
+    assert others.replays == 2

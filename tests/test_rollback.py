@@ -412,3 +412,50 @@ def test_the_reference_gateway_cancels_many_algorithms_in_one_pass(
             assert gw.events_published > published, "the cancellations were published"
 
     asyncio.run(scenario())
+
+
+def test_the_epoch_clock_follows_what_gateways_hold_within_a_day_of_its_clock() -> None:
+    """Epochs go past what a gateway reports holding (a run whose clock was ahead), never more
+    than MAX_EPOCH_LEAD ahead of this host's clock: found in review, one lying gateway could
+    drag every epoch to the 64-bit end, past what the next run could follow, and no halt would
+    ever be applied again. The reconciler takes a gateway's word for its own algorithms only."""
+    from typing import cast
+
+    from nats.aio.client import Client
+
+    from rampart import rollback
+    from rampart.protocol import AlgoActual, Subjects
+    from rampart.reconciler import Reconciler
+    from rampart.rollback import EpochClock
+
+    now = [10**18]
+    clock = EpochClock(lambda: now[0])
+    assert clock.next() == now[0]
+    ahead = now[0] + 60 * 10**9
+    clock.observe(ahead)
+    first = clock.next()
+    assert first > ahead and not clock.issued_here(ahead) and clock.issued_here(first)
+    clock.observe(rollback.MAX_EPOCH)  # a lie: ignored
+    clock.observe(now[0] + rollback.MAX_EPOCH_LEAD + 1)
+    assert first < clock.next() < now[0] + rollback.MAX_EPOCH_LEAD
+
+    executor = RollbackExecutor(cast(Client, None), Subjects(), lambda a: "gw1")
+    executor.epochs = EpochClock(lambda: now[0])
+
+    async def nothing(gateway: str, arg: object) -> None:
+        pass
+
+    rec = Reconciler(
+        executor,
+        {"gw1": ("alpha",), "gw2": ("beta",)},
+        halted=lambda: (),
+        busy=lambda: (),
+        on_adopt=nothing,
+        on_stuck=nothing,
+        wall_clock=lambda: now[0],
+    )
+    theirs = now[0] + 3600 * 10**9
+    rec.on_report("gw2", now[0], [AlgoActual(algo="alpha", halted=False, epochs={"halt": theirs})])
+    assert executor.epochs.next() < theirs, "gw2 speaks for beta only"
+    rec.on_report("gw1", now[0], [AlgoActual(algo="alpha", halted=False, epochs={"halt": theirs})])
+    assert executor.epochs.next() > theirs

@@ -957,7 +957,7 @@ class Daemon:
         limit = self.config.ingest.pending_msgs_limit
         self._subs.append(await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat))
         if not self.config.ha.enabled:
-            self.others = OtherRamparts(self.boot, self.public_key)
+            self.others = OtherRamparts(self.boot, self.public_key, self.started_at)
             sub = await self.nc.subscribe(s.sidecar_heartbeat, cb=self._on_sidecar_heartbeat)
             self._subs.append(sub)
         if self._events_stream is None:

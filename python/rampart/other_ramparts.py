@@ -6,9 +6,10 @@ and each commands the same gateways. One with another key is a misconfiguration 
 the gateways refuse: it is alerted and shown in status. One whose heartbeats carry a valid
 signature of this Rampart's own key is a copy of its data directory running elsewhere: two
 processes commanding the gateways with the trusted key, which nothing fences. That is a fault
-Rampart cannot rule out, so it fails closed. (A forged heartbeat cannot carry that signature, so
-nobody on the bus can make a Rampart fail closed this way without its key.) With ``[ha]`` the
-lease and the terms do this work (docs/ha.md).
+Rampart cannot rule out, so it fails closed. (A forged heartbeat cannot carry that signature,
+and one of this Rampart's own recorded before it started and replayed is refused by its stamp
+(``FRESH``), so nobody on the bus can make a Rampart fail closed this way without its key.)
+With ``[ha]`` the lease and the terms do this work (docs/ha.md).
 """
 
 from __future__ import annotations
@@ -26,14 +27,21 @@ KEPT: Final = 16
 # an alert about other processes at most this often (ns), whatever their number: anyone on the
 # bus can make up heartbeats of new boots
 ALERT_EVERY: Final = 60 * 1_000_000_000
+# a heartbeat signed with this Rampart's key counts as a copy's only when stamped after this
+# process started and at most this far (ns) from this host's clock: one recorded before a
+# restart (every gateway receives them) and replayed is a replay, not a copy
+FRESH: Final = 30 * 1_000_000_000
 # signatures checked per second at most (a heartbeat of a boot not heard before claiming this
 # Rampart's key costs an Ed25519 verification; a boot already heard is not checked again)
 VERIFY_PER_SECOND: Final = 16
 
 
 class OtherRamparts:
-    def __init__(self, boot: str, public_key: str) -> None:
+    def __init__(self, boot: str, public_key: str, started_at: int) -> None:
         self.boot = boot
+        self._own = f'"boot":"{boot}"'.encode()
+        self.started_at = started_at
+        self.replays = 0  # heartbeats of an earlier run of this Rampart, replayed
         self._ours = Verifier([public_key])
         self.heard: dict[str, OtherRampart] = {}  # by boot
         self._alerted_at: int | None = None
@@ -44,8 +52,11 @@ class OtherRamparts:
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, now: int
     ) -> OtherRampart | None:
         """A sidecar heartbeat on this prefix: the other process it came from, or None (this
-        process's own, not a heartbeat at all, or not checked: too many new ones this second,
-        it is checked when it comes again)."""
+        process's own, not a heartbeat at all, a replay of this Rampart's own from before it
+        started, or not checked: too many new ones this second, it is checked when it comes
+        again)."""
+        if self._own in data[:1024]:  # this process's own (its boot comes before its halts)
+            return None
         try:
             hb = sidecar_heartbeat_decoder.decode(data)
         except msgspec.DecodeError:
@@ -63,6 +74,9 @@ class OtherRamparts:
                 return None
             self._verified += 1
             same_key = self._ours.check(subject, data, headers) is None
+            if same_key and not (hb.ts > self.started_at and abs(now - hb.ts) <= FRESH):
+                self.replays += 1  # signed by this Rampart, before it started: a replay
+                return None
         key = headers.get(KEY_HEADER) if headers else None
         other = OtherRampart(
             name=hb.daemon[:200],

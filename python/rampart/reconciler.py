@@ -219,7 +219,9 @@ class Reconciler:
         if acked:
             self._mark(gateway, acked)
         if state is not None or gateway not in self.actual:
-            self.executor.observe(state or ())
+            # the epochs it holds, of its own algorithms only (a gateway speaks for those)
+            owner = self.gateway_of
+            self.executor.observe(a for a in state or () if owner.get(a.algo) == gateway)
             self.actual[gateway] = {a.algo: a for a in state or ()}
             self._dirty[gateway] = None
             changed = True

@@ -51,6 +51,10 @@ TARGET_MS: Final = {"halt": 100.0, "cancel": 500.0, "total": 1000.0}
 STEP_NAMES: Final = ("halt", "cancel", "flatten", "allocate", "activate")
 # the highest epoch a gateway's report can move the epoch clock to (room for 2^62 more commands)
 MAX_EPOCH: Final = 2**62
+# a reported epoch further ahead of this host's clock (ns) is not followed (logged at most
+# once a minute)
+MAX_EPOCH_LEAD: Final = 24 * 3600 * 1_000_000_000
+EPOCH_LOG_EVERY: Final = 60 * 1_000_000_000
 # a reported epoch this far (ns) ahead of the wall clock is logged as it is adopted
 EPOCH_AHEAD_WARNING: Final = 1_000_000_000
 # how far past an epoch a gateway reports (and this process did not issue) the next one is
@@ -69,6 +73,7 @@ class EpochClock:
     def __init__(self, wall_clock: Callable[[], int] = time.time_ns) -> None:
         self._wall_clock = wall_clock
         self._last = 0
+        self._refused_at = -EPOCH_LOG_EVERY  # when an epoch too far ahead was last logged
         # the epochs this process issued lately, oldest first (an ordered set, bounded)
         self._issued: dict[int, None] = {}
 
@@ -85,21 +90,36 @@ class EpochClock:
         return epoch in self._issued
 
     def observe(self, epoch: int) -> None:
-        """An epoch a gateway holds: every later ``next()`` is above it. Beyond ``MAX_EPOCH``
-        it is ignored (the gateway's refusals show it): epochs must stay within 64 bits."""
-        if self._last < epoch <= MAX_EPOCH - OBSERVED_MARGIN:
-            ahead = epoch - self._wall_clock()
-            if ahead > EPOCH_AHEAD_WARNING:
-                log.warning(
-                    "a gateway holds command epoch %d, %.1fs ahead of this host's clock (an "
-                    "earlier run's clock was ahead, or this one stepped back): commands go on "
-                    "from it",
+        """An epoch a gateway holds: every later ``next()`` is above it, unless it is more than
+        ``MAX_EPOCH_LEAD`` ahead of this host's clock: then it is ignored and logged (a
+        gateway that lies, or a clock years off, must not drag every epoch toward the 64-bit
+        end, where the next run's could not follow). The gateway's refusals show it."""
+        if epoch <= self._last:
+            return
+        wall = self._wall_clock()
+        ahead = epoch - wall
+        if ahead > MAX_EPOCH_LEAD or epoch > MAX_EPOCH - OBSERVED_MARGIN:
+            if wall - self._refused_at > EPOCH_LOG_EVERY:
+                self._refused_at = wall
+                log.error(
+                    "a gateway reports command epoch %d, %.0fs ahead of this host's clock: "
+                    "not followed (more than %.0fs ahead); its commands may be refused as "
+                    "stale_epoch until its state is looked at",
                     epoch,
                     ahead / 1e9,
+                    MAX_EPOCH_LEAD / 1e9,
                 )
-            # a margin past it: epochs issued here stay apart from the other run's, which may
-            # be consecutive (``issued_here`` tells them apart)
-            self._last = epoch + OBSERVED_MARGIN
+            return
+        if ahead > EPOCH_AHEAD_WARNING:
+            log.warning(
+                "a gateway holds command epoch %d, %.1fs ahead of this host's clock (an earlier "
+                "run's clock was ahead, or this one stepped back): commands go on from it",
+                epoch,
+                ahead / 1e9,
+            )
+        # a margin past it: epochs issued here stay apart from the other run's, which may be
+        # consecutive (``issued_here`` tells them apart)
+        self._last = epoch + OBSERVED_MARGIN
 
 
 @dataclass(frozen=True)

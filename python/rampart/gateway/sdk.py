@@ -378,8 +378,10 @@ class GatewayAgent:
 
     def _enqueue_halt_lane(self, command: Command, msg: Msg | WireMsg) -> None:
         """A halt or resume: applied after the earlier ones of the same algorithms, at once
-        if none waits (a command of many algorithms waits for each one's). Resumes beyond
-        ``MAX_LANE_QUEUE`` waiting are dropped unacked; halts never are."""
+        if none waits. A halt of many algorithms some of which wait (a resume at a slow venue)
+        halts the others at once and those after theirs, with one ack for all; a resume of
+        many waits for each one's. Resumes beyond ``MAX_LANE_QUEUE`` waiting are dropped
+        unacked; halts never are."""
         if command.kind == "resume" and self._halts_pending >= MAX_LANE_QUEUE:
             self.lane_dropped += 1
             if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
@@ -391,6 +393,26 @@ class GatewayAgent:
                     self.lane_dropped,
                 )
             return
+        tails = self._halt_tails
+        if command.kind == "halt" and tails and len(command.targets) > 1:
+            free = [t for t in command.targets if t.algo not in tails]
+            if free and len(free) < len(command.targets):
+                waiting = [t for t in command.targets if t.algo in tails]
+                loop = asyncio.get_running_loop()
+                parts = []
+                for targets in (free, waiting):
+                    part = msgspec.structs.replace(command, targets=targets)
+                    out: asyncio.Future[list[TargetResult] | None] = loop.create_future()
+                    before, done = self._in_line(part)
+                    self._spawn(self._apply_after(part, None, before, done, out), "halt-part")
+                    parts.append(out)
+                self._spawn(self._ack_parts(command, msg, parts), "gateway-commands-ack")
+                return
+        before, done = self._in_line(command)
+        self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
+
+    def _in_line(self, command: Command) -> tuple[set[asyncio.Future[None]], asyncio.Future[None]]:
+        """(the earlier commands of its algorithms still to finish, its own completion)."""
         algos = [t.algo for t in command.targets]
         tails = self._halt_tails
         before = {f for a in algos if (f := tails.get(a)) is not None} if tails else set()
@@ -398,20 +420,30 @@ class GatewayAgent:
         tails.update(dict.fromkeys(algos, done))
         self._halts_pending += 1
         self._halts_idle.clear()
-        self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
+        return before, done
 
     async def _apply_after(
         self,
         command: Command,
-        msg: Msg | WireMsg,
+        msg: Msg | WireMsg | None,
         before: set[asyncio.Future[None]],
         done: asyncio.Future[None],
+        out: asyncio.Future[list[TargetResult] | None] | None = None,
     ) -> None:
+        """Once ``before`` are done: apply ``command`` and ack it on ``msg``, or (a part of a
+        command) give its results to ``out`` (None: it failed)."""
         try:
             if before:
                 await asyncio.wait(before)
-            await self._apply_and_ack(command, msg)
+            if msg is not None:
+                await self._apply_and_ack(command, msg)
+            else:
+                results = await self._apply(command)
+                if out is not None and not out.done():
+                    out.set_result(results)
         finally:
+            if out is not None and not out.done():
+                out.set_result(None)
             if not done.done():
                 done.set_result(None)
             tails = self._halt_tails
@@ -424,6 +456,20 @@ class GatewayAgent:
             self._halts_pending -= 1
             if self._halts_pending == 0:
                 self._halts_idle.set()
+
+    async def _ack_parts(
+        self,
+        command: Command,
+        msg: Msg | WireMsg,
+        parts: list[asyncio.Future[list[TargetResult] | None]],
+    ) -> None:
+        """One ack for a command applied in parts, once every part is: none if one failed
+        (Rampart resends it; what was applied is a duplicate then)."""
+        outs = await asyncio.gather(*parts)
+        if any(o is None for o in outs):
+            return
+        by_algo = {r.algo: r for o in outs if o is not None for r in o}
+        await self._ack(command, msg, [by_algo[t.algo] for t in command.targets])
 
     async def _drain_lane(self, lane: str) -> None:
         queue = self._lanes[lane]
@@ -440,19 +486,17 @@ class GatewayAgent:
                 del self._lanes[lane]
 
     async def _apply_and_ack(self, command: Command, msg: Msg | WireMsg) -> None:
-        """``handle`` the command and answer with its results. A failure is logged and not
-        acked (Rampart resends it, and a retry applies what did not apply); a handler raising
+        """``handle`` the command and answer with its results (not acked if it failed)."""
+        results = await self._apply(command)
+        if results is not None:
+            await self._ack(command, msg, results)
+
+    async def _apply(self, command: Command) -> list[TargetResult] | None:
+        """``handle`` the command: its results, or None when it failed (logged; not acked:
+        Rampart resends it, and a retry applies what did not apply). A handler raising
         ``CancelledError`` is such a failure, unless this task itself is being stopped."""
         try:
-            results = await self.handle(command)
-            if msg.reply:
-                ack = CommandAck(
-                    command_id=command.command_id,
-                    gateway=self.gateway,
-                    results=results,
-                    ts=self.wall_clock(),
-                )
-                await msg.respond(encoder.encode(ack))
+            return await self.handle(command)
         except (Exception, asyncio.CancelledError) as e:
             task = asyncio.current_task()
             if isinstance(e, asyncio.CancelledError) and (
@@ -462,6 +506,21 @@ class GatewayAgent:
             log.exception(
                 "%s: %s command %s failed", self.gateway, command.kind, command.command_id
             )
+            return None
+
+    async def _ack(self, command: Command, msg: Msg | WireMsg, results: list[TargetResult]) -> None:
+        if not msg.reply:
+            return
+        ack = CommandAck(
+            command_id=command.command_id,
+            gateway=self.gateway,
+            results=results,
+            ts=self.wall_clock(),
+        )
+        try:
+            await msg.respond(encoder.encode(ack))
+        except Exception as e:  # the link is down: Rampart resends, the retry is a duplicate
+            log.warning("%s: ack of %s not sent: %s", self.gateway, command.command_id, e)
 
     async def handle(self, command: Command) -> list[TargetResult]:
         """Apply one command to each of its targets (concurrently) and say what happened."""
