@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from support import control, eventually, rampart_keys, spawn
@@ -277,7 +278,7 @@ def test_a_gateway_killed_and_restarted_at_once_comes_back_halted(
     async def scenario() -> None:
         async with world(server, tmp_path) as w:
             await w.start_gateway()
-            await w.start_daemon()  # a rollback at once, before any heartbeat is heard
+            await w.start_daemon()
             reply = await w.control("rollback", "alpha")
             assert reply.ok and reply.state["state"] == "succeeded", reply
             await until(lambda: w.actual("alpha").halted, what="halted")
@@ -493,19 +494,25 @@ async def fills_of(w: World, algo: str, n: int) -> bool:
     return (await w.algo(algo)).fills == n
 
 
+@pytest.mark.parametrize("by", ["operator", "breach"])
 def test_a_restart_on_a_clock_behind_the_last_run_still_halts(
-    server: EmbeddedNatsServer, tmp_path: Path
+    server: EmbeddedNatsServer, tmp_path: Path, by: str
 ) -> None:
     """The gateway holds a halt-dimension epoch 60 s ahead of this host's clock (an earlier run
     of this Rampart on a host whose clock was ahead, or this host's clock stepped back since):
     epochs follow what gateways report holding, so the next rollback's halt is newer and is
-    applied at once (it was refused as stale_epoch until the clock caught up: 60 s trading)."""
+    applied at once (it was refused as stale_epoch until the clock caught up: 60 s trading).
+    The rollback is an operator's, or a breach's whose halt leaves from the wire path."""
 
     async def scenario() -> None:
         async with world(server, tmp_path) as w:
             await w.start_gateway()
             await w.start_daemon()
             await until(lambda: w.converged("alpha"), what="in sync")
+            t0 = time.time_ns()
+            fill = Fill(algo="alpha", symbol="ES", side="buy", qty=10, price=6000, ts=t0)
+            await w.publish(SUBJ.fills("gw1", "alpha"), fill)
+            await until(lambda: fills_of(w, "alpha", 1), what="the fill applied")
             assert w.daemon is not None
             await kill(w.daemon, signal.SIGTERM)
             # what the earlier run left at the gateway: alpha released with its capital, at
@@ -536,8 +543,19 @@ def test_a_restart_on_a_clock_behind_the_last_run_still_halts(
                 what="the gateway holds them",
             )
             await w.start_daemon()  # a rollback at once, before any heartbeat is heard
-            reply = await w.control("rollback", "alpha")
-            assert reply.ok and reply.state["state"] == "succeeded", reply
+            if by == "operator":
+                reply = await w.control("rollback", "alpha")
+                assert reply.ok and reply.state["state"] == "succeeded", reply
+            else:
+                # 10 ES down 600: past alpha's 5 % drawdown limit
+                quote = Quote(symbol="ES", bid=5400, ask=5400, ts=time.time_ns())
+                await w.publish(SUBJ.market("ES"), quote)
+
+                async def succeeded() -> bool:
+                    rollbacks = (await w.daemon_status()).rollbacks
+                    return bool(rollbacks) and rollbacks[0].state == "succeeded"
+
+                await until(succeeded, what="the breach's rollback succeeded")
             await until(
                 lambda: w.actual("alpha").halted and w.actual("alpha").allocation == 0.0,
                 timeout=2.0,

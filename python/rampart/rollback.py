@@ -524,9 +524,23 @@ class RollbackExecutor:
             reply = await asyncio.wait_for(asyncio.shield(fired.ack), timeout)
             if reply.headers and reply.headers.get("Status") == "503":
                 raise NoRespondersError
-            pending, detail, final, _ = self._judge_ack(reply.data, pending)
+            pending, detail, final, foreign = self._judge_ack(reply.data, pending)
             if not pending:
                 return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
+            if final and foreign:
+                # refused for an earlier run's decision: ``send`` makes a newer halt of it
+                refused = fired.command
+                left = max(deadline - (self.monotonic() - fired.sent_at) / 1e9, 0.001)
+                again = await self.send(
+                    fired.gateway, refused, left, (fired.payload, fired.headers)
+                )
+                return StepOutcome(
+                    again.ok,
+                    again.attempts + 1,
+                    self.monotonic() - fired.sent_at,
+                    again.detail,
+                    again.failed,
+                )
             if final:
                 return StepOutcome(
                     False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending)
