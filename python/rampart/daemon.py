@@ -390,6 +390,12 @@ class Daemon:
         # leaves everything latched halted, for an operator to release
         marker = self.fail_marker
         earlier = await asyncio.to_thread(marker.read)
+        if earlier is not None and self.config.ha.enabled:
+            # the shard's state stream holds what every leader stored, halts included; a
+            # failure of this process when it led long ago is not the shard's state now
+            log.warning("%s ignored under [ha]: %s", marker.path, earlier)
+            earlier = None
+            await asyncio.to_thread(marker.clear)
         await self.guard.start(
             halt_all_because=self.store_error
             or self.deployment_error

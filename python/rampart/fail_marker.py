@@ -7,7 +7,8 @@ follows the fix (found from outside: a full disk). So the reason is also written
 in the data directory, created at start with ``SIZE`` bytes of blanks and only ever overwritten
 in place afterwards, so writing it needs no new disk blocks. The next start reads it, latches
 every algorithm halted (an operator releases what is safe), and blanks it once the latches are
-stored.
+stored. With ``[ha]`` it is not read (blanked): the shard's state stream holds every stored halt,
+and a leader whose disk fails steps down instead (docs/ha.md).
 """
 
 from __future__ import annotations
