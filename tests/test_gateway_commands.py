@@ -490,15 +490,16 @@ def test_a_lane_is_bounded_but_never_drops_a_halt(monkeypatch: pytest.MonkeyPatc
             await ag._on_command(Reply(cmd("cancel_all", i, "a", cid=f"c{i}")))  # type: ignore[arg-type]
             await ag._on_command(Reply(cmd("halt", i, "a", cid=f"h{i}")))  # type: ignore[arg-type]
         await settle()
-        # the orders lane took 3 (one now waits for the hanging halts), dropped the other 5
-        assert len(ag._lanes["orders"]) == 2 and ag.lane_dropped == 5
-        assert ag._halts_pending == 8  # every halt kept, in order behind the first
+        # the orders lane took 3 (waiting for the hanging halts), dropped the other 5
+        assert ag._order_line.pending == 3 and ag.lane_dropped == 5
+        assert ag._halt_line.pending == 8  # every halt kept, in order behind the first
         # resumes beyond the bound are dropped (unacked: Rampart resends), halts never
         await ag._on_command(Reply(cmd("resume", 9, "b", cid="r9")))  # type: ignore[arg-type]
         await ag._on_command(Reply(cmd("halt", 10, "b", cid="h10")))  # type: ignore[arg-type]
-        assert ag.lane_dropped == 6 and ag._halts_pending == 9
+        assert ag.lane_dropped == 6 and ag._halt_line.pending == 9
         await ag.close()
-        assert ag._lanes == {} and ag._halt_tails == {} and ag._halts_pending == 0
+        assert ag._lanes == {} and ag._halt_line.tails == {} and ag._halt_line.pending == 0
+        assert ag._order_line.tails == {} and ag._order_line.pending == 0
 
     asyncio.run(scenario())
 
@@ -568,12 +569,43 @@ def test_a_halt_of_many_algorithms_halts_at_once_those_no_resume_holds_up() -> N
             ("b", "applied"),
             ("c", "applied"),
         ]
-        assert ag._halts_pending == 0 and ag._halt_tails == {}
+        assert ag._halt_line.pending == 0 and ag._halt_line.tails == {}
         # Rampart's retry of the same command: duplicates, acked at once
         again = Reply(cmd("halt", 3, "a", "b", "c"))
         await ag._on_command(again)  # type: ignore[arg-type]
         await settle()
         assert [r.status for r in again.acks[0].results] == ["duplicate"] * 3
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_all_waits_only_for_halts_and_resumes_of_its_own_algorithms() -> None:
+    """Found in review: the orders lane waited for every halt or resume on the gateway, so one
+    resume at a slow venue held up a rollback's cancel-all of every other algorithm (and one
+    cancel-all waiting held up the next). Cancel-alls are in order per algorithm, after a halt
+    or resume of their own algorithms still being applied, never behind another's."""
+
+    async def scenario() -> None:
+        h = SlowResume()
+        h.release["halt"] = asyncio.Event()
+        h.release["halt"].set()
+        h.release["cancel_all"] = asyncio.Event()
+        h.release["cancel_all"].set()
+        ag = agent(h)
+        await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
+        await settle()
+        resume_a = Reply(cmd("resume", 2, "a"))
+        cancel_a, cancel_b = Reply(cmd("cancel_all", 3, "a")), Reply(cmd("cancel_all", 3, "b"))
+        for m in (resume_a, cancel_a, cancel_b):
+            await ag._on_command(m)  # type: ignore[arg-type]
+        await settle()
+        assert [x.results[0].status for x in cancel_b.acks] == ["applied"]
+        assert cancel_a.acks == [], "a's cancel-all waits for a's resume"
+        h.release["resume"].set()
+        await settle()
+        assert [x.results[0].status for x in cancel_a.acks] == ["applied"]
+        assert h.calls[-2:] == [("resume", "a"), ("cancel_all", "a")]
         await ag.close()
 
     asyncio.run(scenario())

@@ -198,6 +198,8 @@ class FaultyExecutor(RollbackExecutor):
         command: Command,
         deadline: float,
         encoded: tuple[bytes, dict[str, str] | None] | None = None,
+        *,
+        reepoched: bool = False,
     ) -> StepOutcome:
         self.sent += 1
         self._check(command)

@@ -14,6 +14,7 @@ With ``[ha]`` the lease and the terms do this work (docs/ha.md).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Final
 
@@ -31,9 +32,12 @@ ALERT_EVERY: Final = 60 * 1_000_000_000
 # process started and at most this far (ns) from this host's clock: one recorded before a
 # restart (every gateway receives them) and replayed is a replay, not a copy
 FRESH: Final = 30 * 1_000_000_000
-# signatures checked per second at most (a heartbeat of a boot not heard before claiming this
-# Rampart's key costs an Ed25519 verification; a boot already heard is not checked again)
-VERIFY_PER_SECOND: Final = 16
+# signatures checked per second before sampling: a heartbeat of a boot not heard before that
+# claims this Rampart's key costs an Ed25519 verification (one that does not claim it costs
+# nothing, and a boot already heard is not checked again). Past it, each claim of the second is
+# checked with probability VERIFY_PER_SECOND / claims so far: a flood of made-up boots cannot
+# keep a real copy's heartbeats from ever being checked
+VERIFY_PER_SECOND: Final = 64
 
 
 class OtherRamparts:
@@ -46,7 +50,9 @@ class OtherRamparts:
         self.heard: dict[str, OtherRampart] = {}  # by boot
         self._alerted_at: int | None = None
         self._second = 0
-        self._verified = 0
+        self._claims = 0
+        self._public_key = public_key
+        self._random = random.Random()
 
     def on_heartbeat(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, now: int
@@ -65,19 +71,23 @@ class OtherRamparts:
             return None
         boot = hb.boot[:64]
         known = self.heard.pop(boot, None)
+        key = headers.get(KEY_HEADER) if headers else None
         if known is not None:
             same_key = known.same_key
+        elif key != self._public_key:
+            same_key = False  # not even claimed: nothing to check
         else:
             if now // 1_000_000_000 != self._second:
-                self._second, self._verified = now // 1_000_000_000, 0
-            if self._verified >= VERIFY_PER_SECOND:
-                return None
-            self._verified += 1
+                self._second, self._claims = now // 1_000_000_000, 0
+            self._claims += 1
+            if self._claims > VERIFY_PER_SECOND and (
+                self._random.random() >= VERIFY_PER_SECOND / self._claims
+            ):
+                return None  # not checked this time: it comes again with the next heartbeat
             same_key = self._ours.check(subject, data, headers) is None
             if same_key and not (hb.ts > self.started_at and abs(now - hb.ts) <= FRESH):
                 self.replays += 1  # signed by this Rampart, before it started: a replay
                 return None
-        key = headers.get(KEY_HEADER) if headers else None
         other = OtherRampart(
             name=hb.daemon[:200],
             boot=boot,

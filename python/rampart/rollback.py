@@ -527,13 +527,17 @@ class RollbackExecutor:
             pending, detail, final, foreign = self._judge_ack(reply.data, pending)
             if not pending:
                 return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
-            if final and foreign:
-                # refused for an earlier run's decision: ``send`` makes a newer halt of it
-                refused = fired.command
+            if final and foreign and _reduces(fired.command):
+                # refused for an earlier run's decision: a newer halt, at once
+                targets = [t for t in fired.command.targets if t.algo in pending]
                 left = max(deadline - (self.monotonic() - fired.sent_at) / 1e9, 0.001)
-                again = await self.send(
-                    fired.gateway, refused, left, (fired.payload, fired.headers)
+                epoch = self.epochs.next()
+                newer = self.command("halt", targets, epoch, left, fired.command.reason)
+                log.warning(
+                    "halt of %s sent again with a newer epoch than an earlier run's",
+                    ", ".join(t.algo for t in targets),
                 )
+                again = await self.send(fired.gateway, newer, left, reepoched=True)
                 return StepOutcome(
                     again.ok,
                     again.attempts + 1,
@@ -591,9 +595,12 @@ class RollbackExecutor:
         command: Command,
         deadline: float,
         encoded: tuple[bytes, dict[str, str] | None] | None = None,
+        *,
+        reepoched: bool = False,
     ) -> StepOutcome:
         """Request ``command`` from ``gateway`` until every target is acked or ``deadline``.
-        ``encoded``: its payload and signature headers, made in advance."""
+        ``encoded``: its payload and signature headers, made in advance. ``reepoched``: it
+        was made newer than an earlier run's decision already (not again)."""
         subject = self.subjects.command(gateway)
         if encoded is not None:
             payload, headers = encoded
@@ -606,7 +613,6 @@ class RollbackExecutor:
         pending = {t.algo for t in command.targets}
         attempt_timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
         detail = "no answer"
-        reepoched = False
         while True:
             if self.fenced:
                 return StepOutcome(

@@ -85,6 +85,49 @@ MAX_WIRE_QUEUE = 10_000
 MAX_LANE_QUEUE = 10_000
 
 
+class _InOrder:
+    """Commands applied in order per algorithm: each waits for the earlier ones that share an
+    algorithm with it, none for the others. ``tails``: the last command of each algorithm not
+    done yet (its future, done when it is); ``pending``: how many wait or run."""
+
+    def __init__(self) -> None:
+        self.tails: dict[str, asyncio.Future[None]] = {}
+        self.pending = 0
+
+    def enter(self, command: Command) -> tuple[set[asyncio.Future[None]], asyncio.Future[None]]:
+        """(the earlier commands of its algorithms still to finish, its own completion)."""
+        algos = [t.algo for t in command.targets]
+        tails = self.tails
+        before = {f for a in algos if (f := tails.get(a)) is not None} if tails else set()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tails.update(dict.fromkeys(algos, done))
+        self.pending += 1
+        return before, done
+
+    def leave(self, command: Command, done: asyncio.Future[None]) -> None:
+        if not done.done():
+            done.set_result(None)
+        if self.pending == 1:  # the only one waiting or running: every tail is it
+            self.tails.clear()
+        else:
+            tails = self.tails
+            for t in command.targets:
+                if tails.get(t.algo) is done:
+                    del tails[t.algo]
+        self.pending = max(self.pending - 1, 0)
+
+    def of(self, command: Command) -> set[asyncio.Future[None]]:
+        """The commands of ``command``'s algorithms not done yet."""
+        tails = self.tails
+        if not tails:
+            return set()
+        return {f for t in command.targets if (f := tails.get(t.algo)) is not None}
+
+    def clear(self) -> None:
+        self.tails.clear()
+        self.pending = 0
+
+
 class GatewayHandlers:
     """Override these with what your gateway does. Each returns once the action is done and
     raises to report a failure (the agent acks it as ``error`` with the exception's message)."""
@@ -208,13 +251,9 @@ class GatewayAgent:
         # gateway or the bus was stopped): not counted for the switch, not refused as forged
         self.late_heartbeats = 0
         self._closing = False
-        # set while no halt or resume is being applied: the orders lane waits for it
-        self._halts_idle = asyncio.Event()
-        self._halts_idle.set()
-        # the halt lane, per algorithm: the last halt or resume of it not applied yet (done
-        # when it is), and how many of them wait or run
-        self._halt_tails: dict[str, asyncio.Future[None]] = {}
-        self._halts_pending = 0
+        # the halt and orders lanes: in order per algorithm (``_InOrder``)
+        self._halt_line = _InOrder()
+        self._order_line = _InOrder()
 
     async def start(self) -> None:
         command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
@@ -249,9 +288,8 @@ class GatewayAgent:
                     await task
                 self._tasks.discard(task)
         self._lanes.clear()
-        self._halt_tails.clear()
-        self._halts_pending = 0
-        self._halts_idle.set()
+        self._halt_line.clear()
+        self._order_line.clear()
 
     def is_halted(self, algo: str) -> bool:
         return self.book.is_halted(algo)
@@ -355,6 +393,9 @@ class GatewayAgent:
         if lane == "halt":
             self._enqueue_halt_lane(command, msg)
             return
+        if lane == "orders":
+            self._enqueue_orders(command, msg)
+            return
         queue = self._lanes.get(lane)
         if queue is not None:
             if len(queue) >= MAX_LANE_QUEUE:
@@ -382,45 +423,51 @@ class GatewayAgent:
         halts the others at once and those after theirs, with one ack for all; a resume of
         many waits for each one's. Resumes beyond ``MAX_LANE_QUEUE`` waiting are dropped
         unacked; halts never are."""
-        if command.kind == "resume" and self._halts_pending >= MAX_LANE_QUEUE:
-            self.lane_dropped += 1
-            if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
-                log.error(
-                    "%s: %d halts and resumes wait already: resume %s dropped (#%d)",
-                    self.gateway,
-                    self._halts_pending,
-                    command.command_id,
-                    self.lane_dropped,
-                )
+        line = self._halt_line
+        if command.kind == "resume" and line.pending >= MAX_LANE_QUEUE:
+            self._dropped(command, line.pending, "halts and resumes")
             return
-        tails = self._halt_tails
-        if command.kind == "halt" and tails and len(command.targets) > 1:
-            free = [t for t in command.targets if t.algo not in tails]
+        if command.kind == "halt" and line.tails and len(command.targets) > 1:
+            free = [t for t in command.targets if t.algo not in line.tails]
             if free and len(free) < len(command.targets):
-                waiting = [t for t in command.targets if t.algo in tails]
+                waiting = [t for t in command.targets if t.algo in line.tails]
                 loop = asyncio.get_running_loop()
                 parts = []
                 for targets in (free, waiting):
                     part = msgspec.structs.replace(command, targets=targets)
                     out: asyncio.Future[list[TargetResult] | None] = loop.create_future()
-                    before, done = self._in_line(part)
+                    before, done = line.enter(part)
                     self._spawn(self._apply_after(part, None, before, done, out), "halt-part")
                     parts.append(out)
                 self._spawn(self._ack_parts(command, msg, parts), "gateway-commands-ack")
                 return
-        before, done = self._in_line(command)
+        before, done = line.enter(command)
         self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
 
-    def _in_line(self, command: Command) -> tuple[set[asyncio.Future[None]], asyncio.Future[None]]:
-        """(the earlier commands of its algorithms still to finish, its own completion)."""
-        algos = [t.algo for t in command.targets]
-        tails = self._halt_tails
-        before = {f for a in algos if (f := tails.get(a)) is not None} if tails else set()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        tails.update(dict.fromkeys(algos, done))
-        self._halts_pending += 1
-        self._halts_idle.clear()
-        return before, done
+    def _enqueue_orders(self, command: Command, msg: Msg | WireMsg) -> None:
+        """A cancel-all or flatten: in order per algorithm (a cancel-all then a flatten), and
+        after a halt or resume of its algorithms still being applied (orders cancelled while
+        the algorithm still trades come back); never behind another algorithm's. Beyond
+        ``MAX_LANE_QUEUE`` waiting: dropped unacked (Rampart resends)."""
+        line = self._order_line
+        if line.pending >= MAX_LANE_QUEUE:
+            self._dropped(command, line.pending, "orders commands")
+            return
+        before, done = line.enter(command)
+        self._spawn(self._apply_orders(command, msg, before, done), "gateway-commands-orders")
+
+    def _dropped(self, command: Command, waiting: int, what: str) -> None:
+        self.lane_dropped += 1
+        if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
+            log.error(
+                "%s: %d %s wait already: %s %s dropped (#%d)",
+                self.gateway,
+                waiting,
+                what,
+                command.kind,
+                command.command_id,
+                self.lane_dropped,
+            )
 
     async def _apply_after(
         self,
@@ -444,18 +491,24 @@ class GatewayAgent:
         finally:
             if out is not None and not out.done():
                 out.set_result(None)
-            if not done.done():
-                done.set_result(None)
-            tails = self._halt_tails
-            if self._halts_pending == 1:  # the only one waiting or running: every tail is it
-                tails.clear()
-            else:
-                for t in command.targets:
-                    if tails.get(t.algo) is done:
-                        del tails[t.algo]
-            self._halts_pending -= 1
-            if self._halts_pending == 0:
-                self._halts_idle.set()
+            self._halt_line.leave(command, done)
+
+    async def _apply_orders(
+        self,
+        command: Command,
+        msg: Msg | WireMsg,
+        before: set[asyncio.Future[None]],
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            if before:
+                await asyncio.wait(before)
+            halts = self._halt_line.of(command)
+            if halts:
+                await asyncio.wait(halts)
+            await self._apply_and_ack(command, msg)
+        finally:
+            self._order_line.leave(command, done)
 
     async def _ack_parts(
         self,
@@ -476,10 +529,6 @@ class GatewayAgent:
         try:
             while queue:
                 command, msg = queue.popleft()
-                if lane == "orders":
-                    # a cancel-all or flatten after a halt still being applied waits for it:
-                    # orders cancelled while the algorithm still trades come back
-                    await self._halts_idle.wait()
                 await self._apply_and_ack(command, msg)
         finally:
             if self._lanes.get(lane) is queue:
