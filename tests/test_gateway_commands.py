@@ -498,7 +498,7 @@ def test_a_lane_is_bounded_but_never_drops_a_halt(monkeypatch: pytest.MonkeyPatc
         await ag._on_command(Reply(cmd("halt", 10, "b", cid="h10")))  # type: ignore[arg-type]
         assert ag.lane_dropped == 6 and ag._halt_line.pending == 9
         await ag.close()
-        assert ag._lanes == {} and ag._halt_line.tails == {} and ag._halt_line.pending == 0
+        assert ag._halt_line.tails == {} and ag._halt_line.pending == 0
         assert ag._order_line.tails == {} and ag._order_line.pending == 0
 
     asyncio.run(scenario())
@@ -611,6 +611,46 @@ def test_a_cancel_all_waits_only_for_halts_and_resumes_of_its_own_algorithms() -
     asyncio.run(scenario())
 
 
+class SlowAllocationOfA(Recorder):
+    """A venue slow to change a's capital (only a's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def set_allocation(self, algo: str, allocation: float) -> None:
+        if algo == "a":
+            await self.release.wait()
+        await super().set_allocation(algo, allocation)
+
+
+def test_an_allocation_never_waits_behind_another_algorithms_and_keeps_its_order() -> None:
+    """Every lane keeps its order per algorithm only: a rollback's allocation 0 of b is not
+    held up by a's allocation at a slow venue, while a's own allocations stay in order."""
+
+    async def scenario() -> None:
+        h = SlowAllocationOfA()
+        ag = agent(h)
+        first_a = Reply(cmd("set_allocation", 1, "a", allocation=0.5))
+        zero_b = Reply(cmd("set_allocation", 2, "b", allocation=0.0))
+        then_a = Reply(cmd("set_allocation", 3, "a", allocation=0.0))
+        for m in (first_a, zero_b, then_a):
+            await ag._on_command(m)  # type: ignore[arg-type]
+        await settle()
+        assert [x.results[0].status for x in zero_b.acks] == ["applied"]
+        assert first_a.acks == [] and then_a.acks == []
+        h.release.set()
+        await settle()
+        assert [c for c in h.calls if c[1] == "a"] == [
+            ("allocation=0.5", "a"),
+            ("allocation=0.0", "a"),
+        ]
+        assert ag.book.control("a").allocation == 0.0
+        await ag.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_resume_overtaken_by_the_deadmans_switch_leaves_the_algorithm_halted() -> None:
     """Found from outside: the dead-man's switch tripped while a resume was at the venue; the
     resume then finished, cleared the halt and re-armed the switch, and the algorithm traded
@@ -669,11 +709,12 @@ def test_after_close_nothing_is_queued_or_applied() -> None:
         ag = agent(h)
         await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
         await ag.close()
-        assert ag._lanes == {}
+        assert all(not line.pending and not line.tails for line in ag._lines.values())
         late = Reply(cmd("halt", 2, "b"))
         await ag._on_command(late)  # type: ignore[arg-type]
         await settle()
-        assert late.acks == [] and not ag.is_halted("b") and ag._lanes == {}
+        assert late.acks == [] and not ag.is_halted("b")
+        assert all(not line.pending and not line.tails for line in ag._lines.values())
 
     asyncio.run(scenario())
 

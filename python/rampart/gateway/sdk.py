@@ -64,8 +64,8 @@ ONE_ALGO_KINDS: frozenset[str] = frozenset(
 # activation, which arrive together, are applied together. Within a lane the order is Rampart's
 # (a halt then a resume, a cancel-all then a flatten); lanes are the epoch dimensions of
 # rampart.gateway.commands.DIMENSIONS, plus orders (cancel-all, flatten: always safe to apply).
-# In the halt lane the order is kept per algorithm only: a halt of one algorithm never waits
-# behind a resume of another that the venue is slow to apply.
+# Within a lane the order is kept per algorithm only: a halt of one algorithm never waits behind
+# a resume of another that the venue is slow to apply, nor an allocation behind another's.
 LANES: dict[CommandKind, str] = {
     "halt": "halt",
     "resume": "halt",
@@ -244,16 +244,15 @@ class GatewayAgent:
         self.commands_handled = 0
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        # per lane (LANES): the verified commands waiting, applied one at a time in order
-        self._lanes: dict[str, deque[tuple[Command, Msg | WireMsg]]] = {}
         self.lane_dropped = 0  # commands dropped past MAX_LANE_QUEUE (never halts)
         # Rampart's heartbeats that came later than the dead-man timeout, in order (this
         # gateway or the bus was stopped): not counted for the switch, not refused as forged
         self.late_heartbeats = 0
         self._closing = False
-        # the halt and orders lanes: in order per algorithm (``_InOrder``)
-        self._halt_line = _InOrder()
-        self._order_line = _InOrder()
+        # every lane: in order per algorithm (``_InOrder``)
+        self._lines = {lane: _InOrder() for lane in set(LANES.values())}
+        self._halt_line = self._lines["halt"]
+        self._order_line = self._lines["orders"]
 
     async def start(self) -> None:
         command, heartbeat = self.subjects.command(self.gateway), self.subjects.sidecar_heartbeat
@@ -287,9 +286,8 @@ class GatewayAgent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 self._tasks.discard(task)
-        self._lanes.clear()
-        self._halt_line.clear()
-        self._order_line.clear()
+        for line in self._lines.values():
+            line.clear()
 
     def is_halted(self, algo: str) -> bool:
         return self.book.is_halted(algo)
@@ -396,26 +394,27 @@ class GatewayAgent:
         if lane == "orders":
             self._enqueue_orders(command, msg)
             return
-        queue = self._lanes.get(lane)
-        if queue is not None:
-            if len(queue) >= MAX_LANE_QUEUE:
-                # not acked: Rampart resends it (a halt is never dropped)
-                self.lane_dropped += 1
-                if self.lane_dropped <= 10 or self.lane_dropped % 1000 == 0:
-                    log.error(
-                        "%s: %d %s commands wait already: %s %s dropped (#%d)",
-                        self.gateway,
-                        len(queue),
-                        lane,
-                        command.kind,
-                        command.command_id,
-                        self.lane_dropped,
-                    )
-                return
-            queue.append((command, msg))
+        line = self._lines[lane]
+        if line.pending >= MAX_LANE_QUEUE:
+            self._dropped(command, line.pending, f"{lane} commands")  # Rampart resends it
             return
-        self._lanes[lane] = deque([(command, msg)])
-        self._spawn(self._drain_lane(lane), f"gateway-commands-{lane}")
+        before, done = line.enter(command)
+        self._spawn(self._apply_in(line, command, msg, before, done), f"gateway-commands-{lane}")
+
+    async def _apply_in(
+        self,
+        line: _InOrder,
+        command: Command,
+        msg: Msg | WireMsg,
+        before: set[asyncio.Future[None]],
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            if before:
+                await asyncio.wait(before)
+            await self._apply_and_ack(command, msg)
+        finally:
+            line.leave(command, done)
 
     def _enqueue_halt_lane(self, command: Command, msg: Msg | WireMsg) -> None:
         """A halt or resume: applied after the earlier ones of the same algorithms, at once
@@ -523,16 +522,6 @@ class GatewayAgent:
             return
         by_algo = {r.algo: r for o in outs if o is not None for r in o}
         await self._ack(command, msg, [by_algo[t.algo] for t in command.targets])
-
-    async def _drain_lane(self, lane: str) -> None:
-        queue = self._lanes[lane]
-        try:
-            while queue:
-                command, msg = queue.popleft()
-                await self._apply_and_ack(command, msg)
-        finally:
-            if self._lanes.get(lane) is queue:
-                del self._lanes[lane]
 
     async def _apply_and_ack(self, command: Command, msg: Msg | WireMsg) -> None:
         """``handle`` the command and answer with its results (not acked if it failed)."""
