@@ -180,13 +180,15 @@ def test_a_breach_on_the_market_data_halts_the_gateway(
             alpha_holding_es(daemon, server.url, tmp_path / "data") as (gw, nc),
         ):
             assert not gw.agent.is_halted("alpha")
+            executor = daemon.guard.executor  # type: ignore[union-attr]
+            # the halt signed in advance (every 0.25 s): only such a halt leaves from the ingest
+            await until(lambda: not executor.needs_presign("alpha"))
             # 10 ES down 600: 6,000 of 100,000, past the 5 % drawdown limit
             await nc.publish(MD, quote(5400.0, T0 + SEC))
             await nc.flush()
             await until(lambda: gw.agent.is_halted("alpha"))
             assert daemon.guard is not None and "alpha" in daemon.guard.halted
             # on the wire path the halt left on its socket from data_received itself
-            executor = daemon.guard.executor
             assert executor.fired_used == 1
             assert executor.fired_direct == (1 if wire == "rust" else 0)
 
