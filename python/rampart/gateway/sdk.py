@@ -384,7 +384,7 @@ class GatewayAgent:
         task.add_done_callback(self._tasks.discard)
 
     def _enqueue(self, command: Command, msg: Msg | WireMsg) -> None:
-        """Into its lane (``LANES``), behind the commands of that lane before it."""
+        """Into its lane (``LANES``), behind the earlier commands of its algorithms there."""
         if self._closing:
             return  # not acked: Rampart resends it
         lane = LANES[command.kind]
