@@ -505,7 +505,14 @@ def test_a_lane_is_bounded_but_never_drops_a_halt(monkeypatch: pytest.MonkeyPatc
 
 
 class SlowResume(SlowVenue):
-    """A venue slow to re-enable an algorithm: resumes wait for the test too."""
+    """A venue slow to re-enable an algorithm: resumes wait for the test (halts and cancel-alls
+    go through at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for what in ("halt", "cancel_all"):
+            self.release[what] = asyncio.Event()
+            self.release[what].set()
 
     async def resume(self, algo: str) -> None:
         await self._wait("resume")
@@ -519,8 +526,6 @@ def test_a_halt_never_waits_behind_a_resume_of_another_algorithm() -> None:
 
     async def scenario() -> None:
         h = SlowResume()
-        h.release["halt"] = asyncio.Event()
-        h.release["halt"].set()
         ag = agent(h)
         for m in (Reply(cmd("halt", 1, "a")), Reply(cmd("halt", 1, "b"))):
             await ag._on_command(m)  # type: ignore[arg-type]
@@ -549,8 +554,6 @@ def test_a_halt_of_many_algorithms_halts_at_once_those_no_resume_holds_up() -> N
 
     async def scenario() -> None:
         h = SlowResume()
-        h.release["halt"] = asyncio.Event()
-        h.release["halt"].set()
         ag = agent(h)
         await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
         await settle()
@@ -588,10 +591,6 @@ def test_a_cancel_all_waits_only_for_halts_and_resumes_of_its_own_algorithms() -
 
     async def scenario() -> None:
         h = SlowResume()
-        h.release["halt"] = asyncio.Event()
-        h.release["halt"].set()
-        h.release["cancel_all"] = asyncio.Event()
-        h.release["cancel_all"].set()
         ag = agent(h)
         await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
         await settle()
@@ -659,8 +658,6 @@ def test_a_resume_overtaken_by_the_deadmans_switch_leaves_the_algorithm_halted()
 
     async def scenario() -> None:
         h = SlowResume()
-        h.release["halt"] = asyncio.Event()
-        h.release["halt"].set()
         ag = agent(h)
         await ag._on_command(Reply(cmd("halt", 1, "a")))  # type: ignore[arg-type]
         await settle()

@@ -520,6 +520,10 @@ class RollbackExecutor:
         pending = {t.algo for t in fired.command.targets}
         timeout = self.settings.attempt_timeout + self.settings.per_target * len(pending)
         detail = f"no ack from gateway {fired.gateway} within {timeout * 1000:.0f} ms"
+        # what is requested next: the fired command again (as ``send`` does), or a newer halt
+        command = fired.command
+        encoded: tuple[bytes, dict[str, str] | None] | None = (fired.payload, fired.headers)
+        newer = False
         try:
             reply = await asyncio.wait_for(asyncio.shield(fired.ack), timeout)
             if reply.headers and reply.headers.get("Status") == "503":
@@ -527,25 +531,8 @@ class RollbackExecutor:
             pending, detail, final, foreign = self._judge_ack(reply.data, pending)
             if not pending:
                 return StepOutcome(True, 1, self.monotonic() - fired.sent_at, "", [])
-            if final and foreign and _reduces(fired.command):
-                # refused for an earlier run's decision: a newer halt, at once
-                targets = [t for t in fired.command.targets if t.algo in pending]
-                left = max(deadline - (self.monotonic() - fired.sent_at) / 1e9, 0.001)
-                epoch = self.epochs.next()
-                newer = self.command("halt", targets, epoch, left, fired.command.reason)
-                log.warning(
-                    "halt of %s sent again with a newer epoch than an earlier run's",
-                    ", ".join(t.algo for t in targets),
-                )
-                again = await self.send(fired.gateway, newer, left, reepoched=True)
-                return StepOutcome(
-                    again.ok,
-                    again.attempts + 1,
-                    self.monotonic() - fired.sent_at,
-                    again.detail,
-                    again.failed,
-                )
-            if final:
+            newer = final and foreign and _reduces(fired.command)
+            if final and not newer:
                 return StepOutcome(
                     False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending)
                 )
@@ -559,9 +546,12 @@ class RollbackExecutor:
         finally:
             self.drop_fired(fired)
         left = deadline - (self.monotonic() - fired.sent_at) / 1e9
-        if left <= 0:
+        if newer:  # refused for an earlier run's decision: a newer halt, at once
+            left = max(left, 0.001)
+            command, encoded = self._newer(command, pending, left), None
+        elif left <= 0:
             return StepOutcome(False, 1, self.monotonic() - fired.sent_at, detail, sorted(pending))
-        again = await self.send(fired.gateway, fired.command, left, (fired.payload, fired.headers))
+        again = await self.send(fired.gateway, command, left, encoded, reepoched=newer)
         return StepOutcome(
             again.ok,
             again.attempts + 1,
@@ -571,6 +561,17 @@ class RollbackExecutor:
         )
 
     # ---- one command, one gateway --------------------------------------------------------
+
+    def _newer(self, command: Command, pending: set[str], deadline: float) -> Command:
+        """``command`` again for its ``pending`` targets with a new epoch: refused for a
+        decision this process never made (an earlier run's, its clock ahead of this one's)."""
+        targets = [t for t in command.targets if t.algo in pending]
+        log.warning(
+            "%s of %s sent again with a newer epoch than an earlier run's",
+            command.kind,
+            ", ".join(t.algo for t in targets),
+        )
+        return self.command(command.kind, targets, self.epochs.next(), deadline, command.reason)
 
     def command(
         self, kind: CommandKind, targets: list[CommandTarget], epoch: int, deadline: float, why: str
@@ -633,17 +634,10 @@ class RollbackExecutor:
                     # clock ahead of this one's): a halt, standby or allocation 0 is sent again,
                     # newer than it (anything else waits for the reconciler's next command)
                     reepoched = True
-                    targets = [t for t in command.targets if t.algo in pending]
                     left = max((stop_at - self.monotonic()) / 1e9, 0.001)
-                    epoch = self.epochs.next()
-                    command = self.command(command.kind, targets, epoch, left, command.reason)
+                    command = self._newer(command, pending, left)
                     payload = encoder.encode(command)
                     headers = self.sign(subject, payload) if self.sign is not None else None
-                    log.warning(
-                        "%s of %s sent again with a newer epoch than an earlier run's",
-                        command.kind,
-                        ", ".join(t.algo for t in targets),
-                    )
                     continue
                 if final:
                     # the gateway answered and will answer the same to the same command: a

@@ -391,15 +391,15 @@ class GatewayAgent:
         if lane == "halt":
             self._enqueue_halt_lane(command, msg)
             return
-        if lane == "orders":
-            self._enqueue_orders(command, msg)
-            return
         line = self._lines[lane]
         if line.pending >= MAX_LANE_QUEUE:
             self._dropped(command, line.pending, f"{lane} commands")  # Rampart resends it
             return
+        self._apply_in_line(line, command, msg)
+
+    def _apply_in_line(self, line: _InOrder, command: Command, msg: Msg | WireMsg) -> None:
         before, done = line.enter(command)
-        self._spawn(self._apply_in(line, command, msg, before, done), f"gateway-commands-{lane}")
+        self._spawn(self._apply_in(line, command, msg, before, done), "gateway-commands")
 
     async def _apply_in(
         self,
@@ -409,9 +409,16 @@ class GatewayAgent:
         before: set[asyncio.Future[None]],
         done: asyncio.Future[None],
     ) -> None:
+        """Once ``before`` are done, apply ``command`` and ack it. A cancel-all or flatten
+        also waits for a halt or resume of its algorithms still being applied: orders
+        cancelled while the algorithm still trades come back."""
         try:
             if before:
                 await asyncio.wait(before)
+            if line is self._order_line:
+                halts = self._halt_line.of(command)
+                if halts:
+                    await asyncio.wait(halts)
             await self._apply_and_ack(command, msg)
         finally:
             line.leave(command, done)
@@ -436,24 +443,11 @@ class GatewayAgent:
                     part = msgspec.structs.replace(command, targets=targets)
                     out: asyncio.Future[list[TargetResult] | None] = loop.create_future()
                     before, done = line.enter(part)
-                    self._spawn(self._apply_after(part, None, before, done, out), "halt-part")
+                    self._spawn(self._apply_part(part, before, done, out), "halt-part")
                     parts.append(out)
                 self._spawn(self._ack_parts(command, msg, parts), "gateway-commands-ack")
                 return
-        before, done = line.enter(command)
-        self._spawn(self._apply_after(command, msg, before, done), "gateway-commands-halt")
-
-    def _enqueue_orders(self, command: Command, msg: Msg | WireMsg) -> None:
-        """A cancel-all or flatten: in order per algorithm (a cancel-all then a flatten), and
-        after a halt or resume of its algorithms still being applied (orders cancelled while
-        the algorithm still trades come back); never behind another algorithm's. Beyond
-        ``MAX_LANE_QUEUE`` waiting: dropped unacked (Rampart resends)."""
-        line = self._order_line
-        if line.pending >= MAX_LANE_QUEUE:
-            self._dropped(command, line.pending, "orders commands")
-            return
-        before, done = line.enter(command)
-        self._spawn(self._apply_orders(command, msg, before, done), "gateway-commands-orders")
+        self._apply_in_line(line, command, msg)
 
     def _dropped(self, command: Command, waiting: int, what: str) -> None:
         self.lane_dropped += 1
@@ -468,46 +462,23 @@ class GatewayAgent:
                 self.lane_dropped,
             )
 
-    async def _apply_after(
+    async def _apply_part(
         self,
-        command: Command,
-        msg: Msg | WireMsg | None,
+        part: Command,
         before: set[asyncio.Future[None]],
         done: asyncio.Future[None],
-        out: asyncio.Future[list[TargetResult] | None] | None = None,
+        out: asyncio.Future[list[TargetResult] | None],
     ) -> None:
-        """Once ``before`` are done: apply ``command`` and ack it on ``msg``, or (a part of a
-        command) give its results to ``out`` (None: it failed)."""
+        """A part of a halt: once ``before`` are done, applied; its results (None: it failed)
+        to ``out`` for ``_ack_parts``."""
         try:
             if before:
                 await asyncio.wait(before)
-            if msg is not None:
-                await self._apply_and_ack(command, msg)
-            else:
-                results = await self._apply(command)
-                if out is not None and not out.done():
-                    out.set_result(results)
+            out.set_result(await self._apply(part))
         finally:
-            if out is not None and not out.done():
+            if not out.done():
                 out.set_result(None)
-            self._halt_line.leave(command, done)
-
-    async def _apply_orders(
-        self,
-        command: Command,
-        msg: Msg | WireMsg,
-        before: set[asyncio.Future[None]],
-        done: asyncio.Future[None],
-    ) -> None:
-        try:
-            if before:
-                await asyncio.wait(before)
-            halts = self._halt_line.of(command)
-            if halts:
-                await asyncio.wait(halts)
-            await self._apply_and_ack(command, msg)
-        finally:
-            self._order_line.leave(command, done)
+            self._halt_line.leave(part, done)
 
     async def _ack_parts(
         self,
